@@ -5,7 +5,15 @@ Two paths are measured side by side in one run, after one warm-up case:
   it, then read, preprocess, infer, restore and score every test case;
 - ``scheme``: the harness quantizing the FP32 model itself — read the calibration cases,
   calibrate and quantize, then the same evaluation.
-Overhead = all timed stages except ``inference``, as a fraction of ``inference``.
+Two overheads are printed, both as a fraction of the time spent in ``inference``:
+- wall-clock (the target): wall time of the whole submission (track load, checkpoint load or
+  quantization, the pipelined evaluation) minus inference time — what a submitter waits for
+  beyond the network itself;
+- busy: the sum of every other stage's own time, as if nothing overlapped (I/O, preprocessing,
+  postprocessing and metrics run on background threads while the network runs, see
+  ``harness/evaluation.py``; their busy time includes slow-down from sharing the CPU).
+Torch runs with ``--threads`` intra-op threads (default 1, leaving this 2-core machine's second
+core to the pipeline's background threads).
 
     python benchmarks/harness_overhead.py [--demo DIR] [--model NAME] [--scheme SCHEME]
 """
@@ -13,8 +21,12 @@ Overhead = all timed stages except ``inference``, as a fraction of ``inference``
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
+import time
 from pathlib import Path
+
+import torch
 
 from harness.checkpoint import save_checkpoint
 from harness.demo import write_demo
@@ -26,25 +38,33 @@ from reference_methods.simulated import QuantConfig, quantize
 TARGET = 0.15
 
 
-def measure(spec: TrackSpec, submission: Submission) -> dict[str, float]:
-    """Seconds per stage for one submission on a freshly opened track (no FP32 re-run)."""
+def measure(spec: TrackSpec, submission: Submission) -> tuple[dict[str, float], float]:
+    """Busy seconds per stage and wall seconds of one submission on a freshly opened track (the
+    FP32 reference run is not included)."""
+    start = time.perf_counter()
     track = LoadedTrack.open(spec)
     timer = StageTimer()
     model, _ = track.quantized_model(submission, timer)
     run = track.run(model, progress=False, desc=submission.label)
-    return dict(track.timer.seconds) | dict(timer.seconds) | dict(run.timer.seconds)
+    wall = time.perf_counter() - start
+    return dict(track.timer.seconds) | dict(timer.seconds) | dict(run.timer.seconds), wall
 
 
-def report(name: str, seconds: dict[str, float]) -> float:
+def report(name: str, seconds: dict[str, float], wall: float) -> float:
     inference = seconds["inference"]
     other = {k: v for k, v in seconds.items() if k != "inference"}
-    overhead = sum(other.values()) / inference
+    busy = sum(other.values()) / inference
+    overhead = (wall - inference) / inference
     print(f"\n[{name}]")
     print(f"  {'inference':<18} {inference:8.3f} s")
     for stage, value in sorted(other.items(), key=lambda kv: -kv[1]):
-        print(f"  {stage:<18} {value:8.3f} s  ({value / inference:6.1%} of inference)")
+        print(f"  {stage:<18} {value:8.3f} s busy ({value / inference:6.1%} of inference)")
+    print(f"  {'wall clock':<18} {wall:8.3f} s")
+    print(f"  busy overhead / inference        = {busy:6.1%}  (if nothing overlapped)")
     verdict = "OK" if overhead <= TARGET else "OVER TARGET"
-    print(f"  overhead / inference = {overhead:.1%}  (target ≤ {TARGET:.0%}: {verdict})")
+    print(
+        f"  wall-clock overhead / inference  = {overhead:6.1%}  (target ≤ {TARGET:.0%}: {verdict})"
+    )
     return overhead
 
 
@@ -55,7 +75,9 @@ def main() -> None:
     )
     parser.add_argument("--model", default="segresnet", help="shipped demo model")
     parser.add_argument("--scheme", default="w8a8-per-channel")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         demo = Path(args.demo) if args.demo else Path(tmp) / "demo"
@@ -74,10 +96,14 @@ def main() -> None:
             f"model {track.model_spec.name} ({track.model_spec.architecture}), scheme {args.scheme}"
         )
         print(f"{n} test cases, {len(track.calibration_cases)} calibration cases")
-        ckpt_seconds = measure(spec, Submission("checkpoint", checkpoint=ckpt))
-        scheme_seconds = measure(spec, Submission("scheme", scheme=args.scheme))
-        a = report("checkpoint submission", ckpt_seconds)
-        b = report("scheme quantized by the harness", scheme_seconds)
+        print(f"torch intra-op threads: {torch.get_num_threads()}, CPU cores: {os.cpu_count()}")
+        a = report(
+            "checkpoint submission", *measure(spec, Submission("checkpoint", checkpoint=ckpt))
+        )
+        b = report(
+            "scheme quantized by the harness",
+            *measure(spec, Submission("scheme", scheme=args.scheme)),
+        )
         print(f"\nside by side: checkpoint overhead {a:.1%}, scheme overhead {b:.1%} of inference")
 
 

@@ -88,11 +88,12 @@ class LoadedCase:
     spacing: tuple[float, float, float]
 
 
-def read_nifti(path: Path, what: str) -> nib.Nifti1Image:
-    """Load a NIfTI file fully, turning any corruption into a DatasetError naming the file."""
+def read_nifti(path: Path, what: str, *, raw: bool = False) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a NIfTI file and its voxels (decoded once: float32, or the stored dtype if ``raw``),
+    turning any corruption into a DatasetError naming the file."""
     try:
         img = nib.load(str(path))
-        img.get_fdata(dtype=np.float32, caching="fill")
+        data = np.asarray(img.dataobj) if raw else img.get_fdata(dtype=np.float32)
     except FileNotFoundError:
         raise DatasetError(f"{what}: missing file {path}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
@@ -103,7 +104,7 @@ def read_nifti(path: Path, what: str) -> nib.Nifti1Image:
         raise DatasetError(f"{what}: {path} is not NIfTI")
     if img.ndim not in (3, 4):
         raise DatasetError(f"{what}: {path} has {img.ndim} dimensions, expected 3 or 4")
-    return img
+    return img, data
 
 
 def read_case(
@@ -114,8 +115,7 @@ def read_case(
     channels: list[np.ndarray] = []
     affine = None
     for path in case.images:
-        img = read_nifti(path, where)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        img, data = read_nifti(path, where)
         vols = [data] if data.ndim == 3 else [data[..., i] for i in range(data.shape[-1])]
         if affine is None:
             affine, shape = img.affine, vols[0].shape
@@ -130,11 +130,10 @@ def read_case(
     if with_label:
         if case.label is None:
             raise DatasetError(f"{where}: no label file")
-        lab_img = read_nifti(case.label, where)
+        lab_img, raw = read_nifti(case.label, where, raw=True)
         if lab_img.ndim != 3:
             raise DatasetError(f"{where}: label {case.label.name} must be 3D, got {lab_img.shape}")
         _check_same_grid(where, case.label.name, shape, affine, lab_img.shape, lab_img.affine)
-        raw = np.asarray(lab_img.dataobj)
         label = raw.astype(np.int16) if np.issubdtype(raw.dtype, np.integer) else np.rint(raw)
         if not np.issubdtype(raw.dtype, np.integer) and not np.array_equal(label, raw):
             raise DatasetError(f"{where}: label {case.label.name} holds non-integer values")

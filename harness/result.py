@@ -70,6 +70,7 @@ def build_result(
     fp32_nsd = float(np.mean([c.mean_nsd for c in reference.cases]))
     classes = sorted(c for c in labels if c != 0)
     timings = {k: round(v, 4) for k, v in run.timer.seconds.items()}
+    timings["evaluation_wall"] = round(run.wall_seconds, 4)
     timings.update({k: round(v, 4) for k, v in (extra_timings or {}).items()})
     return {
         "schema": RESULT_SCHEMA,

@@ -69,6 +69,11 @@ class LoadedTrack:
         with self.timer.stage("calibration_data"):
             return calibration_batches(self.calibration_cases, self.model_spec)
 
+    @cached_property
+    def fp32_run(self) -> EvaluationRun:
+        """The FP32 reference evaluated once per track: every submission's ↓Δ% is against it."""
+        return self.run(self.model, progress=False, desc="fp32")
+
     def track_info(self) -> dict:
         return {
             "model": self.model_spec.name,
@@ -135,11 +140,12 @@ def evaluate_submission(
     fp32: EvaluationRun | None = None,
     progress: bool = False,
 ) -> tuple[dict, EvaluationRun]:
-    """Result document of ``submission`` and its run; runs the FP32 reference too unless given."""
+    """Result document of ``submission`` and its run, against ``fp32`` or the track's cached FP32
+    reference run."""
     timer = StageTimer()
     model, precision = track.quantized_model(submission, timer)
     if fp32 is None and submission.kind != "fp32":
-        fp32 = track.run(track.model, progress, "fp32")
+        fp32 = track.fp32_run
     run = track.run(model, progress, submission.label)
     extra = dict(track.timer.seconds) | dict(timer.seconds)
     result = build_result(

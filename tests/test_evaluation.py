@@ -1,0 +1,68 @@
+"""The pipelined evaluation loop: same numbers as scoring case by case, errors surface, no leaks."""
+
+import shutil
+import threading
+
+import pytest
+import torch
+
+from harness.dataset import load_dataset
+from harness.errors import DatasetError
+from harness.evaluation import PIPELINE_DEPTH, evaluate_cases
+from harness.metrics import dice_per_class, nsd_per_class
+from harness.preprocessing import preprocess, read_case, restore_to_original
+from harness.reference_model import load_reference_model
+from harness.sliding_window import SlidingWindowSpec, predict_labels, predict_probabilities
+
+
+def _harness_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("harness-")]
+
+
+def test_pipelined_evaluation_equals_scoring_each_case_in_turn(tiny_track):
+    dataset_dir, model_dir = tiny_track
+    dataset = load_dataset(dataset_dir)
+    spec, model = load_reference_model(model_dir)
+    cases = dataset.cases
+    assert len(cases) > PIPELINE_DEPTH + 1  # exercises read-ahead and the scoring bound
+
+    run = evaluate_cases(model, spec, cases, dataset.labels, 2.0)
+
+    classes = dataset.foreground_classes
+    assert [c.case_id for c in run.cases] == [c.case_id for c in cases]
+    for case, got in zip(cases, run.cases, strict=True):
+        loaded = read_case(case, dataset.labels)
+        image = preprocess(loaded, spec.preprocessing)
+        pred = restore_to_original(
+            predict_labels(model, image, spec.sliding_window), image, loaded.image
+        )
+        assert got.dsc == dice_per_class(pred, loaded.label, classes)
+        assert got.nsd == nsd_per_class(pred, loaded.label, classes, loaded.spacing, 2.0)
+    assert set(run.timer.seconds) == {"io", "preprocess", "inference", "postprocess", "metrics"}
+    assert 0 < run.timer.seconds["inference"] <= run.wall_seconds
+    assert _harness_threads() == []
+
+
+def test_a_corrupt_case_mid_list_raises_its_error_and_leaves_no_thread(tiny_track, tmp_path):
+    dataset_dir, model_dir = tiny_track
+    copy = shutil.copytree(dataset_dir, tmp_path / "dataset")
+    dataset = load_dataset(copy)
+    broken = dataset.cases[2]
+    data = broken.images[0].read_bytes()
+    broken.images[0].write_bytes(data[: len(data) // 2])
+    spec, model = load_reference_model(model_dir)
+
+    with pytest.raises(DatasetError, match=f"case {broken.case_id}: .* truncated"):
+        evaluate_cases(model, spec, dataset.cases, dataset.labels, 2.0)
+    assert _harness_threads() == []
+
+
+def test_labels_are_the_argmax_of_the_probabilities():
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(1, 4, 3, padding=1)
+    image = torch.rand(1, 20, 18, 11)
+    window = SlidingWindowSpec((16, 16, 16), overlap=0.5)
+    labels = predict_labels(model, image, window)
+    assert labels.shape == (20, 18, 11)
+    assert torch.equal(labels, predict_probabilities(model, image, window).argmax(dim=0))
+    assert len(labels.unique()) > 1
