@@ -5,8 +5,10 @@ quantized layer's error ||X W^T - X Q^T||_F^2 = tr((W - Q) H (W - Q)^T) on the F
 over the demo track's calibration patches, for
 - RTN per-channel (symmetric absmax, same bits),
 - COMQ (K = 1, lambda = 1, fixed scale),
-- Permutation-COMQ (scope layer, |W| key, G = C_out groups),
-with issue 3's checks: COMQ <= RTN on every layer, summed Permutation-COMQ <= summed COMQ. Each
+- Permutation-COMQ (scope layer, G = C_out groups) with its default signed sort key (P-COMQ)
+  and with the |W| sort key (P-COMQ|W|, shown for comparison),
+with issue 3's checks: COMQ <= RTN on every layer, summed Permutation-COMQ <= summed COMQ (for the
+default key; the |W| key's verdict is printed too). Each
 layer's Gram comes from one FP32 pass per model and serves all methods and bit widths -- exactly
 what the methods' ``apply`` uses in its default (FP32-input) mode.
 
@@ -33,7 +35,7 @@ from reference_methods.reconstruction import layer_reconstruction_error
 from reference_methods.simulated import QuantConfig, quantized_layers, target_layers
 from reference_methods.weight_format import to_rows
 
-METHODS = ("RTN", "COMQ", "P-COMQ")
+METHODS = ("RTN", "COMQ", "P-COMQ", "P-COMQ|W|")
 
 
 def layer_errors(track: LoadedTrack, bits_list: list[int]) -> dict[int, dict[str, dict]]:
@@ -51,7 +53,8 @@ def layer_errors(track: LoadedTrack, bits_list: list[int]) -> dict[int, dict[str
             quantized = {
                 "RTN": rtn_layers[name].quantized_weight(),
                 "COMQ": comq(weight, gram, bits),
-                "P-COMQ": permutation_comq(weight, gram, bits),
+                "P-COMQ": permutation_comq(weight, gram, bits, sort_key="signed"),
+                "P-COMQ|W|": permutation_comq(weight, gram, bits, sort_key="abs"),
             }
             row = {"shape": tuple(weight.shape)}
             for method, result in quantized.items():
@@ -77,11 +80,14 @@ def report(model_name: str, bits: int, rows: dict[str, dict]) -> bool:
     print(f"{'sum':<{width}} {'':>11} " + " ".join(f"{totals[m]:11.4g}" for m in METHODS))
     per_layer = all(row["COMQ"] <= row["RTN"] for row in rows.values())
     summed = totals["P-COMQ"] <= totals["COMQ"]
+    summed_abs = totals["P-COMQ|W|"] <= totals["COMQ"]
     print(
         f"COMQ <= RTN on every layer: {'OK' if per_layer else 'NO'}; "
         f"summed P-COMQ <= COMQ: {'OK' if summed else 'NO'} "
         f"(P-COMQ / COMQ = {totals['P-COMQ'] / totals['COMQ']:.3f}, "
-        f"COMQ / RTN = {totals['COMQ'] / totals['RTN']:.3f})"
+        f"COMQ / RTN = {totals['COMQ'] / totals['RTN']:.3f}); "
+        f"|W| key: {'OK' if summed_abs else 'NO'} "
+        f"(P-COMQ|W| / COMQ = {totals['P-COMQ|W|'] / totals['COMQ']:.3f})"
     )
     return per_layer and summed
 

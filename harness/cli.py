@@ -103,7 +103,7 @@ _METHOD_OPTIONS: tuple[tuple[str, str, object, str], ...] = (
     ("--update-scale", "update_scale", "flag", "COMQ closed-form scale update after each sweep"),
     ("--sequential", "sequential", "flag", "fit on the partially quantized model's inputs"),
     ("--groups", "groups", int, "Permutation-COMQ magnitude groups G"),
-    ("--sort-key", "sort_key", str, "Permutation-COMQ sort key: abs or signed"),
+    ("--sort-key", "sort_key", str, "Permutation-COMQ sort key: signed (default) or abs"),
     ("--scope", "scope", str, "Permutation-COMQ scope: layer or channel"),
     ("--block-size", "block_size", int, "GPTQ columns per lazy batch"),
     ("--damp", "damp", float, "GPTQ dampening, a fraction of mean(diag H)"),

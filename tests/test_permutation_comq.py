@@ -45,7 +45,7 @@ def _volume(seed: int) -> torch.Tensor:
 
 def test_layer_scope_cuts_the_magnitude_ranking_into_m_groups_of_n_weights():
     weight, _ = _problem()
-    ids = magnitude_groups(weight, groups=6)
+    ids = magnitude_groups(weight, groups=6, sort_key="abs")
     assert torch.bincount(ids.flatten()).tolist() == [18] * 6
     magnitudes = weight.abs()
     for group in range(5):
@@ -53,15 +53,16 @@ def test_layer_scope_cuts_the_magnitude_ranking_into_m_groups_of_n_weights():
     assert ids.flatten()[weight.abs().flatten().argmax()] == 5
 
 
-def test_signed_key_ranks_the_values_themselves():
+def test_signed_key_is_the_default_and_ranks_the_values_themselves():
     weight, _ = _problem()
-    ids = magnitude_groups(weight, groups=3, sort_key="signed")
+    ids = magnitude_groups(weight, groups=3)
+    assert torch.equal(ids, magnitude_groups(weight, groups=3, sort_key="signed"))
     assert weight[ids == 0].max() <= weight[ids == 1].min() <= weight[ids == 2].min()
 
 
 def test_channel_scope_makes_groups_inside_each_output_channel():
     weight, _ = _problem()
-    ids = magnitude_groups(weight, groups=3, scope="channel")
+    ids = magnitude_groups(weight, groups=3, sort_key="abs", scope="channel")
     for row, row_ids in zip(weight, ids, strict=True):
         assert torch.bincount(row_ids).tolist() == [6, 6, 6]
         assert row.abs()[row_ids == 0].max() <= row.abs()[row_ids == 1].min()
