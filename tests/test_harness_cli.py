@@ -100,6 +100,27 @@ def test_study_fp32_reaches_085_and_w8a8_stays_within_one_percent(demo, tmp_path
         assert row["mean_dsc"] == pytest.approx(fp32["mean_dsc"] * (1 - row["dsc_drop_pct"] / 100))
 
 
+@pytest.mark.slow
+def test_sensitivity_on_the_hybrid_names_its_worst_layers_and_keeping_them_fp_raises_w4a4(
+    demo, tmp_path, capsys
+):
+    out = tmp_path / "sensitivity"
+    args = ["--dataset", str(demo / "dataset"), "--model", str(demo / "models" / "unetr")]
+    assert run_cli("sensitivity", *args, "--scheme", "w4a4-per-tensor", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "sensitivity.json").read_text())
+    assert report["track"]["family"] == "hybrid"
+    worst = report["groups"][0]
+    assert worst["rank"] == 1 and f"1  {worst['group']}" in printed
+    recovered = [g["dsc_recovered"] for g in report["groups"]]
+    assert recovered == sorted(recovered, reverse=True)
+    kept = report["keep_top_k"][0]
+    assert kept["groups"] == [worst["group"]]
+    assert kept["dsc"] > report["quantized_dsc"], "keeping the worst group in FP must raise W4A4"
+    assert f"{report['quantized_dsc']:.4f} → {kept['dsc']:.4f}" in printed
+    assert (out / "sensitivity.html").stat().st_size > 0
+
+
 def test_checkpoint_submission_scores_exactly_like_the_scheme_it_was_made_with(demo, tmp_path):
     track = LoadedTrack.open(
         TrackSpec(model_dir=demo / "models" / "unet", dataset_dir=demo / "dataset")
