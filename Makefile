@@ -14,14 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
-## Demo data (phantom dataset + shipped models), SQLite database, site at http://127.0.0.1:8000
+## Demo data (phantom dataset + shipped models), SQLite database, demo tracks whose baselines a
+## Celery worker (started by `serve`, broker: SQLAlchemy on SQLite) computes, site at :8000
 run: venv demo
 	mkdir -p var
-	MEDQUANT_DEMO_DIR=$(DEMO) $(PY) manage.py migrate --noinput
-	MEDQUANT_DEMO_DIR=$(DEMO) $(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo --demo $(DEMO)
+	OMP_NUM_THREADS=1 $(PY) manage.py serve 127.0.0.1:8000
 
 demo: venv
-	test -f $(DEMO)/dataset/dataset.json || $(HARNESS) demo --out $(DEMO)
+	test -f $(DEMO)/dataset/dataset.json -a -d $(DEMO)/models || $(HARNESS) demo --out $(DEMO)
 
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest

@@ -22,6 +22,10 @@ def _track(args: argparse.Namespace):
         calibration_split=args.calibration_split,
         nsd_tolerance_mm=args.nsd_tolerance,
         seed=args.seed,
+        backend=getattr(args, "backend", "simulated"),
+        weight_bits=getattr(args, "weight_bits", None),
+        activation_bits=getattr(args, "activation_bits", None),
+        max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
     )
     return LoadedTrack.open(spec)
 
@@ -77,9 +81,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from harness.result import write_result
     from harness.submission import Submission, evaluate_submission
 
-    if args.scheme and args.checkpoint:
-        raise HarnessError("give --scheme or --checkpoint, not both")
-    if args.scheme:
+    if sum(bool(x) for x in (args.scheme, args.checkpoint, args.onnx)) > 1:
+        raise HarnessError("give one of --scheme, --checkpoint or --onnx")
+    if args.onnx:
+        submission = Submission("onnx", onnx=Path(args.onnx))
+    elif args.scheme:
         submission = Submission("scheme", scheme=args.scheme)
     elif args.checkpoint:
         submission = Submission("checkpoint", checkpoint=Path(args.checkpoint))
@@ -93,6 +99,59 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{submission.label}: mean DSC {s['mean_dsc']:.4f} (↓{s['dsc_drop_pct']:.2f}%), "
         f"mean NSD {s['mean_nsd']:.4f} (↓{s['nsd_drop_pct']:.2f}%), "
         f"95% CI [{s['dsc_ci95'][0]:.4f}, {s['dsc_ci95'][1]:.4f}] → {args.out}"
+    )
+    if "efficiency" in result:
+        e = result["efficiency"]
+        patch, volume = e["latency_ms"]["per_patch"], e["latency_ms"].get("per_volume")
+        kernels = e.get("kernels", {})
+        print(
+            f"{e['backend']}: {e['size_mb']:.2f} MB, per patch {patch['median_ms']:.1f} ms "
+            f"(p95 {patch['p95_ms']:.1f})"
+            + (f", per volume {volume['median_ms']:.0f} ms" if volume else "")
+            + (
+                f", {kernels['int8_mac_fraction']:.0%} of conv/linear MACs in integer kernels"
+                if kernels
+                else ""
+            )
+        )
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from harness.checkpoint import load_checkpoint
+    from harness.onnx_export import (
+        FP32_TOLERANCE,
+        export_fp32,
+        export_qdq,
+        int8_model,
+        relative_difference,
+    )
+
+    if args.checkpoint and args.int8:
+        raise HarnessError("give --checkpoint or --int8, not both")
+    track = _track(args)
+    if args.checkpoint or args.int8:
+        calibration = track.calibration
+        if args.checkpoint:
+            model = load_checkpoint(Path(args.checkpoint), track.model)
+        else:
+            model = int8_model(track.model, calibration)
+        path = export_qdq(model, track.model_spec, calibration, args.out)
+        difference = relative_difference(model, path, calibration[0])
+        print(
+            f"Q/DQ ONNX → {path}; max |ORT − simulated| / max |simulated| on a calibration "
+            f"batch {difference:.3g}"
+        )
+        return
+    path = export_fp32(track.model, track.model_spec, args.out)
+    difference = relative_difference(track.model, path, track.calibration[0])
+    if difference > FP32_TOLERANCE:
+        raise HarnessError(
+            f"the exported graph differs from PyTorch by {difference:.3g} of the logit range "
+            f"(> {FP32_TOLERANCE})"
+        )
+    print(
+        f"FP32 ONNX → {path}; max |ORT − PyTorch| / max |PyTorch| {difference:.2g} "
+        f"(tolerance {FP32_TOLERANCE})"
     )
 
 
@@ -189,6 +248,28 @@ def cmd_activations(args: argparse.Namespace) -> None:
     print(f"→ {json_path}, {html_path}")
 
 
+def cmd_submit(args: argparse.Namespace) -> None:
+    import os
+
+    from harness.client import submit, wait
+
+    token = args.token or os.environ.get("MEDQUANT_TOKEN")
+    if not token:
+        raise HarnessError("an API token is needed: --token or MEDQUANT_TOKEN")
+    created = submit(
+        args.url, token, args.track, args.method, Path(args.artifact), args.description
+    )
+    print(f"submission {created['id']} {created['status']} on {created['track']}")
+    if args.wait:
+        final = wait(args.url, token, created["id"], args.timeout)
+        detail = (
+            final["error"] or f"mean DSC {final['mean_dsc']:.4f}, mean NSD {final['mean_nsd']:.4f}"
+        )
+        print(f"submission {final['id']} {final['status']}: {detail}")
+        if final["status"] != "done":
+            raise HarnessError(f"submission {final['id']} {final['status']}")
+
+
 def _add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path") -> None:
     p.add_argument("--dataset", required=True, help="dataset folder (MSD or nnU-Net v2 layout)")
     p.add_argument("--model", required=True, help="reference model folder (model.json + weights)")
@@ -275,7 +356,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_track_args(p)
     p.add_argument("--scheme", help="e.g. w8a8-per-tensor, w4a4-per-channel, w4a16-adaptive")
     p.add_argument("--checkpoint", help="quantized checkpoint folder (manifest + safetensors)")
+    p.add_argument("--onnx", help="ONNX file with Q/DQ nodes (onnxruntime-cpu / tensorrt tracks)")
+    p.add_argument(
+        "--backend", choices=("simulated", "onnxruntime-cpu", "tensorrt"), default="simulated"
+    )
+    p.add_argument("--weight-bits", type=int, help="track limit on weight bits")
+    p.add_argument("--activation-bits", type=int, help="track limit on activation bits")
+    p.add_argument(
+        "--max-float-mac-fraction",
+        type=float,
+        default=0.0,
+        help="share of weighted-op MACs an ONNX file may keep with float weights",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export-onnx",
+        parents=[common],
+        help="FP32 reference → ONNX; or an INT8 / quantized checkpoint → Q/DQ ONNX",
+    )
+    _add_track_args(p, out_help="ONNX file to write")
+    p.add_argument("--checkpoint", help="export this quantized checkpoint as Q/DQ ONNX")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="export per-channel INT8 weights + static per-tensor INT8 activations as Q/DQ ONNX",
+    )
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser(
         "study", parents=[common], help="FP32 + W8A8/W4A4 × granularities, as a table and JSON"
@@ -317,6 +424,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=int, default=8, help="outlier layers in the table and heatmap")
     p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser(
+        "submit", help="submit a quantized checkpoint or ONNX file to a leaderboard site (REST API)"
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="site address")
+    p.add_argument("--token", help="personal API token (default: $MEDQUANT_TOKEN)")
+    p.add_argument("--track", required=True, help="track slug")
+    p.add_argument("--method", required=True, help="method name shown on the leaderboard")
+    p.add_argument("--description", default="")
+    p.add_argument(
+        "--checkpoint",
+        dest="artifact",
+        required=True,
+        help="checkpoint folder (manifest.json + weights.safetensors), checkpoint .zip or .onnx",
+    )
+    p.add_argument("--wait", action="store_true", help="poll until the evaluation finishes")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait at most")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -45,7 +45,8 @@ def environment(seed: int) -> dict:
         "processor": platform.processor() or "unknown",
         "cpu_threads": torch.get_num_threads(),
         "libraries": {
-            name: version(name) for name in ("torch", "monai", "numpy", "nibabel", "safetensors")
+            name: version(name)
+            for name in ("torch", "monai", "numpy", "nibabel", "safetensors", "onnx", "onnxruntime")
         },
         "seed": seed,
     }
@@ -60,8 +61,10 @@ def build_result(
     fp32: EvaluationRun | None,
     seed: int,
     extra_timings: dict[str, float] | None = None,
+    efficiency: dict | None = None,
 ) -> dict:
-    """Assemble the result document; ``fp32`` is the reference run (None when this is it)."""
+    """Assemble the result document; ``fp32`` is the reference run (None when this is it);
+    ``efficiency`` holds real-backend latency, size and memory (ONNX submissions)."""
     case_dsc = [c.mean_dsc for c in run.cases]
     case_nsd = [c.mean_nsd for c in run.cases]
     mean_dsc, mean_nsd = float(np.mean(case_dsc)), float(np.mean(case_nsd))
@@ -72,7 +75,7 @@ def build_result(
     timings = {k: round(v, 4) for k, v in run.timer.seconds.items()}
     timings["evaluation_wall"] = round(run.wall_seconds, 4)
     timings.update({k: round(v, 4) for k, v in (extra_timings or {}).items()})
-    return {
+    document = {
         "schema": RESULT_SCHEMA,
         "schema_version": RESULT_SCHEMA_VERSION,
         "track": track,
@@ -113,6 +116,9 @@ def build_result(
         "environment": environment(seed),
         "timings": timings,
     }
+    if efficiency is not None:
+        document["efficiency"] = efficiency
+    return document
 
 
 def write_result(result: dict, path: str | Path) -> Path:

@@ -16,6 +16,7 @@ from harness.checkpoint import describe_checkpoint, load_checkpoint
 from harness.dataset import Case, Dataset, load_dataset
 from harness.errors import CheckpointError
 from harness.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.onnx_submission import onnx_efficiency, open_onnx_submission
 from harness.reference_model import ModelSpec, load_reference_model, weights_sha256
 from harness.result import build_result
 from harness.track import TrackSpec
@@ -24,17 +25,22 @@ from reference_methods.simulated import QuantConfig, quantize
 
 @dataclass(frozen=True)
 class Submission:
-    """What is evaluated: ``fp32`` (the reference), a ``scheme`` name or a ``checkpoint``."""
+    """What is evaluated: ``fp32`` (the reference), a ``scheme`` name, a ``checkpoint`` or an
+    ``onnx`` file (on an onnxruntime-cpu or tensorrt track)."""
 
-    kind: Literal["fp32", "scheme", "checkpoint"]
+    kind: Literal["fp32", "scheme", "checkpoint", "onnx"]
     scheme: str | None = None
     checkpoint: Path | None = None
+    onnx: Path | None = None
 
     @property
     def label(self) -> str:
-        return {"fp32": "fp32", "scheme": self.scheme, "checkpoint": str(self.checkpoint)}[
-            self.kind
-        ]
+        return {
+            "fp32": "fp32",
+            "scheme": self.scheme,
+            "checkpoint": str(self.checkpoint),
+            "onnx": str(self.onnx),
+        }[self.kind]
 
 
 @dataclass
@@ -102,6 +108,16 @@ class LoadedTrack:
         """The network a submission stands for, with the precision read from it."""
         if submission.kind == "fp32":
             return self.model, {"weight_bits": 32, "activation_bits": 32, "granularity": "none"}
+        if submission.kind == "onnx":
+            with timer.stage("verify"):
+                model, precision = open_onnx_submission(self, Path(submission.onnx))
+            self._check_precision(precision)
+            return model, precision
+        if self.spec.backend != "simulated":
+            raise CheckpointError(
+                f"a {self.spec.backend} track scores ONNX files; export the checkpoint with "
+                "`harness export-onnx --checkpoint` and submit that"
+            )
         if submission.kind == "scheme":
             config = QuantConfig.from_scheme(submission.scheme)
             calibration = self.calibration
@@ -147,6 +163,10 @@ def evaluate_submission(
     if fp32 is None and submission.kind != "fp32":
         fp32 = track.fp32_run
     run = track.run(model, progress, submission.label)
+    efficiency = None
+    if submission.kind == "onnx":
+        with timer.stage("efficiency"):
+            efficiency = onnx_efficiency(track, model, Path(submission.onnx))
     extra = dict(track.timer.seconds) | dict(timer.seconds)
     result = build_result(
         run,
@@ -156,5 +176,6 @@ def evaluate_submission(
         fp32=fp32 if submission.kind != "fp32" else None,
         seed=track.spec.seed,
         extra_timings=extra,
+        efficiency=efficiency,
     )
     return result, run

@@ -1,1 +1,5 @@
-"""Django project of the MedQuant leaderboard (the site lands in a later issue)."""
+"""Django project of the MedQuant leaderboard; importing it loads the Celery app."""
+
+from leaderboard.celery import app as celery_app
+
+__all__ = ["celery_app"]

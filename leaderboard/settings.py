@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from leaderboard.config import database_from_url, plotly_js_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MEDQUANT_VAR_DIR", BASE_DIR / "var"))
 
@@ -17,10 +19,18 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "leaderboard.accounts",
+    "leaderboard.tracks",
+    "leaderboard.submissions",
+    "leaderboard.api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -48,16 +58,123 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "leaderboard.wsgi.application"
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "db.sqlite3",
-    }
-}
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL"), VAR_DIR / "db.sqlite3")}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Files: local folders by default; S3-compatible storage when MEDQUANT_S3_BUCKET is set.
+STATIC_URL = "static/"
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT")  # collectstatic target (containers)
+STATICFILES_DIRS = [("plotly", plotly_js_dir())]
+# Serve static files from the apps and plotly's bundle even before `collectstatic` has run.
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+if os.environ.get("MEDQUANT_S3_BUCKET"):
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["MEDQUANT_S3_BUCKET"],
+            "endpoint_url": os.environ.get("MEDQUANT_S3_ENDPOINT_URL"),
+            "default_acl": "private",
+            "querystring_auth": True,
+        },
+    }
+# Uploads larger than this go to a temporary file instead of memory; the artifact limit is below.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+MEDQUANT_MAX_ARTIFACT_BYTES = int(os.environ.get("MEDQUANT_MAX_ARTIFACT_MB", "512")) * 1024 * 1024
+# Where workers unpack artifacts for evaluation.
+MEDQUANT_WORK_DIR = VAR_DIR / "work"
+
+# Quantizer containers (the `containers` queue). Tracks accept them only when container workers
+# run (MEDQUANT_CONTAINERS=1); an uploaded `docker save` tarball has its own size limit. A
+# registry reference (name:tag or name@sha256:…) is accepted only from the configured registry
+# host and is pulled and pinned by digest. The helper image holds a run's /output volume: any
+# trusted image with `python` (the worker's own). The work folder must be a path the Docker
+# engine sees under the same name (it is bind-mounted as the quantizer's /input).
+MEDQUANT_CONTAINERS = os.environ.get("MEDQUANT_CONTAINERS", "0") == "1"
+MEDQUANT_MAX_IMAGE_BYTES = int(os.environ.get("MEDQUANT_MAX_IMAGE_MB", "4096")) * 1024 * 1024
+MEDQUANT_CONTAINER_REGISTRY = os.environ.get("MEDQUANT_CONTAINER_REGISTRY", "")
+MEDQUANT_CONTAINER_HELPER_IMAGE = os.environ.get(
+    "MEDQUANT_CONTAINER_HELPER_IMAGE", "python:3.11-slim"
+)
+MEDQUANT_CONTAINER_GPU = os.environ.get("MEDQUANT_CONTAINER_GPU", "0") == "1"
+# Resources of one quantizer run (harness.containers.ContainerLimits fields; the wall-clock
+# limit comes from the track, the output limit is the upload limit).
+MEDQUANT_CONTAINER_LIMITS = {
+    "cpus": float(os.environ.get("MEDQUANT_CONTAINER_CPUS", min(4, os.cpu_count() or 1))),
+    "memory_bytes": int(os.environ.get("MEDQUANT_CONTAINER_MEMORY_MB", "8192")) * 1024 * 1024,
+}
+
+# Rendered leaderboards are cached per ranking version; Redis when MEDQUANT_CACHE_URL is set.
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["MEDQUANT_CACHE_URL"],
+        }  # fmt: skip
+        if os.environ.get("MEDQUANT_CACHE_URL")
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+BOARD_CACHE_SECONDS = 600
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+# Celery: the embedded default is a broker that needs no server (SQLAlchemy transport on SQLite).
+CELERY_BROKER_URL = os.environ.get(
+    "CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'broker.sqlite3'}"
+)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# Redis redelivers an unacknowledged task after the visibility timeout (longer than any track's
+# time limit); the SQLAlchemy transport takes engine options here, so it gets none.
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "7200"))}
+    if CELERY_BROKER_URL.startswith("redis")
+    else {}
+)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "leaderboard.accounts.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "EXCEPTION_HANDLER": "leaderboard.api.errors.error_body_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("MEDQUANT_RATE_ANON", "120/min"),
+        "user": os.environ.get("MEDQUANT_RATE_USER", "600/min"),
+        "submit": os.environ.get("MEDQUANT_RATE_SUBMIT", "30/hour"),
+    },
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MedQuant Leaderboard API",
+    "DESCRIPTION": "Tracks, leaderboards and one-call submissions of quantized 3D segmentation "
+    "models. Authenticate with `Authorization: Token <your token>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}

@@ -1,8 +1,31 @@
 """URL routes of the leaderboard site."""
 
 from django.contrib import admin
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from leaderboard.accounts import views as accounts
+from leaderboard.submissions import views as submissions
+from leaderboard.tracks import views as tracks
 
 urlpatterns = [
+    path("", tracks.home, name="home"),
+    path("tracks/<slug:slug>/", tracks.track_detail, name="track"),
+    path("tracks/<slug:slug>/model/<str:name>", tracks.model_file, name="model-file"),
+    path(
+        "tracks/<slug:slug>/calibration/<str:case_id>.nii.gz",
+        tracks.calibration_case,
+        name="calibration-case",
+    ),
+    path("submit/", submissions.submit, name="submit"),
+    path("submissions/", submissions.my_submissions, name="my-submissions"),
+    path("submissions/<int:pk>/", submissions.submission_detail, name="submission"),
+    path("submissions/<int:pk>/status", submissions.submission_status, name="submission-status"),
+    path("tokens/", accounts.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke", accounts.revoke_token, name="revoke-token"),
+    path("signup/", accounts.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", include("leaderboard.api.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -42,3 +42,16 @@ def tiny_track(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model_dir = save_reference_model(spec.build(), spec, root / "model")
     return dataset, model_dir
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A Docker engine: the running one, or dockerd started here (root only) and stopped after the
+    session; the tests using it are skipped, with the reason, only when neither is possible."""
+    from container_images.engine import start_engine
+
+    engine = start_engine()
+    if isinstance(engine, str):
+        pytest.skip(engine)
+    yield engine.client
+    engine.stop()

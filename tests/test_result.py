@@ -35,8 +35,10 @@ def test_track_spec_round_trips_through_json(tmp_path):
     assert TrackSpec.from_json(path) == spec
 
 
-def test_track_spec_refuses_unavailable_backend_and_bad_tolerance(tmp_path):
-    with pytest.raises(HarnessError, match="backend 'tensorrt' is not available"):
-        TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, backend="tensorrt")
+def test_track_spec_refuses_unknown_backend_and_bad_tolerance(tmp_path):
+    with pytest.raises(HarnessError, match="unknown backend 'openvino'"):
+        TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, backend="openvino")
+    for backend in ("onnxruntime-cpu", "tensorrt"):  # tensorrt: runs only on a GPU worker
+        assert TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, backend=backend).backend
     with pytest.raises(HarnessError, match="nsd_tolerance_mm must be positive"):
         TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, nsd_tolerance_mm=0)

@@ -1,0 +1,182 @@
+"""Quantizer images: a registry reference or an uploaded ``docker save`` archive, each pinned to
+the content digest that is then run and recorded on the submission.
+
+An archive is checked before Docker sees it: size limit, a plain (uncompressed) tar with only
+regular files, directories and symlinks that stay inside it, no absolute or ``..`` paths, and a
+``manifest.json`` naming exactly one image whose config and layers are in the archive. Its tags
+are dropped (an upload must never retag a local image); the loaded image ID must equal the SHA-256
+of the config it declares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import docker
+import docker.errors
+
+from harness.errors import HarnessError
+
+MANIFEST = "manifest.json"
+_DROPPED = ("repositories",)  # legacy tag file: tags never come from an upload
+_CHUNK = 1 << 20
+
+
+class ImageError(HarnessError):
+    """A quantizer image reference or archive is unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class PinnedImage:
+    """What the runner starts (``reference``) and the digest recorded on the submission."""
+
+    reference: str
+    digest: str
+    source: Literal["registry", "archive"]
+
+
+def pin_registry_image(
+    client: docker.DockerClient, reference: str, *, pull: bool = True
+) -> PinnedImage:
+    """Pull ``reference`` (``name:tag`` or ``name@sha256:…``) and pin it to its repo digest.
+
+    With ``pull=False`` (no registry configured) the image must already be on the engine and
+    ``reference`` must carry its digest.
+    """
+    name, at, wanted = reference.partition("@")
+    if at and not wanted.startswith("sha256:"):
+        raise ImageError(f"image reference {reference!r} has a malformed digest")
+    if not pull and not at:
+        raise ImageError(
+            f"image reference {reference!r} must be pinned by digest (name@sha256:…): "
+            "no registry is configured to resolve tags"
+        )
+    try:
+        image = client.images.pull(reference) if pull else client.images.get(reference)
+    except docker.errors.ImageNotFound:
+        raise ImageError(f"image {reference!r} does not exist") from None
+    except docker.errors.APIError as error:
+        raise ImageError(f"image {reference!r} could not be pulled: {error.explanation}") from None
+    repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    digests = [d for d in image.attrs.get("RepoDigests") or [] if d.startswith(f"{repo}@")]
+    if at and reference not in digests and f"{repo}@{wanted}" not in digests:
+        raise ImageError(f"image {reference!r} resolved to a different digest ({digests})")
+    if not digests:
+        raise ImageError(f"image {reference!r} has no registry digest to pin it by")
+    pinned = f"{repo}@{wanted}" if at else digests[0]
+    return PinnedImage(pinned, pinned.partition("@")[2], "registry")
+
+
+def load_image_archive(
+    client: docker.DockerClient, archive: str | Path, *, max_bytes: int, workdir: str | Path
+) -> PinnedImage:
+    """Check a ``docker save`` archive, load it without its tags and pin it by image ID."""
+    archive = Path(archive)
+    size = archive.stat().st_size
+    if size > max_bytes:
+        raise ImageError(
+            f"image archive is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB"
+        )
+    clean = Path(workdir) / f"sanitized-{uuid.uuid4().hex}.tar"
+    config_digest = _sanitized_copy(archive, clean)
+    try:
+        with clean.open("rb") as stream:
+            images = client.images.load(stream)
+    except docker.errors.APIError as error:
+        raise ImageError(f"Docker refused the image archive: {error.explanation}") from None
+    finally:
+        clean.unlink(missing_ok=True)
+    ids = {image.id for image in images}
+    if ids != {config_digest}:
+        raise ImageError(
+            f"the archive loaded as {sorted(ids)}, not the image its manifest declares "
+            f"({config_digest})"
+        )
+    return PinnedImage(config_digest, config_digest, "archive")
+
+
+def _sanitized_copy(archive: Path, dest: Path) -> str:
+    """Copy ``archive`` to ``dest`` with tags removed; return the declared image ID."""
+    try:
+        with tarfile.open(archive, "r:") as tar:
+            members = {_checked_name(m): m for m in tar.getmembers()}
+            manifest = _manifest(tar, members)
+            config = members[manifest["Config"]]
+            digest = "sha256:" + _sha256(tar, _resolve(members, config))
+            manifest["RepoTags"] = None
+            data = json.dumps([manifest]).encode()
+            with tarfile.open(dest, "w") as out:
+                for name, member in members.items():
+                    if name in _DROPPED:
+                        continue
+                    if name == MANIFEST:
+                        member.size = len(data)
+                        out.addfile(member, io.BytesIO(data))
+                    else:
+                        out.addfile(member, tar.extractfile(member) if member.isfile() else None)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise ImageError(f"image archive is not a readable tar file: {error}") from None
+    return digest
+
+
+def _checked_name(member: tarfile.TarInfo) -> str:
+    name = posixpath.normpath(member.name)
+    if member.name.startswith("/") or name == ".." or name.startswith("../"):
+        raise ImageError(f"image archive entry {member.name!r} points outside the archive")
+    if not (member.isfile() or member.isdir() or member.issym()):
+        raise ImageError(f"image archive entry {member.name!r} is not a file, folder or symlink")
+    if member.issym():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            raise ImageError(
+                f"image archive symlink {member.name!r} points outside the archive "
+                f"({member.linkname!r})"
+            )
+    return name
+
+
+def _manifest(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo]) -> dict:
+    if MANIFEST not in members or not members[MANIFEST].isfile():
+        raise ImageError(f"image archive has no {MANIFEST}: is it the output of `docker save`?")
+    try:
+        manifest = json.loads(tar.extractfile(members[MANIFEST]).read(_CHUNK))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ImageError(f"image archive {MANIFEST} is not valid JSON: {error}") from None
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+        raise ImageError(f"image archive {MANIFEST} must describe exactly one image")
+    entry = manifest[0]
+    layers = entry.get("Layers")
+    if not isinstance(entry.get("Config"), str) or not isinstance(layers, list) or not layers:
+        raise ImageError(f"image archive {MANIFEST} lacks its Config or Layers")
+    for path in (entry["Config"], *layers):
+        if not isinstance(path, str) or posixpath.normpath(path) not in members:
+            raise ImageError(f"image archive {MANIFEST} names {path!r}, which is not in it")
+    entry["Config"] = posixpath.normpath(entry["Config"])
+    return entry
+
+
+def _resolve(members: dict[str, tarfile.TarInfo], member: tarfile.TarInfo) -> tarfile.TarInfo:
+    seen = set()
+    while member.issym():
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        if name in seen or name not in members:
+            raise ImageError(f"image archive symlink {member.name!r} does not resolve")
+        seen.add(name)
+        member = members[name]
+    return member
+
+
+def _sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    digest = hashlib.sha256()
+    stream = tar.extractfile(member)
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()

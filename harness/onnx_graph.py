@@ -1,0 +1,150 @@
+"""Read-only views of an ONNX graph: producers and constants by tensor name, the weight and
+activation paths of every weighted op (Conv, ConvTranspose, Gemm, MatMul) and its MACs.
+
+MACs per sample (batch dimension excluded): Conv = output voxels × weight elements; ConvTranspose =
+input voxels × weight elements; Gemm/MatMul = output rows × weight elements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# ops a weight or an activation may pass through unchanged in value between its quantizer and use
+PASS_THROUGH_OPS = ("Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+INTEGER_BITS = {
+    TensorProto.INT4: 4,
+    TensorProto.UINT4: 4,
+    TensorProto.INT8: 8,
+    TensorProto.UINT8: 8,
+    TensorProto.INT16: 16,
+    TensorProto.UINT16: 16,
+    TensorProto.INT32: 32,
+    TensorProto.UINT32: 32,
+}
+
+
+def dtype_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type).lower()
+
+
+class GraphIndex:
+    """Producers, constants and value shapes of a model's main graph, by tensor name."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: onnx.ModelProto | None = None) -> None:
+        graph = model.graph
+        self.model = model
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            for name in node.output:
+                if name:
+                    self.producer[name] = node
+        self.constants: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attribute:
+                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                        self.constants[node.output[0]] = attr.t
+        self.shapes: dict[str, list[int | None]] = {}
+        source = shapes if shapes is not None else model
+        for info in (*source.graph.input, *source.graph.value_info, *source.graph.output):
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape"):
+                self.shapes[info.name] = [
+                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+                ]
+        for name, tensor in self.constants.items():
+            self.shapes[name] = list(tensor.dims)
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.constants[name])
+
+    def follow(self, name: str) -> tuple[str, onnx.NodeProto | None]:
+        """Walk back from ``name`` through pass-through ops: (tensor name, its producer or None)."""
+        seen = set()
+        while name in self.producer and name not in seen:
+            seen.add(name)
+            node = self.producer[name]
+            if node.op_type not in PASS_THROUGH_OPS or not node.input:
+                return name, node
+            name = node.input[0]
+        return name, self.producer.get(name)
+
+    def is_constant(self, name: str) -> bool:
+        """True when ``name`` is computed from initializers/Constants only (no graph input)."""
+        stack, seen = [name], set()
+        while stack:
+            current = stack.pop()
+            if current in seen or current in self.constants or not current:
+                continue
+            seen.add(current)
+            node = self.producer.get(current)
+            if node is None:
+                return False
+            stack.extend(node.input)
+        return True
+
+
+@dataclass(frozen=True)
+class WeightedOp:
+    """A weighted op: its node, which input carries the weight and which the activation."""
+
+    node: onnx.NodeProto
+    weight_input: int
+    activation_input: int
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.output[0]
+
+    @property
+    def weight(self) -> str:
+        return self.node.input[self.weight_input]
+
+    @property
+    def activation(self) -> str:
+        return self.node.input[self.activation_input]
+
+
+def weighted_ops(index: GraphIndex) -> list[WeightedOp]:
+    """Conv/ConvTranspose/Gemm/MatMul nodes with a constant weight input, in graph order.
+    A MatMul of two activations (e.g. attention scores) has no weight and is not listed."""
+    ops = []
+    for node in index.model.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHTED_OPS:
+            continue
+        if len(node.input) < 2:
+            continue
+        if node.op_type == "MatMul" and index.is_constant(node.input[0]):
+            ops.append(WeightedOp(node, 0, 1))
+        elif node.op_type != "MatMul" or index.is_constant(node.input[1]):
+            ops.append(WeightedOp(node, 1, 0))
+    return ops
+
+
+def macs_per_sample(op: WeightedOp, index: GraphIndex, weight_shape: list[int]) -> int | None:
+    """MACs of one sample through ``op`` (see module docstring); None when shapes are unknown."""
+    weight_elements = math.prod(weight_shape)
+    kind = op.node.op_type
+    if kind in ("Conv", "ConvTranspose"):
+        shape = index.shapes.get(op.node.output[0] if kind == "Conv" else op.activation)
+        if not shape or len(shape) < 3 or any(d is None for d in shape[2:]):
+            return None
+        return math.prod(shape[2:]) * weight_elements
+    shape = index.shapes.get(op.node.output[0])
+    if not shape or any(d is None for d in shape[1:-1]):
+        return None
+    return math.prod(shape[1:-1]) * weight_elements
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with inferred value shapes (best effort: unknown ops leave shapes unknown)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return model

@@ -1,0 +1,1 @@
+"""Participants: teams and personal API tokens (stored hashed, shown once, revocable)."""

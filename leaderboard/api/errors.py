@@ -1,0 +1,40 @@
+"""One error body for every API failure:
+``{"error": {"status": 400, "code": "invalid", "message": "...", "fields": {...}}}``."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+def _first_message(detail) -> str:
+    if isinstance(detail, dict):
+        for field, value in detail.items():
+            text = _first_message(value)
+            return text if field in ("non_field_errors", "detail") else f"{field}: {text}"
+    if isinstance(detail, list):
+        return _first_message(detail[0]) if detail else ""
+    return str(detail)
+
+
+def error_body_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
+    codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+    body = {
+        "status": response.status_code,
+        "code": codes if isinstance(codes, str) else "invalid",
+        "message": _first_message(detail),
+    }
+    if isinstance(detail, dict) and response.status_code == status.HTTP_400_BAD_REQUEST:
+        body["fields"] = {k: [str(m) for m in v] if isinstance(v, list) else [str(v)]
+                          for k, v in detail.items()}  # fmt: skip
+    return Response({"error": body}, status=response.status_code, headers=response.headers)

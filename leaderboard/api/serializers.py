@@ -1,0 +1,76 @@
+"""API representations of tracks, leaderboard rows and submissions."""
+
+from rest_framework import serializers
+
+from leaderboard.submissions.intake import UPLOAD_KINDS
+from leaderboard.submissions.models import Submission
+from leaderboard.tracks.models import Track
+
+
+class TrackSerializer(serializers.ModelSerializer):
+    dataset = serializers.CharField(source="dataset.slug")
+    model = serializers.CharField(source="reference_model.slug")
+    architecture = serializers.CharField(source="reference_model.architecture")
+    precision = serializers.CharField(source="precision_label")
+    is_open = serializers.BooleanField()
+
+    class Meta:
+        model = Track
+        fields = [
+            "slug", "title", "dataset", "model", "architecture", "backend", "precision",
+            "weight_bits", "activation_bits", "granularities", "ranking_metric", "tie_breakers",
+            "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "opens_at", "closes_at",
+            "is_open",
+        ]  # fmt: skip
+
+
+class LeaderboardRowSerializer(serializers.Serializer):
+    """One ranked entry (flat, so that it is also a CSV row)."""
+
+    rank = serializers.IntegerField()
+    submission = serializers.IntegerField(source="submission_id")
+    method = serializers.CharField(source="submission.method")
+    entrant = serializers.CharField(source="submission.entrant")
+    baseline = serializers.BooleanField(source="submission.is_baseline")
+    mean_dsc = serializers.FloatField()
+    mean_nsd = serializers.FloatField()
+    dsc_drop_pct = serializers.FloatField()
+    dsc_ci_low = serializers.FloatField()
+    dsc_ci_high = serializers.FloatField()
+    gate_passed = serializers.BooleanField()
+    weight_bits = serializers.IntegerField()
+    activation_bits = serializers.IntegerField(allow_null=True)
+    granularity = serializers.CharField()
+    size_mb = serializers.FloatField(allow_null=True)
+    latency_ms = serializers.FloatField(allow_null=True)
+    submitted_at = serializers.DateTimeField(source="submission.created_at")
+
+
+class SubmissionSerializer(serializers.ModelSerializer):
+    track = serializers.CharField(source="track.slug")
+    entrant = serializers.CharField()
+    mean_dsc = serializers.FloatField(source="evaluation.mean_dsc", default=None)
+    mean_nsd = serializers.FloatField(source="evaluation.mean_nsd", default=None)
+    gate_passed = serializers.BooleanField(source="evaluation.gate_passed", default=None)
+
+    class Meta:
+        model = Submission
+        fields = [
+            "id", "track", "kind", "method", "entrant", "is_baseline", "status", "error",
+            "created_at", "validating_at", "running_at", "scoring_at", "finished_at",
+            "mean_dsc", "mean_nsd", "gate_passed", "disqualified", "public_reason",
+        ]  # fmt: skip
+
+
+class SubmitSerializer(serializers.Serializer):
+    """One multipart call: the track, what is submitted, and the artifact file(s)."""
+
+    track = serializers.SlugRelatedField(slug_field="slug", queryset=Track.objects.all())
+    kind = serializers.ChoiceField(choices=[k.value for k in UPLOAD_KINDS], default="checkpoint")
+    method = serializers.CharField(max_length=80)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    paper_url = serializers.URLField(required=False, allow_blank=True, default="")
+    code_url = serializers.URLField(required=False, allow_blank=True, default="")
+    artifact = serializers.FileField(required=False, help_text="checkpoint .zip or .onnx")
+    manifest = serializers.FileField(required=False, help_text="manifest.json (with weights)")
+    weights = serializers.FileField(required=False, help_text="weights.safetensors")

@@ -1,0 +1,189 @@
+"""REST API views (function views, as the site's pages)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Q
+from django.http import Http404
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.decorators import api_view, parser_classes, renderer_classes, throttle_classes
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+
+from leaderboard.api.renderers import CSVRenderer
+from leaderboard.api.serializers import (
+    LeaderboardRowSerializer,
+    SubmissionSerializer,
+    SubmitSerializer,
+    TrackSerializer,
+)
+from leaderboard.submissions.intake import accept
+from leaderboard.submissions.models import Status, Submission
+from leaderboard.tracks import ranking
+from leaderboard.tracks.models import Track
+from leaderboard.tracks.views import leaderboard_options
+
+
+class TrackFilter(filters.FilterSet):
+    dataset = filters.CharFilter(field_name="dataset__slug")
+    model = filters.CharFilter(field_name="reference_model__slug")
+
+    class Meta:
+        model = Track
+        fields = ["backend", "weight_bits", "activation_bits"]
+
+
+class SubmitThrottle(UserRateThrottle):
+    """Rate of submissions (POST) per user; reads are not counted."""
+
+    scope = "submit"
+
+    def allow_request(self, request, view) -> bool:
+        return request.method in SAFE_METHODS or super().allow_request(request, view)
+
+
+def _paginated(request, items, serializer_class) -> Response:
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(items, request)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _track(request, slug: str) -> Track:
+    track = Track.objects.select_related("dataset", "reference_model").filter(slug=slug).first()
+    if track is None or (not track.is_public and not request.user.is_staff):
+        raise Http404(f"no track {slug!r}")
+    return track
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("dataset", str, description="dataset slug"),
+        OpenApiParameter("model", str, description="reference model slug"),
+        OpenApiParameter("backend", str, enum=Track.Backend.values),
+        OpenApiParameter("weight_bits", int),
+        OpenApiParameter("activation_bits", int),
+    ],
+    responses=TrackSerializer(many=True),
+)
+@api_view(["GET"])
+def track_list(request):
+    """Public tracks; filter by dataset, model, backend, weight_bits, activation_bits."""
+    tracks = Track.objects.public().select_related("dataset", "reference_model")
+    tracks = TrackFilter(request.query_params, queryset=tracks).qs
+    return _paginated(request, tracks, TrackSerializer)
+
+
+@extend_schema(responses=TrackSerializer)
+@api_view(["GET"])
+def track_detail(request, slug: str):
+    return Response(TrackSerializer(_track(request, slug)).data)
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("entries", str, enum=["best", "all"], description="best per team"),
+        OpenApiParameter("granularity", str),
+        OpenApiParameter("method", str, description="substring of the method name"),
+        OpenApiParameter("baselines", str, enum=["include", "exclude", "only"]),
+        OpenApiParameter("sort", str, description="column, '-' prefix for descending"),
+        OpenApiParameter("format", str, enum=["json", "csv"], description="csv: every row"),
+    ],
+    responses=LeaderboardRowSerializer(many=True),
+)
+@api_view(["GET"])
+@renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
+def leaderboard(request, slug: str):
+    """Ranked entries of a track (JSON, paginated; or CSV, all rows)."""
+    track = _track(request, slug)
+    csv = request.accepted_renderer.format == "csv"
+    key = ranking.cache_key(track, "csv" if csv else "api", request.query_params)
+    data = cache.get(key)
+    if data is None:
+        rows = ranking.board(track, **leaderboard_options(request.query_params))
+        if csv:
+            data = LeaderboardRowSerializer(rows, many=True).data
+        else:
+            paginator = PageNumberPagination()
+            page = paginator.paginate_queryset(rows, request)
+            data = paginator.get_paginated_response(
+                LeaderboardRowSerializer(page, many=True).data
+            ).data
+        cache.set(key, data, settings.BOARD_CACHE_SECONDS)
+    response = Response(data)
+    if csv:
+        response["Content-Disposition"] = f'attachment; filename="{track.slug}.csv"'
+    return response
+
+
+def _visible(request, pk: int) -> Submission:
+    mine = Q(user=request.user) if request.user.is_authenticated else Q(pk__in=[])
+    public = Q(status=Status.DONE, hidden=False)
+    queryset = Submission.objects.select_related("track", "team", "user", "evaluation")
+    submission = queryset.filter(Q(pk=pk) & (mine | public)).first()
+    if submission is None and request.user.is_staff:
+        submission = queryset.filter(pk=pk).first()
+    if submission is None:
+        raise Http404(f"no submission {pk}")
+    return submission
+
+
+@extend_schema(
+    methods=["POST"],
+    request={"multipart/form-data": SubmitSerializer},
+    responses={201: SubmissionSerializer},
+)
+@extend_schema(methods=["GET"], responses=SubmissionSerializer(many=True))
+@api_view(["GET", "POST"])
+@parser_classes([MultiPartParser, FormParser])
+@throttle_classes([AnonRateThrottle, UserRateThrottle, SubmitThrottle])
+def submissions(request):
+    """GET: your submissions. POST: submit in one multipart call (needs a token)."""
+    if request.method == "GET":
+        if not request.user.is_authenticated:
+            return _paginated(request, Submission.objects.none(), SubmissionSerializer)
+        mine = Submission.objects.filter(user=request.user).select_related("track", "evaluation")
+        return _paginated(request, mine, SubmissionSerializer)
+    serializer = SubmitSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    submission = accept(
+        request.user,
+        track=data["track"],
+        kind=data["kind"],
+        method=data["method"],
+        description=data["description"],
+        paper_url=data["paper_url"],
+        code_url=data["code_url"],
+        archive=data.get("artifact"),
+        manifest=data.get("manifest"),
+        weights=data.get("weights"),
+    )
+    return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses=SubmissionSerializer)
+@api_view(["GET"])
+def submission_detail(request, pk: int):
+    """Status and summary of one submission (yours, or any finished public one)."""
+    return Response(SubmissionSerializer(_visible(request, pk)).data)
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+def submission_result(request, pk: int):
+    """The full result document (schema medquant-result v1) of a finished submission."""
+    submission = _visible(request, pk)
+    if not hasattr(submission, "evaluation"):
+        return Response(
+            {"error": {"status": 409, "code": "not_finished",
+                       "message": f"submission {pk} is {submission.status}; no result yet"}},
+            status=status.HTTP_409_CONFLICT,
+        )  # fmt: skip
+    return Response(submission.evaluation.result)

@@ -1,0 +1,1 @@
+"""Submissions, their evaluation by Celery workers, and the result rows that are ranked."""

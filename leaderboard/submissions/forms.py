@@ -1,0 +1,23 @@
+"""The web submit form; its checks are those of ``intake.accept`` reported per field."""
+
+from django import forms
+
+from leaderboard.submissions.intake import UPLOAD_KINDS
+from leaderboard.submissions.models import Kind
+from leaderboard.tracks.models import Track
+
+
+class SubmitForm(forms.Form):
+    track = forms.ModelChoiceField(queryset=Track.objects.public(), to_field_name="slug")
+    kind = forms.ChoiceField(
+        choices=[(k.value, k.label) for k in UPLOAD_KINDS], initial=Kind.CHECKPOINT
+    )
+    method = forms.CharField(max_length=80, help_text="method name shown on the leaderboard")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    paper_url = forms.URLField(required=False, assume_scheme="https")
+    code_url = forms.URLField(required=False, assume_scheme="https")
+    artifact = forms.FileField(
+        required=False, help_text="checkpoint .zip (manifest.json + weights.safetensors) or .onnx"
+    )
+    manifest = forms.FileField(required=False, help_text="or: manifest.json …")
+    weights = forms.FileField(required=False, help_text="… and weights.safetensors")

@@ -1,0 +1,115 @@
+"""Accepting a submission (web form, API and CLI share this): the track is open, the kind suits
+its backend, the daily quota allows it, the artifact passes its upload checks; then the row is
+created and its evaluation enqueued after commit."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.files.base import File
+from django.db import transaction
+
+from leaderboard.accounts.models import team_of
+from leaderboard.submissions.artifacts import (
+    ArtifactError,
+    check_checkpoint_zip,
+    check_onnx,
+    pack_checkpoint_pair,
+    sha256_of,
+)
+from leaderboard.submissions.models import Kind, Submission
+from leaderboard.submissions.pipeline import EVALUATED_KINDS
+from leaderboard.submissions.tasks import enqueue
+from leaderboard.tracks.models import Track
+
+UPLOAD_KINDS = (Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER)
+
+
+def accepted_kinds(track: Track) -> tuple[str, ...]:
+    """Submission kinds a track takes: checkpoints on the simulator, ONNX on real backends, each
+    only once the workers evaluate it (``pipeline.EVALUATED_KINDS``)."""
+    kinds = (Kind.CHECKPOINT,) if track.backend == Track.Backend.SIMULATED else (Kind.ONNX,)
+    return tuple(k for k in kinds if k in EVALUATED_KINDS)
+
+
+def check_track(user, track: Track) -> None:
+    """Raise ValidationError unless ``user`` may submit to ``track`` now."""
+    if not track.is_public and not user.is_staff:
+        raise ValidationError({"track": "no such track"})
+    if not track.is_open():
+        raise ValidationError({"track": f"track {track.slug} is not open for submissions"})
+    used = Submission.objects.counted_for_quota(user, track).count()
+    if used >= track.daily_quota:
+        raise ValidationError(
+            {
+                "track": f"daily quota reached: {used} of {track.daily_quota} submissions to this "
+                "track in the last 24 hours (failed and cancelled runs do not count); try later"
+            }
+        )
+
+
+def _artifact(kind: str, archive: File | None, manifest: File | None, weights: File | None):
+    if kind == Kind.CHECKPOINT:
+        if archive and (manifest or weights):
+            raise ValidationError(
+                {"artifact": "upload either one zip or manifest.json + weights.safetensors"}
+            )
+        if archive:
+            try:
+                check_checkpoint_zip(archive, archive.size)
+            except ArtifactError as error:
+                raise ValidationError({"artifact": str(error)}) from error
+            return archive
+        if manifest and weights:
+            try:
+                return pack_checkpoint_pair(manifest, weights)
+            except ArtifactError as error:
+                raise ValidationError({"weights": str(error)}) from error
+        raise ValidationError(
+            {"artifact": "a checkpoint needs a zip, or both manifest.json and weights.safetensors"}
+        )
+    if kind == Kind.ONNX:
+        if not archive:
+            raise ValidationError({"artifact": "upload the .onnx file"})
+        try:
+            check_onnx(archive)
+        except ArtifactError as error:
+            raise ValidationError({"artifact": str(error)}) from error
+        return archive
+    raise ValidationError({"kind": f"{kind!r} cannot be uploaded"})
+
+
+def accept(
+    user,
+    *,
+    track: Track,
+    kind: str,
+    method: str,
+    description: str = "",
+    paper_url: str = "",
+    code_url: str = "",
+    archive: File | None = None,
+    manifest: File | None = None,
+    weights: File | None = None,
+) -> Submission:
+    """Create the submission and enqueue its evaluation, or raise ValidationError by field."""
+    if kind not in accepted_kinds(track):
+        names = ", ".join(Kind(k).label for k in accepted_kinds(track)) or "nothing yet"
+        raise ValidationError({"kind": f"this track accepts: {names}"})
+    check_track(user, track)
+    artifact = _artifact(kind, archive, manifest, weights)
+    with transaction.atomic():
+        submission = Submission(
+            track=track,
+            user=user,
+            team=team_of(user),
+            kind=kind,
+            method=method,
+            description=description,
+            paper_url=paper_url,
+            code_url=code_url,
+            artifact_sha256=sha256_of(artifact),
+        )
+        submission.save()
+        submission.artifact.save(artifact.name.rsplit("/", 1)[-1], artifact, save=True)
+        enqueue(submission)
+    return submission

@@ -1,0 +1,1 @@
+"""Curated content: datasets, reference models, tracks; ranking and charts of a track."""

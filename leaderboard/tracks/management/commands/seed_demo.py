@@ -1,0 +1,54 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+
+from harness.errors import HarnessError
+from leaderboard.submissions.models import Kind
+from leaderboard.submissions.pipeline import EVALUATED_KINDS
+from leaderboard.tracks.seeding import (
+    backend_available,
+    create_track,
+    export_onnx,
+    import_dataset,
+    import_model,
+    queue_baselines,
+)
+
+DEMO_PRECISIONS = ((8, 8), (4, 4))
+
+
+class Command(BaseCommand):
+    help = (
+        "Register the demo bundle written by `harness demo`: the phantom dataset, each shipped "
+        "model at W8A8 and W4A4 (simulated) and, when available, INT8 on ONNX Runtime CPU; "
+        "queue their baselines."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--demo", default="demo", help="folder written by `harness demo`")
+
+    def handle(self, *args, demo, **options):
+        demo = Path(demo)
+        dataset = import_dataset(demo / "dataset", slug="phantom", description=(
+            "Deterministic synthetic abdominal CT phantoms (liver, spleen, kidneys, aorta, "
+            "vertebra); 16 train / 4 calibration / 8 test cases."
+        ))  # fmt: skip
+        for model_dir in sorted(p for p in (demo / "models").iterdir() if p.is_dir()):
+            model = import_model(model_dir)
+            try:
+                export_onnx(model)
+            except HarnessError as error:
+                self.stderr.write(f"{model.slug}: no ONNX export ({error})")
+            tracks = [
+                create_track(dataset, model, weight_bits=w, activation_bits=a)
+                for w, a in DEMO_PRECISIONS
+            ]
+            if backend_available("onnxruntime-cpu") and Kind.ONNX in EVALUATED_KINDS:
+                tracks.append(
+                    create_track(
+                        dataset, model, weight_bits=8, activation_bits=8, backend="onnxruntime-cpu"
+                    )
+                )
+            for track in tracks:
+                queued = queue_baselines(track)
+                self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")

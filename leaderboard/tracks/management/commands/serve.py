@@ -1,0 +1,32 @@
+import signal
+import subprocess
+import sys
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the site with runserver and a Celery worker (queues cpu, containers) started as a "
+        "child process; the worker stops when the server does."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000")
+        parser.add_argument("--concurrency", type=int, default=1)
+
+    def handle(self, *args, addrport, concurrency, **options):
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "leaderboard", "worker", "-Q",
+                "cpu,containers", "--concurrency", str(concurrency), "--loglevel", "INFO",
+                "--hostname", "embedded@%h",
+            ]
+        )  # fmt: skip
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below
+        try:
+            call_command("runserver", addrport, use_reloader=False)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)

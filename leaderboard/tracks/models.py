@@ -1,0 +1,174 @@
+"""Datasets, reference models and tracks (model × dataset × precision × backend + ranking rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from harness.track import TrackSpec
+
+RANKING_METRICS = {
+    "mean_dsc": ("mean DSC", True),
+    "mean_nsd": ("mean NSD", True),
+    "dsc_drop_pct": ("↓Δ% DSC", False),
+    "size_mb": ("size (MB)", False),
+    "latency_ms": ("latency (ms/volume)", False),
+    "created_at": ("date", False),
+}
+"""Rankable Evaluation columns → (label, higher is better)."""
+
+
+def check_ranking_keys(keys: list[str]) -> None:
+    unknown = [k.lstrip("-") for k in keys if k.lstrip("-") not in RANKING_METRICS]
+    if unknown:
+        raise ValidationError(f"unknown ranking columns {unknown}; use {sorted(RANKING_METRICS)}")
+
+
+class Dataset(models.Model):
+    """A stored dataset folder (MSD or nnU-Net v2 layout with ``splits.json``).
+
+    Its calibration split is handed to participants unlabeled; its test split never leaves the
+    trusted side.
+    """
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=120)
+    root = models.CharField(max_length=500, help_text="folder on the worker and web hosts")
+    description = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root)
+
+
+class ReferenceModel(models.Model):
+    """An FP32 reference network folder: ``model.json`` (architecture spec) +
+    ``model.safetensors``, optionally ``model.onnx`` (its ONNX export)."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=120)
+    directory = models.CharField(max_length=500)
+    architecture = models.CharField(max_length=60)
+    family = models.CharField(max_length=30, help_text="cnn or hybrid")
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+    def files(self) -> dict[str, Path]:
+        """Downloadable files that exist, by name."""
+        names = ("model.json", "model.safetensors", "model.onnx")
+        return {n: self.path / n for n in names if (self.path / n).is_file()}
+
+
+class TrackQuerySet(models.QuerySet):
+    def public(self) -> TrackQuerySet:
+        return self.filter(is_public=True)
+
+
+class Track(models.Model):
+    """What is ranked: a reference model on a dataset split at a precision on a backend."""
+
+    class Backend(models.TextChoices):
+        SIMULATED = "simulated", "simulated integer (PyTorch)"
+        ORT_CPU = "onnxruntime-cpu", "ONNX Runtime CPU INT8"
+        TENSORRT = "tensorrt", "TensorRT INT8 (GPU)"
+
+    slug = models.SlugField(unique=True)
+    title = models.CharField(max_length=160)
+    description = models.TextField(blank=True)
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="tracks")
+    reference_model = models.ForeignKey(
+        ReferenceModel, on_delete=models.PROTECT, related_name="tracks"
+    )
+    backend = models.CharField(max_length=20, choices=Backend, default=Backend.SIMULATED)
+    weight_bits = models.PositiveSmallIntegerField(help_text="most weight bits allowed")
+    activation_bits = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="most activation bits allowed; empty = weight-only"
+    )
+    granularities = models.JSONField(
+        default=list, blank=True, help_text="allowed granularities; empty = any"
+    )
+    test_split = models.CharField(max_length=40, default="test")
+    calibration_split = models.CharField(max_length=40, default="calibration")
+    nsd_tolerance_mm = models.FloatField(default=2.0)
+    seed = models.IntegerField(default=0)
+    ranking_metric = models.CharField(max_length=20, default="mean_dsc")
+    tie_breakers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='tie-breaker columns, e.g. ["-mean_nsd", "size_mb"]',
+    )
+    accuracy_gate = models.FloatField(
+        default=0.99, help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC"
+    )
+    daily_quota = models.PositiveIntegerField(default=5, help_text="submissions per user per day")
+    time_limit_s = models.PositiveIntegerField(default=1800, help_text="evaluation time limit")
+    quantizer_timeout_s = models.PositiveIntegerField(
+        default=3600, help_text="wall-clock limit of a quantizer container run (seconds)"
+    )
+    opens_at = models.DateTimeField(default=timezone.now)
+    closes_at = models.DateTimeField(null=True, blank=True)
+    is_public = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ranked_at = models.DateTimeField(
+        null=True, blank=True, help_text="when ranks were last computed (versions cached boards)"
+    )
+
+    objects = TrackQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["dataset__name", "reference_model__name", "-weight_bits", "slug"]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def clean(self) -> None:
+        check_ranking_keys([self.ranking_metric, *self.tie_breakers])
+        if not 0 < self.accuracy_gate <= 1:
+            raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
+
+    @property
+    def precision_label(self) -> str:
+        return f"W{self.weight_bits}A{self.activation_bits or 16}"
+
+    @property
+    def queue(self) -> str:
+        """Celery queue of the workers able to evaluate this track."""
+        return "gpu" if self.backend == self.Backend.TENSORRT else "cpu"
+
+    def is_open(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.opens_at <= now and (self.closes_at is None or now < self.closes_at)
+
+    def ranking_keys(self) -> list[tuple[str, bool]]:
+        """(column, descending) pairs: the primary metric in its natural order, then
+        the tie-breakers."""
+        keys = [(self.ranking_metric, RANKING_METRICS[self.ranking_metric][1])]
+        for key in self.tie_breakers:
+            keys.append((key.lstrip("-"), key.startswith("-")))
+        return keys
+
+    def to_spec(self) -> TrackSpec:
+        """The plain harness description of this track."""
+        return TrackSpec(
+            model_dir=self.reference_model.path,
+            dataset_dir=self.dataset.path,
+            test_split=self.test_split,
+            calibration_split=self.calibration_split,
+            backend=self.backend,
+            weight_bits=self.weight_bits,
+            activation_bits=self.activation_bits,
+            nsd_tolerance_mm=self.nsd_tolerance_mm,
+            seed=self.seed,
+            quantizer_timeout_s=float(self.quantizer_timeout_s),
+        )

@@ -1,0 +1,143 @@
+"""The ranked leaderboard of a track.
+
+Only finished (``done``), verified, visible entries are ranked. Order: the track's primary metric
+in its natural direction, then its tie-breakers; entries equal on every key share a rank
+(competition ranking: 1, 1, 3). Best-per-team ranks each team's (or user's) top entry; every
+baseline is its own entrant. Ranks are computed when a result is stored or an entry is curated
+(``refresh``) and kept on the Evaluation rows, so that reading a page of the board is one indexed
+query; filters select rows after ranking, so ranks never depend on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.db import transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from leaderboard.submissions.models import Evaluation, Status
+from leaderboard.tracks.models import Track
+
+COLUMN_FIELDS = {"created_at": "submission__created_at"}
+SORTABLE = {
+    "rank", "method", "mean_dsc", "mean_nsd", "dsc_drop_pct", "dsc_ci_low", "size_mb",
+    "latency_ms", "created_at",
+}  # fmt: skip
+SORT_FIELDS = {"method": "submission__method", "created_at": "submission__created_at"}
+
+
+def rankable(track: Track) -> QuerySet[Evaluation]:
+    """Evaluations of ``track`` that may be ranked, in ranking order."""
+    order = []
+    for column, descending in track.ranking_keys():
+        expr = F(COLUMN_FIELDS.get(column, column))
+        order.append(expr.desc(nulls_last=True) if descending else expr.asc(nulls_last=True))
+    return Evaluation.objects.filter(
+        track=track,
+        submission__status=Status.DONE,
+        submission__hidden=False,
+        submission__disqualified=False,
+    ).order_by(*order, "pk")
+
+
+def compute(track: Track) -> dict[int, tuple[int, int | None]]:
+    """Evaluation pk → (rank among all entries, rank among best-per-entrant entries or None)."""
+    keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
+    rows = rankable(track).values_list(
+        "pk", "submission_id", "submission__is_baseline", "submission__team_id",
+        "submission__user_id", *keys,
+    )  # fmt: skip
+    ranks: dict[int, tuple[int, int | None]] = {}
+    seen: set[tuple] = set()
+    state = {"all": [0, 0, None], "best": [0, 0, None]}  # [count, current rank, previous key]
+
+    def next_rank(name: str, key: tuple) -> int:
+        count, current, previous = state[name]
+        count += 1
+        if key != previous:
+            current = count
+        state[name] = [count, current, key]
+        return current
+
+    for pk, submission_id, baseline, team_id, user_id, *values in rows:
+        key = tuple(values)
+        entrant = ("baseline", submission_id) if baseline else (
+            ("team", team_id) if team_id else ("user", user_id)
+        )  # fmt: skip
+        best = None
+        if entrant not in seen:
+            seen.add(entrant)
+            best = next_rank("best", key)
+        ranks[pk] = (next_rank("all", key), best)
+    return ranks
+
+
+def refresh(track: Track) -> None:
+    """Recompute and store the ranks of every evaluation of ``track``."""
+    with transaction.atomic():
+        Track.objects.select_for_update().get(pk=track.pk)
+        ranks = compute(track)
+        changed = []
+        for evaluation in Evaluation.objects.filter(track=track).only("rank_all", "rank_best"):
+            new = ranks.get(evaluation.pk, (None, None))
+            if (evaluation.rank_all, evaluation.rank_best) != new:
+                evaluation.rank_all, evaluation.rank_best = new
+                changed.append(evaluation)
+        Evaluation.objects.bulk_update(changed, ["rank_all", "rank_best"], batch_size=1000)
+        Track.objects.filter(pk=track.pk).update(ranked_at=timezone.now())
+
+
+def cache_key(track: Track, scope: str, params) -> str:
+    """Cache key of a rendering of the board: changes whenever the ranks are recomputed."""
+    version = (
+        f"{track.created_at.timestamp()}:{track.ranked_at.timestamp() if track.ranked_at else 0}"
+    )
+    query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"board:{scope}:{track.pk}:{version}:{hashlib.sha256(query.encode()).hexdigest()}"
+
+
+def board(
+    track: Track,
+    *,
+    best_per_team: bool = True,
+    granularity: str = "",
+    method: str = "",
+    baselines: str = "include",
+    sort: str = "",
+) -> QuerySet[Evaluation]:
+    """Ranked evaluations (each with ``.rank``), filtered by granularity, method substring and
+    baselines (include / exclude / only), in rank order or sorted by a column (``-``: desc.)."""
+    field = "rank_best" if best_per_team else "rank_all"
+    rows = Evaluation.objects.filter(track=track, **{f"{field}__isnull": False})
+    rows = rows.annotate(rank=F(field)).select_related("submission__team", "submission__user")
+    if granularity:
+        rows = rows.filter(granularity=granularity)
+    if method:
+        rows = rows.filter(submission__method__icontains=method)
+    if baselines == "exclude":
+        rows = rows.filter(submission__is_baseline=False)
+    elif baselines == "only":
+        rows = rows.filter(submission__is_baseline=True)
+    column = sort.lstrip("-")
+    if column in SORTABLE:
+        expr = F(SORT_FIELDS.get(column, "rank" if column == "rank" else column))
+        order = expr.desc(nulls_last=True) if sort.startswith("-") else expr.asc(nulls_last=True)
+        return rows.order_by(order, "rank", "pk").defer("result")
+    return rows.order_by("rank", "pk").defer("result")
+
+
+def chart_rows(track: Track, limit: int) -> list[dict]:
+    """The best-per-team board's top ``limit`` rows as plain dicts for the charts."""
+    rows = Evaluation.objects.filter(track=track, rank_best__isnull=False).order_by("rank_best")
+    values = rows.values_list(
+        "rank_best", "submission_id", "submission__method", "submission__is_baseline",
+        "submission__team__name", "submission__user__username", "mean_dsc", "size_mb",
+        "latency_ms",
+    )[:limit]  # fmt: skip
+    return [
+        {"rank": rank, "submission": pk, "method": method,
+         "entrant": "baseline" if baseline else team or user or "—", "mean_dsc": dsc,
+         "size_mb": size, "latency_ms": latency}
+        for rank, pk, method, baseline, team, user, dsc, size, latency in values
+    ]  # fmt: skip

@@ -1,0 +1,151 @@
+"""Registering stored datasets, reference models and tracks, and queueing reference baselines
+(shared by the management commands and the demo seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils.text import slugify
+
+from harness.dataset import load_dataset
+from harness.errors import HarnessError
+from harness.onnx_export import export_fp32
+from harness.reference_model import load_reference_model, read_spec
+from harness.track import TrackSpec
+from leaderboard.submissions.models import Kind, Submission
+from leaderboard.submissions.tasks import enqueue
+from leaderboard.tracks.models import Dataset, ReferenceModel, Track
+
+BASELINE_GRANULARITIES = ("per-tensor", "per-channel", "adaptive")
+BASELINE_USER = "baselines"
+
+
+def import_dataset(root: Path, slug: str | None = None, description: str = "") -> Dataset:
+    """Register (or update) a dataset folder after checking that the harness can read it."""
+    root = Path(root).resolve()
+    dataset = load_dataset(root)
+    for split in ("calibration", "test"):
+        dataset.split(split)
+    obj, _ = Dataset.objects.update_or_create(
+        slug=slug or slugify(dataset.name),
+        defaults={"name": dataset.name, "root": str(root), "description": description},
+    )
+    return obj
+
+
+def import_model(directory: Path, slug: str | None = None) -> ReferenceModel:
+    """Register (or update) a reference-model folder (model.json + model.safetensors)."""
+    directory = Path(directory).resolve()
+    spec = read_spec(directory / "model.json")
+    if not (directory / "model.safetensors").is_file():
+        raise HarnessError(f"{directory} has no model.safetensors")
+    obj, _ = ReferenceModel.objects.update_or_create(
+        slug=slug or slugify(spec.name),
+        defaults={
+            "name": spec.name,
+            "directory": str(directory),
+            "architecture": spec.architecture,
+            "family": spec.family,
+        },
+    )
+    return obj
+
+
+def export_onnx(model: ReferenceModel) -> Path:
+    """Write the FP32 ONNX export participants download (``model.onnx``) unless it exists."""
+    path = model.path / "model.onnx"
+    if not path.is_file():
+        spec, network = load_reference_model(model.path)
+        export_fp32(network, spec, path)
+    return path
+
+
+def backend_available(backend: str) -> bool:
+    """Whether this harness build can evaluate tracks on ``backend``."""
+    try:
+        TrackSpec(model_dir=Path("."), dataset_dir=Path("."), backend=backend)
+    except HarnessError:
+        return False
+    return True
+
+
+def create_track(
+    dataset: Dataset,
+    model: ReferenceModel,
+    *,
+    weight_bits: int,
+    activation_bits: int | None,
+    backend: str = Track.Backend.SIMULATED,
+    **fields,
+) -> Track:
+    """Create (or update) the track of ``model`` on ``dataset`` at the given precision."""
+    precision = f"w{weight_bits}a{activation_bits or 16}"
+    slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
+    title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"
+    track, _ = Track.objects.update_or_create(
+        slug=slug,
+        defaults={
+            "title": title,
+            "dataset": dataset,
+            "reference_model": model,
+            "backend": backend,
+            "weight_bits": weight_bits,
+            "activation_bits": activation_bits,
+            "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
+        }
+        | fields,
+    )
+    track.full_clean()
+    return track
+
+
+def baseline_user():
+    user, _ = get_user_model().objects.get_or_create(
+        username=BASELINE_USER, defaults={"is_active": False}
+    )
+    return user
+
+
+def baseline_schemes(track: Track) -> list[tuple[str, str, str]]:
+    """(scheme, method, description) of a track's reference baselines: RTN at the track's
+    precision for every granularity on the simulator; the standard INT8 Q/DQ export on ONNX
+    backends (when the track allows 8 bits)."""
+    if track.backend != Track.Backend.SIMULATED:
+        if track.weight_bits < 8 or (track.activation_bits or 8) < 8:
+            return []
+        return [("int8-qdq", "RTN INT8 Q/DQ", "per-channel RTN 8-bit weights, static per-tensor "
+                 "8-bit activations calibrated by max|x|, exported as Q/DQ ONNX")]  # fmt: skip
+    abits = track.activation_bits or 16
+    return [
+        (f"w{track.weight_bits}a{abits}-{g}", f"RTN {g}",
+         f"reference round-to-nearest quantization, scheme w{track.weight_bits}a{abits}-{g} "
+         "(weights per output channel unless per-tensor; static calibrated activation scales, "
+         "per-token / per-voxel dynamic)")
+        for g in BASELINE_GRANULARITIES
+    ]  # fmt: skip
+
+
+def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
+    """Queue the track's reference baselines; existing ones are kept unless ``force`` (then
+    they are replaced)."""
+    queued = []
+    with transaction.atomic():
+        for scheme, method, description in baseline_schemes(track):
+            existing = Submission.objects.filter(track=track, is_baseline=True, scheme=scheme)
+            if existing.exists() and not force:
+                continue
+            existing.delete()
+            submission = Submission.objects.create(
+                track=track,
+                user=baseline_user(),
+                kind=Kind.SCHEME,
+                scheme=scheme,
+                method=method,
+                description=description,
+                is_baseline=True,
+            )
+            enqueue(submission)
+            queued.append(submission)
+    return queued

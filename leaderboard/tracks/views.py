@@ -1,0 +1,153 @@
+"""Public pages: tracks grouped by dataset and model, a track's leaderboard and charts, and the
+files a participant quantizes offline (FP32 model, unlabeled calibration cases)."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+
+from harness.dataset import load_dataset
+from harness.errors import HarnessError
+from leaderboard.submissions.intake import accepted_kinds
+from leaderboard.submissions.models import Evaluation, Kind
+from leaderboard.tracks import charts, ranking
+from leaderboard.tracks.models import Track
+
+PAGE_SIZE = 100
+COMPARED_ENTRIES = 5
+CHART_POINTS = 1000
+
+
+def home(request):
+    tracks = Track.objects.public().select_related("dataset", "reference_model")
+    bits = request.GET.get("bits", "")
+    if bits.isdigit():
+        tracks = tracks.filter(weight_bits=int(bits))
+    groups = [
+        (
+            dataset,
+            [(model, list(ts)) for model, ts in groupby(items, key=lambda t: t.reference_model)],
+        )
+        for dataset, items in groupby(tracks, key=lambda t: t.dataset)
+    ]
+    all_bits = sorted(
+        set(Track.objects.public().values_list("weight_bits", flat=True)), reverse=True
+    )
+    return render(
+        request, "tracks/home.html", {"groups": groups, "bits": bits, "all_bits": all_bits}
+    )
+
+
+def public_track(request, slug: str) -> Track:
+    track = get_object_or_404(Track.objects.select_related("dataset", "reference_model"), slug=slug)
+    if not track.is_public and not request.user.is_staff:
+        raise Http404("no such track")
+    return track
+
+
+def leaderboard_options(params) -> dict:
+    """Leaderboard view options from query parameters (shared with the API)."""
+    return {
+        "best_per_team": params.get("entries", "best") != "all",
+        "granularity": params.get("granularity", ""),
+        "method": params.get("method", ""),
+        "baselines": params.get("baselines", "include"),
+        "sort": params.get("sort", ""),
+    }
+
+
+def board_context(track: Track, params) -> dict:
+    """Everything the ranked table and the charts show (rendered once per ranking version)."""
+    rows = ranking.board(track, **leaderboard_options(params))
+    page = Paginator(rows, PAGE_SIZE).get_page(params.get("page"))
+    plotted = ranking.chart_rows(track, CHART_POINTS)
+    compared_ids = [int(i) for i in params.getlist("compare") if i.isdigit()]
+    compared_ids = compared_ids or [r["submission"] for r in plotted[:COMPARED_ENTRIES]]
+    compared = Evaluation.objects.filter(track=track, submission_id__in=compared_ids)
+    ranked = Evaluation.objects.filter(track=track, rank_all__isnull=False)
+    return {
+        "track": track,
+        "page": page,
+        "granularities": sorted(set(ranked.values_list("granularity", flat=True).distinct())),
+        "query": params,
+        "sort_links": sort_links(params.get("sort", "")),
+        "charts": {
+            "size": charts.dsc_versus(plotted, "size_mb", "mean DSC vs size (MB)"),
+            "latency": charts.dsc_versus(plotted, "latency_ms", "mean DSC vs latency (ms/volume)"),
+            "per_class": charts.per_class_dsc(list(compared.select_related("submission"))),
+            "grid": charts.baseline_grid(track),
+        },
+        "plotted": len(plotted),
+    }
+
+
+def track_detail(request, slug: str):
+    track = public_track(request, slug)
+    key = ranking.cache_key(track, "page", request.GET)
+    board = cache.get(key)
+    if board is None:
+        board = render_to_string("tracks/board.html", board_context(track, request.GET), request)
+        cache.set(key, board, settings.BOARD_CACHE_SECONDS)
+    fp32 = Evaluation.objects.filter(track=track).values_list("fp32_mean_dsc", flat=True).first()
+    context = {
+        "track": track,
+        "board": board,
+        "fp32_mean_dsc": fp32,
+        "calibration_cases": cache.get_or_set(
+            f"calibration:{track.pk}:{track.dataset.root}:{track.calibration_split}",
+            lambda: calibration_case_ids(track),
+        ),
+        "model_files": track.reference_model.files(),
+        "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
+    }
+    return render(request, "tracks/track.html", context)
+
+
+SORT_COLUMNS = {
+    "rank": False, "method": False, "mean_dsc": True, "mean_nsd": True, "dsc_drop_pct": False,
+    "dsc_ci_low": True, "size_mb": False, "latency_ms": False, "created_at": True,
+}  # fmt: skip
+"""Sortable columns → whether the first click sorts descending."""
+
+
+def sort_links(current: str) -> dict[str, str]:
+    """The ``sort`` value each column header links to: its natural order, or reversed when the
+    table is already sorted that way."""
+    links = {}
+    for column, descending in SORT_COLUMNS.items():
+        natural = f"-{column}" if descending else column
+        links[column] = (column if descending else f"-{column}") if current == natural else natural
+    return links
+
+
+def calibration_case_ids(track: Track) -> list[str]:
+    try:
+        return [c.case_id for c in load_dataset(track.dataset.path).split(track.calibration_split)]
+    except HarnessError:
+        return []
+
+
+def model_file(request, slug: str, name: str):
+    """The FP32 reference model's spec, weights or ONNX export."""
+    track = public_track(request, slug)
+    files = track.reference_model.files()
+    if name not in files:
+        raise Http404("no such file")
+    return FileResponse(open(files[name], "rb"), as_attachment=True, filename=name)
+
+
+def calibration_case(request, slug: str, case_id: str):
+    """One calibration image (never a label, never a test case)."""
+    track = public_track(request, slug)
+    dataset = load_dataset(track.dataset.path)
+    cases = {c.case_id: c for c in dataset.split(track.calibration_split)}
+    if case_id not in cases or len(cases[case_id].images) != 1:
+        raise Http404("not a calibration case of this track")
+    path = cases[case_id].images[0]
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{case_id}.nii.gz")
