@@ -16,6 +16,7 @@ uint8 with zero-point 128: the same grid as the symmetric int8 codes, in the x86
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -117,8 +118,20 @@ def relative_difference(model: nn.Module, path: str | Path, batch: torch.Tensor)
     return float(np.abs(ort_out - reference).max() / max(np.abs(reference).max(), 1e-12))
 
 
+# The exporter logs every initializer it deduplicates and every constant it does not fold (INFO),
+# and every torchvision op it cannot register (WARNING; torchvision is not a dependency): hundreds
+# of lines per export in a worker's log.
+_NOISY_EXPORTER_LOGGERS = {
+    "onnx_ir": logging.WARNING,
+    "onnxscript": logging.WARNING,
+    "torch.onnx._internal.exporter._registration": logging.ERROR,
+}
+
+
 def _torch_export(model: nn.Module, spec: ModelSpec) -> onnx.ModelProto:
     example = torch.zeros((2, spec.in_channels, *spec.sliding_window.roi_size))
+    for name, level in _NOISY_EXPORTER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     try:
         program = torch.onnx.export(
             model.eval(),
