@@ -19,8 +19,8 @@ class TrackSerializer(serializers.ModelSerializer):
         fields = [
             "slug", "title", "dataset", "model", "architecture", "backend", "precision",
             "weight_bits", "activation_bits", "granularities", "ranking_metric", "tie_breakers",
-            "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "opens_at", "closes_at",
-            "is_open",
+            "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "quantizer_timeout_s",
+            "opens_at", "closes_at", "is_open",
         ]  # fmt: skip
 
 
@@ -59,6 +59,7 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "id", "track", "kind", "method", "entrant", "is_baseline", "status", "error",
             "created_at", "validating_at", "running_at", "scoring_at", "finished_at",
             "mean_dsc", "mean_nsd", "gate_passed", "disqualified", "public_reason",
+            "image_reference", "image_digest",
         ]  # fmt: skip
 
 
@@ -71,6 +72,15 @@ class SubmitSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, default="")
     paper_url = serializers.URLField(required=False, allow_blank=True, default="")
     code_url = serializers.URLField(required=False, allow_blank=True, default="")
-    artifact = serializers.FileField(required=False, help_text="checkpoint .zip or .onnx")
+    artifact = serializers.FileField(
+        required=False, help_text="checkpoint .zip, .onnx, or container image .tar (docker save)"
+    )
     manifest = serializers.FileField(required=False, help_text="manifest.json (with weights)")
     weights = serializers.FileField(required=False, help_text="weights.safetensors")
+    image = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=300,
+        help_text="container: registry reference instead of a .tar (where a registry is set up)",
+    )

@@ -164,6 +164,7 @@ def submissions(request):
         archive=data.get("artifact"),
         manifest=data.get("manifest"),
         weights=data.get("weights"),
+        image=data["image"],
     )
     return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
 

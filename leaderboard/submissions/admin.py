@@ -13,8 +13,8 @@ class SubmissionAdmin(admin.ModelAdmin):
     list_filter = ["status", "kind", "is_baseline", "hidden", "disqualified", "track"]
     search_fields = ["method", "user__username", "team__name"]
     readonly_fields = [
-        "uuid", "artifact_sha256", "created_at", "validating_at", "running_at", "scoring_at",
-        "finished_at", "attempts",
+        "uuid", "artifact_sha256", "image_digest", "created_at", "validating_at", "running_at",
+        "scoring_at", "finished_at", "attempts",
     ]  # fmt: skip
     actions = ["reevaluate_selected", "hide_selected", "unhide_selected"]
 

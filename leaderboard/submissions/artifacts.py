@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import struct
+import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile, File
 
 from harness.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.container_images import MANIFEST as IMAGE_MANIFEST
 
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 ONNX_SUFFIX = ".onnx"
@@ -133,6 +135,35 @@ def check_onnx(upload: File) -> None:
     _check_size(upload.size, "the upload")
     if not upload.name.lower().endswith(ONNX_SUFFIX):
         raise ArtifactError("an ONNX submission must be a single .onnx file")
+
+
+def check_image_archive(upload: File) -> None:
+    """A quantizer image upload is the output of ``docker save``: an uncompressed tar holding a
+    ``manifest.json``, within ``MEDQUANT_MAX_IMAGE_BYTES``. The worker checks it fully (paths,
+    manifest, config digest) before Docker loads it."""
+    limit = settings.MEDQUANT_MAX_IMAGE_BYTES
+    if upload.size > limit:
+        size, limit_mb = upload.size / 2**20, limit / 2**20
+        raise ArtifactError(f"the image archive is {size:.1f} MB; the limit is {limit_mb:.0f} MB")
+    if upload.size == 0:
+        raise ArtifactError("the image archive is empty")
+    upload.seek(0)
+    try:
+        with tarfile.open(fileobj=upload, mode="r:") as tar:
+            has_manifest = any(
+                PurePosixPath(member.name) == PurePosixPath(IMAGE_MANIFEST) for member in tar
+            )
+    except (tarfile.TarError, EOFError) as error:
+        raise ArtifactError(
+            "the image archive is not an uncompressed tar file (make it with "
+            f"`docker save -o quantizer.tar IMAGE`): {error}"
+        ) from error
+    finally:
+        upload.seek(0)
+    if not has_manifest:
+        raise ArtifactError(
+            f"the image archive has no {IMAGE_MANIFEST}: is it the output of `docker save`?"
+        )
 
 
 def sha256_of(upload: File) -> str:

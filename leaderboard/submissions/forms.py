@@ -17,7 +17,14 @@ class SubmitForm(forms.Form):
     paper_url = forms.URLField(required=False, assume_scheme="https")
     code_url = forms.URLField(required=False, assume_scheme="https")
     artifact = forms.FileField(
-        required=False, help_text="checkpoint .zip (manifest.json + weights.safetensors) or .onnx"
+        required=False,
+        help_text="checkpoint .zip (manifest.json + weights.safetensors), .onnx, or a quantizer "
+        "container image .tar (docker save)",
     )
     manifest = forms.FileField(required=False, help_text="or: manifest.json …")
     weights = forms.FileField(required=False, help_text="… and weights.safetensors")
+    image = forms.CharField(
+        required=False,
+        max_length=300,
+        help_text="or, for a container: its registry reference (where a registry is configured)",
+    )

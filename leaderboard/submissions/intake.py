@@ -4,6 +4,7 @@ created and its evaluation enqueued after commit."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.db import transaction
@@ -12,6 +13,7 @@ from leaderboard.accounts.models import team_of
 from leaderboard.submissions.artifacts import (
     ArtifactError,
     check_checkpoint_zip,
+    check_image_archive,
     check_onnx,
     pack_checkpoint_pair,
     sha256_of,
@@ -25,9 +27,12 @@ UPLOAD_KINDS = (Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER)
 
 
 def accepted_kinds(track: Track) -> tuple[str, ...]:
-    """Submission kinds a track takes: checkpoints on the simulator, ONNX on real backends, each
-    only once the workers evaluate it (``pipeline.EVALUATED_KINDS``)."""
+    """Submission kinds a track takes: checkpoints on the simulator, ONNX on real backends, and
+    quantizer containers where container workers run (``MEDQUANT_CONTAINERS``), each only once
+    the workers evaluate it (``pipeline.EVALUATED_KINDS``)."""
     kinds = (Kind.CHECKPOINT,) if track.backend == Track.Backend.SIMULATED else (Kind.ONNX,)
+    if settings.MEDQUANT_CONTAINERS:
+        kinds += (Kind.CONTAINER,)
     return tuple(k for k in kinds if k in EVALUATED_KINDS)
 
 
@@ -45,6 +50,40 @@ def check_track(user, track: Track) -> None:
                 "track in the last 24 hours (failed and cancelled runs do not count); try later"
             }
         )
+
+
+def _check_image_reference(reference: str) -> None:
+    """A registry reference must name an image on the configured registry."""
+    registry = settings.MEDQUANT_CONTAINER_REGISTRY
+    if not registry:
+        raise ValidationError(
+            {"image": "no container registry is configured here: upload the image as a "
+                      "`docker save` tarball instead"}
+        )  # fmt: skip
+    if not reference.startswith(f"{registry}/") or any(c.isspace() for c in reference):
+        raise ValidationError(
+            {"image": f"the image must be on {registry}, e.g. {registry}/team/quantizer:v1"}
+        )
+
+
+def _container(archive: File | None, image: str) -> File | None:
+    """A quantizer container: an uploaded ``docker save`` tarball or a registry reference."""
+    if archive and image:
+        raise ValidationError(
+            {"image": "give either an image tarball or a registry reference, not both"}
+        )
+    if image:
+        _check_image_reference(image)
+        return None
+    if not archive:
+        raise ValidationError(
+            {"artifact": "upload the quantizer image as a tarball (`docker save -o q.tar IMAGE`)"}
+        )
+    try:
+        check_image_archive(archive)
+    except ArtifactError as error:
+        raise ValidationError({"artifact": str(error)}) from error
+    return archive
 
 
 def _artifact(kind: str, archive: File | None, manifest: File | None, weights: File | None):
@@ -90,13 +129,18 @@ def accept(
     archive: File | None = None,
     manifest: File | None = None,
     weights: File | None = None,
+    image: str = "",
 ) -> Submission:
-    """Create the submission and enqueue its evaluation, or raise ValidationError by field."""
+    """Create the submission and enqueue its evaluation, or raise ValidationError by field.
+    ``image`` is a quantizer container's registry reference (instead of an uploaded tarball)."""
     if kind not in accepted_kinds(track):
         names = ", ".join(Kind(k).label for k in accepted_kinds(track)) or "nothing yet"
         raise ValidationError({"kind": f"this track accepts: {names}"})
     check_track(user, track)
-    artifact = _artifact(kind, archive, manifest, weights)
+    if kind == Kind.CONTAINER:
+        artifact = _container(archive, image)
+    else:
+        artifact = _artifact(kind, archive, manifest, weights)
     with transaction.atomic():
         submission = Submission(
             track=track,
@@ -107,9 +151,11 @@ def accept(
             description=description,
             paper_url=paper_url,
             code_url=code_url,
-            artifact_sha256=sha256_of(artifact),
+            artifact_sha256=sha256_of(artifact) if artifact else "",
+            image_reference=image if kind == Kind.CONTAINER else "",
         )
         submission.save()
-        submission.artifact.save(artifact.name.rsplit("/", 1)[-1], artifact, save=True)
+        if artifact:
+            submission.artifact.save(artifact.name.rsplit("/", 1)[-1], artifact, save=True)
         enqueue(submission)
     return submission

@@ -98,7 +98,8 @@ class Submission(models.Model):
     error = models.TextField(blank=True, help_text="shown to the submitter")
     log = models.TextField(blank=True, help_text="the submitter's own evaluation log")
     container_log = models.TextField(
-        blank=True, help_text="the quantizer container's stdout/stderr (size-capped; submitter only)"
+        blank=True,
+        help_text="the quantizer container's stdout/stderr (size-capped; submitter only)",
     )
     attempts = models.PositiveIntegerField(default=0)
 

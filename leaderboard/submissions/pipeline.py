@@ -2,7 +2,9 @@
 ``harness.submission.evaluate_submission``.
 
 Stages are written to the row under ``select_for_update``; the artifact is verified (format,
-precision vs the track) before it is scored. A problem with the artifact ends the run
+precision vs the track) before it is scored. A quantizer container is pinned while validating,
+run sandboxed (``harness.containers``) while running, and its ``/output`` is then verified and
+scored exactly like an upload. A problem with the artifact ends the run
 ``rejected`` with the harness's message; an unexpected error ends it ``failed``; infrastructure
 errors (database, broker, storage) propagate so that the Celery task retries. Running it again on
 a finished submission does nothing; the Evaluation is one row per submission.
@@ -17,11 +19,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 
 from harness.checkpoint import describe_checkpoint, save_checkpoint
+from harness.container_images import PinnedImage, load_image_archive, pin_registry_image
+from harness.containers import ContainerLimits, output_submission, run_quantizer_container
 from harness.errors import HarnessError
 from harness.evaluation import EvaluationRun
 from harness.onnx_export import export_qdq, int8_model
@@ -36,9 +41,9 @@ from reference_methods.simulated import QuantConfig, quantize
 logger = logging.getLogger(__name__)
 CACHED_TRACKS = 4
 MAX_ATTEMPTS = 3
-EVALUATED_KINDS = frozenset({Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX})
-"""Kinds ``_prepare`` turns into something the harness scores. Hook: ``Kind.CONTAINER`` (routed
-to the ``containers`` queue by ``tasks.queue_for``) joins once its runner is wired in here."""
+EVALUATED_KINDS = frozenset({Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER})
+"""Kinds turned into something the harness scores: by ``_prepare``, containers by
+``_run_container`` (on the ``containers`` queue, see ``tasks.queue_for``)."""
 ONNX_NAME = "model.onnx"
 
 
@@ -190,6 +195,95 @@ def _prepare(submission: Submission, track: OpenTrack, workdir: Path) -> Harness
     return HarnessSubmission("checkpoint", checkpoint=ckpt)
 
 
+def _pin_image(client: docker.DockerClient, submission: Submission, workdir: Path) -> PinnedImage:
+    """The container's image: pulled from the registry (by the digest recorded at its first run,
+    when it is re-evaluated), or its uploaded ``docker save`` tarball checked and loaded; either
+    way pinned by digest (``ImageError`` says what is wrong)."""
+    if submission.image_reference:
+        reference = submission.image_reference
+        if submission.image_digest:
+            name = reference.partition("@")[0]
+            repository = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+            reference = f"{repository}@{submission.image_digest}"
+        pull = bool(settings.MEDQUANT_CONTAINER_REGISTRY)
+        return pin_registry_image(client, reference, pull=pull)
+    archive = workdir / "image.tar"
+    with submission.artifact.open("rb") as src, open(archive, "wb") as out:
+        shutil.copyfileobj(src, out)
+    try:
+        max_bytes = settings.MEDQUANT_MAX_IMAGE_BYTES
+        return load_image_archive(client, archive, max_bytes=max_bytes, workdir=workdir)
+    finally:
+        archive.unlink()
+
+
+def _run_container(
+    submission: Submission, track: OpenTrack, workdir: Path, log: list[str], worker: str
+) -> tuple[HarnessSubmission, dict]:
+    """Validating: pin the image; running: run it sandboxed on the track's ``/input`` (its logs
+    kept for the submitter); then its ``/output`` must be exactly the artifact an upload to this
+    track would be, with the same precision checks. Returns it and the run's result entry."""
+    client = docker.from_env()
+    try:
+        image = _pin_image(client, submission, workdir)
+        log.append(f"quantizer image pinned: {image.digest} ({image.source})")
+        _advance(submission.pk, Status.RUNNING, image_digest=image.digest, log="\n".join(log))
+        overrides = {"output_bytes": settings.MEDQUANT_MAX_ARTIFACT_BYTES}
+        limits = ContainerLimits.for_track(
+            track.loaded.spec, **overrides | settings.MEDQUANT_CONTAINER_LIMITS
+        )
+        outcome = run_quantizer_container(
+            image=image,
+            track=track.loaded,
+            workdir=workdir / "container",
+            helper_image=settings.MEDQUANT_CONTAINER_HELPER_IMAGE,
+            limits=limits,
+            gpu=settings.MEDQUANT_CONTAINER_GPU,
+            worker=worker,
+            client=client,
+        )
+    finally:
+        client.close()
+    Submission.objects.filter(pk=submission.pk).update(container_log=_storable(outcome.logs))
+    log.append(
+        f"quantizer container {outcome.status} after {outcome.seconds:.1f} s "
+        f"(exit status {outcome.exit_code}, "
+        f"peak memory {outcome.peak_memory_bytes / 2**20:.0f} MiB)"
+    )
+    if not outcome.ok:
+        raise Rejected(_storable(outcome.error))
+    try:
+        artifact = output_submission(outcome.output_dir, track.loaded.spec.backend)
+        if artifact.kind == "checkpoint":
+            _check_precision(submission.track, describe_checkpoint(artifact.checkpoint))
+    except (HarnessError, Rejected) as error:
+        raise Rejected(f"the quantizer's output was rejected: {error}") from error
+    container = {
+        "image": image.digest,
+        "source": image.source,
+        "seconds": outcome.seconds,
+        "peak_memory_bytes": outcome.peak_memory_bytes,
+    }
+    return artifact, container
+
+
+def _storable(text: str) -> str:
+    """Container output as database text (PostgreSQL refuses NUL characters)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _enter_running(submission_id: int, log: list[str]) -> None:
+    """The running stage with the log so far (a container entered it when its quantizer
+    started; its stage timestamp is kept)."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if submission.status == Status.RUNNING:
+            submission.log = "\n".join(log)
+            submission.save(update_fields=["log"])
+        else:
+            submission.advance(Status.RUNNING, log="\n".join(log))
+
+
 def _latency_ms(result: dict) -> float | None:
     """Real-backend median latency per volume when measured (ONNX), else the simulated
     inference time per test volume."""
@@ -237,8 +331,9 @@ def _verified(precision: dict) -> str:
     )
 
 
-def run(submission_id: int) -> str:
-    """Evaluate one submission through every stage; returns its final status."""
+def run(submission_id: int, *, worker: str = "") -> str:
+    """Evaluate one submission through every stage; returns its final status. ``worker`` names
+    the Celery worker in the labels of the containers it starts (see ``remove_orphans``)."""
     submission = start(submission_id)
     if submission is None:
         return Submission.objects.get(pk=submission_id).status
@@ -250,16 +345,25 @@ def run(submission_id: int) -> str:
         fail(submission_id, f"the track could not be loaded: {error}")
         return Status.FAILED
     with tempfile.TemporaryDirectory(dir=settings.MEDQUANT_WORK_DIR) as tmp:
+        container = None
         try:
-            harness_submission = _prepare(submission, track, Path(tmp))
+            if submission.kind == Kind.CONTAINER:
+                harness_submission, container = _run_container(
+                    submission, track, Path(tmp), log, worker
+                )
+            else:
+                harness_submission = _prepare(submission, track, Path(tmp))
             log.append(f"artifact ready: {harness_submission.kind}")
-            _advance(submission_id, Status.RUNNING, log="\n".join(log))
+            _enter_running(submission_id, log)
             result, _ = evaluate_submission(track.loaded, harness_submission, fp32=track.fp32)
         except (Rejected, HarnessError, ValueError) as error:
             log.append(f"rejected: {error}")
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
             return Status.REJECTED
     result["submission"]["scheme"] = submission.scheme or submission.method
+    if container:
+        result["submission"]["container"] = container
+        result["timings"]["container"] = container["seconds"]
     log.append(_verified(result["submission"]["precision"]))
     _advance(submission_id, Status.SCORING)
     with transaction.atomic():

@@ -1,19 +1,32 @@
-"""Celery tasks of the submissions app and the helper that enqueues them after commit."""
+"""Celery tasks of the submissions app, the helper that enqueues them after commit, and the
+clean-up of quantizer containers a killed worker left behind (at worker start)."""
 
 from __future__ import annotations
 
 import logging
 
+import docker.errors
+import requests.exceptions
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 from django.db import InterfaceError, OperationalError, transaction
 from kombu.exceptions import OperationalError as BrokerError
 
+from harness.containers import remove_orphans
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Submission
 
 logger = logging.getLogger(__name__)
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+INFRASTRUCTURE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    BrokerError,
+    ConnectionError,
+    docker.errors.DockerException,  # the Docker engine of a container worker failed
+    requests.exceptions.ConnectionError,
+)
+CONTAINER_QUEUE = "containers"
 HARD_LIMIT_MARGIN_S = 60
 
 
@@ -29,9 +42,9 @@ HARD_LIMIT_MARGIN_S = 60
 def evaluate(self, *, submission_id: int) -> str:
     """Evaluate one submission (idempotent: a finished one is left as it is)."""
     try:
-        return pipeline.run(submission_id)
+        return pipeline.run(submission_id, worker=self.request.hostname or "")
     except SoftTimeLimitExceeded:
-        limit = Submission.objects.get(pk=submission_id).track.time_limit_s
+        limit = time_limit_s(Submission.objects.get(pk=submission_id))
         pipeline.fail(submission_id, f"evaluation stopped: it exceeded the track's {limit} s limit")
         return "failed"
     except INFRASTRUCTURE_ERRORS:
@@ -52,12 +65,20 @@ def evaluate(self, *, submission_id: int) -> str:
 
 def queue_for(submission: Submission) -> str:
     """Quantizer containers run on the ``containers`` queue; the rest where the track says."""
-    return "containers" if submission.kind == Kind.CONTAINER else submission.track.queue
+    return CONTAINER_QUEUE if submission.kind == Kind.CONTAINER else submission.track.queue
+
+
+def time_limit_s(submission: Submission) -> int:
+    """The task's soft time limit: the track's evaluation limit, plus its quantizer limit for a
+    container."""
+    track = submission.track
+    extra = track.quantizer_timeout_s if submission.kind == Kind.CONTAINER else 0
+    return track.time_limit_s + extra
 
 
 def enqueue(submission: Submission) -> None:
     """Send the evaluation once the current transaction commits (never for a rolled-back row)."""
-    limit = submission.track.time_limit_s
+    limit = time_limit_s(submission)
     queue = queue_for(submission)
     submission_id = submission.pk
     transaction.on_commit(
@@ -68,3 +89,18 @@ def enqueue(submission: Submission) -> None:
             time_limit=limit + HARD_LIMIT_MARGIN_S,
         )
     )
+
+
+@worker_ready.connect
+def remove_container_orphans(sender, **_) -> None:
+    """On a worker consuming the ``containers`` queue: remove the quantizer containers and
+    volumes this worker (same hostname) left behind when it was killed. A worker that cannot
+    reach Docker logs it and serves on (its container tasks are retried)."""
+    if CONTAINER_QUEUE not in sender.app.amqp.queues.consume_from:
+        return
+    try:
+        removed = remove_orphans(worker=sender.hostname)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        logger.error("could not remove orphaned quantizer containers: %s", error)
+        return
+    logger.info("removed %d orphaned quantizer container(s)/volume(s)", removed)

@@ -30,6 +30,7 @@ def submit(request):
                 archive=data["artifact"],
                 manifest=data["manifest"],
                 weights=data["weights"],
+                image=data["image"],
             )
         except ValidationError as error:
             for field, problems in error.message_dict.items():

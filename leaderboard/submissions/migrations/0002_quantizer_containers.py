@@ -4,25 +4,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('submissions', '0001_initial'),
+        ("submissions", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='submission',
-            name='container_log',
-            field=models.TextField(blank=True, help_text="the quantizer container's stdout/stderr (size-capped; submitter only)"),
+            model_name="submission",
+            name="container_log",
+            field=models.TextField(
+                blank=True,
+                help_text="the quantizer container's stdout/stderr (size-capped; submitter only)",
+            ),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='image_digest',
-            field=models.CharField(blank=True, help_text='digest the quantizer container was pinned to and run', max_length=80),
+            model_name="submission",
+            name="image_digest",
+            field=models.CharField(
+                blank=True,
+                help_text="digest the quantizer container was pinned to and run",
+                max_length=80,
+            ),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='image_reference',
-            field=models.CharField(blank=True, help_text='registry reference of a quantizer container', max_length=300),
+            model_name="submission",
+            name="image_reference",
+            field=models.CharField(
+                blank=True, help_text="registry reference of a quantizer container", max_length=300
+            ),
         ),
     ]

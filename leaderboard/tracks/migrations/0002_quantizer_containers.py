@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tracks', '0001_initial'),
+        ("tracks", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='track',
-            name='quantizer_timeout_s',
-            field=models.PositiveIntegerField(default=3600, help_text='wall-clock limit of a quantizer container run (seconds)'),
+            model_name="track",
+            name="quantizer_timeout_s",
+            field=models.PositiveIntegerField(
+                default=3600, help_text="wall-clock limit of a quantizer container run (seconds)"
+            ),
         ),
     ]
