@@ -92,8 +92,10 @@ if os.environ.get("MEDQUANT_S3_BUCKET"):
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 MEDQUANT_MAX_ARTIFACT_BYTES = int(os.environ.get("MEDQUANT_MAX_ARTIFACT_MB", "512")) * 1024 * 1024
-# Where workers unpack artifacts for evaluation.
-MEDQUANT_WORK_DIR = VAR_DIR / "work"
+# Where workers unpack artifacts for evaluation. A container worker that drives the host's Docker
+# engine bind-mounts /input from here, so there it must be the same path on the host and inside the
+# worker (see containers/compose.yaml).
+MEDQUANT_WORK_DIR = Path(os.environ.get("MEDQUANT_WORK_DIR", VAR_DIR / "work"))
 
 # Quantizer containers (the `containers` queue). Tracks accept them only when container workers
 # run (MEDQUANT_CONTAINERS=1); an uploaded `docker save` tarball has its own size limit. A
