@@ -10,7 +10,7 @@ from leaderboard_fixtures import checkpoint_zip, site_storage, tiny_checkpoints,
 from leaderboard.accounts.models import ApiToken, Team, token_digest
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Status, Submission
-from leaderboard.tracks.seeding import queue_baselines
+from leaderboard.tracks.seeding import baseline_schemes, queue_baselines
 
 __all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
 
@@ -40,12 +40,17 @@ def test_home_groups_tracks_and_filters_them_by_weight_bits(client, tiny_tracks)
 def test_track_page_ranks_baselines_and_embeds_the_charts(client, evaluated_baselines):
     response = client.get(reverse("track", args=[evaluated_baselines.slug]))
     page = response.content.decode()
-    assert page.count('class="baseline"') == 3
+    assert page.count('class="baseline"') == len(baseline_schemes(evaluated_baselines)) == 7
     for name in ("size", "latency", "per_class", "grid"):
         assert f'id="figure-{name}"' in page
     start = page.index('id="figure-grid">') + len('id="figure-grid">')
     grid = json.loads(page[start : page.index("</script>", start)])
     assert grid["data"][0]["type"] == "heatmap"
+    rtn = {
+        s.evaluation.granularity: s.evaluation.mean_dsc
+        for s in evaluated_baselines.submissions.filter(reference_method="rtn")
+    }
+    assert dict(zip(grid["data"][0]["x"], grid["data"][0]["z"][0], strict=True)) == rtn
     assert client.get("/static/plotly/plotly.min.js").status_code == 200
 
 

@@ -2,6 +2,7 @@
 rejection reasons, idempotence, baselines."""
 
 import json
+import zipfile
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -145,17 +146,43 @@ def test_a_submission_interrupted_again_and_again_ends_failed(alice, tiny_tracks
 def test_baselines_are_quantized_by_the_worker_and_keep_their_checkpoint(tiny_tracks):
     track = tiny_tracks["w4a4"]
     queued = queue_baselines(track)
-    assert [s.scheme for s in queued] == ["w4a4-per-tensor", "w4a4-per-channel", "w4a4-adaptive"]
+    assert [(s.reference_method, s.scheme) for s in queued] == [
+        ("rtn", "w4a4-per-tensor"),
+        ("rtn", "w4a4-per-channel"),
+        ("rtn", "w4a4-adaptive"),
+        *[(m, "w4a4-per-channel") for m in ("gptq", "comq", "permutation-comq", "smoothquant")],
+    ]
     assert queue_baselines(track) == []
 
     for submission in queued:
         assert pipeline.run(submission.pk) == Status.DONE
 
-    rows = {s.scheme: s for s in Submission.objects.filter(track=track)}
-    for scheme, submission in rows.items():
+    for submission in Submission.objects.filter(track=track):
         assert submission.is_baseline and submission.artifact.name.endswith(".zip")
-        assert submission.evaluation.granularity == scheme.split("-", 1)[1]
-        assert (submission.evaluation.weight_bits, submission.evaluation.activation_bits) == (4, 4)
+        evaluation = submission.evaluation
+        assert evaluation.granularity == submission.scheme.split("-", 1)[1]
+        assert (evaluation.weight_bits, evaluation.activation_bits) == (4, 4)
+        recorded = evaluation.result["submission"]
+        assert (recorded["method"], recorded["scheme"]) == (
+            submission.reference_method,
+            submission.scheme,
+        )
+        with zipfile.ZipFile(submission.artifact.open("rb")) as archive:
+            manifest = json.loads(archive.read(MANIFEST_NAME))
+        assert manifest["reference"] == {
+            "method": submission.reference_method,
+            "scheme": submission.scheme,
+        }
+    rtn = Submission.objects.get(track=track, reference_method="rtn", scheme="w4a4-per-channel")
+    comq = Submission.objects.get(track=track, reference_method="comq")
+    assert comq.evaluation.result["cases"] != rtn.evaluation.result["cases"]
+
+
+def test_an_eight_bit_track_gets_smoothquant_per_tensor_besides_rtn(tiny_tracks):
+    queued = queue_baselines(tiny_tracks["w8a8"])
+    assert [(s.reference_method, s.scheme, s.method) for s in queued][3:] == [
+        ("smoothquant", "w8a8-per-tensor", "SmoothQuant per-tensor")
+    ]
 
 
 def test_intake_refuses_uploads_that_are_not_checkpoints(alice, tiny_tracks):

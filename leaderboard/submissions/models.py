@@ -83,6 +83,11 @@ class Submission(models.Model):
         max_length=80, blank=True, help_text="digest the quantizer container was pinned to and run"
     )
     scheme = models.CharField(max_length=40, blank=True, help_text="reference scheme (baselines)")
+    reference_method = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="reference PTQ method quantizing a baseline (reference_methods.methods)",
+    )
     method = models.CharField(max_length=80)
     description = models.TextField(blank=True)
     paper_url = models.URLField(blank=True)

@@ -36,7 +36,8 @@ from leaderboard.submissions.artifacts import ArtifactError, unpack_checkpoint
 from leaderboard.submissions.models import FINISHED, Evaluation, Kind, Status, Submission
 from leaderboard.tracks import ranking
 from leaderboard.tracks.models import Track
-from reference_methods.simulated import QuantConfig, quantize
+from reference_methods.methods import quantize_with
+from reference_methods.simulated import QuantConfig
 
 logger = logging.getLogger(__name__)
 CACHED_TRACKS = 4
@@ -138,13 +139,16 @@ def _check_precision(track: Track, precision: dict) -> None:
 
 
 def _baseline_checkpoint(submission: Submission, track: OpenTrack, workdir: Path) -> Path:
-    """Quantize the reference model with the submission's reference scheme → a checkpoint."""
+    """Quantize the reference model by the submission's reference method (RTN when none) under
+    its reference scheme, with the method's default options → a checkpoint."""
+    method = submission.reference_method or "rtn"
     try:
         config = QuantConfig.from_scheme(submission.scheme)
+        model = quantize_with(method, track.loaded.model, config, track.loaded.calibration)
     except ValueError as error:
-        raise Rejected(f"unknown scheme {submission.scheme!r}: {error}") from error
-    model = quantize(track.loaded.model, config, track.loaded.calibration)
-    return save_checkpoint(model, workdir / "checkpoint", reference={"scheme": submission.scheme})
+        raise Rejected(f"baseline {method} {submission.scheme!r} cannot run: {error}") from error
+    reference = {"method": method, "scheme": submission.scheme}
+    return save_checkpoint(model, workdir / "checkpoint", reference=reference)
 
 
 def _baseline_onnx(track: OpenTrack, workdir: Path) -> Path:
@@ -361,6 +365,8 @@ def run(submission_id: int, *, worker: str = "") -> str:
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
             return Status.REJECTED
     result["submission"]["scheme"] = submission.scheme or submission.method
+    if submission.reference_method:
+        result["submission"]["method"] = submission.reference_method
     if container:
         result["submission"]["container"] = container
         result["timings"]["container"] = container["seconds"]

@@ -95,14 +95,15 @@ def per_class_dsc(evaluations: list[Evaluation]) -> str | None:
 
 
 def baseline_grid(track: Track) -> str | None:
-    """Heatmap of baseline mean DSC: granularity × bit-width over the tracks of the same model,
-    dataset and backend."""
+    """Heatmap of the RTN baselines' mean DSC (MedQuanBench's granularity study): granularity ×
+    bit-width over the tracks of the same model, dataset and backend."""
     rows = (
         Evaluation.objects.filter(
             track__reference_model=track.reference_model,
             track__dataset=track.dataset,
             track__backend=track.backend,
             submission__is_baseline=True,
+            submission__reference_method__in=("rtn", ""),
             submission__status=Status.DONE,
         )
         .values("granularity", "weight_bits", "activation_bits", "mean_dsc")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -108,22 +109,66 @@ def baseline_user():
     return user
 
 
-def baseline_schemes(track: Track) -> list[tuple[str, str, str]]:
-    """(scheme, method, description) of a track's reference baselines: RTN at the track's
-    precision for every granularity on the simulator; the standard INT8 Q/DQ export on ONNX
-    backends (when the track allows 8 bits)."""
+@dataclass(frozen=True)
+class Baseline:
+    """A reference baseline: ``method`` (reference_methods.methods) quantizes under ``scheme``."""
+
+    method: str
+    scheme: str
+    label: str
+    description: str
+
+
+#: Reference methods run at per-channel granularity on every simulated track of at most 4-bit
+#: weights (and SmoothQuant, whose point is activation outliers, per-tensor at 8 bits), with their
+#: default options: the rows every track starts with besides RTN at each granularity.
+METHOD_BASELINES: dict[str, str] = {
+    "gptq": "GPTQ (Hessian-based error compensation, act-order off, 1% dampening)",
+    "comq": "COMQ (backprop-free coordinate descent on the layer Gram, K = 1, lambda = 1)",
+    "permutation-comq": "Permutation-COMQ (COMQ with scale groups cut from the sorted weights)",
+    "smoothquant": "SmoothQuant (alpha = 0.5: activation range migrated into the weights)",
+}
+METHOD_LABELS = {
+    "gptq": "GPTQ",
+    "comq": "COMQ",
+    "permutation-comq": "Permutation-COMQ",
+    "smoothquant": "SmoothQuant",
+}
+
+
+def baseline_schemes(track: Track) -> list[Baseline]:
+    """A track's reference baselines. On the simulator: RTN at the track's precision for every
+    granularity, plus GPTQ, COMQ, Permutation-COMQ and SmoothQuant per-channel when weights are at
+    most 4-bit (SmoothQuant per-tensor at 8 bits). On ONNX backends: the standard INT8 Q/DQ export
+    (when the track allows 8 bits)."""
     if track.backend != Track.Backend.SIMULATED:
         if track.weight_bits < 8 or (track.activation_bits or 8) < 8:
             return []
-        return [("int8-qdq", "RTN INT8 Q/DQ", "per-channel RTN 8-bit weights, static per-tensor "
-                 "8-bit activations calibrated by max|x|, exported as Q/DQ ONNX")]  # fmt: skip
-    abits = track.activation_bits or 16
-    return [
-        (f"w{track.weight_bits}a{abits}-{g}", f"RTN {g}",
-         f"reference round-to-nearest quantization, scheme w{track.weight_bits}a{abits}-{g} "
-         "(weights per output channel unless per-tensor; static calibrated activation scales, "
-         "per-token / per-voxel dynamic)")
+        return [Baseline("rtn", "int8-qdq", "RTN INT8 Q/DQ", "per-channel RTN 8-bit weights, "
+                         "static per-tensor 8-bit activations calibrated by max|x|, exported as "
+                         "Q/DQ ONNX")]  # fmt: skip
+    precision = f"w{track.weight_bits}a{track.activation_bits or 16}"
+    baselines = [
+        Baseline("rtn", f"{precision}-{g}", f"RTN {g}",
+                 f"reference round-to-nearest quantization, scheme {precision}-{g} (weights per "
+                 "output channel unless per-tensor; static calibrated activation scales, "
+                 "per-token / per-voxel dynamic)")
         for g in BASELINE_GRANULARITIES
+    ]  # fmt: skip
+    if track.weight_bits <= 4:
+        methods = list(METHOD_BASELINES)
+        granularity = "per-channel"
+    else:
+        methods = ["smoothquant"] if track.activation_bits else []
+        granularity = "per-tensor"
+    allowed = track.granularities
+    if allowed and granularity not in allowed:
+        return baselines
+    scheme = f"{precision}-{granularity}"
+    return baselines + [
+        Baseline(m, scheme, f"{METHOD_LABELS[m]} {granularity}",
+                 f"{METHOD_BASELINES[m]}, scheme {scheme}, default options")
+        for m in methods
     ]  # fmt: skip
 
 
@@ -132,8 +177,16 @@ def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
     they are replaced)."""
     queued = []
     with transaction.atomic():
-        for scheme, method, description in baseline_schemes(track):
-            existing = Submission.objects.filter(track=track, is_baseline=True, scheme=scheme)
+        for baseline in baseline_schemes(track):
+            existing = Submission.objects.filter(
+                track=track,
+                is_baseline=True,
+                scheme=baseline.scheme,
+                # rows made before baselines recorded their method were RTN
+                reference_method__in=("rtn", "")
+                if baseline.method == "rtn"
+                else (baseline.method,),
+            )
             if existing.exists() and not force:
                 continue
             existing.delete()
@@ -141,9 +194,10 @@ def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
                 track=track,
                 user=baseline_user(),
                 kind=Kind.SCHEME,
-                scheme=scheme,
-                method=method,
-                description=description,
+                scheme=baseline.scheme,
+                reference_method=baseline.method,
+                method=baseline.label,
+                description=baseline.description,
                 is_baseline=True,
             )
             enqueue(submission)
