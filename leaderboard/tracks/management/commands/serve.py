@@ -1,9 +1,26 @@
+"""``manage.py serve``: runserver plus an embedded Celery worker, for the demo (`make run`)."""
+
 import signal
+import socket
 import subprocess
 import sys
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+
+def _check_free(addrport: str) -> None:
+    """Refuse early when the address is taken: runserver would ``os._exit`` on it, skipping the
+    cleanup that stops the worker."""
+    host, _, port = addrport.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host or "127.0.0.1", int(port)))
+        except OSError as error:
+            raise CommandError(
+                f"cannot serve on {addrport}: {error.strerror}. Stop the server already using it, "
+                "or pass another address (manage.py serve 127.0.0.1:8001)."
+            ) from None
 
 
 class Command(BaseCommand):
@@ -17,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1)
 
     def handle(self, *args, addrport, concurrency, **options):
+        _check_free(addrport)
         worker = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "leaderboard", "worker", "-Q",
