@@ -54,6 +54,20 @@ def test_track_page_ranks_baselines_and_embeds_the_charts(client, evaluated_base
     assert client.get("/static/plotly/plotly.min.js").status_code == 200
 
 
+def test_the_baseline_grid_follows_a_sibling_track_finishing_after_the_page_was_cached(
+    client, tiny_tracks, evaluated_baselines
+):
+    def grid_rows() -> list[str]:
+        page = client.get(reverse("track", args=[evaluated_baselines.slug])).content.decode()
+        start = page.index('id="figure-grid">') + len('id="figure-grid">')
+        return json.loads(page[start : page.index("</script>", start)])["data"][0]["y"]
+
+    assert grid_rows() == ["W4A4"]  # rendered and cached
+    for submission in queue_baselines(tiny_tracks["w8a8"]):
+        pipeline.run(submission.pk)
+    assert grid_rows() == ["W8A8", "W4A4"]
+
+
 def test_track_offers_the_fp32_model_and_calibration_images_but_never_test_cases_or_labels(
     client, tiny_tracks
 ):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Max, QuerySet
 from django.utils import timezone
 
 from leaderboard.submissions.models import Evaluation, Status
@@ -88,11 +88,18 @@ def refresh(track: Track) -> None:
         Track.objects.filter(pk=track.pk).update(ranked_at=timezone.now())
 
 
-def cache_key(track: Track, scope: str, params) -> str:
-    """Cache key of a rendering of the board: changes whenever the ranks are recomputed."""
-    version = (
-        f"{track.created_at.timestamp()}:{track.ranked_at.timestamp() if track.ranked_at else 0}"
-    )
+def cache_key(track: Track, scope: str, params, *, with_siblings: bool = False) -> str:
+    """Cache key of a rendering of the board: changes whenever the ranks are recomputed, and with
+    ``with_siblings`` also when those of the same model, dataset and backend are (the page's
+    baseline grid spans them)."""
+    ranked_at = track.ranked_at
+    if with_siblings:
+        ranked_at = Track.objects.filter(
+            reference_model=track.reference_model_id,
+            dataset=track.dataset_id,
+            backend=track.backend,
+        ).aggregate(latest=Max("ranked_at"))["latest"]
+    version = f"{track.created_at.timestamp()}:{ranked_at.timestamp() if ranked_at else 0}"
     query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
     return f"board:{scope}:{track.pk}:{version}:{hashlib.sha256(query.encode()).hexdigest()}"
 

@@ -89,7 +89,7 @@ def board_context(track: Track, params) -> dict:
 
 def track_detail(request, slug: str):
     track = public_track(request, slug)
-    key = ranking.cache_key(track, "page", request.GET)
+    key = ranking.cache_key(track, "page", request.GET, with_siblings=True)
     board = cache.get(key)
     if board is None:
         board = render_to_string("tracks/board.html", board_context(track, request.GET), request)
