@@ -352,7 +352,8 @@ def test_a_container_worker_removes_its_orphans_when_it_starts(
         )
 
     orphan("containers@test"), orphan("cpu@test")
-    env = os.environ | {"MEDQUANT_VAR_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"MEDQUANT_VAR_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
+                        "MEDQUANT_CONTAINERS": "1"}  # fmt: skip
     env.pop("CELERY_BROKER_URL", None)
     workers = [
         _start_worker(env, "containers", "containers@test", tmp_path / "containers.log"),
@@ -379,6 +380,7 @@ def test_a_container_worker_removes_its_orphans_when_it_starts(
 
 def test_a_container_worker_without_docker_logs_it_and_keeps_serving(tmp_path):
     env = os.environ | {"MEDQUANT_VAR_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
+                        "MEDQUANT_CONTAINERS": "1",
                         "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}  # fmt: skip
     env.pop("CELERY_BROKER_URL", None)
     log = tmp_path / "worker.log"

@@ -10,6 +10,7 @@ import requests.exceptions
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -93,9 +94,12 @@ def enqueue(submission: Submission) -> None:
 
 @worker_ready.connect
 def remove_container_orphans(sender, **_) -> None:
-    """On a worker consuming the ``containers`` queue: remove the quantizer containers and
-    volumes this worker (same hostname) left behind when it was killed. A worker that cannot
-    reach Docker logs it and serves on (its container tasks are retried)."""
+    """On a worker consuming the ``containers`` queue of a site that accepts containers
+    (``MEDQUANT_CONTAINERS``): remove the quantizer containers and volumes this worker (same
+    hostname) left behind when it was killed. A worker that cannot reach Docker logs it and serves
+    on (its container tasks are retried)."""
+    if not settings.MEDQUANT_CONTAINERS:
+        return
     if CONTAINER_QUEUE not in sender.app.amqp.queues.consume_from:
         return
     try:

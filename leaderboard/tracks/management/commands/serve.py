@@ -1,5 +1,6 @@
 """``manage.py serve``: runserver plus an embedded Celery worker, for the demo (`make run`)."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -40,11 +41,23 @@ class Command(BaseCommand):
                 sys.executable, "-m", "celery", "-A", "leaderboard", "worker", "-Q",
                 "cpu,containers", "--concurrency", str(concurrency), "--loglevel", "INFO",
                 "--hostname", "embedded@%h",
-            ]
+            ],
+            # its own process group: a terminal's Ctrl-C (or a signal to this group) reaches only
+            # this command, which then shuts the worker down as a whole (pool children too)
+            start_new_session=True,
         )  # fmt: skip
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below
         try:
             call_command("runserver", addrport, use_reloader=False)
         finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+            _stop(worker)
+
+
+def _stop(worker: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Warm shutdown (SIGTERM: finish the current task); SIGKILL to its group after ``grace_s``."""
+    worker.terminate()
+    try:
+        worker.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
