@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs page's JavaScript, served locally (no CDN)
     "leaderboard.accounts",
     "leaderboard.tracks",
     "leaderboard.submissions",
@@ -179,4 +180,5 @@ SPECTACULAR_SETTINGS = {
     "models. Authenticate with `Authorization: Token <your token>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "REDOC_DIST": "SIDECAR",
 }

@@ -3,6 +3,7 @@ refusals, quota, leaderboard JSON/CSV, error bodies, OpenAPI schema."""
 
 import csv
 import io
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -151,7 +152,15 @@ def test_openapi_schema_describes_the_submit_call(db):
     assert schema["openapi"].startswith("3.")
     post = schema["paths"]["/api/v1/submissions/"]["post"]
     assert "multipart/form-data" in post["requestBody"]["content"]
-    assert api().get("/api/docs/").status_code == 200
+
+
+def test_api_docs_page_serves_its_javascript_locally_not_from_a_cdn(client, db):
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    (script,) = re.findall(r'<script src="([^"]+redoc[^"]*)"', html)
+    assert script.startswith("/static/"), f"docs page loads {script} from outside the site"
+    assert b"".join(client.get(script).streaming_content).startswith(b"/*")
 
 
 def test_submissions_beyond_the_rate_limit_get_429_with_an_error_body(
