@@ -39,7 +39,7 @@ from harness.onnx_export import INPUT_NAME, export_fp32, export_qdq, int8_model
 from harness.onnx_verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.ort_backend import OrtNetwork, create_session, kernel_report
 from harness.preprocessing import preprocess, read_case
-from harness.sliding_window import predict_probabilities
+from harness.sliding_window import predict_labels
 from harness.submission import LoadedTrack
 from harness.track import TrackSpec
 
@@ -179,10 +179,7 @@ def main() -> None:
             {name: (lambda n=n: n(batch)) for name, n in networks.items()}, args.warmup, args.runs
         )
         volume_seconds = interleaved_times(
-            {
-                name: (lambda n=n: predict_probabilities(n, volume, window))
-                for name, n in networks.items()
-            },
+            {name: (lambda n=n: predict_labels(n, volume, window)) for name, n in networks.items()},
             args.warmup,
             args.runs,
         )

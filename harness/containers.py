@@ -118,6 +118,15 @@ class ContainerOutcome:
             "output_dir": None if self.output_dir is None else str(self.output_dir)
         }
 
+    def result_entry(self, image: PinnedImage) -> dict:
+        """The result document's ``submission.container``: pinned image, run time, peak memory."""
+        return {
+            "image": image.digest,
+            "source": image.source,
+            "seconds": self.seconds,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
+
 
 @dataclass(frozen=True)
 class ContainerEvaluation:
@@ -223,12 +232,7 @@ def evaluate_quantizer_container(
     except HarnessError as error:
         return ContainerEvaluation(outcome, None, f"the quantizer's output was rejected: {error}")
     result["submission"]["scheme"] = f"container {image.digest}"
-    result["submission"]["container"] = {
-        "image": image.digest,
-        "source": image.source,
-        "seconds": outcome.seconds,
-        "peak_memory_bytes": outcome.peak_memory_bytes,
-    }
+    result["submission"]["container"] = outcome.result_entry(image)
     result["timings"]["container"] = outcome.seconds
     return ContainerEvaluation(outcome, result, None)
 

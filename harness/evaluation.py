@@ -18,13 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from harness.dataset import Case
-from harness.errors import HarnessError
 from harness.metrics import dice_per_class, mean_over_classes, nsd_per_class
 from harness.preprocessing import LoadedCase, preprocess, read_case, restore_to_original
 from harness.reference_model import ModelSpec
@@ -104,7 +102,9 @@ def evaluate_cases(
         with timer.stage("postprocess"):
             restored = restore_to_original(prediction, image, loaded.image)
         with timer.stage("metrics"):
-            return _case_metrics(loaded, restored, classes, nsd_tolerance_mm)
+            dsc = dice_per_class(restored, loaded.label, classes)
+            nsd = nsd_per_class(restored, loaded.label, classes, loaded.spacing, nsd_tolerance_mm)
+            return CaseMetrics(loaded.case_id, dsc, nsd)
 
     with (
         ThreadPoolExecutor(1, thread_name_prefix="harness-load") as loader,
@@ -129,13 +129,3 @@ def evaluate_cases(
                 future.cancel()
             raise
     return EvaluationRun(results, timer, time.perf_counter() - start)
-
-
-def _case_metrics(
-    loaded: LoadedCase, prediction: np.ndarray, classes: tuple[int, ...], tolerance_mm: float
-) -> CaseMetrics:
-    if loaded.label is None:
-        raise HarnessError(f"case {loaded.case_id}: no label to score against")
-    dsc = dice_per_class(prediction, loaded.label, classes)
-    nsd = nsd_per_class(prediction, loaded.label, classes, loaded.spacing, tolerance_mm)
-    return CaseMetrics(loaded.case_id, dsc, nsd)

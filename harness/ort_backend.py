@@ -23,7 +23,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.latency import latency_stats, time_calls
 from harness.onnx_graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
-from harness.sliding_window import SlidingWindowSpec, predict_probabilities
+from harness.sliding_window import SlidingWindowSpec, predict_labels
 
 # ORT ops that compute in integer arithmetic (default and com.microsoft domains)
 INTEGER_OPS = frozenset(
@@ -200,9 +200,7 @@ def measure_efficiency(
     batch = first_patch_batch(volume, window, network)
     with torch.no_grad():
         batch_times = time_calls(lambda: network(batch), warmup, runs)
-        volume_times = time_calls(
-            lambda: predict_probabilities(network, volume, window), warmup, runs
-        )
+        volume_times = time_calls(lambda: predict_labels(network, volume, window), warmup, runs)
     patch = latency_stats([t / len(batch) for t in batch_times])
     size = Path(model_path).stat().st_size
     return {

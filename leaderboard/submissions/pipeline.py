@@ -16,7 +16,6 @@ import logging
 import shutil
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -28,7 +27,6 @@ from harness.checkpoint import describe_checkpoint, save_checkpoint
 from harness.container_images import PinnedImage, load_image_archive, pin_registry_image
 from harness.containers import ContainerLimits, output_submission, run_quantizer_container
 from harness.errors import HarnessError
-from harness.evaluation import EvaluationRun
 from harness.onnx_export import export_qdq, int8_model
 from harness.submission import LoadedTrack, evaluate_submission
 from harness.submission import Submission as HarnessSubmission
@@ -52,24 +50,17 @@ class Rejected(Exception):
     """The artifact is at fault; the message is for the submitter."""
 
 
-@dataclass
-class OpenTrack:
-    """A track loaded by this worker process with its FP32 reference run."""
-
-    loaded: LoadedTrack
-    fp32: EvaluationRun
+_open_tracks: OrderedDict[str, LoadedTrack] = OrderedDict()
 
 
-_open_tracks: OrderedDict[str, OpenTrack] = OrderedDict()
-
-
-def open_track(track: Track) -> OpenTrack:
+def open_track(track: Track) -> LoadedTrack:
     """Load the track (dataset, FP32 model, FP32 run) once per worker process and spec."""
     spec = track.to_spec()
     key = repr(spec.to_dict())
     if key not in _open_tracks:
         loaded = LoadedTrack.open(spec)
-        _open_tracks[key] = OpenTrack(loaded, loaded.run(loaded.model, False, "fp32"))
+        loaded.fp32_run  # noqa: B018 -- evaluated now: a track that cannot run fails here
+        _open_tracks[key] = loaded
         while len(_open_tracks) > CACHED_TRACKS:
             _open_tracks.popitem(last=False)
     _open_tracks.move_to_end(key)
@@ -138,25 +129,24 @@ def _check_precision(track: Track, precision: dict) -> None:
         raise Rejected(f"granularity {label!r} is not allowed here; allowed: {track.granularities}")
 
 
-def _baseline_checkpoint(submission: Submission, track: OpenTrack, workdir: Path) -> Path:
+def _baseline_checkpoint(submission: Submission, track: LoadedTrack, workdir: Path) -> Path:
     """Quantize the reference model by the submission's reference method (RTN when none) under
     its reference scheme, with the method's default options → a checkpoint."""
     method = submission.reference_method or "rtn"
     try:
         config = QuantConfig.from_scheme(submission.scheme)
-        model = quantize_with(method, track.loaded.model, config, track.loaded.calibration)
+        model = quantize_with(method, track.model, config, track.calibration)
     except ValueError as error:
         raise Rejected(f"baseline {method} {submission.scheme!r} cannot run: {error}") from error
     reference = {"method": method, "scheme": submission.scheme}
     return save_checkpoint(model, workdir / "checkpoint", reference=reference)
 
 
-def _baseline_onnx(track: OpenTrack, workdir: Path) -> Path:
+def _baseline_onnx(track: LoadedTrack, workdir: Path) -> Path:
     """The standard INT8 deployment of the reference model (per-channel RTN weights, static
     per-tensor activations) as Q/DQ ONNX: the baseline of ONNX-backend tracks."""
-    loaded = track.loaded
-    model = int8_model(loaded.model, loaded.calibration)
-    return export_qdq(model, loaded.model_spec, loaded.calibration, workdir / ONNX_NAME)
+    model = int8_model(track.model, track.calibration)
+    return export_qdq(model, track.model_spec, track.calibration, workdir / ONNX_NAME)
 
 
 def _store_artifact(submission: Submission, path: Path) -> None:
@@ -168,7 +158,7 @@ def _store_artifact(submission: Submission, path: Path) -> None:
     Submission.objects.filter(pk=submission.pk).update(artifact=submission.artifact.name)
 
 
-def _prepare(submission: Submission, track: OpenTrack, workdir: Path) -> HarnessSubmission:
+def _prepare(submission: Submission, track: LoadedTrack, workdir: Path) -> HarnessSubmission:
     """Validating stage: what the harness evaluates. A checkpoint is unpacked and verified here
     (its precision read from its tensors); an ONNX file is verified by the harness when opened."""
     onnx_track = submission.track.backend != Track.Backend.SIMULATED
@@ -222,7 +212,7 @@ def _pin_image(client: docker.DockerClient, submission: Submission, workdir: Pat
 
 
 def _run_container(
-    submission: Submission, track: OpenTrack, workdir: Path, log: list[str], worker: str
+    submission: Submission, track: LoadedTrack, workdir: Path, log: list[str], worker: str
 ) -> tuple[HarnessSubmission, dict]:
     """Validating: pin the image; running: run it sandboxed on the track's ``/input`` (its logs
     kept for the submitter); then its ``/output`` must be exactly the artifact an upload to this
@@ -234,11 +224,11 @@ def _run_container(
         _advance(submission.pk, Status.RUNNING, image_digest=image.digest, log="\n".join(log))
         overrides = {"output_bytes": settings.MEDQUANT_MAX_ARTIFACT_BYTES}
         limits = ContainerLimits.for_track(
-            track.loaded.spec, **overrides | settings.MEDQUANT_CONTAINER_LIMITS
+            track.spec, **overrides | settings.MEDQUANT_CONTAINER_LIMITS
         )
         outcome = run_quantizer_container(
             image=image,
-            track=track.loaded,
+            track=track,
             workdir=workdir / "container",
             helper_image=settings.MEDQUANT_CONTAINER_HELPER_IMAGE,
             limits=limits,
@@ -257,18 +247,12 @@ def _run_container(
     if not outcome.ok:
         raise Rejected(_storable(outcome.error))
     try:
-        artifact = output_submission(outcome.output_dir, track.loaded.spec.backend)
+        artifact = output_submission(outcome.output_dir, track.spec.backend)
         if artifact.kind == "checkpoint":
             _check_precision(submission.track, describe_checkpoint(artifact.checkpoint))
     except (HarnessError, Rejected) as error:
         raise Rejected(f"the quantizer's output was rejected: {error}") from error
-    container = {
-        "image": image.digest,
-        "source": image.source,
-        "seconds": outcome.seconds,
-        "peak_memory_bytes": outcome.peak_memory_bytes,
-    }
-    return artifact, container
+    return artifact, outcome.result_entry(image)
 
 
 def _storable(text: str) -> str:
@@ -359,7 +343,7 @@ def run(submission_id: int, *, worker: str = "") -> str:
                 harness_submission = _prepare(submission, track, Path(tmp))
             log.append(f"artifact ready: {harness_submission.kind}")
             _enter_running(submission_id, log)
-            result, _ = evaluate_submission(track.loaded, harness_submission, fp32=track.fp32)
+            result, _ = evaluate_submission(track, harness_submission)
         except (Rejected, HarnessError, ValueError) as error:
             log.append(f"rejected: {error}")
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))

@@ -122,17 +122,21 @@ class Baseline:
 #: Reference methods run at per-channel granularity on every simulated track of at most 4-bit
 #: weights (and SmoothQuant, whose point is activation outliers, per-tensor at 8 bits), with their
 #: default options: the rows every track starts with besides RTN at each granularity.
-METHOD_BASELINES: dict[str, str] = {
-    "gptq": "GPTQ (Hessian-based error compensation, act-order off, 1% dampening)",
-    "comq": "COMQ (backprop-free coordinate descent on the layer Gram, K = 1, lambda = 1)",
-    "permutation-comq": "Permutation-COMQ (COMQ with scale groups cut from the sorted weights)",
-    "smoothquant": "SmoothQuant (alpha = 0.5: activation range migrated into the weights)",
-}
-METHOD_LABELS = {
-    "gptq": "GPTQ",
-    "comq": "COMQ",
-    "permutation-comq": "Permutation-COMQ",
-    "smoothquant": "SmoothQuant",
+#: method -> (label, description).
+METHOD_BASELINES: dict[str, tuple[str, str]] = {
+    "gptq": ("GPTQ", "GPTQ (Hessian-based error compensation, act-order off, 1% dampening)"),
+    "comq": (
+        "COMQ",
+        "COMQ (backprop-free coordinate descent on the layer Gram, K = 1, lambda = 1)",
+    ),
+    "permutation-comq": (
+        "Permutation-COMQ",
+        "Permutation-COMQ (COMQ with scale groups cut from the sorted weights)",
+    ),
+    "smoothquant": (
+        "SmoothQuant",
+        "SmoothQuant (alpha = 0.5: activation range migrated into the weights)",
+    ),
 }
 
 
@@ -166,8 +170,8 @@ def baseline_schemes(track: Track) -> list[Baseline]:
         return baselines
     scheme = f"{precision}-{granularity}"
     return baselines + [
-        Baseline(m, scheme, f"{METHOD_LABELS[m]} {granularity}",
-                 f"{METHOD_BASELINES[m]}, scheme {scheme}, default options")
+        Baseline(m, scheme, f"{METHOD_BASELINES[m][0]} {granularity}",
+                 f"{METHOD_BASELINES[m][1]}, scheme {scheme}, default options")
         for m in methods
     ]  # fmt: skip
 
