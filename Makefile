@@ -43,6 +43,6 @@ benchmark: venv demo
 demo-models: venv
 	$(HARNESS) make-phantoms --out $(DEMO)/dataset --cases 28 --seed 0
 	for m in unet segresnet unetr; do \
-	  $(HARNESS) train --dataset $(DEMO)/dataset --spec harness/demo_models/$$m \
-	    --out harness/demo_models/$$m || exit 1; \
+	  $(HARNESS) train --dataset $(DEMO)/dataset --spec harness/models/demo_models/$$m \
+	    --out harness/models/demo_models/$$m || exit 1; \
 	done

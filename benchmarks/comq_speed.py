@@ -1,4 +1,4 @@
-"""COMQ speed: the Gram-form COMQ of ``reference_methods.comq`` against a plain implementation of
+"""COMQ speed: the Gram-form COMQ of ``reference_methods.methods.comq`` against a plain implementation of
 the published algorithm, on the same layer and calibration data, side by side in one run.
 
 Layer: Conv3d 64 -> 64, kernel 3, padding 1 (C_out = 64, C_in * k^3 = 1728); calibration: ReLU'd
@@ -31,10 +31,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from reference_methods.comq import comq, group_grid
-from reference_methods.gram import input_columns, input_gram
-from reference_methods.reconstruction import layer_reconstruction_error
-from reference_methods.weight_format import to_rows
+from reference_methods.methods.comq import comq, group_grid
+from reference_methods.simulator.weight_format import to_rows
+from reference_methods.statistics.gram import input_columns, input_gram
+from reference_methods.statistics.reconstruction import layer_reconstruction_error
 
 CHANNELS = 64
 VOLUME = (40, 40, 32)  # 51,200 output voxels per sample

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from harness.demo import shipped_models, write_demo
-from harness.study import run_study
+from harness.analysis.study import run_study
+from harness.data.demo import shipped_models, write_demo
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
+from harness.track.spec import TrackSpec
 
 METHODS = ("rtn", "gptq", "comq", "permutation-comq")
 PRECISIONS = ("w4a16", "w2a16")

@@ -33,15 +33,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from harness.demo import write_demo
-from harness.latency import latency_stats
-from harness.onnx_export import INPUT_NAME, export_fp32, export_qdq, int8_model
-from harness.onnx_verify import OnnxInterface, PrecisionLimits, verify_onnx
-from harness.ort_backend import OrtNetwork, create_session, kernel_report
-from harness.preprocessing import preprocess, read_case
-from harness.sliding_window import predict_labels
+from harness.artifacts.onnx.export import INPUT_NAME, export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
+from harness.backends.onnxruntime import OrtNetwork, create_session, kernel_report
+from harness.data.demo import write_demo
+from harness.data.preprocessing import preprocess, read_case
+from harness.inference.latency import latency_stats
+from harness.inference.sliding_window import predict_labels
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
+from harness.track.spec import TrackSpec
 
 SIZE_TARGET = 0.30
 THIN = 8

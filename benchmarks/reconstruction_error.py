@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from harness.demo import shipped_models, write_demo
+from harness.data.demo import shipped_models, write_demo
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
-from reference_methods import rtn
-from reference_methods.comq import comq
-from reference_methods.gram import collect_grams
-from reference_methods.permutation_comq import permutation_comq
-from reference_methods.quantized_layers import QUANT_LAYER_TYPES, layer_kind
-from reference_methods.reconstruction import layer_reconstruction_error
-from reference_methods.simulated import QuantConfig, quantized_layers, target_layers
-from reference_methods.weight_format import to_rows
+from harness.track.spec import TrackSpec
+from reference_methods.methods import rtn
+from reference_methods.methods.comq import comq
+from reference_methods.methods.permutation_comq import permutation_comq
+from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, layer_kind
+from reference_methods.simulator.scheme import QuantConfig, quantized_layers, target_layers
+from reference_methods.simulator.weight_format import to_rows
+from reference_methods.statistics.gram import collect_grams
+from reference_methods.statistics.reconstruction import layer_reconstruction_error
 
 METHODS = ("RTN", "COMQ", "P-COMQ", "P-COMQ|W|")
 

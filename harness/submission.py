@@ -11,16 +11,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from harness.calibration import calibration_batches
-from harness.checkpoint import describe_checkpoint, load_checkpoint
-from harness.dataset import Case, Dataset, load_dataset
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
+from harness.backends.onnx_submission import onnx_efficiency, open_onnx_submission
+from harness.data.calibration import calibration_batches
+from harness.data.dataset import Case, Dataset, load_dataset
 from harness.errors import CheckpointError
-from harness.evaluation import EvaluationRun, StageTimer, evaluate_cases
-from harness.onnx_submission import onnx_efficiency, open_onnx_submission
-from harness.reference_model import ModelSpec, load_reference_model, weights_sha256
-from harness.result import build_result
-from harness.track import TrackSpec
-from reference_methods.simulated import QuantConfig, quantize
+from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.models.reference import ModelSpec, load_reference_model, weights_sha256
+from harness.scoring.result import build_result
+from harness.track.spec import TrackSpec
+from reference_methods.simulator.scheme import QuantConfig, quantize
 
 
 @dataclass(frozen=True)

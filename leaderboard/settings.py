@@ -111,7 +111,7 @@ MEDQUANT_CONTAINER_HELPER_IMAGE = os.environ.get(
     "MEDQUANT_CONTAINER_HELPER_IMAGE", "python:3.11-slim"
 )
 MEDQUANT_CONTAINER_GPU = os.environ.get("MEDQUANT_CONTAINER_GPU", "0") == "1"
-# Resources of one quantizer run (harness.containers.ContainerLimits fields; the wall-clock
+# Resources of one quantizer run (harness.containers.sandbox.ContainerLimits fields; the wall-clock
 # limit comes from the track, the output limit is the upload limit).
 MEDQUANT_CONTAINER_LIMITS = {
     "cpus": float(os.environ.get("MEDQUANT_CONTAINER_CPUS", min(4, os.cpu_count() or 1))),

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.demo import make_phantoms
-from harness.reference_model import ModelSpec, save_reference_model
+from harness.data.demo import make_phantoms
+from harness.models.reference import ModelSpec, save_reference_model
 
 TINY_UNET_SPEC = {
     "version": 1,

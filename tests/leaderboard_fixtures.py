@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.calibration import calibration_batches
-from harness.checkpoint import MANIFEST_NAME, WEIGHTS_NAME, save_checkpoint
-from harness.dataset import load_dataset
-from harness.reference_model import load_reference_model
-from reference_methods.simulated import QuantConfig, quantize
+from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME, save_checkpoint
+from harness.data.calibration import calibration_batches
+from harness.data.dataset import load_dataset
+from harness.models.reference import load_reference_model
+from reference_methods.simulator.scheme import QuantConfig, quantize
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from scipy import stats
 from torch import nn
 
 from harness.cli import main
-from reference_methods.activation_analysis import (
+from reference_methods.statistics.activations import (
     ChannelMoments,
     analyse_activations,
     excess_kurtosis,

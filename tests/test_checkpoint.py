@@ -12,7 +12,7 @@ from monai.networks.nets import UNETR, UNet
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.checkpoint import (
+from harness.artifacts.checkpoint import (
     FORMAT,
     MANIFEST_NAME,
     WEIGHTS_NAME,
@@ -21,12 +21,12 @@ from harness.checkpoint import (
     save_checkpoint,
 )
 from harness.errors import CheckpointError
-from reference_methods import permutation_comq
-from reference_methods.comq import COMQConfig
-from reference_methods.layer_extras import LayerExtras
-from reference_methods.permutation_comq import PermutationCOMQConfig
-from reference_methods.quantized_layers import LayerSpec, QuantConv3d
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
+from reference_methods.methods import permutation_comq
+from reference_methods.methods.comq import COMQConfig
+from reference_methods.methods.permutation_comq import PermutationCOMQConfig
+from reference_methods.simulator.layer_extras import LayerExtras
+from reference_methods.simulator.quantized_layers import LayerSpec, QuantConv3d
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
 
 FIRST = "model.0.conv"  # UNet's first Conv3d (1 -> 4 channels, 3x3x3)
 UP = "model.2.conv"  # UNet's last ConvTranspose3d (8 -> 3 channels)

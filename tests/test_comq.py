@@ -9,13 +9,16 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import comq
-from reference_methods.comq import COMQConfig, comq_codes, group_grid
-from reference_methods.gram import collect_grams, gram_shape, input_columns
-from reference_methods.reconstruction import layer_reconstruction_error, reconstruction_errors
-from reference_methods.simulated import QuantConfig, quantized_layers
-from reference_methods.weight_format import to_rows
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import comq
+from reference_methods.methods.comq import COMQConfig, comq_codes, group_grid
+from reference_methods.simulator.scheme import QuantConfig, quantized_layers
+from reference_methods.simulator.weight_format import to_rows
+from reference_methods.statistics.gram import collect_grams, gram_shape, input_columns
+from reference_methods.statistics.reconstruction import (
+    layer_reconstruction_error,
+    reconstruction_errors,
+)
 
 W4A16 = QuantConfig(4, None, "per-channel")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness.container_images import ImageError, load_image_archive, pin_registry_image
+from harness.containers.images import ImageError, load_image_archive, pin_registry_image
 
 pytestmark = pytest.mark.slow
 MAX_BYTES = 16 << 20

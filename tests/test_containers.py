@@ -14,10 +14,10 @@ from container_images.images import build_image, example_quantizer_image, script
 from container_images.python_base import python_base_image
 from safetensors.torch import load_file
 
-from harness.checkpoint import WEIGHTS_NAME, save_checkpoint
-from harness.container_images import PinnedImage
-from harness.container_input import build_container_input
-from harness.containers import (
+from harness.artifacts.checkpoint import WEIGHTS_NAME, save_checkpoint
+from harness.containers.images import PinnedImage
+from harness.containers.protocol import build_container_input
+from harness.containers.sandbox import (
     LABEL,
     WORKER_LABEL,
     ContainerLimits,
@@ -27,11 +27,11 @@ from harness.containers import (
     run_quantizer_container,
 )
 from harness.errors import HarnessError
-from harness.result import SCHEMA_PATH
+from harness.scoring.result import SCHEMA_PATH
 from harness.submission import LoadedTrack, Submission, evaluate_submission
-from harness.track import TrackSpec
+from harness.track.spec import TrackSpec
 from reference_methods.methods import quantize_with
-from reference_methods.simulated import QuantConfig
+from reference_methods.simulator.scheme import QuantConfig
 
 pytestmark = pytest.mark.slow
 
@@ -284,7 +284,7 @@ def test_orphans_of_this_worker_are_removed_at_worker_start(docker_client, helpe
 
 
 def test_gpu_device_request_only_on_gpu_workers_without_a_gpu_present():
-    from harness.containers import _device_requests
+    from harness.containers.sandbox import _device_requests
 
     assert _device_requests(gpu=False) is None
     (request,) = _device_requests(gpu=True)

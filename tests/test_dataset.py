@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from harness.dataset import Case, load_dataset, write_splits
+from harness.data.dataset import Case, load_dataset, write_splits
 from harness.errors import DatasetError
 
 SHAPE = (12, 10, 8)

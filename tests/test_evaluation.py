@@ -6,13 +6,17 @@ import threading
 import pytest
 import torch
 
-from harness.dataset import load_dataset
+from harness.data.dataset import load_dataset
+from harness.data.preprocessing import preprocess, read_case, restore_to_original
 from harness.errors import DatasetError
-from harness.evaluation import PIPELINE_DEPTH, evaluate_cases
-from harness.metrics import dice_per_class, nsd_per_class
-from harness.preprocessing import preprocess, read_case, restore_to_original
-from harness.reference_model import load_reference_model
-from harness.sliding_window import SlidingWindowSpec, predict_labels, predict_probabilities
+from harness.inference.evaluation import PIPELINE_DEPTH, evaluate_cases
+from harness.inference.sliding_window import (
+    SlidingWindowSpec,
+    predict_labels,
+    predict_probabilities,
+)
+from harness.models.reference import load_reference_model
+from harness.scoring.metrics import dice_per_class, nsd_per_class
 
 
 def _harness_threads() -> list[str]:

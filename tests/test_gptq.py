@@ -5,13 +5,13 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import gptq
-from reference_methods.gptq import GPTQConfig
-from reference_methods.granularity import WeightGranularity
-from reference_methods.quantizer import qmax, quantize_groups
-from reference_methods.reconstruction import layer_reconstruction_error
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import gptq
+from reference_methods.methods.gptq import GPTQConfig
+from reference_methods.simulator.granularity import WeightGranularity
+from reference_methods.simulator.quantizer import qmax, quantize_groups
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
+from reference_methods.statistics.reconstruction import layer_reconstruction_error
 
 PC, PT, GW = (
     WeightGranularity.PER_CHANNEL,

@@ -5,14 +5,14 @@ import json
 import jsonschema
 import pytest
 
-from harness.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint import save_checkpoint
 from harness.cli import main
-from harness.demo import DEMO_CASES, shipped_models
-from harness.reference_model import load_reference_model
-from harness.result import SCHEMA_PATH
+from harness.data.demo import DEMO_CASES, shipped_models
+from harness.models.reference import load_reference_model
+from harness.scoring.result import SCHEMA_PATH
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
-from reference_methods.simulated import QuantConfig, quantize
+from harness.track.spec import TrackSpec
+from reference_methods.simulator.scheme import QuantConfig, quantize
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 SHIPPED = ["unet", "segresnet", "unetr"]

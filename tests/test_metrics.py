@@ -1,4 +1,4 @@
-"""Tests for harness.metrics: DSC and NSD equal MONAI's definitions, honour spacing, and follow the
+"""Tests for harness.scoring.metrics: DSC and NSD equal MONAI's definitions, honour spacing, and follow the
 leaderboard's explicit empty-mask conventions."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from monai.metrics import compute_dice, compute_surface_dice
 from scipy import ndimage
 
-from harness.metrics import (
+from harness.scoring.metrics import (
     EMPTY_BOTH_SCORE,
     EMPTY_ONE_SCORE,
     MetricInputError,

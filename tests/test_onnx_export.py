@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from harness.onnx_export import (
+from harness.artifacts.onnx.export import (
     FP32_TOLERANCE,
     INPUT_NAME,
     OPSET,
@@ -18,10 +18,10 @@ from harness.onnx_export import (
     int8_model,
     relative_difference,
 )
-from harness.ort_backend import OrtNetwork, create_session, kernel_report
+from harness.backends.onnxruntime import OrtNetwork, create_session, kernel_report
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
+from harness.track.spec import TrackSpec
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_export_refuses_what_onnx_qdq_cannot_express(track, tmp_path):
 
 @pytest.mark.slow
 def test_hybrid_linear_layers_export_as_transposed_int8_codes_and_run_as_qlinearmatmul(tmp_path):
-    from harness.reference_model import ModelSpec
+    from harness.models.reference import ModelSpec
     from tests.conftest import TINY_UNET_SPEC
 
     data = TINY_UNET_SPEC | {

@@ -9,16 +9,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.onnx_export import export_qdq, int8_model
-from harness.onnx_verify import (
+from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.verify import (
     OnnxInterface,
     OnnxVerificationError,
     PrecisionLimits,
     verify_onnx,
 )
 from harness.submission import LoadedTrack
-from harness.track import TrackSpec
-from reference_methods.simulated import QuantConfig, quantize
+from harness.track.spec import TrackSpec
+from reference_methods.simulator.scheme import QuantConfig, quantize
 
 W8A8 = PrecisionLimits(weight_bits=8, activation_bits=8)
 
@@ -311,7 +311,7 @@ def test_int8_storage_of_4bit_codes_counts_as_4_bits(track, interface, tmp_path)
 
 
 def test_fp32_graph_passes_only_without_a_weight_limit(track, interface, tmp_path):
-    from harness.onnx_export import export_fp32
+    from harness.artifacts.onnx.export import export_fp32
 
     path = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
     report = verify_onnx(path, interface, PrecisionLimits())
@@ -328,7 +328,7 @@ def test_ort_quantize_static_upload_is_accepted(track, interface, tmp_path):
         quantize_static,
     )
 
-    from harness.onnx_export import export_fp32
+    from harness.artifacts.onnx.export import export_fp32
 
     fp32 = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
     batches = iter([b.numpy() for b in track.calibration])

@@ -12,21 +12,21 @@ import onnx
 import pytest
 import torch
 
-from harness.cli import main
-from harness.errors import CheckpointError, HarnessError
-from harness.latency import latency_stats, time_calls
-from harness.onnx_export import export_fp32, export_qdq, int8_model
-from harness.ort_backend import (
+from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.backends.onnxruntime import (
     OrtNetwork,
     create_session,
     first_patch_batch,
     measure_efficiency,
 )
-from harness.preprocessing import preprocess, read_case
-from harness.result import SCHEMA_PATH
-from harness.sliding_window import predict_probabilities
+from harness.cli import main
+from harness.data.preprocessing import preprocess, read_case
+from harness.errors import CheckpointError, HarnessError
+from harness.inference.latency import latency_stats, time_calls
+from harness.inference.sliding_window import predict_probabilities
+from harness.scoring.result import SCHEMA_PATH
 from harness.submission import LoadedTrack, Submission, evaluate_submission
-from harness.track import TrackSpec
+from harness.track.spec import TrackSpec
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 

@@ -9,13 +9,13 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import comq, rtn
-from reference_methods import permutation_comq as pcomq
-from reference_methods.comq import COMQConfig
-from reference_methods.permutation_comq import PermutationCOMQConfig, magnitude_groups
-from reference_methods.reconstruction import reconstruction_errors
-from reference_methods.simulated import QuantConfig, quantized_layers
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import comq, rtn
+from reference_methods.methods import permutation_comq as pcomq
+from reference_methods.methods.comq import COMQConfig
+from reference_methods.methods.permutation_comq import PermutationCOMQConfig, magnitude_groups
+from reference_methods.simulator.scheme import QuantConfig, quantized_layers
+from reference_methods.statistics.reconstruction import reconstruction_errors
 
 W4A16 = QuantConfig(4, None, "per-channel")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from harness.dataset import load_dataset
-from harness.phantoms import PHANTOM_LABELS, make_phantom, write_phantom_dataset
+from harness.data.dataset import load_dataset
+from harness.data.phantoms import PHANTOM_LABELS, make_phantom, write_phantom_dataset
 
 CASES = 4
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from harness.dataset import Case, load_dataset
-from harness.errors import DatasetError
-from harness.preprocessing import (
+from harness.data.dataset import Case, load_dataset
+from harness.data.preprocessing import (
     LoadedCase,
     PreprocessSpec,
     preprocess,
     read_case,
     restore_to_original,
 )
+from harness.errors import DatasetError
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 SHAPE = (12, 10, 8)
@@ -422,8 +422,8 @@ def test_real_spleen_case_preprocesses_and_restores(tmp_path: Path) -> None:
 def test_axis_aligned_restore_equals_monai_spatial_resample_on_phantoms(tmp_path):
     from monai.transforms import SpatialResample
 
-    from harness.dataset import load_dataset
-    from harness.demo import make_phantoms
+    from harness.data.dataset import load_dataset
+    from harness.data.demo import make_phantoms
 
     dataset = load_dataset(make_phantoms(tmp_path / "ds", cases=3, seed=4))
     spec = PreprocessSpec(spacing=(3.0, 3.0, 5.5), intensity_window=(-200.0, 600.0))

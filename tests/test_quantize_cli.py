@@ -6,10 +6,10 @@ import jsonschema
 import pytest
 import torch
 
-from harness.checkpoint import MANIFEST_NAME, describe_checkpoint, load_checkpoint
+from harness.artifacts.checkpoint import MANIFEST_NAME, describe_checkpoint, load_checkpoint
 from harness.cli import main
-from harness.reference_model import load_reference_model
-from harness.result import SCHEMA_PATH
+from harness.models.reference import load_reference_model
+from harness.scoring.result import SCHEMA_PATH
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 

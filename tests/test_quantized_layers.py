@@ -6,21 +6,21 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from reference_methods.granularity import (
+from reference_methods.simulator.granularity import (
     ActivationGranularity,
     Granularity,
     WeightGranularity,
     scale_rule,
 )
-from reference_methods.layer_extras import LayerExtras
-from reference_methods.quantized_layers import (
+from reference_methods.simulator.layer_extras import LayerExtras
+from reference_methods.simulator.quantized_layers import (
     LayerSpec,
     QuantConv3d,
     QuantConvTranspose3d,
     QuantLinear,
 )
-from reference_methods.quantizer import dynamic_fake_quantize, qmax
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
+from reference_methods.simulator.quantizer import dynamic_fake_quantize, qmax
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
 
 PT, PC = WeightGranularity.PER_TENSOR, WeightGranularity.PER_CHANNEL
 A_PT, A_PC = ActivationGranularity.PER_TENSOR, ActivationGranularity.PER_CHANNEL

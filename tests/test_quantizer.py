@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference_methods.quantizer import (
+from reference_methods.simulator.quantizer import (
     absmax,
     bits_for_code,
     check_bits,

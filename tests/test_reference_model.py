@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness.demo import DEMO_MODELS_DIR
+from harness.data.demo import DEMO_MODELS_DIR
 from harness.errors import ModelSpecError
-from harness.networks import ARCHITECTURES, build_network
-from harness.reference_model import (
+from harness.models.networks import ARCHITECTURES, build_network
+from harness.models.reference import (
     ModelSpec,
     load_reference_model,
     read_spec,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from harness.errors import HarnessError
-from harness.result import bootstrap_ci, relative_drop_pct
-from harness.track import TrackSpec
+from harness.scoring.result import bootstrap_ci, relative_drop_pct
+from harness.track.spec import TrackSpec
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():

@@ -8,14 +8,19 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import MANIFEST_NAME, describe_checkpoint, load_checkpoint, save_checkpoint
+from harness.artifacts.checkpoint import (
+    MANIFEST_NAME,
+    describe_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from harness.errors import CheckpointError
-from reference_methods import rotation, rtn
-from reference_methods.activation_analysis import excess_kurtosis
-from reference_methods.hadamard import hadamard_matrix
-from reference_methods.layer_extras import rotate
-from reference_methods.rotation import RotationConfig, rotate_weights, rotated_layers
-from reference_methods.simulated import QuantConfig
+from reference_methods.methods import rotation, rtn
+from reference_methods.methods.rotation import RotationConfig, rotate_weights, rotated_layers
+from reference_methods.simulator.hadamard import hadamard_matrix
+from reference_methods.simulator.layer_extras import rotate
+from reference_methods.simulator.scheme import QuantConfig
+from reference_methods.statistics.activations import excess_kurtosis
 
 W8A4 = QuantConfig(8, 4, "per-channel")
 

@@ -5,13 +5,17 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import rtn
-from reference_methods.granularity import WeightGranularity
-from reference_methods.quantized_layers import LayerSpec, QuantConv3d, QuantConvTranspose3d
-from reference_methods.quantizer import qmax
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
-from reference_methods.weight_format import to_rows
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import rtn
+from reference_methods.simulator.granularity import WeightGranularity
+from reference_methods.simulator.quantized_layers import (
+    LayerSpec,
+    QuantConv3d,
+    QuantConvTranspose3d,
+)
+from reference_methods.simulator.quantizer import qmax
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
+from reference_methods.simulator.weight_format import to_rows
 
 GW = WeightGranularity.GROUP_WISE
 

@@ -8,8 +8,9 @@ from monai.networks.nets import UNETR, UNet
 from torch import nn
 
 from harness.cli import main
-from reference_methods.quantized_layers import QuantLayer, layer_kind
-from reference_methods.sensitivity import (
+from reference_methods.simulator.quantized_layers import QuantLayer, layer_kind
+from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
+from reference_methods.statistics.sensitivity import (
     LayerGroup,
     incremental_dequantization,
     keep_float,
@@ -17,7 +18,6 @@ from reference_methods.sensitivity import (
     kind_label,
     layer_groups,
 )
-from reference_methods.simulated import QuantConfig, quantize, quantized_layers
 
 W4A4 = QuantConfig.from_scheme("w4a4-per-tensor")
 

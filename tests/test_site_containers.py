@@ -29,7 +29,7 @@ from leaderboard_services import ROOT, wait_for
 from rest_framework.test import APIClient
 from test_container_images import registry
 
-from harness.containers import LABEL, WORKER_LABEL
+from harness.containers.sandbox import LABEL, WORKER_LABEL
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.curation import reevaluate
 from leaderboard.submissions.intake import accept, accepted_kinds

@@ -76,7 +76,7 @@ def test_track_offers_the_fp32_model_and_calibration_images_but_never_test_cases
     assert "model.safetensors" in page and "manifest.json" in page
     response = client.get(reverse("model-file", args=[track.slug, "model.safetensors"]))
     assert response.status_code == 200
-    from harness.dataset import load_dataset
+    from harness.data.dataset import load_dataset
 
     dataset = load_dataset(track.dataset.path)
     (calibration,) = dataset.split("calibration")

@@ -15,7 +15,7 @@ from leaderboard_fixtures import (
     zip_bytes,
 )
 
-from harness.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.models import Evaluation, Status, Submission
@@ -220,8 +220,8 @@ def test_onnx_baseline_is_scored_on_onnx_runtime_with_its_measured_latency(ort_t
 def test_fp32_onnx_on_an_int8_track_is_rejected_with_the_verifiers_reason(
     alice, ort_track, tmp_path
 ):
-    from harness.onnx_export import export_fp32
-    from harness.reference_model import load_reference_model
+    from harness.artifacts.onnx.export import export_fp32
+    from harness.models.reference import load_reference_model
 
     spec, model = load_reference_model(ort_track.reference_model.path)
     path = export_fp32(model, spec, tmp_path / "fp32.onnx")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from harness.sliding_window import SlidingWindowSpec, predict_probabilities
+from harness.inference.sliding_window import SlidingWindowSpec, predict_probabilities
 
 
 @pytest.fixture

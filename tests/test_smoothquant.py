@@ -6,10 +6,9 @@ import torch
 from monai.networks.nets import UNETR, UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import rtn, smoothquant
-from reference_methods.simulated import QuantConfig, quantized_layers, target_layers
-from reference_methods.smoothquant import (
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import rtn, smoothquant
+from reference_methods.methods.smoothquant import (
     SmoothQuantConfig,
     activation_channel_absmax,
     smooth,
@@ -17,6 +16,7 @@ from reference_methods.smoothquant import (
     sole_producers,
     weight_channel_absmax,
 )
+from reference_methods.simulator.scheme import QuantConfig, quantized_layers, target_layers
 
 W8A8 = QuantConfig(8, 8, "per-tensor")
 

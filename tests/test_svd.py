@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
-from reference_methods import rtn, svd
-from reference_methods.reconstruction import reconstruction_errors
-from reference_methods.simulated import QuantConfig, quantized_layers
-from reference_methods.svd import SVDConfig, low_rank_split
-from reference_methods.weight_format import to_rows
+from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from reference_methods.methods import rtn, svd
+from reference_methods.methods.svd import SVDConfig, low_rank_split
+from reference_methods.simulator.scheme import QuantConfig, quantized_layers
+from reference_methods.simulator.weight_format import to_rows
+from reference_methods.statistics.reconstruction import reconstruction_errors
 
 W2A16 = QuantConfig(2, None, "per-channel")
 

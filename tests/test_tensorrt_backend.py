@@ -9,16 +9,21 @@ import onnx
 import pytest
 import torch
 
-from harness.cli import main
-from harness.onnx_verify import OnnxInterface, OnnxVerificationError, PrecisionLimits, verify_onnx
-from harness.submission import LoadedTrack, Submission, evaluate_submission
-from harness.tensorrt_backend import (
+from harness.artifacts.onnx.verify import (
+    OnnxInterface,
+    OnnxVerificationError,
+    PrecisionLimits,
+    verify_onnx,
+)
+from harness.backends.tensorrt import (
     BackendUnavailable,
     modelopt_baseline,
     require_tensorrt,
     unavailable_reason,
 )
-from harness.track import TrackSpec
+from harness.cli import main
+from harness.submission import LoadedTrack, Submission, evaluate_submission
+from harness.track.spec import TrackSpec
 
 TRT_REASON = unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(TRT_REASON is not None, reason=str(TRT_REASON))
@@ -120,8 +125,8 @@ def test_cli_prints_backend_unavailable(
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_engine_builds_and_matches_onnxruntime(track, modelopt_onnx, tmp_path):
-    from harness.ort_backend import OrtNetwork, create_session
-    from harness.tensorrt_backend import TrtNetwork, build_engine, engine_efficiency
+    from harness.backends.onnxruntime import OrtNetwork, create_session
+    from harness.backends.tensorrt import TrtNetwork, build_engine, engine_efficiency
 
     engine = build_engine(modelopt_onnx, tmp_path / "model.engine", max_batch=2)
     network = TrtNetwork(engine)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.dataset import load_dataset
-from harness.reference_model import read_spec
-from harness.training import TrainConfig, load_training_volumes, sample_patch, train
+from harness.data.dataset import load_dataset
+from harness.models.reference import read_spec
+from harness.models.training import TrainConfig, load_training_volumes, sample_patch, train
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 from leaderboard_fixtures import tiny_checkpoints
 from leaderboard_services import TINY_TRACK, LiveSite, live_site
 
-from harness.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
 
 __all__ = ["tiny_checkpoints"]
 pytestmark = pytest.mark.slow

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from harness.calibration import volume_patches
-from harness.checkpoint import save_checkpoint
-from harness.onnx_export import export_qdq, int8_model
-from harness.reference_model import load_reference_model
+from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.data.calibration import volume_patches
+from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with
-from reference_methods.simulated import QuantConfig
+from reference_methods.simulator.scheme import QuantConfig
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from typing import BinaryIO
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 
-from harness.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
-from harness.container_images import MANIFEST as IMAGE_MANIFEST
+from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.containers.images import MANIFEST as IMAGE_MANIFEST
 
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 ONNX_SUFFIX = ".onnx"

@@ -3,7 +3,7 @@
 
 Stages are written to the row under ``select_for_update``; the artifact is verified (format,
 precision vs the track) before it is scored. A quantizer container is pinned while validating,
-run sandboxed (``harness.containers``) while running, and its ``/output`` is then verified and
+run sandboxed (``harness.containers.sandbox``) while running, and its ``/output`` is then verified and
 scored exactly like an upload. A problem with the artifact ends the run
 ``rejected`` with the harness's message; an unexpected error ends it ``failed``; infrastructure
 errors (database, broker, storage) propagate so that the Celery task retries. Running it again on
@@ -23,11 +23,11 @@ from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 
-from harness.checkpoint import describe_checkpoint, save_checkpoint
-from harness.container_images import PinnedImage, load_image_archive, pin_registry_image
-from harness.containers import ContainerLimits, output_submission, run_quantizer_container
+from harness.artifacts.checkpoint import describe_checkpoint, save_checkpoint
+from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.containers.images import PinnedImage, load_image_archive, pin_registry_image
+from harness.containers.sandbox import ContainerLimits, output_submission, run_quantizer_container
 from harness.errors import HarnessError
-from harness.onnx_export import export_qdq, int8_model
 from harness.submission import LoadedTrack, evaluate_submission
 from harness.submission import Submission as HarnessSubmission
 from leaderboard.submissions.artifacts import ArtifactError, unpack_checkpoint
@@ -35,7 +35,7 @@ from leaderboard.submissions.models import FINISHED, Evaluation, Kind, Status, S
 from leaderboard.tracks import ranking
 from leaderboard.tracks.models import Track
 from reference_methods.methods import quantize_with
-from reference_methods.simulated import QuantConfig
+from reference_methods.simulator.scheme import QuantConfig
 
 logger = logging.getLogger(__name__)
 CACHED_TRACKS = 4

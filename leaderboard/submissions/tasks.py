@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from kombu.exceptions import OperationalError as BrokerError
 
-from harness.containers import remove_orphans
+from harness.containers.sandbox import remove_orphans
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Submission
 

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from harness.track import TrackSpec
+from harness.track.spec import TrackSpec
 
 RANKING_METRICS = {
     "mean_dsc": ("mean DSC", True),

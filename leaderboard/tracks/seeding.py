@@ -10,11 +10,11 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils.text import slugify
 
-from harness.dataset import load_dataset
+from harness.artifacts.onnx.export import export_fp32
+from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
-from harness.onnx_export import export_fp32
-from harness.reference_model import load_reference_model, read_spec
-from harness.track import TrackSpec
+from harness.models.reference import load_reference_model, read_spec
+from harness.track.spec import TrackSpec
 from leaderboard.submissions.models import Kind, Submission
 from leaderboard.submissions.tasks import enqueue
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track

@@ -12,7 +12,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 
-from harness.dataset import load_dataset
+from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from leaderboard.submissions.intake import accepted_kinds
 from leaderboard.submissions.models import Evaluation, Kind

@@ -78,7 +78,9 @@ def example_quantizer_image(client: docker.DockerClient) -> str:
     for package in ("harness", "reference_methods"):
         for path in sorted((REPO / package).glob("*.py")):
             files[f"{package}/{path.name}"] = path.read_bytes()
-    files["harness/result_schema.json"] = (REPO / "harness/result_schema.json").read_bytes()
+    files["harness/scoring/result_schema.json"] = (
+        REPO / "harness/scoring/result_schema.json"
+    ).read_bytes()
     return build_image(client, "example-quantizer", files, ["python", "/opt/medquant/quantize.py"])
 
 

@@ -1,0 +1,127 @@
+"""MedQuanBench-style study: FP32, then W8A8 and W4A4 under each granularity scheme, as a table of
+mean DSC and NSD with their relative drop vs FP32 (↓Δ%).
+
+With reference methods (``methods``), the rows after FP32 are method × scheme instead: each scheme
+is quantized with each method (``reference_methods.methods``) on the track's calibration patches,
+saved as a quantized checkpoint and evaluated as that checkpoint, so its precision is the one
+read back from the artifact; the row carries the method's name.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.artifacts.checkpoint import save_checkpoint
+from harness.inference.evaluation import EvaluationRun
+from harness.submission import LoadedTrack, Submission, evaluate_submission
+from reference_methods.methods import method_config, quantize_with
+from reference_methods.simulator.scheme import QuantConfig
+
+STUDY_PRECISIONS: tuple[str, ...] = ("w8a8", "w4a4")
+STUDY_GRANULARITIES: tuple[str, ...] = ("per-tensor", "per-channel", "adaptive")
+
+
+def study_schemes(
+    precisions: Sequence[str] = STUDY_PRECISIONS,
+    granularities: Sequence[str] = STUDY_GRANULARITIES,
+) -> list[str]:
+    return [f"{p}-{g}" for p in precisions for g in granularities]
+
+
+def _row(result: dict) -> dict:
+    submission = result["submission"]
+    summary, precision = result["summary"], submission["precision"]
+    bits_w, bits_a = precision["weight_bits"], precision["activation_bits"]
+    method = {"method": submission["method"]} if "method" in submission else {}
+    granularity = precision["granularity"]
+    if method:
+        granularity = QuantConfig.from_scheme(submission["scheme"]).granularity.value
+    return method | {
+        "scheme": submission["scheme"],
+        "precision": "FP32" if bits_w == 32 else f"W{bits_w}A{bits_a or 16}",
+        "granularity": granularity,
+        "mean_dsc": summary["mean_dsc"],
+        "mean_nsd": summary["mean_nsd"],
+        "dsc_drop_pct": summary["dsc_drop_pct"],
+        "nsd_drop_pct": summary["nsd_drop_pct"],
+        "dsc_ci95": summary["dsc_ci95"],
+        "accuracy_gate_passed": summary["accuracy_gate"]["passed"],
+    }
+
+
+def evaluate_method(
+    track: LoadedTrack,
+    method: str,
+    scheme: str,
+    fp32: EvaluationRun,
+    progress: bool = False,
+) -> dict:
+    """Result of ``scheme`` quantized by ``method`` (default options), evaluated as the quantized
+    checkpoint it saves to; the submission records the method and the scheme, the timings the
+    seconds the method took."""
+    start = time.perf_counter()
+    model = quantize_with(method, track.model, QuantConfig.from_scheme(scheme), track.calibration)
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_checkpoint(model, Path(tmp) / "ckpt", {"method": method, "scheme": scheme})
+        result, _ = evaluate_submission(
+            track, Submission("checkpoint", checkpoint=ckpt), fp32=fp32, progress=progress
+        )
+    result["submission"] |= {"scheme": scheme, "method": method}
+    result["timings"]["method"] = round(seconds, 4)
+    return result
+
+
+def run_study(
+    track: LoadedTrack,
+    schemes: Sequence[str],
+    progress: bool = False,
+    methods: Sequence[str] = (),
+) -> dict:
+    """Evaluate FP32 and every scheme on the track's test cases, or with ``methods`` every
+    (method, scheme) pair, method by method; one result per row. Every scheme and method is
+    checked before anything is evaluated."""
+    configs = [QuantConfig.from_scheme(scheme) for scheme in schemes]
+    for method in methods:
+        for config in configs:
+            method_config(method, config)
+    fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
+    results = [fp32_result]
+    if methods:
+        results += [
+            evaluate_method(track, method, scheme, fp32_run, progress)
+            for method in methods
+            for scheme in schemes
+        ]
+    else:
+        results += [
+            evaluate_submission(
+                track, Submission("scheme", scheme=scheme), fp32=fp32_run, progress=progress
+            )[0]
+            for scheme in schemes
+        ]
+    return {
+        "track": fp32_result["track"],
+        "rows": [_row(r) for r in results],
+        "results": results,
+    }
+
+
+def format_table(rows: list[dict], title: str = "") -> str:
+    """Plain-text table: Precision | Granularity | DSC (↓Δ%) | NSD (↓Δ%), led by a Method column
+    when some row carries a method."""
+    methods = any("method" in r for r in rows)
+    width = max([len("Method"), *(len(r.get("method", "")) for r in rows)]) if methods else 0
+    lead = f"{'Method':<{width}} " if methods else ""
+    header = f"{lead}{'Precision':<10} {'Granularity':<13} {'DSC (↓Δ%)':>17} {'NSD (↓Δ%)':>17}"
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for r in rows:
+        lead = f"{r.get('method', '-'):<{width}} " if methods else ""
+        dsc = f"{r['mean_dsc']:.3f} (↓{r['dsc_drop_pct']:.1f}%)"
+        nsd = f"{r['mean_nsd']:.3f} (↓{r['nsd_drop_pct']:.1f}%)"
+        lines.append(f"{lead}{r['precision']:<10} {r['granularity']:<13} {dsc:>17} {nsd:>17}")
+    return "\n".join(lines)

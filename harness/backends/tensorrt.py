@@ -1,0 +1,171 @@
+"""The ``tensorrt`` backend: ModelOpt ONNX PTQ → TensorRT engine (Python API) → engine size,
+latency and a network for the sliding-window inferer. Behind the ``[gpu]`` extra; TensorRT,
+ModelOpt and CUDA are imported lazily, and where one is missing ``BackendUnavailable`` says
+``backend unavailable: <reason>`` so the site can route the job to a ``gpu`` worker.
+
+ModelOpt's ONNX quantizer itself runs on CPU (``calibration_eps=["cpu"]``); its Q/DQ placement is
+TensorRT-style (weights stored in float, quantized by QuantizeLinear), which ORT does not fuse.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.inference.latency import latency_stats, time_calls
+
+if TYPE_CHECKING:
+    from harness.submission import LoadedTrack
+
+
+class BackendUnavailable(HarnessError):
+    """The backend cannot run on this worker (missing library or GPU)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"backend unavailable: {reason}")
+        self.reason = reason
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT cannot run here (None when it can): missing package or CUDA GPU."""
+    try:
+        importlib.import_module("tensorrt")
+    except ImportError as error:
+        return f"TensorRT is not installed ({error}); install the [gpu] extra on a GPU worker"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to this worker"
+    return None
+
+
+def require_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or BackendUnavailable with the reason."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailable(reason)
+    return importlib.import_module("tensorrt")
+
+
+def modelopt_quantize(
+    fp32_onnx: str | Path,
+    calibration: np.ndarray,
+    out: str | Path,
+    *,
+    input_name: str,
+    nodes_to_quantize: list[str] | None = None,
+    high_precision_dtype: str = "fp16",
+) -> Path:
+    """ModelOpt ONNX PTQ, INT8 mode, max calibration on ``calibration`` (N, C, *roi) float32
+    patches, run on CPU; writes the Q/DQ ONNX to ``out``."""
+    try:
+        quantization = importlib.import_module("modelopt.onnx.quantization")
+    except ImportError as error:
+        raise BackendUnavailable(f"nvidia-modelopt is not installed ({error})") from error
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantization.quantize(
+        str(fp32_onnx),
+        quantize_mode="int8",
+        calibration_data={input_name: np.ascontiguousarray(calibration, dtype=np.float32)},
+        calibration_method="max",
+        calibration_eps=["cpu"],
+        nodes_to_quantize=nodes_to_quantize,
+        high_precision_dtype=high_precision_dtype,
+        output_path=str(out),
+        log_level="WARNING",
+    )
+    return out
+
+
+def modelopt_baseline(track: LoadedTrack, out_dir: str | Path) -> Path:
+    """The track's ModelOpt INT8 entry: FP32 export → ModelOpt PTQ calibrated on the track's
+    calibration cases (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
+    from harness.artifacts.onnx.export import INPUT_NAME, export_fp32
+
+    out_dir = Path(out_dir)
+    fp32 = export_fp32(track.model, track.model_spec, out_dir / "fp32.onnx")
+    calibration = torch.cat(track.calibration).numpy()
+    return modelopt_quantize(
+        fp32, calibration, out_dir / "modelopt_int8.onnx", input_name=INPUT_NAME
+    )
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, max_batch: int) -> Path:
+    """Parse the Q/DQ ONNX and build a serialized INT8 (+FP16) engine for batch 1..max_batch."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise HarnessError(f"TensorRT cannot parse the ONNX file: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    tensor = network.get_input(0)
+    shape = tuple(tensor.shape)[1:]
+    profile.set_shape(tensor.name, (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise HarnessError("TensorRT failed to build an engine from the ONNX file")
+    engine_path = Path(engine_path)
+    engine_path.write_bytes(bytes(serialized))
+    return engine_path
+
+
+class TrtNetwork(nn.Module):
+    """A TensorRT engine as a network: (B, C, *roi) tensor → (B, K, *roi) logits on the CPU."""
+
+    def __init__(self, engine_path: str | Path) -> None:
+        super().__init__()
+        trt = require_tensorrt()
+        self.engine_path = Path(engine_path)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise HarnessError(f"TensorRT cannot deserialize {engine_path}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.input_name = inputs[0]
+        self.output_name = next(n for n in names if n not in inputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().to("cuda", torch.float32).contiguous()
+        self.context.set_input_shape(self.input_name, tuple(batch.shape))
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = torch.empty(shape, dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input_name, batch.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise HarnessError("TensorRT execution failed")
+        stream.synchronize()
+        return out.cpu()
+
+
+def engine_efficiency(network: TrtNetwork, batch: torch.Tensor, warmup: int, runs: int) -> dict:
+    """Engine size and per-batch / per-patch latency (median, p95) of one patch batch."""
+    seconds = time_calls(lambda: network(batch), warmup, runs)
+    size = network.engine_path.stat().st_size
+    return {
+        "backend": "tensorrt",
+        "device": torch.cuda.get_device_name(),
+        "latency_ms": {
+            "per_patch": latency_stats([t / len(batch) for t in seconds]),
+            "per_batch": latency_stats(seconds) | {"batch_size": len(batch)},
+        },
+        "throughput_patches_per_s": len(batch) / float(np.median(seconds)),
+        "size_bytes": size,
+        "size_mb": size / 1e6,
+    }

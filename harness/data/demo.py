@@ -1,0 +1,60 @@
+"""The demo bundle: phantom dataset with fixed splits plus the shipped trained reference models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from harness.data.dataset import write_splits
+from harness.data.phantoms import write_phantom_dataset
+
+DEMO_MODELS_DIR = Path(__file__).parents[1] / "models" / "demo_models"
+DEMO_SEED = 0
+DEMO_CASES = 28
+DEMO_SPLITS = {"train": range(0, 16), "calibration": range(16, 20), "test": range(20, 28)}
+
+
+def phantom_splits(cases: int) -> dict[str, list[str]]:
+    """Train / calibration / test case ids: the demo's fixed split, else about 55/15/30%."""
+    if cases == DEMO_CASES:
+        ranges = DEMO_SPLITS
+    else:
+        n_test, n_cal = max(1, round(cases * 0.3)), max(1, round(cases * 0.15))
+        n_train = cases - n_test - n_cal
+        ranges = {
+            "train": range(0, n_train),
+            "calibration": range(n_train, n_train + n_cal),
+            "test": range(n_train + n_cal, cases),
+        }
+    return {name: [f"phantom_{i:03d}" for i in r] for name, r in ranges.items()}
+
+
+def make_phantoms(out: Path, cases: int, seed: int, progress: bool = False) -> Path:
+    """Write a phantom dataset in MSD layout with its ``splits.json``."""
+    if cases < 3:
+        raise ValueError("need at least 3 cases (train, calibration and test)")
+    write_phantom_dataset(out, cases=cases, seed=seed, progress=progress)
+    write_splits(out, phantom_splits(cases))
+    return out
+
+
+def shipped_models() -> dict[str, Path]:
+    """Shipped demo model folders that hold trained weights, by short name."""
+    return {
+        d.name: d
+        for d in sorted(DEMO_MODELS_DIR.iterdir())
+        if (d / "model.json").is_file() and (d / "model.safetensors").is_file()
+    }
+
+
+def write_demo(out: Path, progress: bool = False) -> dict[str, Path]:
+    """Write ``out/dataset`` (phantoms, fixed seed and splits) and ``out/models/<name>``."""
+    make_phantoms(out / "dataset", DEMO_CASES, DEMO_SEED, progress)
+    models = {}
+    for name, src in shipped_models().items():
+        dst = out / "models" / name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("model.json", "model.safetensors"):
+            shutil.copy2(src / f, dst / f)
+        models[name] = dst
+    return {"dataset": out / "dataset", **models}

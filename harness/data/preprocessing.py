@@ -1,0 +1,244 @@
+"""Reading NIfTI cases safely and preprocessing them from a spec with MONAI transforms.
+
+Pipeline: orientation (e.g. RAS) → resampling to a target spacing (bilinear for images, nearest
+for labels) → intensity window and normalisation. Predictions made in the preprocessed grid are
+resampled back onto the original label grid, so metrics are computed in the label's own spacing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialResample,
+)
+
+from harness.data.dataset import Case
+from harness.errors import DatasetError
+
+Normalisation = Literal["window", "zscore", "none"]
+AFFINE_TOLERANCE_MM = 1e-3
+AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a raw volume becomes network input.
+
+    ``window`` clips intensities to ``intensity_window`` and maps it linearly to [0, 1];
+    ``zscore`` subtracts the volume mean and divides by its standard deviation.
+    """
+
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float] | None = None
+    intensity_window: tuple[float, float] | None = None
+    normalisation: Normalisation = "window"
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in ("window", "zscore", "none"):
+            raise ValueError(f"unknown normalisation {self.normalisation!r}")
+        if self.normalisation == "window" and self.intensity_window is None:
+            raise ValueError("normalisation 'window' needs intensity_window (low, high)")
+        if self.intensity_window is not None:
+            low, high = self.intensity_window
+            if not low < high:
+                raise ValueError(
+                    f"intensity_window must be (low, high), got {self.intensity_window}"
+                )
+        if self.spacing is not None and (
+            len(self.spacing) != 3 or any(s <= 0 for s in self.spacing)
+        ):
+            raise ValueError(f"spacing must be three positive numbers, got {self.spacing}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        spacing = data.get("spacing")
+        window = data.get("intensity_window")
+        return cls(
+            orientation=data.get("orientation", "RAS"),
+            spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
+            intensity_window=tuple(float(w) for w in window) if window is not None else None,
+            normalisation=data.get("normalisation", "window"),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedCase:
+    """A case as read from disk: image (C, X, Y, Z) with its affine, label in the same grid."""
+
+    case_id: str
+    image: MetaTensor
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+
+
+def read_nifti(path: Path, what: str, *, raw: bool = False) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a NIfTI file and its voxels (decoded once: float32, or the stored dtype if ``raw``),
+    turning any corruption into a DatasetError naming the file."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj) if raw else img.get_fdata(dtype=np.float32)
+    except FileNotFoundError:
+        raise DatasetError(f"{what}: missing file {path}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DatasetError(f"{what}: {path} is truncated or not valid gzip ({err})") from None
+    except Exception as err:  # nibabel raises many types for malformed headers and data
+        raise DatasetError(f"{what}: {path} is not a readable NIfTI file ({err})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DatasetError(f"{what}: {path} is not NIfTI")
+    if img.ndim not in (3, 4):
+        raise DatasetError(f"{what}: {path} has {img.ndim} dimensions, expected 3 or 4")
+    return img, data
+
+
+def read_case(
+    case: Case, labels: dict[int, str] | None = None, *, with_label: bool = True
+) -> LoadedCase:
+    """Read and check a case: equal grids for all channels and the label, declared label values."""
+    where = f"case {case.case_id}"
+    channels: list[np.ndarray] = []
+    affine = None
+    for path in case.images:
+        img, data = read_nifti(path, where)
+        vols = [data] if data.ndim == 3 else [data[..., i] for i in range(data.shape[-1])]
+        if affine is None:
+            affine, shape = img.affine, vols[0].shape
+        else:
+            _check_same_grid(where, path.name, shape, affine, vols[0].shape, img.affine)
+        channels.extend(vols)
+    if not all(np.isfinite(c).all() for c in channels):
+        raise DatasetError(f"{where}: image contains NaN or infinite values")
+    image = MetaTensor(torch.from_numpy(np.stack(channels)), affine=torch.as_tensor(affine))
+
+    label = None
+    if with_label:
+        if case.label is None:
+            raise DatasetError(f"{where}: no label file")
+        lab_img, raw = read_nifti(case.label, where, raw=True)
+        if lab_img.ndim != 3:
+            raise DatasetError(f"{where}: label {case.label.name} must be 3D, got {lab_img.shape}")
+        _check_same_grid(where, case.label.name, shape, affine, lab_img.shape, lab_img.affine)
+        label = raw.astype(np.int16) if np.issubdtype(raw.dtype, np.integer) else np.rint(raw)
+        if not np.issubdtype(raw.dtype, np.integer) and not np.array_equal(label, raw):
+            raise DatasetError(f"{where}: label {case.label.name} holds non-integer values")
+        label = label.astype(np.int16)
+        if labels is not None:
+            present = set(np.unique(label).tolist())
+            undeclared = sorted(present - set(labels))
+            if undeclared:
+                raise DatasetError(
+                    f"{where}: label values {undeclared} are not declared in dataset.json "
+                    f"(declared: {sorted(labels)})"
+                )
+    zooms = nib.affines.voxel_sizes(affine)
+    return LoadedCase(case.case_id, image, label, tuple(float(z) for z in zooms[:3]))
+
+
+def _check_same_grid(where: str, name: str, shape, affine, other_shape, other_affine) -> None:
+    if tuple(other_shape[:3]) != tuple(shape[:3]):
+        raise DatasetError(
+            f"{where}: {name} has shape {tuple(other_shape[:3])}, image has {tuple(shape[:3])}"
+        )
+    if not np.allclose(other_affine, affine, atol=AFFINE_TOLERANCE_MM):
+        raise DatasetError(
+            f"{where}: {name} has a different affine from the image (voxel grids do not "
+            f"overlap: spacing {nib.affines.voxel_sizes(other_affine).round(3).tolist()} vs "
+            f"{nib.affines.voxel_sizes(affine).round(3).tolist()}, origin "
+            f"{np.round(other_affine[:3, 3], 2).tolist()} vs {np.round(affine[:3, 3], 2).tolist()})"
+        )
+
+
+def _transforms(spec: PreprocessSpec, with_label: bool) -> Compose:
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    steps: list = [Orientationd(keys=keys, axcodes=spec.orientation, labels=AXIS_LABELS)]
+    if spec.spacing is not None:
+        steps.append(Spacingd(keys=keys, pixdim=spec.spacing, mode=modes, dtype=np.float32))
+    if spec.normalisation == "window":
+        low, high = spec.intensity_window
+        steps.append(
+            ScaleIntensityRanged(
+                keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True
+            )
+        )
+    elif spec.normalisation == "zscore":
+        if spec.intensity_window is not None:
+            low, high = spec.intensity_window
+            steps.append(
+                ScaleIntensityRanged(
+                    keys="image", a_min=low, a_max=high, b_min=low, b_max=high, clip=True
+                )
+            )
+        steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
+    return Compose(steps)
+
+
+def preprocess(case: LoadedCase, spec: PreprocessSpec, *, with_label: bool = False):
+    """Network input (C, x, y, z) as a MetaTensor carrying its affine; with the label if asked."""
+    data = {"image": case.image.clone()}
+    if with_label:
+        data["label"] = MetaTensor(
+            torch.from_numpy(case.label[None].astype(np.float32)), affine=case.image.affine
+        )
+    out = _transforms(spec, with_label)(data)
+    image = out["image"].float()
+    if with_label:
+        return image, out["label"][0].round().to(torch.int64)
+    return image
+
+
+def restore_to_original(
+    prediction: torch.Tensor, preprocessed: MetaTensor, original: MetaTensor
+) -> np.ndarray:
+    """Resample a label map (x, y, z) from the preprocessed grid onto the original image grid
+    (nearest neighbour through both affines: j = round(A_pre⁻¹ · A_orig · i), border-clamped),
+    as the label map metrics are computed on."""
+    plain = (
+        prediction.as_tensor()
+        if isinstance(prediction, MetaTensor)
+        else torch.as_tensor(prediction)
+    )
+    to_moving = np.linalg.inv(np.asarray(preprocessed.affine, dtype=np.float64)) @ np.asarray(
+        original.affine, dtype=np.float64
+    )
+    linear = to_moving[:3, :3]
+    if np.count_nonzero(np.abs(linear) > 1e-9 * np.abs(linear).max()) == 3:
+        return _gather_axis_aligned(plain.numpy(), to_moving, tuple(original.shape[1:]))
+    moving = MetaTensor(plain[None].float(), affine=preprocessed.affine)
+    restored = SpatialResample(mode="nearest", padding_mode="border", dtype=torch.float32)(
+        moving, dst_affine=original.affine, spatial_size=original.shape[1:]
+    )
+    return restored.as_tensor()[0].round().to(torch.int16).numpy()
+
+
+def _gather_axis_aligned(
+    moving: np.ndarray, to_moving: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Nearest-neighbour gather when the grids differ only by axis flips, permutations and
+    scaling: every output axis reads one input axis, so three index vectors suffice."""
+    source_axes, indices = [0, 0, 0], [None, None, None]
+    for out_axis in range(3):
+        src = int(np.argmax(np.abs(to_moving[:3, out_axis])))
+        coords = to_moving[src, out_axis] * np.arange(shape[out_axis]) + to_moving[src, 3]
+        source_axes[out_axis] = src
+        indices[out_axis] = np.clip(
+            np.floor(coords + 0.5).astype(np.int64), 0, moving.shape[src] - 1
+        )
+    reordered = np.transpose(moving, source_axes)
+    return reordered[np.ix_(*indices)].astype(np.int16)

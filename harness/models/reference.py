@@ -1,0 +1,153 @@
+"""A reference model on disk: ``model.json`` (architecture, preprocessing, sliding window, labels)
+plus FP32 weights in ``model.safetensors``. Never pickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from harness.data.preprocessing import PreprocessSpec
+from harness.errors import ModelSpecError
+from harness.inference.sliding_window import SlidingWindowSpec
+from harness.models.networks import ARCHITECTURES, Family, build_network
+
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild and run a reference segmentation network."""
+
+    name: str
+    architecture: str
+    kwargs: dict
+    labels: dict[int, str]
+    preprocessing: PreprocessSpec
+    sliding_window: SlidingWindowSpec
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        arch = ARCHITECTURES.get(self.architecture)
+        if arch is None:
+            raise ModelSpecError(
+                f"unknown architecture {self.architecture!r}; "
+                f"known: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        if (
+            arch.needs_img_size
+            and tuple(self.kwargs.get("img_size", ())) != self.sliding_window.roi_size
+        ):
+            raise ModelSpecError(
+                f"{self.architecture} img_size {self.kwargs.get('img_size')} must equal the "
+                f"sliding-window roi_size {list(self.sliding_window.roi_size)}"
+            )
+        if self.kwargs.get("out_channels") != len(self.labels):
+            raise ModelSpecError(
+                f"out_channels {self.kwargs.get('out_channels')} must equal the number of labels "
+                f"({len(self.labels)})"
+            )
+
+    @property
+    def family(self) -> Family:
+        return ARCHITECTURES[self.architecture].family
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kwargs.get("in_channels", 1))
+
+    def build(self) -> nn.Module:
+        return build_network(self.architecture, self.kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        if data.get("version", SPEC_VERSION) != SPEC_VERSION:
+            raise ModelSpecError(f"model spec version {data.get('version')} is not supported")
+        try:
+            return cls(
+                name=str(data["name"]),
+                architecture=str(data["architecture"]),
+                kwargs=dict(data["kwargs"]),
+                labels={int(k): str(v) for k, v in data["labels"].items()},
+                preprocessing=PreprocessSpec.from_dict(data.get("preprocessing", {})),
+                sliding_window=SlidingWindowSpec.from_dict(data["sliding_window"]),
+                training=dict(data.get("training", {})),
+            )
+        except KeyError as err:
+            raise ModelSpecError(f"model spec lacks the field {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ModelSpecError(f"invalid model spec: {err}") from None
+
+    def to_dict(self) -> dict:
+        return {
+            "version": SPEC_VERSION,
+            "name": self.name,
+            "architecture": self.architecture,
+            "family": self.family,
+            "kwargs": self.kwargs,
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "preprocessing": self.preprocessing.to_dict(),
+            "sliding_window": self.sliding_window.to_dict(),
+            "training": self.training,
+        }
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """Read a ``model.json`` (or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SPEC_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelSpecError(f"missing model spec {path}") from None
+    except json.JSONDecodeError as err:
+        raise ModelSpecError(f"{path} is not valid JSON: {err}") from None
+    return ModelSpec.from_dict(data)
+
+
+def save_reference_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path) -> Path:
+    """Write ``model.json`` and ``model.safetensors`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"architecture": spec.architecture})
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    return out_dir
+
+
+def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
+    """Rebuild the network from its spec and load its FP32 weights (strictly, no missing keys)."""
+    model_dir = Path(model_dir)
+    spec = read_spec(model_dir)
+    model = spec.build()
+    weights = model_dir / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise ModelSpecError(f"missing weights {weights}") from None
+    except (SafetensorError, OSError) as err:
+        raise ModelSpecError(f"{weights} is not a readable safetensors file: {err}") from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelSpecError(f"{weights} does not fit {spec.architecture}: {err}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelSpecError(
+            f"{weights} does not fit {spec.architecture}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    model.eval()
+    return spec, model
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """SHA-256 of the FP32 weights file, recorded in results and quantized checkpoints."""
+    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()

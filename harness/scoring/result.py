@@ -1,0 +1,128 @@
+"""The result JSON (versioned schema in ``result_schema.json``): per case and per class DSC/NSD,
+summary with the relative drop vs FP32 (MedQuanBench's ↓Δ%), bootstrap CI, environment, timings."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import __version__
+from harness.inference.evaluation import EvaluationRun
+
+RESULT_SCHEMA = "medquant-result"
+RESULT_SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
+BOOTSTRAP_SAMPLES = 2000
+ACCURACY_GATE = 0.99
+
+
+def bootstrap_ci(values: list[float], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """Percentile bootstrap 95% CI of the mean, resampling cases with replacement."""
+    arr = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, len(arr), size=(samples, len(arr)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def relative_drop_pct(value: float, reference: float) -> float:
+    """(reference − value) / reference · 100; positive when ``value`` is worse."""
+    return 0.0 if reference == 0 else float((reference - value) / reference * 100.0)
+
+
+def environment(seed: int) -> dict:
+    """Hardware and library versions the numbers were produced with."""
+    return {
+        "harness_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpu_threads": torch.get_num_threads(),
+        "libraries": {
+            name: version(name)
+            for name in ("torch", "monai", "numpy", "nibabel", "safetensors", "onnx", "onnxruntime")
+        },
+        "seed": seed,
+    }
+
+
+def build_result(
+    run: EvaluationRun,
+    *,
+    labels: dict[int, str],
+    track: dict,
+    submission: dict,
+    fp32: EvaluationRun | None,
+    seed: int,
+    extra_timings: dict[str, float] | None = None,
+    efficiency: dict | None = None,
+) -> dict:
+    """Assemble the result document; ``fp32`` is the reference run (None when this is it);
+    ``efficiency`` holds real-backend latency, size and memory (ONNX submissions)."""
+    case_dsc = [c.mean_dsc for c in run.cases]
+    case_nsd = [c.mean_nsd for c in run.cases]
+    mean_dsc, mean_nsd = float(np.mean(case_dsc)), float(np.mean(case_nsd))
+    reference = fp32 or run
+    fp32_dsc = float(np.mean([c.mean_dsc for c in reference.cases]))
+    fp32_nsd = float(np.mean([c.mean_nsd for c in reference.cases]))
+    classes = sorted(c for c in labels if c != 0)
+    timings = {k: round(v, 4) for k, v in run.timer.seconds.items()}
+    timings["evaluation_wall"] = round(run.wall_seconds, 4)
+    timings.update({k: round(v, 4) for k, v in (extra_timings or {}).items()})
+    document = {
+        "schema": RESULT_SCHEMA,
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "track": track,
+        "submission": submission,
+        "classes": {str(c): labels[c] for c in classes},
+        "cases": [
+            {
+                "case_id": c.case_id,
+                "dsc": {str(k): v for k, v in c.dsc.items()},
+                "nsd": {str(k): v for k, v in c.nsd.items()},
+                "mean_dsc": c.mean_dsc,
+                "mean_nsd": c.mean_nsd,
+            }
+            for c in run.cases
+        ],
+        "per_class": {
+            str(k): {
+                "name": labels[k],
+                "mean_dsc": float(np.mean([c.dsc[k] for c in run.cases])),
+                "mean_nsd": float(np.mean([c.nsd[k] for c in run.cases])),
+            }
+            for k in classes
+        },
+        "summary": {
+            "mean_dsc": mean_dsc,
+            "mean_nsd": mean_nsd,
+            "dsc_ci95": bootstrap_ci(case_dsc, seed),
+            "fp32_mean_dsc": fp32_dsc,
+            "fp32_mean_nsd": fp32_nsd,
+            "dsc_drop_pct": relative_drop_pct(mean_dsc, fp32_dsc),
+            "nsd_drop_pct": relative_drop_pct(mean_nsd, fp32_nsd),
+            "accuracy_gate": {
+                "min_fraction_of_fp32": ACCURACY_GATE,
+                "passed": mean_dsc >= ACCURACY_GATE * fp32_dsc,
+            },
+            "num_cases": len(run.cases),
+        },
+        "environment": environment(seed),
+        "timings": timings,
+    }
+    if efficiency is not None:
+        document["efficiency"] = efficiency
+    return document
+
+
+def write_result(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

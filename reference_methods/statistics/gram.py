@@ -1,0 +1,287 @@
+"""Input Gram matrices H = X^T X of quantizable layers, accumulated over calibration batches.
+
+X has one row per output position and one column per weight of an output channel, in the order of
+the weight's rows view (``weight_format.to_rows``), so that the layer's output less bias is
+X @ W_rows^T and ||X W^T - X Q^T||_F^2 = tr((W - Q) H (W - Q)^T):
+- Linear: one row per token (the input flattened to (-1, in_features)).
+- Conv3d: one row per output voxel of each sample, its C_in/groups * kd*kh*kw receptive field under
+  the layer's stride, padding and dilation; a grouped conv has one Gram per conv group.
+- ConvTranspose3d: the equivalent direct convolution (input zero-stuffed by the stride, padded by
+  dilation*(k-1) - padding at the start and that + output_padding at the end, stride 1, flipped
+  kernel), its columns put back in the transposed weight's (c_in, kd, kh, kw) order.
+Rows come in slabs of the first output axis, at most ``max_values`` numbers at a time, so the full
+N x n matrix of a 3D conv is never materialised. Each chunk's product is float32 over the upper
+block triangle only; H sums the chunks in float64 and is mirrored at the end.
+
+Stride-1 ungrouped convs (and every ConvTranspose3d, through its stride-1 equivalent) skip the
+receptive fields altogether. Block (a, b) of H, for kernel taps a and b, is the box sum
+    H_ab = sum_{q in B(a)} x(q) x(q + d*e)^T,  e = b - a,  B(a) = d*a + [0, O)  (O: output size)
+over the padded input x. With F_e(R) = sum_{q in R} x(q) x(q + d*e)^T and each box B(a) written by
+inclusion-exclusion from the whole padded volume minus its boundary planes (lines, points) outside
+B(a), H needs F_e only for about half the (2k - 1)^3 shifts e (63 for k = 3, as H_ba = H_ab^T)
+over the volume -- one C x C GEMM per shift on shifted views of one channels-last copy of the
+input -- and over the few boundary planes of thickness d*(k - 1) that hold data: about
+63 C^2 = n^2 / 12 multiply-adds per input voxel for k = 3, instead of n^2 / 2 per output voxel.
+"""
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, layer_kind
+from reference_methods.statistics.input_hooks import observe_layer_inputs
+
+MAX_VALUES = 1 << 22  # numbers per column chunk (16 MiB of float32)
+_BLOCK = 256  # columns per block of the block-triangular product
+
+
+def gram_shape(layer: nn.Module) -> tuple[int, int, int]:
+    """(conv groups, n, n) of the Gram of ``layer``'s inputs; n = weights per output channel."""
+    kind = layer_kind(layer)
+    if kind is None:
+        raise TypeError(f"{type(layer).__name__} is not a quantizable layer")
+    weight = layer.weight
+    columns = weight.numel() // weight.shape[QUANT_LAYER_TYPES[kind].weight_channel_axis]
+    groups = layer.groups if kind == "conv3d" else 1
+    return groups, columns, columns
+
+
+def input_columns(
+    layer: nn.Module, x: torch.Tensor, max_values: int = MAX_VALUES
+) -> Iterator[torch.Tensor]:
+    """Chunks (rows, conv groups, n) of the rows of X for input ``x``, in float32."""
+    x = x.detach().to(torch.float32)
+    match layer_kind(layer):
+        case "linear":
+            tokens = x.reshape(-1, 1, layer.in_features)
+            step = max(1, max_values // layer.in_features)
+            for start in range(0, len(tokens), step):
+                yield tokens[start : start + step]
+        case "conv3d":
+            yield from _conv_columns(
+                x if x.ndim == 5 else x[None],
+                layer.kernel_size,
+                layer.stride,
+                _padding_pairs(layer),
+                layer.dilation,
+                layer.groups,
+                max_values,
+            )
+        case "conv_transpose3d":
+            stuffed, padding = _equivalent_conv_input(layer, x if x.ndim == 5 else x[None])
+            flipped = _flipped_taps(x.shape[-4], layer.kernel_size)
+            for columns in _conv_columns(
+                stuffed, layer.kernel_size, (1, 1, 1), padding, layer.dilation, 1, max_values
+            ):
+                yield columns[:, :, flipped]
+        case _:
+            raise TypeError(f"{type(layer).__name__} is not a quantizable layer")
+
+
+def input_gram(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """H (conv groups, n, n) in float64 of ``layer``'s inputs over the batch ``x``: from shifted
+    channel products for stride-1 ungrouped convs and transposed convs, else from receptive
+    fields (``input_columns``)."""
+    x = x.detach().to(torch.float32)
+    kind = layer_kind(layer)
+    if kind == "conv_transpose3d":
+        stuffed, padding = _equivalent_conv_input(layer, x if x.ndim == 5 else x[None])
+        flipped = _flipped_taps(x.shape[-4], layer.kernel_size)
+        gram = _shifted_products_gram(stuffed, layer.kernel_size, padding, layer.dilation)
+        return gram[flipped][:, flipped][None]
+    if kind == "conv3d" and layer.groups == 1 and tuple(layer.stride) == (1, 1, 1):
+        batch = x if x.ndim == 5 else x[None]
+        return _shifted_products_gram(
+            batch, layer.kernel_size, _padding_pairs(layer), layer.dilation
+        )[None]
+    accumulator = GramAccumulator(*gram_shape(layer)[:2])
+    for columns in input_columns(layer, x):
+        accumulator.add(columns)
+    return accumulator.gram()
+
+
+class GramAccumulator:
+    """Running sum of X^T X over column chunks (rows, conv groups, n)."""
+
+    def __init__(self, groups: int, columns: int) -> None:
+        self._upper = torch.zeros(groups, columns, columns, dtype=torch.float64)
+
+    def add(self, columns: torch.Tensor) -> None:
+        """Add the chunk's X^T X (float32 products on the upper block triangle)."""
+        chunk = columns.to(torch.float32).transpose(0, 1)  # (groups, rows, n)
+        width = chunk.shape[-1]
+        for low in range(0, width, _BLOCK):
+            high = low + _BLOCK
+            self._upper[:, low:high, low:] += chunk[:, :, low:high].mT @ chunk[:, :, low:]
+
+    def gram(self) -> torch.Tensor:
+        """H (conv groups, n, n) in float64, symmetric."""
+        gram = self._upper.clone()
+        width = gram.shape[-1]
+        for low in range(0, width, _BLOCK):
+            high = low + _BLOCK
+            gram[:, high:, low:high] = gram[:, low:high, high:].mT
+        return gram
+
+
+def collect_grams(
+    model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """H of each named layer's inputs over one pass of ``model`` (as it is: put it in eval mode)
+    over the calibration batches, under no_grad; refuses layers no batch reached."""
+    grams = {
+        name: torch.zeros(gram_shape(layer), dtype=torch.float64) for name, layer in layers.items()
+    }
+
+    def accumulate(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        grams[name] += input_gram(layer, x)
+
+    observe_layer_inputs(model, layers, calibration, accumulate)
+    return grams
+
+
+def _padding_pairs(layer: nn.Module) -> list[tuple[int, int]]:
+    """(before, after) zero padding per spatial axis, resolving 'same' / 'valid'."""
+    if layer.padding == "valid":
+        return [(0, 0)] * 3
+    if layer.padding == "same":
+        total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+        return [(t // 2, t - t // 2) for t in total]
+    return [(p, p) for p in layer.padding]
+
+
+def _conv_columns(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+    groups: int,
+    max_values: int,
+) -> Iterator[torch.Tensor]:
+    """Receptive fields (c, kd, kh, kw) of every output voxel, slab by slab of output depth."""
+    flat_padding = [side for pair in reversed(padding) for side in pair]
+    padded = F.pad(x, flat_padding)  # negative padding crops
+    spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+    channels = x.shape[1]
+    columns = channels * kernel[0] * kernel[1] * kernel[2]
+    for sample in padded:
+        fields = sample.unfold(1, spans[0], stride[0]).unfold(2, spans[1], stride[1])
+        fields = fields.unfold(3, spans[2], stride[2])
+        fields = fields[..., :: dilation[0], :: dilation[1], :: dilation[2]]  # (C, O0, O1, O2, k³)
+        plane = fields.shape[2] * fields.shape[3] * columns
+        step = max(1, max_values // plane)
+        for start in range(0, fields.shape[1], step):
+            slab = fields[:, start : start + step].permute(1, 2, 3, 0, 4, 5, 6)
+            yield slab.reshape(-1, groups, columns // groups)
+
+
+def _equivalent_conv_input(
+    layer: nn.ConvTranspose3d, x: torch.Tensor
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Input and (before, after) padding of the stride-1 conv, flipped kernel, that equals
+    ``layer``: x zero-stuffed by the stride, padded by d*(k - 1) - p (+ output_padding after)."""
+    stuffed_shape = [(size - 1) * s + 1 for size, s in zip(x.shape[2:], layer.stride, strict=True)]
+    stuffed = x.new_zeros(*x.shape[:2], *stuffed_shape)
+    stuffed[:, :, :: layer.stride[0], :: layer.stride[1], :: layer.stride[2]] = x
+    padding = []
+    for k, d, p, extra in zip(
+        layer.kernel_size, layer.dilation, layer.padding, layer.output_padding, strict=True
+    ):
+        before = d * (k - 1) - p
+        padding.append((before, before + extra))
+    return stuffed, padding
+
+
+def _flipped_taps(channels: int, kernel: tuple[int, ...]) -> torch.Tensor:
+    """Column permutation (c, a) -> (c, k - 1 - a) between a conv and its flipped kernel."""
+    taps = torch.arange(channels * kernel[0] * kernel[1] * kernel[2])
+    return taps.reshape(channels, *kernel).flip(1, 2, 3).reshape(-1)
+
+
+def _shifted_products_gram(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """H (n, n) of a stride-1 ungrouped conv from box sums of shifted channel products."""
+    flat_padding = [side for pair in reversed(padding) for side in pair]
+    padded = F.pad(x, flat_padding)  # (B, C, L0, L1, L2); negative padding crops
+    channels, extent = padded.shape[1], padded.shape[2:]
+    reach = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]  # M = d (k - 1)
+    outputs = [size - m for size, m in zip(extent, reach, strict=True)]  # O
+    data = [  # padded coordinates that can hold non-zero input
+        range(max(before, 0), size - max(after, 0))
+        for (before, after), size in zip(padding, extent, strict=True)
+    ]
+    margin = reach[0] + 1  # planes of zeros before and after, so every shifted view stays inside
+    volume = F.pad(padded, (0, 0, 0, 0, margin, margin)).permute(0, 2, 3, 4, 1)
+    flat = volume.reshape(len(x), -1, channels)  # channels last, one row per voxel
+    shifts = [  # kernel-tap differences e = b - a, half of them: H_ba = H_ab^T
+        e for e in itertools.product(*(range(1 - k, k) for k in kernel)) if e >= (0, 0, 0)
+    ]
+    offsets = [  # the flat-row offset of each shift d * e
+        (dilation[0] * e[0] * extent[1] + dilation[1] * e[1]) * extent[2] + dilation[2] * e[2]
+        for e in shifts
+    ]
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    tap_index = {tap: i for i, tap in enumerate(taps)}
+    partners = []  # per tap a: the shifts e with b = a + e a tap too, and those b
+    for a in taps:
+        pairs = [
+            (shift, tap_index[b])
+            for shift, e in enumerate(shifts)
+            if (b := tuple(ai + ei for ai, ei in zip(a, e, strict=True))) in tap_index
+        ]
+        partners.append(torch.tensor(pairs).T)
+    boundary = [  # per axis: whole (None) or a coordinate outside some box B(a), holding data
+        [None] + [t for t in sorted({*range(m), *range(o, size)}) if t in rows]
+        for m, o, size, rows in zip(reach, outputs, extent, data, strict=True)
+    ]
+    blocks = torch.zeros(len(taps), len(taps), channels, channels, dtype=torch.float64)
+    for region in itertools.product(*boundary):
+        products = _region_products(flat, region, data, extent, margin, offsets)
+        sign = (-1) ** sum(t is not None for t in region)
+        for a, (shift, b) in zip(taps, partners, strict=True):
+            if all(
+                t is None or not d * ai <= t < d * ai + o
+                for t, d, ai, o in zip(region, dilation, a, outputs, strict=True)
+            ):  # the region lies outside B(a): it enters H_ab with its inclusion-exclusion sign
+                blocks[tap_index[a]].index_add_(0, b, products[shift], alpha=sign)
+    upper = torch.tensor([[tuple(map(int.__sub__, b, a)) >= (0, 0, 0) for b in taps] for a in taps])
+    blocks = torch.where(upper[:, :, None, None], blocks, blocks.permute(1, 0, 3, 2))
+    return blocks.permute(2, 0, 3, 1).reshape(channels * len(taps), channels * len(taps))
+
+
+def _region_products(
+    flat: torch.Tensor,
+    region: tuple[int | None, ...],
+    data: list[range],
+    extent: tuple[int, ...],
+    margin: int,
+    offsets: list[int],
+) -> torch.Tensor:
+    """F_e(R) (shifts, C, C) in float64: sum over the voxels q of region R (fixed coordinates,
+    the data range elsewhere) of x(q) x(q + offset_e)^T, summed over the batch."""
+    if region == (None, None, None):  # the whole volume: contiguous rows, no gathering
+        channels = flat.shape[-1]
+        products = torch.zeros(len(offsets), channels, channels, dtype=torch.float64)
+        start = (margin + data[0].start) * extent[1] * extent[2]
+        stop = (margin + data[0].stop) * extent[1] * extent[2]
+        for sample in flat:
+            left = sample[start:stop].T
+            for shift, offset in enumerate(offsets):
+                products[shift] += left @ sample[start + offset : stop + offset]
+        return products
+    axes = [
+        torch.arange(r.start, r.stop) if t is None else torch.tensor([t])
+        for t, r in zip(region, data, strict=True)
+    ]
+    grid = torch.cartesian_prod(*axes).reshape(-1, 3)
+    rows = ((grid[:, 0] + margin) * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
+    shifted = flat[:, rows[None, :] + torch.tensor(offsets)[:, None]]  # (B, shifts, R, C)
+    return torch.einsum("brc,bsrd->scd", flat[:, rows], shifted).to(torch.float64)
