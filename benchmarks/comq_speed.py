@@ -1,5 +1,6 @@
-"""COMQ speed: the Gram-form COMQ of ``reference_methods.methods.comq`` against a plain implementation of
-the published algorithm, on the same layer and calibration data, side by side in one run.
+"""COMQ speed: the Gram-form COMQ of ``reference_methods.methods.comq`` against a plain
+implementation of the published algorithm, on the same layer and calibration data, side by side in
+one run.
 
 Layer: Conv3d 64 -> 64, kernel 3, padding 1 (C_out = 64, C_in * k^3 = 1728); calibration: ReLU'd
 random activations (B, 64, 40, 40, 32), whose output voxels are the rows of X (>= 100,000). Both

@@ -31,7 +31,8 @@ import torch
 from harness.artifacts.checkpoint import save_checkpoint
 from harness.data.demo import write_demo
 from harness.inference.evaluation import StageTimer, evaluate_cases
-from harness.submission import LoadedTrack, Submission
+from harness.submission import Submission
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize
 

@@ -22,7 +22,7 @@ import torch
 
 from harness.analysis.study import run_study
 from harness.data.demo import shipped_models, write_demo
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
 METHODS = ("rtn", "gptq", "comq", "permutation-comq")

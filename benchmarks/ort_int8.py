@@ -40,7 +40,7 @@ from harness.data.demo import write_demo
 from harness.data.preprocessing import preprocess, read_case
 from harness.inference.latency import latency_stats
 from harness.inference.sliding_window import predict_labels
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
 SIZE_TARGET = 0.30

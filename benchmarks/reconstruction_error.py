@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from harness.data.demo import shipped_models, write_demo
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import rtn
 from reference_methods.methods.comq import comq

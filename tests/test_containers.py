@@ -28,7 +28,8 @@ from harness.containers.sandbox import (
 )
 from harness.errors import HarnessError
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import LoadedTrack, Submission, evaluate_submission
+from harness.submission import Submission, evaluate_submission
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.scheme import QuantConfig

@@ -10,7 +10,7 @@ from harness.cli import main
 from harness.data.demo import DEMO_CASES, shipped_models
 from harness.models.reference import load_reference_model
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize
 

@@ -1,5 +1,5 @@
-"""Tests for harness.scoring.metrics: DSC and NSD equal MONAI's definitions, honour spacing, and follow the
-leaderboard's explicit empty-mask conventions."""
+"""Tests for harness.scoring.metrics: DSC and NSD equal MONAI's definitions, honour spacing, and
+follow the leaderboard's explicit empty-mask conventions."""
 
 from __future__ import annotations
 

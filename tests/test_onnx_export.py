@@ -19,7 +19,7 @@ from harness.artifacts.onnx.export import (
     relative_difference,
 )
 from harness.backends.onnxruntime import OrtNetwork, create_session, kernel_report
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
 

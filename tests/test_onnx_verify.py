@@ -16,7 +16,7 @@ from harness.artifacts.onnx.verify import (
     PrecisionLimits,
     verify_onnx,
 )
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize
 

@@ -25,7 +25,8 @@ from harness.errors import CheckpointError, HarnessError
 from harness.inference.latency import latency_stats, time_calls
 from harness.inference.sliding_window import predict_probabilities
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import LoadedTrack, Submission, evaluate_submission
+from harness.submission import Submission, evaluate_submission
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

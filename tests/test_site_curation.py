@@ -88,5 +88,5 @@ def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):
     track = tiny_tracks["w8a8"]
     assert queue_for(Submission(track=track, kind=Kind.CHECKPOINT)) == "cpu"
     assert queue_for(Submission(track=track, kind=Kind.CONTAINER)) == "containers"
-    track.backend = Track.Backend.TENSORRT
+    track.backend = "tensorrt"
     assert queue_for(Submission(track=track, kind=Kind.ONNX)) == "gpu"

@@ -22,7 +22,8 @@ from harness.backends.tensorrt import (
     unavailable_reason,
 )
 from harness.cli import main
-from harness.submission import LoadedTrack, Submission, evaluate_submission
+from harness.submission import Submission, evaluate_submission
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
 TRT_REASON = unavailable_reason()
@@ -47,7 +48,9 @@ def track(tiny_track) -> LoadedTrack:
 def modelopt_onnx(track, tmp_path_factory):
     """What a participant following the TensorRT recipe uploads: ModelOpt INT8 defaults,
     calibrated on the track's calibration cases."""
-    return modelopt_baseline(track, tmp_path_factory.mktemp("modelopt"))
+    return modelopt_baseline(
+        track.model, track.model_spec, track.calibration, tmp_path_factory.mktemp("modelopt")
+    )
 
 
 @pytest.fixture

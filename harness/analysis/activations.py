@@ -13,7 +13,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from reference_methods.statistics.activations import OUTLIER_THRESHOLD, analyse_activations
 
 JSON_FILE = "activations.json"

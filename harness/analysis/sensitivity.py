@@ -21,7 +21,7 @@ from tqdm import tqdm
 from harness.data.dataset import Case
 from harness.errors import HarnessError
 from harness.inference.evaluation import evaluate_cases
-from harness.submission import LoadedTrack
+from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.scheme import QuantConfig
 from reference_methods.statistics.sensitivity import (
     GroupBy,

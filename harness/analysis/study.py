@@ -10,14 +10,14 @@ read back from the artifact; the row carries the method's name.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.baselines import compute_baseline
 from harness.inference.evaluation import EvaluationRun
-from harness.submission import LoadedTrack, Submission, evaluate_submission
-from reference_methods.methods import method_config, quantize_with
+from harness.submission import Submission, evaluate_submission
+from harness.track.loaded import LoadedTrack
+from reference_methods.methods import method_config
 from reference_methods.simulator.scheme import QuantConfig
 
 STUDY_PRECISIONS: tuple[str, ...] = ("w8a8", "w4a4")
@@ -60,19 +60,11 @@ def evaluate_method(
     progress: bool = False,
 ) -> dict:
     """Result of ``scheme`` quantized by ``method`` (default options), evaluated as the quantized
-    checkpoint it saves to; the submission records the method and the scheme, the timings the
-    seconds the method took."""
-    start = time.perf_counter()
-    model = quantize_with(method, track.model, QuantConfig.from_scheme(scheme), track.calibration)
-    seconds = time.perf_counter() - start
+    checkpoint it saves to (see ``harness.baselines.compute_baseline``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(model, Path(tmp) / "ckpt", {"method": method, "scheme": scheme})
-        result, _ = evaluate_submission(
-            track, Submission("checkpoint", checkpoint=ckpt), fp32=fp32, progress=progress
-        )
-    result["submission"] |= {"scheme": scheme, "method": method}
-    result["timings"]["method"] = round(seconds, 4)
-    return result
+        return compute_baseline(
+            track, method=method, scheme=scheme, workdir=Path(tmp), fp32=fp32, progress=progress
+        ).result
 
 
 def run_study(

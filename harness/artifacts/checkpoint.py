@@ -4,12 +4,12 @@ The safetensors file holds the complete ``state_dict()`` of the quantized model:
 layer ``<name>.weight_codes`` (integers), ``<name>.weight_scale``, ``<name>.weight_zero_point``
 (integers, affine weights only), ``<name>.weight_group_ids`` (integers, permuted layouts only),
 ``<name>.bias`` (if any), ``<name>.act_scale`` (static activation scales only), and a method's
-extras (see ``reference_methods.simulator.layer_extras``): ``<name>.input_scale`` (explicit SmoothQuant
-input scales), ``<name>.lowrank_u`` and ``<name>.lowrank_v`` (SVD low-rank branch); every other
-parameter/buffer under its state_dict name. An input rotation is a manifest flag only. A weight is
-w_hat = scale[g] * (code + zero[g]) with the group g of each weight given by the granularity (see
-``reference_methods.simulator.weight_format``). The manifest declares each quantized layer (see
-``LayerSpec``):
+extras (see ``reference_methods.simulator.layer_extras``): ``<name>.input_scale`` (explicit
+SmoothQuant input scales), ``<name>.lowrank_u`` and ``<name>.lowrank_v`` (SVD low-rank branch);
+every other parameter/buffer under its state_dict name. An input rotation is a manifest flag only. A
+weight is w_hat = scale[g] * (code + zero[g]) with the group g of each weight given by the
+granularity (see ``reference_methods.simulator.weight_format``). The manifest declares each
+quantized layer (see ``LayerSpec``):
 
     {"format": "medquant-quantized-checkpoint", "version": 1, "reference": {...},
      "layers": {name: {kind, weight_bits, weight_granularity, activation_bits,

@@ -20,10 +20,19 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from torch import nn
 
+from harness.artifacts.kinds import ONNX
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
-from harness.errors import HarnessError
+from harness.artifacts.onnx.verify import verify_for_track
+from harness.backends.base import Backend, OpenedArtifact
+from harness.errors import HarnessError, SubmissionError
 from harness.inference.latency import latency_stats, time_calls
 from harness.inference.sliding_window import SlidingWindowSpec, predict_labels
+from harness.models.reference import ModelSpec
+from harness.track.spec import TrackSpec
+
+LATENCY_WARMUP = 1
+LATENCY_RUNS = 5
+INTRA_OP_THREADS = 1
 
 # ORT ops that compute in integer arithmetic (default and com.microsoft domains)
 INTEGER_OPS = frozenset(
@@ -87,7 +96,7 @@ def create_session(
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except ORT_ERRORS as error:
-        raise HarnessError(f"ONNX Runtime cannot load the model: {error}") from error
+        raise SubmissionError(f"ONNX Runtime cannot load the model: {error}") from error
 
 
 class OrtNetwork(nn.Module):
@@ -119,7 +128,7 @@ class OrtNetwork(nn.Module):
             try:
                 out = self.session.run([self.output_name], {self.input_name: chunk})[0]
             except ORT_ERRORS as error:
-                raise HarnessError(f"ONNX Runtime failed to run the model: {error}") from error
+                raise SubmissionError(f"ONNX Runtime failed to run the model: {error}") from error
             outputs.append(out[:rows])
         return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
 
@@ -236,3 +245,38 @@ def first_patch_batch(
     with torch.no_grad():
         window.inferer()(torch.as_tensor(volume)[None].float(), capture)
     return captured[0]
+
+
+class OnnxRuntimeBackend(Backend):
+    """Q/DQ ONNX on ONNX Runtime's CPU provider: verified, then run as an ORT session."""
+
+    name = "onnxruntime-cpu"
+    label = "ONNX Runtime CPU INT8"
+    artifact_kinds = (ONNX,)
+
+    def open(
+        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
+    ) -> OpenedArtifact:
+        precision = verify_for_track(artifact, spec, model_spec)
+        return OpenedArtifact(OrtNetwork(create_session(artifact, INTRA_OP_THREADS)), precision)
+
+    def measure_efficiency(
+        self,
+        opened: OpenedArtifact,
+        artifact: Path,
+        *,
+        volume: torch.Tensor,
+        window: SlidingWindowSpec,
+    ) -> dict:
+        return measure_efficiency(
+            opened.network,
+            artifact,
+            volume,
+            window,
+            warmup=LATENCY_WARMUP,
+            runs=LATENCY_RUNS,
+            threads=INTRA_OP_THREADS,
+        )
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -10,6 +10,7 @@ TensorRT-style (weights stored in float, quantized by QuantizeLinear), which ORT
 from __future__ import annotations
 
 import importlib
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -18,19 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.artifacts.kinds import ONNX
+from harness.artifacts.onnx.verify import verify_for_track
+from harness.backends.base import Backend, OpenedArtifact
+from harness.errors import BackendUnavailable, HarnessError
 from harness.inference.latency import latency_stats, time_calls
 
 if TYPE_CHECKING:
-    from harness.submission import LoadedTrack
+    from harness.inference.sliding_window import SlidingWindowSpec
+    from harness.models.reference import ModelSpec
+    from harness.track.spec import TrackSpec
 
-
-class BackendUnavailable(HarnessError):
-    """The backend cannot run on this worker (missing library or GPU)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"backend unavailable: {reason}")
-        self.reason = reason
+LATENCY_WARMUP = 1
+LATENCY_RUNS = 5
 
 
 def unavailable_reason() -> str | None:
@@ -83,14 +84,16 @@ def modelopt_quantize(
     return out
 
 
-def modelopt_baseline(track: LoadedTrack, out_dir: str | Path) -> Path:
+def modelopt_baseline(
+    model: nn.Module, model_spec: ModelSpec, calibration: list[torch.Tensor], out_dir: str | Path
+) -> Path:
     """The track's ModelOpt INT8 entry: FP32 export → ModelOpt PTQ calibrated on the track's
-    calibration cases (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
+    calibration patches (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
     from harness.artifacts.onnx.export import INPUT_NAME, export_fp32
 
     out_dir = Path(out_dir)
-    fp32 = export_fp32(track.model, track.model_spec, out_dir / "fp32.onnx")
-    calibration = torch.cat(track.calibration).numpy()
+    fp32 = export_fp32(model, model_spec, out_dir / "fp32.onnx")
+    calibration = torch.cat(calibration).numpy()
     return modelopt_quantize(
         fp32, calibration, out_dir / "modelopt_int8.onnx", input_name=INPUT_NAME
     )
@@ -169,3 +172,42 @@ def engine_efficiency(network: TrtNetwork, batch: torch.Tensor, warmup: int, run
         "size_bytes": size,
         "size_mb": size / 1e6,
     }
+
+
+class TensorRTBackend(Backend):
+    """Q/DQ ONNX built into a TensorRT INT8 (+FP16) engine on a GPU worker."""
+
+    name = "tensorrt"
+    label = "TensorRT INT8 (GPU)"
+    artifact_kinds = (ONNX,)
+    queue = "gpu"
+
+    def unavailable_reason(self) -> str | None:
+        return unavailable_reason()
+
+    def open(
+        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
+    ) -> OpenedArtifact:
+        self.require_available()
+        precision = verify_for_track(artifact, spec, model_spec)
+        engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-"))
+        engine = build_engine(
+            artifact, engine_dir / "model.engine", model_spec.sliding_window.sw_batch_size
+        )
+        return OpenedArtifact(TrtNetwork(engine), precision)
+
+    def measure_efficiency(
+        self,
+        opened: OpenedArtifact,
+        artifact: Path,
+        *,
+        volume: torch.Tensor,
+        window: SlidingWindowSpec,
+    ) -> dict:
+        from harness.backends.onnxruntime import first_patch_batch
+
+        batch = first_patch_batch(volume, window, opened.network)
+        return engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
+
+
+BACKEND = TensorRTBackend()

@@ -23,14 +23,14 @@ from typing import Literal
 import docker
 import docker.errors
 
-from harness.errors import HarnessError
+from harness.errors import SubmissionError
 
 MANIFEST = "manifest.json"
 _DROPPED = ("repositories",)  # legacy tag file: tags never come from an upload
 _CHUNK = 1 << 20
 
 
-class ImageError(HarnessError):
+class ImageError(SubmissionError):
     """A quantizer image reference or archive is unusable; the message says why."""
 
 

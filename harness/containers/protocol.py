@@ -2,7 +2,8 @@
 
     model.json             architecture, preprocessing and sliding-window spec (as in the track)
     model.safetensors      FP32 weights
-    model.onnx             FP32 ONNX export (``harness.artifacts.onnx.export``: input image, output logits)
+    model.onnx             FP32 ONNX export (``harness.artifacts.onnx.export``: input image,
+                           output logits)
     calibration/<id>.safetensors   one preprocessed, unlabeled volume each: tensor "image" (C,D,H,W)
     track.json             what the output must satisfy: bits, granularities, the output format
                            (a quantized checkpoint on simulated tracks, Q/DQ ONNX on the real
@@ -20,22 +21,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from harness.artifacts.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from harness.artifacts.checkpoint import MANIFEST_NAME
-from harness.artifacts.checkpoint import VERSION as CHECKPOINT_VERSION
-from harness.artifacts.checkpoint import WEIGHTS_NAME as CHECKPOINT_WEIGHTS
+from harness.artifacts.kinds import CHECKPOINT, ONNX, ArtifactKind
 from harness.artifacts.onnx.export import export_fp32
+from harness.backends import get_backend
 from harness.data.preprocessing import preprocess, read_case
+from harness.errors import SubmissionError
 from harness.models.reference import SPEC_FILE, WEIGHTS_FILE, weights_sha256
-from harness.submission import LoadedTrack
+from harness.submission import Submission
+from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.granularity import Granularity, WeightGranularity
 
 PROTOCOL_VERSION = 1
 TRACK_FILE = "track.json"
 CALIBRATION_DIR = "calibration"
 ONNX_FILE = "model.onnx"
-OUTPUT_CHECKPOINT_FILES = frozenset({MANIFEST_NAME, CHECKPOINT_WEIGHTS})
-OUTPUT_ONNX_FILE = "model.onnx"
+OUTPUT_CHECKPOINT_FILES = CHECKPOINT.files
+(OUTPUT_ONNX_FILE,) = ONNX.files
 CALIBRATION_TENSOR = "image"
 
 
@@ -56,6 +57,37 @@ def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
     return dest
 
 
+def output_kind(backend: str) -> ArtifactKind:
+    """What a quantizer container must write on a ``backend`` track: the first artifact kind the
+    backend scores."""
+    return get_backend(backend).artifact_kinds[0]
+
+
+def output_submission(output: Path, backend: str) -> Submission:
+    """What ``/output`` holds, as the harness submission it stands for: exactly the files of the
+    artifact kind the track's backend scores (a quantized checkpoint on ``simulated``, a Q/DQ
+    ``model.onnx`` on the real backends)."""
+    kind = output_kind(backend)
+    files = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
+    if files == kind.files:
+        if kind.name == "checkpoint":
+            return Submission("checkpoint", checkpoint=output)
+        return Submission("onnx", onnx=output / OUTPUT_ONNX_FILE)
+    missing, extra = sorted(kind.files - files), sorted(files - kind.files)
+    found = "; ".join(
+        part
+        for part in (
+            f"missing {', '.join(missing)}" if missing else "",
+            f"unexpected {', '.join(extra[:5])}" if extra else "",
+        )
+        if part
+    )
+    raise SubmissionError(
+        f"on a {backend!r} track /output must hold exactly {', '.join(sorted(kind.files))} "
+        f"({kind.description}): {found}"
+    )
+
+
 def track_description(track: LoadedTrack) -> dict:
     """``track.json``: the limits the harness checks the output against, and what is in /input."""
     spec = track.spec
@@ -67,17 +99,10 @@ def track_description(track: LoadedTrack) -> dict:
         "backend": spec.backend,
         "max_weight_bits": spec.weight_bits,
         "max_activation_bits": spec.activation_bits,
-        "granularities": [g.value for g in Granularity],
+        "granularities": list(spec.granularities) or [g.value for g in Granularity],
         "weight_granularities": [g.value for g in WeightGranularity],
-        "output": (
-            {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "files": sorted(OUTPUT_CHECKPOINT_FILES),
-            }
-            if spec.backend == "simulated"
-            else {"format": "onnx-qdq", "files": [OUTPUT_ONNX_FILE]}
-        ),
+        "output": output_kind(spec.backend).output
+        | {"files": sorted(output_kind(spec.backend).files)},
         "calibration_cases": [case.case_id for case in track.calibration_cases],
         "files": {
             "model_spec": SPEC_FILE,

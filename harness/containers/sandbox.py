@@ -4,14 +4,13 @@ the quantized artifact it writes to ``/output`` (protocol: ``containers/README.m
 The container gets no network, no capabilities, no-new-privileges, a fixed non-root user, a
 read-only root filesystem with a small tmpfs ``/tmp``, memory (= memory + swap), CPU and process
 limits, a wall-clock timeout and, only on GPU workers, a GPU device request. ``/input`` is a
-read-only bind of the folder built by ``harness.containers.protocol`` (calibration volumes, never test
-cases or labels). ``/output`` is a tmpfs volume capped just above the output limit, held mounted by
-a small helper container so the harness can read it after the quantizer exits. Every container
-and volume carries the harness labels and is removed afterwards; ``remove_orphans`` clears what a
-killed worker left behind. Whatever the quantizer does comes back as a ``ContainerOutcome`` with
-a status and a message for the submitter; only a failing engine raises (``docker.errors``), so
-that the calling task can retry.
-"""
+read-only bind of the folder built by ``harness.containers.protocol`` (calibration volumes, never
+test cases or labels). ``/output`` is a tmpfs volume capped just above the output limit, held
+mounted by a small helper container so the harness can read it after the quantizer exits. Every
+container and volume carries the harness labels and is removed afterwards; ``remove_orphans`` clears
+what a killed worker left behind. Whatever the quantizer does comes back as a ``ContainerOutcome``
+with a status and a message for the submitter; only a failing engine raises (``docker.errors``), so
+that the calling task can retry."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,14 +38,11 @@ from docker.models.volumes import Volume
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from harness.containers.images import PinnedImage
-from harness.containers.protocol import (
-    OUTPUT_CHECKPOINT_FILES,
-    OUTPUT_ONNX_FILE,
-    build_container_input,
-)
-from harness.errors import HarnessError
+from harness.containers.protocol import build_container_input, output_submission
+from harness.errors import SubmissionError
 from harness.inference.evaluation import EvaluationRun
-from harness.submission import LoadedTrack, Submission, evaluate_submission
+from harness.submission import evaluate_submission
+from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
 LABEL = "org.medquant.harness"
@@ -210,9 +206,13 @@ def evaluate_quantizer_container(
     client: docker.DockerClient | None = None,
     input_dir: str | Path | None = None,
     fp32: EvaluationRun | None = None,
+    about: Mapping | None = None,
 ) -> ContainerEvaluation:
     """Run the quantizer, verify its output exactly like an upload of the track's kind
-    (checkpoint or ONNX, see ``output_submission``) and evaluate it."""
+    (checkpoint or ONNX, see ``output_submission``) and evaluate it: the harness entry point for
+    a quantizer container. ``about`` is submission metadata for the result document (its
+    ``scheme`` defaults to the pinned image). A quantizer or output at fault comes back as the
+    evaluation's ``error``; anything else raises."""
     outcome = run_quantizer_container(
         image=image,
         track=track,
@@ -226,14 +226,15 @@ def evaluate_quantizer_container(
     )
     if not outcome.ok:
         return ContainerEvaluation(outcome, None, outcome.error)
+    entry = {"scheme": f"container {image.digest}"} | dict(about or {})
+    entry["container"] = outcome.result_entry(image)
     try:
         submission = output_submission(outcome.output_dir, track.spec.backend)
-        result, _ = evaluate_submission(track, submission, fp32=fp32)
-    except HarnessError as error:
+        result, _ = evaluate_submission(
+            track, submission, fp32=fp32, about=entry, timings={"container": outcome.seconds}
+        )
+    except SubmissionError as error:
         return ContainerEvaluation(outcome, None, f"the quantizer's output was rejected: {error}")
-    result["submission"]["scheme"] = f"container {image.digest}"
-    result["submission"]["container"] = outcome.result_entry(image)
-    result["timings"]["container"] = outcome.seconds
     return ContainerEvaluation(outcome, result, None)
 
 
@@ -419,33 +420,6 @@ def _collect_output(helper: Container, dest: Path | None, limit: int) -> _Output
     if dest is not None:
         dest.mkdir(parents=True, exist_ok=True)
     return output
-
-
-def output_submission(output: Path, backend: str) -> Submission:
-    """What ``/output`` holds, as the harness submission it stands for: exactly a quantized
-    checkpoint on a ``simulated`` track, exactly ``model.onnx`` (Q/DQ) on the real backends."""
-    files = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
-    if backend == "simulated":
-        expected, what = OUTPUT_CHECKPOINT_FILES, "a quantized checkpoint"
-        submission = Submission("checkpoint", checkpoint=output)
-    else:
-        expected, what = frozenset({OUTPUT_ONNX_FILE}), "ONNX with Q/DQ nodes"
-        submission = Submission("onnx", onnx=output / OUTPUT_ONNX_FILE)
-    if files == expected:
-        return submission
-    missing, extra = sorted(expected - files), sorted(files - expected)
-    found = "; ".join(
-        part
-        for part in (
-            f"missing {', '.join(missing)}" if missing else "",
-            f"unexpected {', '.join(extra[:5])}" if extra else "",
-        )
-        if part
-    )
-    raise HarnessError(
-        f"on a {backend!r} track /output must hold exactly {', '.join(sorted(expected))} "
-        f"({what}): {found}"
-    )
 
 
 def _sandbox(limits: ContainerLimits, labels: dict[str, str]) -> dict:

@@ -18,7 +18,6 @@ RESULT_SCHEMA = "medquant-result"
 RESULT_SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 BOOTSTRAP_SAMPLES = 2000
-ACCURACY_GATE = 0.99
 
 
 def bootstrap_ci(values: list[float], seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
@@ -60,10 +59,12 @@ def build_result(
     submission: dict,
     fp32: EvaluationRun | None,
     seed: int,
+    accuracy_gate: float,
     extra_timings: dict[str, float] | None = None,
     efficiency: dict | None = None,
 ) -> dict:
     """Assemble the result document; ``fp32`` is the reference run (None when this is it);
+    ``accuracy_gate`` is the track's fraction of the FP32 mean DSC an entry must reach;
     ``efficiency`` holds real-backend latency, size and memory (ONNX submissions)."""
     case_dsc = [c.mean_dsc for c in run.cases]
     case_nsd = [c.mean_nsd for c in run.cases]
@@ -108,8 +109,8 @@ def build_result(
             "dsc_drop_pct": relative_drop_pct(mean_dsc, fp32_dsc),
             "nsd_drop_pct": relative_drop_pct(mean_nsd, fp32_nsd),
             "accuracy_gate": {
-                "min_fraction_of_fp32": ACCURACY_GATE,
-                "passed": mean_dsc >= ACCURACY_GATE * fp32_dsc,
+                "min_fraction_of_fp32": accuracy_gate,
+                "passed": mean_dsc >= accuracy_gate * fp32_dsc,
             },
             "num_cases": len(run.cases),
         },

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
+from harness.backends import backend_names
 from harness.errors import HarnessError
 
-TRACK_SPEC_VERSION = 1
-Backend = Literal["simulated", "onnxruntime-cpu", "tensorrt"]
+TRACK_SPEC_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 lacked ``granularities``, ``accuracy_gate`` and ``time_limit_s`` (defaults apply)."""
+DEFAULT_ACCURACY_GATE = 0.99
+"""MLPerf-style: an entry passes when its mean DSC is at least 99% of the FP32 mean DSC."""
 
 
 @dataclass(frozen=True)
@@ -18,43 +21,57 @@ class TrackSpec:
     """Reference model folder × dataset folder (+ its named splits) × precision × backend.
 
     ``weight_bits``/``activation_bits`` are the most a submission may use (None: no limit /
-    weight-only); ``nsd_tolerance_mm`` is the NSD tolerance in millimetres;
-    ``quantizer_timeout_s`` is the wall-clock limit of a quantizer container run;
-    ``max_float_mac_fraction`` is the share of an ONNX submission's weighted-op MACs that may keep
-    float weights (e.g. an output head a quantizer leaves in floating point).
+    weight-only); ``granularities`` the granularity labels it may have (empty: any);
+    ``nsd_tolerance_mm`` is the NSD tolerance in millimetres; ``accuracy_gate`` the fraction of
+    the FP32 mean DSC an entry must reach to pass; ``max_float_mac_fraction`` is the share of an
+    ONNX submission's weighted-op MACs that may keep float weights (e.g. an output head a
+    quantizer leaves in floating point); ``time_limit_s`` the evaluation's limit and
+    ``quantizer_timeout_s`` the wall-clock limit of a quantizer container run.
     """
 
     model_dir: Path
     dataset_dir: Path
     test_split: str = "test"
     calibration_split: str = "calibration"
-    backend: Backend = "simulated"
+    backend: str = "simulated"
     weight_bits: int | None = None
     activation_bits: int | None = None
+    granularities: tuple[str, ...] = ()
     nsd_tolerance_mm: float = 2.0
+    accuracy_gate: float = DEFAULT_ACCURACY_GATE
     seed: int = 0
     max_float_mac_fraction: float = 0.0
+    time_limit_s: float = 1800.0
     quantizer_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        if self.backend not in get_args(Backend):
-            known = ", ".join(get_args(Backend))
+        if self.backend not in backend_names():
+            known = ", ".join(backend_names())
             raise HarnessError(f"unknown backend {self.backend!r} (expected one of: {known})")
+        object.__setattr__(self, "granularities", tuple(self.granularities))
         if not 0.0 <= self.max_float_mac_fraction <= 1.0:
             raise HarnessError("max_float_mac_fraction must lie in [0, 1]")
+        if not 0.0 < self.accuracy_gate <= 1.0:
+            raise HarnessError("accuracy_gate must be a fraction in (0, 1]")
         if self.nsd_tolerance_mm <= 0:
             raise HarnessError("nsd_tolerance_mm must be positive")
+        if self.time_limit_s <= 0:
+            raise HarnessError("time_limit_s must be positive")
         if self.quantizer_timeout_s <= 0:
             raise HarnessError("quantizer_timeout_s must be positive")
 
     def to_dict(self) -> dict:
         data = asdict(self) | {"version": TRACK_SPEC_VERSION}
-        return data | {"model_dir": str(self.model_dir), "dataset_dir": str(self.dataset_dir)}
+        return data | {
+            "model_dir": str(self.model_dir),
+            "dataset_dir": str(self.dataset_dir),
+            "granularities": list(self.granularities),
+        }
 
     @classmethod
     def from_json(cls, path: str | Path) -> TrackSpec:
         data = json.loads(Path(path).read_text())
-        if data.pop("version", TRACK_SPEC_VERSION) != TRACK_SPEC_VERSION:
+        if data.pop("version", TRACK_SPEC_VERSION) not in READABLE_VERSIONS:
             raise HarnessError("unsupported track spec version")
         return cls(
             **data

@@ -17,6 +17,7 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 
+from harness.backends import backend_names
 from leaderboard.api.renderers import CSVRenderer
 from leaderboard.api.serializers import (
     LeaderboardRowSerializer,
@@ -66,7 +67,7 @@ def _track(request, slug: str) -> Track:
     parameters=[
         OpenApiParameter("dataset", str, description="dataset slug"),
         OpenApiParameter("model", str, description="reference model slug"),
-        OpenApiParameter("backend", str, enum=Track.Backend.values),
+        OpenApiParameter("backend", str, enum=list(backend_names())),
         OpenApiParameter("weight_bits", int),
         OpenApiParameter("activation_bits", int),
     ],

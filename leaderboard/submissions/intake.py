@@ -27,10 +27,11 @@ UPLOAD_KINDS = (Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER)
 
 
 def accepted_kinds(track: Track) -> tuple[str, ...]:
-    """Submission kinds a track takes: checkpoints on the simulator, ONNX on real backends, and
-    quantizer containers where container workers run (``MEDQUANT_CONTAINERS``), each only once
-    the workers evaluate it (``pipeline.EVALUATED_KINDS``)."""
-    kinds = (Kind.CHECKPOINT,) if track.backend == Track.Backend.SIMULATED else (Kind.ONNX,)
+    """Submission kinds a track takes: the artifact kinds its backend scores (checkpoints on the
+    simulator, ONNX on real backends), and quantizer containers where container workers run
+    (``MEDQUANT_CONTAINERS``), each only once the workers evaluate it
+    (``pipeline.EVALUATED_KINDS``)."""
+    kinds = tuple(Kind(kind.name) for kind in track.backend_runner.artifact_kinds)
     if settings.MEDQUANT_CONTAINERS:
         kinds += (Kind.CONTAINER,)
     return tuple(k for k in kinds if k in EVALUATED_KINDS)

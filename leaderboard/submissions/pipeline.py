@@ -1,14 +1,15 @@
 """The evaluation of one submission, stage by stage: a thin adapter between a Submission row and
-``harness.submission.evaluate_submission``.
+the harness's three entry points — ``harness.submission.evaluate_submission`` (an upload),
+``harness.baselines.compute_baseline`` (a reference baseline) and
+``harness.containers.sandbox.evaluate_quantizer_container`` (a quantizer container) — whose
+result document it stores as it is.
 
-Stages are written to the row under ``select_for_update``; the artifact is verified (format,
-precision vs the track) before it is scored. A quantizer container is pinned while validating,
-run sandboxed (``harness.containers.sandbox``) while running, and its ``/output`` is then verified and
-scored exactly like an upload. A problem with the artifact ends the run
-``rejected`` with the harness's message; an unexpected error ends it ``failed``; infrastructure
-errors (database, broker, storage) propagate so that the Celery task retries. Running it again on
-a finished submission does nothing; the Evaluation is one row per submission.
-"""
+Stages are written to the row under ``select_for_update``. The harness verifies the artifact
+(format, precision against the track) before scoring it. A ``SubmissionError`` (the artifact is at
+fault) ends the run ``rejected`` with the harness's message; any other error ends it ``failed`` (not
+counted in the quota; the traceback is logged for the maintainers); infrastructure errors (database,
+broker, storage) propagate so that the Celery task retries. Running it again on a finished
+submission does nothing; the Evaluation is one row per submission."""
 
 from __future__ import annotations
 
@@ -23,26 +24,24 @@ from django.conf import settings
 from django.core.files.base import File
 from django.db import transaction
 
-from harness.artifacts.checkpoint import describe_checkpoint, save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.precision import granularity_label
+from harness.baselines import compute_baseline
 from harness.containers.images import PinnedImage, load_image_archive, pin_registry_image
-from harness.containers.sandbox import ContainerLimits, output_submission, run_quantizer_container
-from harness.errors import HarnessError
-from harness.submission import LoadedTrack, evaluate_submission
+from harness.containers.sandbox import ContainerLimits, evaluate_quantizer_container
+from harness.errors import SubmissionError
 from harness.submission import Submission as HarnessSubmission
+from harness.submission import evaluate_submission
+from harness.track.loaded import LoadedTrack
 from leaderboard.submissions.artifacts import ArtifactError, unpack_checkpoint
 from leaderboard.submissions.models import FINISHED, Evaluation, Kind, Status, Submission
 from leaderboard.tracks import ranking
 from leaderboard.tracks.models import Track
-from reference_methods.methods import quantize_with
-from reference_methods.simulator.scheme import QuantConfig
 
 logger = logging.getLogger(__name__)
 CACHED_TRACKS = 4
 MAX_ATTEMPTS = 3
 EVALUATED_KINDS = frozenset({Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER})
-"""Kinds turned into something the harness scores: by ``_prepare``, containers by
-``_run_container`` (on the ``containers`` queue, see ``tasks.queue_for``)."""
+"""Kinds the workers evaluate (containers on the ``containers`` queue, see ``tasks.queue_for``)."""
 ONNX_NAME = "model.onnx"
 
 
@@ -65,22 +64,6 @@ def open_track(track: Track) -> LoadedTrack:
             _open_tracks.popitem(last=False)
     _open_tracks.move_to_end(key)
     return _open_tracks[key]
-
-
-def granularity_label(precision: dict) -> str:
-    """Short granularity name of a verified artifact: adaptive, per-channel or per-tensor (a
-    checkpoint's weight and activation scales), or the ONNX verifier's weight granularity."""
-    if "weight_granularities" not in precision:
-        return precision.get("granularity", "")
-    acts = set(precision.get("activation_granularities") or [])
-    weights = set(precision.get("weight_granularities") or [])
-    if "per-voxel" in acts:
-        return "adaptive"
-    if weights <= {"per-tensor"} and acts <= {"per-tensor"}:
-        return "per-tensor"
-    if "per-channel" in weights or "per-channel" in acts:
-        return "per-channel"
-    return "+".join(sorted(weights | acts))
 
 
 def _advance(submission_id: int, status: Status, **fields) -> Submission:
@@ -111,44 +94,6 @@ def start(submission_id: int) -> Submission | None:
         return submission
 
 
-def _check_precision(track: Track, precision: dict) -> None:
-    weight_bits, act_bits = precision.get("weight_bits"), precision.get("activation_bits")
-    if weight_bits is None or weight_bits > track.weight_bits:
-        raise Rejected(
-            f"this track allows at most {track.weight_bits}-bit weights; the checkpoint really "
-            f"uses {weight_bits}-bit weights"
-        )
-    if track.activation_bits is not None and (act_bits is None or act_bits > track.activation_bits):
-        used = f"{act_bits}-bit" if act_bits is not None else "floating-point"
-        raise Rejected(
-            f"this track allows at most {track.activation_bits}-bit activations; the checkpoint "
-            f"uses {used} activations"
-        )
-    label = granularity_label(precision)
-    if track.granularities and label not in track.granularities:
-        raise Rejected(f"granularity {label!r} is not allowed here; allowed: {track.granularities}")
-
-
-def _baseline_checkpoint(submission: Submission, track: LoadedTrack, workdir: Path) -> Path:
-    """Quantize the reference model by the submission's reference method (RTN when none) under
-    its reference scheme, with the method's default options → a checkpoint."""
-    method = submission.reference_method or "rtn"
-    try:
-        config = QuantConfig.from_scheme(submission.scheme)
-        model = quantize_with(method, track.model, config, track.calibration)
-    except ValueError as error:
-        raise Rejected(f"baseline {method} {submission.scheme!r} cannot run: {error}") from error
-    reference = {"method": method, "scheme": submission.scheme}
-    return save_checkpoint(model, workdir / "checkpoint", reference=reference)
-
-
-def _baseline_onnx(track: LoadedTrack, workdir: Path) -> Path:
-    """The standard INT8 deployment of the reference model (per-channel RTN weights, static
-    per-tensor activations) as Q/DQ ONNX: the baseline of ONNX-backend tracks."""
-    model = int8_model(track.model, track.calibration)
-    return export_qdq(model, track.model_spec, track.calibration, workdir / ONNX_NAME)
-
-
 def _store_artifact(submission: Submission, path: Path) -> None:
     """Keep a baseline's artifact (checkpoint folder → zip, or ONNX file) for reproduction."""
     if path.is_dir():
@@ -158,35 +103,19 @@ def _store_artifact(submission: Submission, path: Path) -> None:
     Submission.objects.filter(pk=submission.pk).update(artifact=submission.artifact.name)
 
 
-def _prepare(submission: Submission, track: LoadedTrack, workdir: Path) -> HarnessSubmission:
-    """Validating stage: what the harness evaluates. A checkpoint is unpacked and verified here
-    (its precision read from its tensors); an ONNX file is verified by the harness when opened."""
-    onnx_track = submission.track.backend != Track.Backend.SIMULATED
-    if submission.kind == Kind.SCHEME and onnx_track:
-        path = _baseline_onnx(track, workdir)
-        _store_artifact(submission, path)
-        return HarnessSubmission("onnx", onnx=path)
-    if submission.kind == Kind.SCHEME:
-        ckpt = _baseline_checkpoint(submission, track, workdir)
-        _store_artifact(submission, ckpt)
-    elif submission.kind == Kind.CHECKPOINT:
+def _upload(submission: Submission, workdir: Path) -> HarnessSubmission:
+    """An uploaded checkpoint (unpacked safely) or ONNX file, as the harness submission it is."""
+    if submission.kind == Kind.CHECKPOINT:
         with submission.artifact.open("rb") as stream:
             try:
                 ckpt = unpack_checkpoint(stream, submission.artifact.size, workdir / "checkpoint")
             except ArtifactError as error:
                 raise Rejected(str(error)) from error
-    elif submission.kind == Kind.ONNX and onnx_track:
-        path = workdir / ONNX_NAME
-        with submission.artifact.open("rb") as src, open(path, "wb") as out:
-            shutil.copyfileobj(src, out)
-        return HarnessSubmission("onnx", onnx=path)
-    else:
-        raise Rejected(
-            f"{submission.get_kind_display()} submissions cannot be evaluated on the "
-            f"{submission.track.get_backend_display()} backend of this track"
-        )
-    _check_precision(submission.track, describe_checkpoint(ckpt))
-    return HarnessSubmission("checkpoint", checkpoint=ckpt)
+        return HarnessSubmission("checkpoint", checkpoint=ckpt)
+    path = workdir / ONNX_NAME
+    with submission.artifact.open("rb") as src, open(path, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return HarnessSubmission("onnx", onnx=path)
 
 
 def _pin_image(client: docker.DockerClient, submission: Submission, workdir: Path) -> PinnedImage:
@@ -213,10 +142,9 @@ def _pin_image(client: docker.DockerClient, submission: Submission, workdir: Pat
 
 def _run_container(
     submission: Submission, track: LoadedTrack, workdir: Path, log: list[str], worker: str
-) -> tuple[HarnessSubmission, dict]:
-    """Validating: pin the image; running: run it sandboxed on the track's ``/input`` (its logs
-    kept for the submitter); then its ``/output`` must be exactly the artifact an upload to this
-    track would be, with the same precision checks. Returns it and the run's result entry."""
+) -> dict:
+    """Validating: pin the image; running: the harness runs it sandboxed on the track's
+    ``/input`` and evaluates its ``/output`` like an upload. Returns the result document."""
     client = docker.from_env()
     try:
         image = _pin_image(client, submission, workdir)
@@ -226,7 +154,7 @@ def _run_container(
         limits = ContainerLimits.for_track(
             track.spec, **overrides | settings.MEDQUANT_CONTAINER_LIMITS
         )
-        outcome = run_quantizer_container(
+        evaluation = evaluate_quantizer_container(
             image=image,
             track=track,
             workdir=workdir / "container",
@@ -235,24 +163,20 @@ def _run_container(
             gpu=settings.MEDQUANT_CONTAINER_GPU,
             worker=worker,
             client=client,
+            about=_about(submission),
         )
     finally:
         client.close()
+    outcome = evaluation.outcome
     Submission.objects.filter(pk=submission.pk).update(container_log=_storable(outcome.logs))
     log.append(
         f"quantizer container {outcome.status} after {outcome.seconds:.1f} s "
         f"(exit status {outcome.exit_code}, "
         f"peak memory {outcome.peak_memory_bytes / 2**20:.0f} MiB)"
     )
-    if not outcome.ok:
-        raise Rejected(_storable(outcome.error))
-    try:
-        artifact = output_submission(outcome.output_dir, track.spec.backend)
-        if artifact.kind == "checkpoint":
-            _check_precision(submission.track, describe_checkpoint(artifact.checkpoint))
-    except (HarnessError, Rejected) as error:
-        raise Rejected(f"the quantizer's output was rejected: {error}") from error
-    return artifact, outcome.result_entry(image)
+    if evaluation.error is not None:
+        raise Rejected(_storable(evaluation.error))
+    return evaluation.result
 
 
 def _storable(text: str) -> str:
@@ -272,6 +196,45 @@ def _enter_running(submission_id: int, log: list[str]) -> None:
             submission.advance(Status.RUNNING, log="\n".join(log))
 
 
+def _about(submission: Submission) -> dict:
+    """Submission metadata the harness records in the result document."""
+    about = {"scheme": submission.scheme or submission.method}
+    if submission.reference_method:
+        about["method"] = submission.reference_method
+    return about
+
+
+def _evaluate(
+    submission: Submission, track: LoadedTrack, workdir: Path, log: list[str], worker: str
+) -> dict:
+    """The result document of ``submission``, through the harness entry point for its kind."""
+
+    def on_stage(stage: str) -> None:
+        if stage == "running":
+            log.append("artifact verified")
+            _enter_running(submission.pk, log)
+
+    if submission.kind == Kind.CONTAINER:
+        return _run_container(submission, track, workdir, log, worker)
+    if submission.kind == Kind.SCHEME:
+        baseline = compute_baseline(
+            track,
+            method=submission.reference_method or "rtn",
+            scheme=submission.scheme,
+            workdir=workdir,
+            about=_about(submission),
+            on_stage=on_stage,
+        )
+        _store_artifact(submission, baseline.artifact)
+        return baseline.result
+    if submission.kind not in EVALUATED_KINDS:
+        raise Rejected(f"{submission.get_kind_display()} submissions cannot be evaluated")
+    result, _ = evaluate_submission(
+        track, _upload(submission, workdir), about=_about(submission), on_stage=on_stage
+    )
+    return result
+
+
 def _latency_ms(result: dict) -> float | None:
     """Real-backend median latency per volume when measured (ONNX), else the simulated
     inference time per test volume."""
@@ -286,12 +249,11 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
     """Write (or overwrite) the one Evaluation row of ``submission`` from a result document."""
     summary = result["summary"]
     precision = result["submission"]["precision"]
-    track = submission.track
     size = precision.get("size_bytes")
     evaluation, _ = Evaluation.objects.update_or_create(
         submission=submission,
         defaults={
-            "track": track,
+            "track": submission.track,
             "result": result,
             "mean_dsc": summary["mean_dsc"],
             "mean_nsd": summary["mean_nsd"],
@@ -299,7 +261,7 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
             "dsc_ci_low": summary["dsc_ci95"][0],
             "dsc_ci_high": summary["dsc_ci95"][1],
             "fp32_mean_dsc": summary["fp32_mean_dsc"],
-            "gate_passed": summary["mean_dsc"] >= track.accuracy_gate * summary["fp32_mean_dsc"],
+            "gate_passed": summary["accuracy_gate"]["passed"],
             "weight_bits": precision.get("weight_bits"),
             "activation_bits": precision.get("activation_bits"),
             "granularity": granularity_label(precision),
@@ -329,31 +291,17 @@ def run(submission_id: int, *, worker: str = "") -> str:
     log = [f"attempt {submission.attempts} on track {submission.track.slug}"]
     try:
         track = open_track(submission.track)
-    except HarnessError as error:
+    except Exception as error:
+        logger.exception("track %s could not be loaded", submission.track.slug)
         fail(submission_id, f"the track could not be loaded: {error}")
         return Status.FAILED
     with tempfile.TemporaryDirectory(dir=settings.MEDQUANT_WORK_DIR) as tmp:
-        container = None
         try:
-            if submission.kind == Kind.CONTAINER:
-                harness_submission, container = _run_container(
-                    submission, track, Path(tmp), log, worker
-                )
-            else:
-                harness_submission = _prepare(submission, track, Path(tmp))
-            log.append(f"artifact ready: {harness_submission.kind}")
-            _enter_running(submission_id, log)
-            result, _ = evaluate_submission(track, harness_submission)
-        except (Rejected, HarnessError, ValueError) as error:
+            result = _evaluate(submission, track, Path(tmp), log, worker)
+        except (Rejected, SubmissionError) as error:
             log.append(f"rejected: {error}")
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
             return Status.REJECTED
-    result["submission"]["scheme"] = submission.scheme or submission.method
-    if submission.reference_method:
-        result["submission"]["method"] = submission.reference_method
-    if container:
-        result["submission"]["container"] = container
-        result["timings"]["container"] = container["seconds"]
     log.append(_verified(result["submission"]["precision"]))
     _advance(submission_id, Status.SCORING)
     with transaction.atomic():

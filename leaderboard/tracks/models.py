@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from harness.backends import backend_names, get_backend
 from harness.track.spec import TrackSpec
 
 RANKING_METRICS = {
@@ -78,10 +79,8 @@ class TrackQuerySet(models.QuerySet):
 class Track(models.Model):
     """What is ranked: a reference model on a dataset split at a precision on a backend."""
 
-    class Backend(models.TextChoices):
-        SIMULATED = "simulated", "simulated integer (PyTorch)"
-        ORT_CPU = "onnxruntime-cpu", "ONNX Runtime CPU INT8"
-        TENSORRT = "tensorrt", "TensorRT INT8 (GPU)"
+    BACKEND_CHOICES = [(name, get_backend(name).label) for name in backend_names()]
+    """From the harness's backend registry."""
 
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=160)
@@ -90,7 +89,7 @@ class Track(models.Model):
     reference_model = models.ForeignKey(
         ReferenceModel, on_delete=models.PROTECT, related_name="tracks"
     )
-    backend = models.CharField(max_length=20, choices=Backend, default=Backend.SIMULATED)
+    backend = models.CharField(max_length=20, choices=BACKEND_CHOICES, default="simulated")
     weight_bits = models.PositiveSmallIntegerField(help_text="most weight bits allowed")
     activation_bits = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="most activation bits allowed; empty = weight-only"
@@ -107,6 +106,10 @@ class Track(models.Model):
         default=list,
         blank=True,
         help_text='tie-breaker columns, e.g. ["-mean_nsd", "size_mb"]',
+    )
+    max_float_mac_fraction = models.FloatField(
+        default=0.0,
+        help_text="share of an ONNX submission's weighted-op MACs that may keep float weights",
     )
     accuracy_gate = models.FloatField(
         default=0.99, help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC"
@@ -136,15 +139,27 @@ class Track(models.Model):
         check_ranking_keys([self.ranking_metric, *self.tie_breakers])
         if not 0 < self.accuracy_gate <= 1:
             raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
+        if not 0 <= self.max_float_mac_fraction <= 1:
+            raise ValidationError({"max_float_mac_fraction": "must be a fraction in [0, 1]"})
 
     @property
     def precision_label(self) -> str:
         return f"W{self.weight_bits}A{self.activation_bits or 16}"
 
     @property
+    def backend_runner(self):
+        """The harness backend of this track (``harness.backends``)."""
+        return get_backend(self.backend)
+
+    @property
+    def takes_checkpoints(self) -> bool:
+        """Whether submissions here are quantized checkpoints (else ONNX files)."""
+        return self.backend_runner.scores("checkpoint")
+
+    @property
     def queue(self) -> str:
-        """Celery queue of the workers able to evaluate this track."""
-        return "gpu" if self.backend == self.Backend.TENSORRT else "cpu"
+        """Celery queue of the workers able to evaluate this track (the backend's)."""
+        return self.backend_runner.queue
 
     def is_open(self, now=None) -> bool:
         now = now or timezone.now()
@@ -168,7 +183,11 @@ class Track(models.Model):
             backend=self.backend,
             weight_bits=self.weight_bits,
             activation_bits=self.activation_bits,
+            granularities=tuple(self.granularities),
             nsd_tolerance_mm=self.nsd_tolerance_mm,
+            accuracy_gate=self.accuracy_gate,
             seed=self.seed,
+            max_float_mac_fraction=self.max_float_mac_fraction,
+            time_limit_s=float(self.time_limit_s),
             quantizer_timeout_s=float(self.quantizer_timeout_s),
         )

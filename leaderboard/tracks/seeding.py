@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -11,15 +10,15 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from harness.artifacts.onnx.export import export_fp32
+from harness.backends import backend_names, get_backend
+from harness.baselines import Baseline, baselines_for
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from harness.models.reference import load_reference_model, read_spec
-from harness.track.spec import TrackSpec
 from leaderboard.submissions.models import Kind, Submission
 from leaderboard.submissions.tasks import enqueue
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
 
-BASELINE_GRANULARITIES = ("per-tensor", "per-channel", "adaptive")
 BASELINE_USER = "baselines"
 
 
@@ -64,12 +63,9 @@ def export_onnx(model: ReferenceModel) -> Path:
 
 
 def backend_available(backend: str) -> bool:
-    """Whether this harness build can evaluate tracks on ``backend``."""
-    try:
-        TrackSpec(model_dir=Path("."), dataset_dir=Path("."), backend=backend)
-    except HarnessError:
-        return False
-    return True
+    """Whether this machine can evaluate tracks on ``backend`` (registered, and its
+    ``unavailable_reason`` is None)."""
+    return backend in backend_names() and get_backend(backend).unavailable_reason() is None
 
 
 def create_track(
@@ -78,7 +74,7 @@ def create_track(
     *,
     weight_bits: int,
     activation_bits: int | None,
-    backend: str = Track.Backend.SIMULATED,
+    backend: str = "simulated",
     **fields,
 ) -> Track:
     """Create (or update) the track of ``model`` on ``dataset`` at the given precision."""
@@ -109,71 +105,9 @@ def baseline_user():
     return user
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """A reference baseline: ``method`` (reference_methods.methods) quantizes under ``scheme``."""
-
-    method: str
-    scheme: str
-    label: str
-    description: str
-
-
-#: Reference methods run at per-channel granularity on every simulated track of at most 4-bit
-#: weights (and SmoothQuant, whose point is activation outliers, per-tensor at 8 bits), with their
-#: default options: the rows every track starts with besides RTN at each granularity.
-#: method -> (label, description).
-METHOD_BASELINES: dict[str, tuple[str, str]] = {
-    "gptq": ("GPTQ", "GPTQ (Hessian-based error compensation, act-order off, 1% dampening)"),
-    "comq": (
-        "COMQ",
-        "COMQ (backprop-free coordinate descent on the layer Gram, K = 1, lambda = 1)",
-    ),
-    "permutation-comq": (
-        "Permutation-COMQ",
-        "Permutation-COMQ (COMQ with scale groups cut from the sorted weights)",
-    ),
-    "smoothquant": (
-        "SmoothQuant",
-        "SmoothQuant (alpha = 0.5: activation range migrated into the weights)",
-    ),
-}
-
-
 def baseline_schemes(track: Track) -> list[Baseline]:
-    """A track's reference baselines. On the simulator: RTN at the track's precision for every
-    granularity, plus GPTQ, COMQ, Permutation-COMQ and SmoothQuant per-channel when weights are at
-    most 4-bit (SmoothQuant per-tensor at 8 bits). On ONNX backends: the standard INT8 Q/DQ export
-    (when the track allows 8 bits)."""
-    if track.backend != Track.Backend.SIMULATED:
-        if track.weight_bits < 8 or (track.activation_bits or 8) < 8:
-            return []
-        return [Baseline("rtn", "int8-qdq", "RTN INT8 Q/DQ", "per-channel RTN 8-bit weights, "
-                         "static per-tensor 8-bit activations calibrated by max|x|, exported as "
-                         "Q/DQ ONNX")]  # fmt: skip
-    precision = f"w{track.weight_bits}a{track.activation_bits or 16}"
-    baselines = [
-        Baseline("rtn", f"{precision}-{g}", f"RTN {g}",
-                 f"reference round-to-nearest quantization, scheme {precision}-{g} (weights per "
-                 "output channel unless per-tensor; static calibrated activation scales, "
-                 "per-token / per-voxel dynamic)")
-        for g in BASELINE_GRANULARITIES
-    ]  # fmt: skip
-    if track.weight_bits <= 4:
-        methods = list(METHOD_BASELINES)
-        granularity = "per-channel"
-    else:
-        methods = ["smoothquant"] if track.activation_bits else []
-        granularity = "per-tensor"
-    allowed = track.granularities
-    if allowed and granularity not in allowed:
-        return baselines
-    scheme = f"{precision}-{granularity}"
-    return baselines + [
-        Baseline(m, scheme, f"{METHOD_BASELINES[m][0]} {granularity}",
-                 f"{METHOD_BASELINES[m][1]}, scheme {scheme}, default options")
-        for m in methods
-    ]  # fmt: skip
+    """A track's reference baselines, as the harness defines them (``harness.baselines``)."""
+    return baselines_for(track.to_spec())
 
 
 def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:

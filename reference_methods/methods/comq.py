@@ -29,12 +29,13 @@ group id per weight; COMQ is one group per output channel.
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from reference_methods.methods.layerwise import quantize_layerwise
+from reference_methods.methods.layerwise import SEQUENTIAL_HELP, quantize_layerwise
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.quantizer import affine_max_code, check_bits
 from reference_methods.simulator.scheme import QuantConfig
@@ -215,10 +216,12 @@ class COMQConfig:
     """
 
     scheme: QuantConfig
-    sweeps: int = 1
-    shrink: float = 1.0
-    update_scale: bool = False
-    sequential: bool = False
+    sweeps: int = field(default=1, metadata={"help": "coordinate-descent sweeps K"})
+    shrink: float = field(default=1.0, metadata={"help": "grid shrink factor lambda > 0"})
+    update_scale: bool = field(
+        default=False, metadata={"help": "closed-form scale update after each sweep"}
+    )
+    sequential: bool = field(default=False, metadata={"help": SEQUENTIAL_HELP})
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QuantConfig):
@@ -230,6 +233,12 @@ class COMQConfig:
         check_options(self.scheme.weight_bits, self.sweeps, self.shrink)
 
 
+@register_method(
+    "comq",
+    config=COMQConfig,
+    label="COMQ",
+    summary="backprop-free coordinate descent on the layer Gram",
+)
 def apply(model: nn.Module, config: COMQConfig, calibration: Iterable[torch.Tensor]) -> nn.Module:
     """COMQ-quantized deep copy of ``model``, fitted on the calibration batches."""
     return quantize_layerwise(

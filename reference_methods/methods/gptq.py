@@ -31,12 +31,13 @@ A grouped conv runs GPTQ on each conv group's rows with that group's H.
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from reference_methods.methods.layerwise import quantize_layerwise
+from reference_methods.methods.layerwise import SEQUENTIAL_HELP, quantize_layerwise
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.quantized_layers import LayerSpec
 from reference_methods.simulator.quantizer import absmax, check_bits, qmax, symmetric_scale
@@ -171,10 +172,14 @@ class GPTQConfig:
     collects each layer's inputs from the partially quantized model (see ``layerwise``)."""
 
     scheme: QuantConfig
-    block_size: int = DEFAULT_BLOCK_SIZE
-    damp: float = DEFAULT_DAMP
-    act_order: bool = False
-    sequential: bool = False
+    block_size: int = field(default=DEFAULT_BLOCK_SIZE, metadata={"help": "columns per lazy batch"})
+    damp: float = field(
+        default=DEFAULT_DAMP, metadata={"help": "dampening, a fraction of mean(diag H)"}
+    )
+    act_order: bool = field(
+        default=False, metadata={"help": "quantize inputs by decreasing energy"}
+    )
+    sequential: bool = field(default=False, metadata={"help": SEQUENTIAL_HELP})
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QuantConfig):
@@ -182,6 +187,9 @@ class GPTQConfig:
         check_options(self.scheme.weight_bits, self.block_size, self.damp)
 
 
+@register_method(
+    "gptq", config=GPTQConfig, label="GPTQ", summary="Hessian-based error compensation"
+)
 def apply(model: nn.Module, config: GPTQConfig, calibration: Iterable[torch.Tensor]) -> nn.Module:
     """GPTQ-quantized deep copy of ``model``, fitted on the calibration batches."""
 

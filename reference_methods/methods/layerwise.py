@@ -22,6 +22,8 @@ from reference_methods.simulator.scheme import QuantConfig, layer_spec, quantize
 from reference_methods.simulator.weight_format import QuantizedWeight, from_rows, to_rows
 from reference_methods.statistics.gram import collect_grams
 
+SEQUENTIAL_HELP = "fit each layer on the partially quantized model's inputs, not the FP32 model's"
+
 Solver = Callable[[torch.Tensor, torch.Tensor, LayerSpec], QuantizedWeight]
 
 

@@ -23,7 +23,7 @@ COMQ at W4 and W2; the abs key is 2-4x lower at W4 but higher than COMQ at W2 on
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from reference_methods.methods.comq import COMQConfig, check_options, comq_codes, group_grid
 from reference_methods.methods.layerwise import quantize_layerwise
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.weight_format import QuantizedWeight
 
@@ -107,9 +108,11 @@ class PermutationCOMQConfig:
     scope ``layer`` or ``channel``."""
 
     comq: COMQConfig
-    groups: int | None = None
-    sort_key: SortKey = "signed"
-    scope: Scope = "layer"
+    groups: int | None = field(
+        default=None, metadata={"help": "magnitude groups G (default: output channels)"}
+    )
+    sort_key: SortKey = field(default="signed", metadata={"help": "sort key of the grouping"})
+    scope: Scope = field(default="layer", metadata={"help": "group over the layer or per channel"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.comq, COMQConfig):
@@ -119,6 +122,12 @@ class PermutationCOMQConfig:
         _check_grouping(1 if self.groups is None else self.groups, self.sort_key, self.scope)
 
 
+@register_method(
+    "permutation-comq",
+    config=PermutationCOMQConfig,
+    label="Permutation-COMQ",
+    summary="COMQ with scale groups cut from the sorted weights",
+)
 def apply(
     model: nn.Module, config: PermutationCOMQConfig, calibration: Iterable[torch.Tensor]
 ) -> nn.Module:

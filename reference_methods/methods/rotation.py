@@ -24,11 +24,12 @@ that cannot be rotated.
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.granularity import ActivationGranularity
 from reference_methods.simulator.hadamard import hadamard_base, hadamard_matrix
 from reference_methods.simulator.layer_extras import LayerExtras
@@ -55,7 +56,9 @@ class RotationConfig:
     per-channel activation scales, else exactly the named ones."""
 
     scheme: QuantConfig
-    layers: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "comma-separated layers to rotate (default: all that can)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QuantConfig):
@@ -108,6 +111,12 @@ def rotate_weights(model: nn.Module, names: Iterable[str]) -> nn.Module:
     return rotated
 
 
+@register_method(
+    "rotation",
+    config=RotationConfig,
+    label="Hadamard rotation",
+    summary="inputs rotated by a Hadamard matrix before quantization",
+)
 def apply(
     model: nn.Module, config: RotationConfig, calibration: Iterable[torch.Tensor] = ()
 ) -> nn.Module:

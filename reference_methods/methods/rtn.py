@@ -13,11 +13,18 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.scheme import QuantConfig, quantize
 
 RTNConfig = QuantConfig
 
 
+@register_method(
+    "rtn",
+    config=QuantConfig,
+    label="RTN",
+    summary="round-to-nearest absmax weights, calibrated static activation scales",
+)
 def apply(
     model: nn.Module, config: RTNConfig, calibration: Iterable[torch.Tensor] = ()
 ) -> nn.Module:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.layer_extras import LayerExtras
 from reference_methods.simulator.quantized_layers import layer_kind
 from reference_methods.simulator.quantizer import absmax
@@ -227,7 +228,10 @@ class SmoothQuantConfig:
     ``scheme``, which must quantize activations (its bits, rules and float layers apply)."""
 
     scheme: QuantConfig
-    alpha: float = DEFAULT_ALPHA
+    alpha: float = field(
+        default=DEFAULT_ALPHA,
+        metadata={"help": "migration strength in [0, 1]: activation range moved into weights"},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QuantConfig):
@@ -240,6 +244,12 @@ class SmoothQuantConfig:
         check_alpha(self.alpha)
 
 
+@register_method(
+    "smoothquant",
+    config=SmoothQuantConfig,
+    label="SmoothQuant",
+    summary="activation range migrated into the weights",
+)
 def apply(
     model: nn.Module, config: SmoothQuantConfig, calibration: Iterable[torch.Tensor]
 ) -> nn.Module:

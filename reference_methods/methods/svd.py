@@ -17,11 +17,12 @@ model's size.
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from reference_methods.methods.registry import register_method
 from reference_methods.simulator.layer_extras import LayerExtras
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, layer_kind
 from reference_methods.simulator.scheme import QuantConfig, quantize, target_layers
@@ -57,7 +58,7 @@ class SVDConfig:
     weight rule, activation quantizer and float layers quantize the residual."""
 
     scheme: QuantConfig
-    rank: int
+    rank: int = field(metadata={"help": "rank of the floating-point low-rank branch"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, QuantConfig):
@@ -65,6 +66,12 @@ class SVDConfig:
         check_rank(self.rank)
 
 
+@register_method(
+    "svd",
+    config=SVDConfig,
+    label="SVD",
+    summary="floating-point low-rank branch, residual quantized",
+)
 def apply(
     model: nn.Module, config: SVDConfig, calibration: Iterable[torch.Tensor] = ()
 ) -> nn.Module:

@@ -22,6 +22,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -38,8 +39,11 @@ from harness.artifacts.onnx.graph import (
     macs_per_sample,
     weighted_ops,
 )
-from harness.errors import HarnessError
+from harness.errors import SubmissionError
 from harness.models.reference import ModelSpec
+
+if TYPE_CHECKING:
+    from harness.track.spec import TrackSpec
 
 DEFAULT_MAX_BYTES = 512 * 2**20
 MAX_DIM = 2**16  # no input/output dimension of a segmentation graph is larger
@@ -181,7 +185,7 @@ FLOAT_BITS = {
 OTHER_BITS = FLOAT_BITS | {TensorProto.INT64: 64, TensorProto.BOOL: 8}
 
 
-class OnnxVerificationError(HarnessError):
+class OnnxVerificationError(SubmissionError):
     """A submitted ONNX file that is malformed, unsafe or not what it claims to be."""
 
 
@@ -210,6 +214,16 @@ class PrecisionLimits:
     activation_bits: int | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     max_float_mac_fraction: float = 0.0
+
+
+def verify_for_track(path: str | Path, spec: TrackSpec, model_spec: ModelSpec) -> dict:
+    """Verify an ONNX submission against a track's interface and precision limits."""
+    limits = PrecisionLimits(
+        weight_bits=spec.weight_bits,
+        activation_bits=spec.activation_bits,
+        max_float_mac_fraction=spec.max_float_mac_fraction,
+    )
+    return verify_onnx(path, OnnxInterface.for_model(model_spec), limits)
 
 
 def verify_onnx(path: str | Path, interface: OnnxInterface, limits: PrecisionLimits) -> dict:

@@ -2,8 +2,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from harness.backends import backend_names
 from harness.errors import HarnessError
-from leaderboard.tracks.models import Dataset, Track
+from leaderboard.tracks.models import Dataset
 from leaderboard.tracks.seeding import create_track, export_onnx, import_model
 
 
@@ -15,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--model", required=True, help="reference model folder")
         parser.add_argument("--wbits", type=int, required=True)
         parser.add_argument("--abits", type=int, help="omit for weight-only")
-        parser.add_argument("--backend", default="simulated", choices=Track.Backend.values)
+        parser.add_argument("--backend", default="simulated", choices=backend_names())
         parser.add_argument("--quota", type=int, default=5, help="submissions per user per day")
         parser.add_argument("--hidden", action="store_true")
 

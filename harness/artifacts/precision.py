@@ -1,0 +1,53 @@
+"""The one precision check: what an artifact really uses (read from it by its verifier) against
+what the track allows — weight bits, activation bits and granularity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from harness.errors import SubmissionError
+
+
+def granularity_label(precision: dict) -> str:
+    """Short granularity name of a verified artifact: adaptive, per-channel or per-tensor (a
+    checkpoint's weight and activation scales), or the ONNX verifier's weight granularity."""
+    if "weight_granularities" not in precision:
+        return precision.get("granularity", "")
+    acts = set(precision.get("activation_granularities") or [])
+    weights = set(precision.get("weight_granularities") or [])
+    if "per-voxel" in acts:
+        return "adaptive"
+    if weights <= {"per-tensor"} and acts <= {"per-tensor"}:
+        return "per-tensor"
+    if "per-channel" in weights or "per-channel" in acts:
+        return "per-channel"
+    return "+".join(sorted(weights | acts))
+
+
+def check_precision(
+    precision: dict,
+    *,
+    weight_bits: int | None,
+    activation_bits: int | None,
+    granularities: Sequence[str] = (),
+) -> None:
+    """SubmissionError unless ``precision`` (a verifier's report) fits the limits: at most
+    ``weight_bits`` / ``activation_bits`` (None: no limit / weight-only tracks admit float
+    activations) and one of ``granularities`` (empty: any)."""
+    used_w, used_a = precision.get("weight_bits"), precision.get("activation_bits")
+    if weight_bits is not None and (used_w is None or used_w > weight_bits):
+        raise SubmissionError(
+            f"track allows at most {weight_bits}-bit weights; the submission uses {used_w}-bit"
+        )
+    if activation_bits is not None and (used_a is None or used_a > activation_bits):
+        used = f"{used_a}-bit" if used_a is not None else "floating-point"
+        raise SubmissionError(
+            f"track allows at most {activation_bits}-bit activations; the submission uses "
+            f"{used} activations"
+        )
+    label = granularity_label(precision)
+    if granularities and label not in granularities:
+        raise SubmissionError(
+            f"granularity {label!r} is not allowed on this track; "
+            f"allowed: {', '.join(granularities)}"
+        )

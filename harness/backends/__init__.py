@@ -1,0 +1,44 @@
+"""Backends: one module each, behind the protocol in ``base.py``; this registry is the one list
+everything else derives from (TrackSpec, the CLI, the site's track field, worker queues, accepted
+submission kinds, the quantizer container's output).
+
+A module is imported only when its backend is asked for, so listing names costs nothing. Adding a
+backend is one module with a ``Backend`` subclass named ``BACKEND`` plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from harness.backends.base import Backend, OpenedArtifact
+from harness.errors import HarnessError
+
+BACKEND_MODULES: dict[str, str] = {
+    "simulated": "harness.backends.simulated",
+    "onnxruntime-cpu": "harness.backends.onnxruntime",
+    "tensorrt": "harness.backends.tensorrt",
+}
+"""Track setting → module whose ``BACKEND`` implements it."""
+
+__all__ = ["BACKEND_MODULES", "Backend", "OpenedArtifact", "backend_names", "get_backend"]
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(BACKEND_MODULES)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``; HarnessError naming the known ones otherwise."""
+    if name not in BACKEND_MODULES:
+        known = ", ".join(BACKEND_MODULES)
+        raise HarnessError(f"unknown backend {name!r} (expected one of: {known})")
+    return _load(name, BACKEND_MODULES[name])
+
+
+@cache
+def _load(name: str, module: str) -> Backend:
+    backend = importlib.import_module(module).BACKEND
+    if backend.name != name:
+        raise HarnessError(f"{module} implements backend {backend.name!r}, registered as {name!r}")
+    return backend

@@ -1,0 +1,35 @@
+"""The ``simulated`` backend: a quantized checkpoint applied to the track's reference architecture
+and run by the exact integer simulator in PyTorch (any bits, any granularity). Its timings are of
+the simulation, not of a deployment, so it reports no efficiency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.artifacts.kinds import CHECKPOINT
+from harness.backends.base import Backend, OpenedArtifact
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.models.reference import ModelSpec
+    from harness.track.spec import TrackSpec
+
+
+class SimulatedBackend(Backend):
+    name = "simulated"
+    label = "simulated integer (PyTorch)"
+    artifact_kinds = (CHECKPOINT,)
+    measures_latency = False
+
+    def open(
+        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
+    ) -> OpenedArtifact:
+        from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
+
+        network = load_checkpoint(artifact, reference)
+        return OpenedArtifact(network, describe_checkpoint(artifact))
+
+
+BACKEND = SimulatedBackend()

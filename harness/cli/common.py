@@ -1,0 +1,51 @@
+"""Arguments shared by the commands that work on a track (dataset × reference model)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.backends import backend_names
+
+
+def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path") -> None:
+    p.add_argument("--dataset", required=True, help="dataset folder (MSD or nnU-Net v2 layout)")
+    p.add_argument("--model", required=True, help="reference model folder (model.json + weights)")
+    p.add_argument("--test-split", default="test", help="split of splits.json to score on")
+    p.add_argument("--calibration-split", default="calibration", help="unlabeled calibration split")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=out_help)
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """The track's backend (choices from the backend registry) and its precision limits."""
+    p.add_argument("--backend", choices=backend_names(), default="simulated")
+    p.add_argument("--weight-bits", type=int, help="track limit on weight bits")
+    p.add_argument("--activation-bits", type=int, help="track limit on activation bits")
+    p.add_argument(
+        "--max-float-mac-fraction",
+        type=float,
+        default=0.0,
+        help="share of weighted-op MACs an ONNX file may keep with float weights",
+    )
+
+
+def open_track(args: argparse.Namespace):
+    """The LoadedTrack the arguments describe."""
+    from harness.track.loaded import LoadedTrack
+    from harness.track.spec import TrackSpec
+
+    spec = TrackSpec(
+        model_dir=Path(args.model),
+        dataset_dir=Path(args.dataset),
+        test_split=args.test_split,
+        calibration_split=args.calibration_split,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        seed=args.seed,
+        backend=getattr(args, "backend", "simulated"),
+        weight_bits=getattr(args, "weight_bits", None),
+        activation_bits=getattr(args, "activation_bits", None),
+        max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
+    )
+    return LoadedTrack.open(spec)

@@ -1,0 +1,116 @@
+"""``harness evaluate`` and ``harness export-onnx``: score a submission on a track; write the FP32
+reference or a quantized model as (Q/DQ) ONNX."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli.common import add_backend_args, add_track_args, open_track
+from harness.errors import HarnessError
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from harness.scoring.result import write_result
+    from harness.submission import Submission, evaluate_submission
+
+    if sum(bool(x) for x in (args.scheme, args.checkpoint, args.onnx)) > 1:
+        raise HarnessError("give one of --scheme, --checkpoint or --onnx")
+    if args.onnx:
+        submission = Submission("onnx", onnx=Path(args.onnx))
+    elif args.scheme:
+        submission = Submission("scheme", scheme=args.scheme)
+    elif args.checkpoint:
+        submission = Submission("checkpoint", checkpoint=Path(args.checkpoint))
+    else:
+        submission = Submission("fp32")
+    track = open_track(args)
+    result, _ = evaluate_submission(track, submission, progress=not args.quiet)
+    write_result(result, args.out)
+    s = result["summary"]
+    print(
+        f"{submission.label}: mean DSC {s['mean_dsc']:.4f} (↓{s['dsc_drop_pct']:.2f}%), "
+        f"mean NSD {s['mean_nsd']:.4f} (↓{s['nsd_drop_pct']:.2f}%), "
+        f"95% CI [{s['dsc_ci95'][0]:.4f}, {s['dsc_ci95'][1]:.4f}] → {args.out}"
+    )
+    if "efficiency" in result:
+        e = result["efficiency"]
+        patch, volume = e["latency_ms"]["per_patch"], e["latency_ms"].get("per_volume")
+        kernels = e.get("kernels", {})
+        print(
+            f"{e['backend']}: {e['size_mb']:.2f} MB, per patch {patch['median_ms']:.1f} ms "
+            f"(p95 {patch['p95_ms']:.1f})"
+            + (f", per volume {volume['median_ms']:.0f} ms" if volume else "")
+            + (
+                f", {kernels['int8_mac_fraction']:.0%} of conv/linear MACs in integer kernels"
+                if kernels
+                else ""
+            )
+        )
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> None:
+    from harness.artifacts.checkpoint import load_checkpoint
+    from harness.artifacts.onnx.export import (
+        FP32_TOLERANCE,
+        export_fp32,
+        export_qdq,
+        int8_model,
+        relative_difference,
+    )
+
+    if args.checkpoint and args.int8:
+        raise HarnessError("give --checkpoint or --int8, not both")
+    track = open_track(args)
+    if args.checkpoint or args.int8:
+        calibration = track.calibration
+        if args.checkpoint:
+            model = load_checkpoint(Path(args.checkpoint), track.model)
+        else:
+            model = int8_model(track.model, calibration)
+        path = export_qdq(model, track.model_spec, calibration, args.out)
+        difference = relative_difference(model, path, calibration[0])
+        print(
+            f"Q/DQ ONNX → {path}; max |ORT − simulated| / max |simulated| on a calibration "
+            f"batch {difference:.3g}"
+        )
+        return
+    path = export_fp32(track.model, track.model_spec, args.out)
+    difference = relative_difference(track.model, path, track.calibration[0])
+    if difference > FP32_TOLERANCE:
+        raise HarnessError(
+            f"the exported graph differs from PyTorch by {difference:.3g} of the logit range "
+            f"(> {FP32_TOLERANCE})"
+        )
+    print(
+        f"FP32 ONNX → {path}; max |ORT − PyTorch| / max |PyTorch| {difference:.2g} "
+        f"(tolerance {FP32_TOLERANCE})"
+    )
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score FP32, a simulated scheme, a quantized checkpoint or an ONNX file",
+    )
+    add_track_args(p)
+    p.add_argument("--scheme", help="e.g. w8a8-per-tensor, w4a4-per-channel, w4a16-adaptive")
+    p.add_argument("--checkpoint", help="quantized checkpoint folder (manifest + safetensors)")
+    p.add_argument("--onnx", help="ONNX file with Q/DQ nodes (on an ONNX backend)")
+    add_backend_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export-onnx",
+        parents=[common],
+        help="FP32 reference → ONNX; or an INT8 / quantized checkpoint → Q/DQ ONNX",
+    )
+    add_track_args(p, out_help="ONNX file to write")
+    p.add_argument("--checkpoint", help="export this quantized checkpoint as Q/DQ ONNX")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="export per-channel INT8 weights + static per-tensor INT8 activations as Q/DQ ONNX",
+    )
+    p.set_defaults(func=cmd_export_onnx)

@@ -1,0 +1,93 @@
+"""``harness quantize``: a reference PTQ method → quantized checkpoint. Its method options, their
+help and the list of methods come from the method registry (``reference_methods.methods``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from harness.cli.common import add_track_args, open_track
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from harness.artifacts.checkpoint import save_checkpoint
+    from harness.models.reference import weights_sha256
+    from reference_methods.methods import all_options, method_config, quantize_with
+    from reference_methods.simulator.scheme import QuantConfig
+
+    scheme = QuantConfig(
+        weight_bits=args.wbits,
+        activation_bits=args.abits,
+        granularity=args.granularity,
+        activation_scales=args.activation_scales,
+        weight_group_size=args.group_size,
+        skip=tuple(args.skip.split(",")) if args.skip else (),
+    )
+    options = {
+        name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None
+    }
+    method_config(args.method, scheme, options)  # refuse bad options before reading any data
+    track = open_track(args)
+    start = time.perf_counter()
+    model = quantize_with(args.method, track.model, scheme, track.calibration, options)
+    seconds = time.perf_counter() - start
+    reference = {
+        "model": track.model_spec.name,
+        "weights_sha256": weights_sha256(track.spec.model_dir),
+        "method": args.method,
+        "scheme": scheme.name,
+        "options": options,
+        "calibration_cases": [c.case_id for c in track.calibration_cases],
+    }
+    save_checkpoint(model, Path(args.out), reference)
+    print(f"{args.method} {scheme.name} in {seconds:.1f} s → {args.out}")
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per registered method option (``--block-size`` for ``block_size``), typed and
+    documented from the config dataclasses; unset flags are not passed to the method."""
+    from reference_methods.methods import METHODS, all_options, methods_with
+
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    for name, option in all_options().items():
+        flag = "--" + name.replace("_", "-")
+        owners = ", ".join(methods_with(name))
+        text = f"{owners}: {option.help}"
+        if option.choices:
+            text += f" ({' or '.join(option.choices)})"
+        if not option.required and option.default is not None and option.kind is not bool:
+            text += f" (default {option.default})"
+        if option.kind is bool:
+            p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, dest=name, type=option.parse, help=text)
+
+
+def register(sub, common: argparse.ArgumentParser, *, method_options: bool) -> None:
+    """``method_options`` False leaves them out (they import the methods, and torch): for a
+    command line that does not run ``quantize``."""
+    p = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="quantize the reference model with a reference PTQ method → quantized checkpoint",
+    )
+    add_track_args(p, out_help="quantized checkpoint folder to write")
+    p.add_argument("--wbits", type=int, required=True, help="weight bits (2..8)")
+    p.add_argument("--abits", type=int, help="activation bits (2..8); omit for weight-only")
+    p.add_argument(
+        "--granularity",
+        default="per-channel",
+        help="per-tensor, per-channel or adaptive (the scheme's rule table)",
+    )
+    p.add_argument(
+        "--activation-scales",
+        choices=("static", "dynamic"),
+        default="static",
+        help="per-tensor / per-channel activation scales: calibrated or computed at run time",
+    )
+    p.add_argument("--group-size", type=int, help="group-wise weights: inputs per scale")
+    p.add_argument("--skip", help="comma-separated module names kept in floating point")
+    if method_options:
+        add_method_options(p)
+    p.set_defaults(func=cmd_quantize)

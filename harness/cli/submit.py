@@ -1,0 +1,49 @@
+"""``harness submit``: upload a quantized checkpoint or ONNX file to a leaderboard site."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from harness.client import submit, wait
+
+    token = args.token or os.environ.get("MEDQUANT_TOKEN")
+    if not token:
+        raise HarnessError("an API token is needed: --token or MEDQUANT_TOKEN")
+    created = submit(
+        args.url, token, args.track, args.method, Path(args.artifact), args.description
+    )
+    print(f"submission {created['id']} {created['status']} on {created['track']}")
+    if args.wait:
+        final = wait(args.url, token, created["id"], args.timeout)
+        detail = (
+            final["error"] or f"mean DSC {final['mean_dsc']:.4f}, mean NSD {final['mean_nsd']:.4f}"
+        )
+        print(f"submission {final['id']} {final['status']}: {detail}")
+        if final["status"] != "done":
+            raise HarnessError(f"submission {final['id']} {final['status']}")
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "submit", help="submit a quantized checkpoint or ONNX file to a leaderboard site (REST API)"
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="site address")
+    p.add_argument("--token", help="personal API token (default: $MEDQUANT_TOKEN)")
+    p.add_argument("--track", required=True, help="track slug")
+    p.add_argument("--method", required=True, help="method name shown on the leaderboard")
+    p.add_argument("--description", default="")
+    p.add_argument(
+        "--checkpoint",
+        dest="artifact",
+        required=True,
+        help="checkpoint folder (manifest.json + weights.safetensors), checkpoint .zip or .onnx",
+    )
+    p.add_argument("--wait", action="store_true", help="poll until the evaluation finishes")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait at most")
+    p.set_defaults(func=cmd_submit)

@@ -1,0 +1,85 @@
+"""LoadedTrack: a track with its dataset parsed, its FP32 model loaded and its FP32 reference run
+cached, reused across the submissions a worker evaluates on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from harness.backends import Backend, get_backend
+from harness.data.calibration import calibration_batches
+from harness.data.dataset import Case, Dataset, load_dataset
+from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.models.reference import ModelSpec, load_reference_model, weights_sha256
+from harness.track.spec import TrackSpec
+
+
+@dataclass
+class LoadedTrack:
+    """``timer`` holds the seconds spent on the track itself (load, calibration data, the FP32
+    reference run), reported in every result computed on it."""
+
+    spec: TrackSpec
+    dataset: Dataset
+    model_spec: ModelSpec
+    model: nn.Module
+    timer: StageTimer = field(default_factory=StageTimer)
+
+    @classmethod
+    def open(cls, spec: TrackSpec) -> LoadedTrack:
+        timer = StageTimer()
+        with timer.stage("load"):
+            dataset = load_dataset(spec.dataset_dir)
+            model_spec, model = load_reference_model(spec.model_dir)
+        return cls(spec, dataset, model_spec, model, timer)
+
+    @property
+    def backend(self) -> Backend:
+        return get_backend(self.spec.backend)
+
+    @property
+    def test_cases(self) -> tuple[Case, ...]:
+        return self.dataset.split(self.spec.test_split)
+
+    @property
+    def calibration_cases(self) -> tuple[Case, ...]:
+        return self.dataset.split(self.spec.calibration_split)
+
+    @cached_property
+    def calibration(self) -> list[torch.Tensor]:
+        """Calibration patch batches, read once per track (unlabeled)."""
+        with self.timer.stage("calibration_data"):
+            return calibration_batches(self.calibration_cases, self.model_spec)
+
+    @cached_property
+    def fp32_run(self) -> EvaluationRun:
+        """The FP32 reference evaluated once per track: every submission's ↓Δ% is against it."""
+        with self.timer.stage("fp32_reference"):
+            return self.run(self.model, progress=False, desc="fp32")
+
+    def track_info(self) -> dict:
+        return {
+            "model": self.model_spec.name,
+            "architecture": self.model_spec.architecture,
+            "family": self.model_spec.family,
+            "weights_sha256": weights_sha256(self.spec.model_dir),
+            "dataset": self.dataset.name,
+            "test_cases": [c.case_id for c in self.test_cases],
+            "calibration_cases": [c.case_id for c in self.calibration_cases],
+            "nsd_tolerance_mm": self.spec.nsd_tolerance_mm,
+            "backend": self.spec.backend,
+        }
+
+    def run(self, model: nn.Module, progress: bool, desc: str) -> EvaluationRun:
+        return evaluate_cases(
+            model,
+            self.model_spec,
+            self.test_cases,
+            self.dataset.labels,
+            self.spec.nsd_tolerance_mm,
+            progress=progress,
+            desc=desc,
+        )
