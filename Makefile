@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 HARNESS := $(VENV)/bin/harness
 DEMO ?= demo
 
-.PHONY: venv run demo test lint format benchmark demo-models
+.PHONY: venv run demo test test-fast lint format benchmark demo-models
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: venv
 
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+## The suite without Docker, the browser, live services or training (minutes, not the full run)
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not docker and not browser and not services and not training"
 
 lint: venv
 	$(VENV)/bin/ruff format --check .

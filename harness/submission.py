@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.artifacts.kinds import ARTIFACT_KINDS
 from harness.artifacts.precision import check_precision
-from harness.backends import OpenedArtifact
+from harness.backends import Backend, OpenedArtifact, backend_names, get_backend
 from harness.data.preprocessing import preprocess, read_case
-from harness.errors import SubmissionError
+from harness.errors import CheckpointError, SubmissionError
 from harness.inference.evaluation import EvaluationRun, StageTimer
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
@@ -60,8 +61,8 @@ def open_submission(
         return OpenedArtifact(track.model, FP32_PRECISION)
     backend = track.backend
     if submission.kind == "scheme":
-        if not backend.scores("checkpoint"):
-            raise SubmissionError(f"a {backend.name} track scores artifacts, not named schemes")
+        if not backend.scores("checkpoint"):  # a scheme is what a checkpoint would hold
+            raise _wrong_kind("checkpoint", backend)
         config = QuantConfig.from_scheme(submission.scheme)
         calibration = track.calibration
         with timer.stage("quantize"):
@@ -76,13 +77,7 @@ def open_submission(
         )
     else:
         if not backend.scores(submission.kind):
-            kinds = " or ".join(k.description for k in backend.artifact_kinds)
-            hint = (
-                "; export the checkpoint with `harness export-onnx --checkpoint` and submit that"
-                if submission.kind == "checkpoint"
-                else ""
-            )
-            raise SubmissionError(f"a {backend.name} track scores {kinds}{hint}")
+            raise _wrong_kind(submission.kind, backend)
         with timer.stage("verify"):
             opened = backend.open(
                 Path(submission.artifact),
@@ -98,6 +93,20 @@ def open_submission(
         granularities=spec.granularities,
     )
     return opened
+
+
+def _wrong_kind(kind: str, backend: Backend) -> SubmissionError:
+    """The error for an artifact kind the track's backend does not score, naming what to do."""
+    if kind == "checkpoint":
+        return CheckpointError(
+            f"a {backend.name} track scores {backend.artifact_kinds[0].plural}; export the "
+            "checkpoint with `harness export-onnx --checkpoint` and submit that"
+        )
+    where = [name for name in backend_names() if get_backend(name).scores(kind)]
+    return SubmissionError(
+        f"{ARTIFACT_KINDS[kind].label} submissions are scored on {' or '.join(where)} tracks; "
+        f"this track's backend is {backend.name}"
+    )
 
 
 def evaluate_submission(

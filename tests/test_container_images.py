@@ -20,7 +20,7 @@ import pytest
 
 from harness.containers.images import ImageError, load_image_archive, pin_registry_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
 MAX_BYTES = 16 << 20
 
 

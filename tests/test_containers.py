@@ -34,7 +34,7 @@ from harness.track.spec import TrackSpec
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.scheme import QuantConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 LIMITS = ContainerLimits(
     timeout_s=20,

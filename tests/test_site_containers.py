@@ -37,7 +37,7 @@ from leaderboard.submissions.models import FINISHED, Evaluation, Kind, Status
 from leaderboard.submissions.tasks import evaluate, queue_for, time_limit_s
 
 __all__ = ["registry", "site_storage", "tiny_tracks"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
 LIMITS = {"cpus": 1.0, "memory_bytes": 2 << 30}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from leaderboard_services import postgres_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 TESTS = Path(__file__).parent
 SITE_TESTS = [
     "test_site_pipeline.py",

@@ -8,6 +8,8 @@ from harness.data.dataset import load_dataset
 from harness.models.reference import read_spec
 from harness.models.training import TrainConfig, load_training_volumes, sample_patch, train
 
+pytestmark = pytest.mark.training
+
 
 @pytest.fixture(scope="module")
 def volumes(tiny_track):

@@ -16,7 +16,7 @@ from leaderboard_services import TINY_TRACK, LiveSite, live_site
 from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
 
 __all__ = ["tiny_checkpoints"]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.services]
 QUOTA = 2
 TRACK = TINY_TRACK
 

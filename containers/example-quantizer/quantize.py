@@ -46,7 +46,7 @@ def main() -> None:
         for patch in volume_patches(load_file(path)["image"], spec)
     ]
     start = time.perf_counter()
-    if track["backend"] != "simulated":
+    if track["output"]["format"] == "onnx-qdq":
         export_qdq(int8_model(model, calibration), spec, calibration, args.output / "model.onnx")
         print(
             f"int8 Q/DQ ONNX on {len(calibration)} patches in {time.perf_counter() - start:.1f} s"

@@ -14,10 +14,13 @@ ONNX_FILE = "model.onnx"
 
 @dataclass(frozen=True)
 class ArtifactKind:
-    """``name`` as in ``Submission.kind``; ``files`` the exact file set of the artifact folder;
-    ``output`` the ``track.json`` description a quantizer container reads."""
+    """``name`` as in ``Submission.kind``; ``label`` and ``plural`` how messages name it;
+    ``files`` the exact file set of the artifact folder; ``output`` the ``track.json``
+    description a quantizer container reads."""
 
     name: str
+    label: str
+    plural: str
     description: str
     files: frozenset[str]
     output: dict
@@ -25,9 +28,18 @@ class ArtifactKind:
 
 CHECKPOINT = ArtifactKind(
     "checkpoint",
+    "Checkpoint",
+    "quantized checkpoints",
     "a quantized checkpoint",
     frozenset({MANIFEST_NAME, WEIGHTS_NAME}),
     {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION},
 )
-ONNX = ArtifactKind("onnx", "ONNX with Q/DQ nodes", frozenset({ONNX_FILE}), {"format": "onnx-qdq"})
+ONNX = ArtifactKind(
+    "onnx",
+    "ONNX",
+    "ONNX files",
+    "ONNX with Q/DQ nodes",
+    frozenset({ONNX_FILE}),
+    {"format": "onnx-qdq"},
+)
 ARTIFACT_KINDS = {kind.name: kind for kind in (CHECKPOINT, ONNX)}

@@ -89,7 +89,8 @@ def modelopt_baseline(
 ) -> Path:
     """The track's ModelOpt INT8 entry: FP32 export → ModelOpt PTQ calibrated on the track's
     calibration patches (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
-    from harness.artifacts.onnx.export import INPUT_NAME, export_fp32
+    from harness.artifacts.onnx.export import export_fp32
+    from harness.artifacts.onnx.interface import INPUT_NAME
 
     out_dir = Path(out_dir)
     fp32 = export_fp32(model, model_spec, out_dir / "fp32.onnx")

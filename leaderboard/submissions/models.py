@@ -86,7 +86,7 @@ class Submission(models.Model):
     reference_method = models.CharField(
         max_length=40,
         blank=True,
-        help_text="reference PTQ method quantizing a baseline (reference_methods.methods)",
+        help_text="a baseline's reference PTQ method (a name in the method registry)",
     )
     method = models.CharField(max_length=80)
     description = models.TextField(blank=True)

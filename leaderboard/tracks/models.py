@@ -28,6 +28,12 @@ def check_ranking_keys(keys: list[str]) -> None:
         raise ValidationError(f"unknown ranking columns {unknown}; use {sorted(RANKING_METRICS)}")
 
 
+def backend_choices() -> list[tuple[str, str]]:
+    """The harness's backend registry as field choices (a callable, so that a new backend needs
+    no migration)."""
+    return [(name, get_backend(name).label) for name in backend_names()]
+
+
 class Dataset(models.Model):
     """A stored dataset folder (MSD or nnU-Net v2 layout with ``splits.json``).
 
@@ -79,9 +85,6 @@ class TrackQuerySet(models.QuerySet):
 class Track(models.Model):
     """What is ranked: a reference model on a dataset split at a precision on a backend."""
 
-    BACKEND_CHOICES = [(name, get_backend(name).label) for name in backend_names()]
-    """From the harness's backend registry."""
-
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=160)
     description = models.TextField(blank=True)
@@ -89,7 +92,7 @@ class Track(models.Model):
     reference_model = models.ForeignKey(
         ReferenceModel, on_delete=models.PROTECT, related_name="tracks"
     )
-    backend = models.CharField(max_length=20, choices=BACKEND_CHOICES, default="simulated")
+    backend = models.CharField(max_length=20, choices=backend_choices, default="simulated")
     weight_bits = models.PositiveSmallIntegerField(help_text="most weight bits allowed")
     activation_bits = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="most activation bits allowed; empty = weight-only"
@@ -109,7 +112,7 @@ class Track(models.Model):
     )
     max_float_mac_fraction = models.FloatField(
         default=0.0,
-        help_text="share of an ONNX submission's weighted-op MACs that may keep float weights",
+        help_text="share of an ONNX file's weighted-op MACs that may keep float weights",
     )
     accuracy_gate = models.FloatField(
         default=0.99, help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC"

@@ -1,6 +1,7 @@
 """The method registry: a PTQ method is a config dataclass (a field ``scheme: QuantConfig``, or a
-nested method config that has one; its other fields the method's options, each with a ``help`` in the field's metadata) and an
-``apply(model, config, calibration)`` function registered by ``@register_method``.
+nested method config that has one; its other fields the method's options, each with a ``help`` in
+the field's metadata) and an ``apply(model, config, calibration)`` function registered by
+``@register_method``.
 
 Everything a front end needs derives from that: option names, types, defaults, help text and
 whether they are required (``method_options``), the config (``method_config``), a one-line

@@ -76,8 +76,8 @@ def example_quantizer_image(client: docker.DockerClient) -> str:
     """containers/example-quantizer/quantize.py with the project's harness and methods."""
     files = {"quantize.py": (REPO / "containers/example-quantizer/quantize.py").read_bytes()}
     for package in ("harness", "reference_methods"):
-        for path in sorted((REPO / package).glob("*.py")):
-            files[f"{package}/{path.name}"] = path.read_bytes()
+        for path in sorted((REPO / package).rglob("*.py")):
+            files[path.relative_to(REPO).as_posix()] = path.read_bytes()
     files["harness/scoring/result_schema.json"] = (
         REPO / "harness/scoring/result_schema.json"
     ).read_bytes()

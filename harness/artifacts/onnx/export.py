@@ -27,6 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OPSET, OUTPUT_NAME
 from harness.errors import HarnessError
 from harness.models.reference import ModelSpec
 from reference_methods.simulator.granularity import ActivationGranularity, WeightGranularity
@@ -40,13 +41,9 @@ from reference_methods.simulator.scheme import (
 )
 from reference_methods.simulator.weight_format import QuantizedWeight, to_rows
 
-OPSET = 18
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
 FP32_TOLERANCE = 5e-3  # max |ONNX Runtime − PyTorch| / max |PyTorch| on FP32 logits
 ACTIVATION_ZERO_POINT = 128  # uint8 zero-point: code q ∈ [-127, 127] is stored as q + 128
 OUTPUT_QMAX = 127
-METADATA_PREFIX = "medquant."
 
 
 class ExportError(HarnessError):

@@ -29,7 +29,6 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from harness.artifacts.onnx.export import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME
 from harness.artifacts.onnx.graph import (
     INTEGER_BITS,
     GraphIndex,
@@ -39,6 +38,7 @@ from harness.artifacts.onnx.graph import (
     macs_per_sample,
     weighted_ops,
 )
+from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME
 from harness.errors import SubmissionError
 from harness.models.reference import ModelSpec
 

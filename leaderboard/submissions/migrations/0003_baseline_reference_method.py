@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
             name="reference_method",
             field=models.CharField(
                 blank=True,
-                help_text="reference PTQ method quantizing a baseline (reference_methods.methods)",
+                help_text="a baseline's reference PTQ method (a name in the method registry)",
                 max_length=40,
             ),
         ),
