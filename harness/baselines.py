@@ -32,6 +32,9 @@ LOW_BIT_MAX_WEIGHT_BITS = 4
 EIGHT_BIT_METHODS = ("smoothquant",)
 """At 8 bits only SmoothQuant (whose point is activation outliers) is run, per-tensor, on tracks
 that quantize activations."""
+WEIGHT_LAYOUT_LABELS = {"permutation-comq": "column-permuted"}
+"""Methods whose weights are not laid out by the scheme's rule table are labelled by their
+layout (Permutation-COMQ's baseline shares one column reordering per layer)."""
 INT8_QDQ = "int8-qdq"
 """Scheme name of the standard INT8 Q/DQ export, the baseline of ONNX backends."""
 INT8_QDQ_DESCRIPTION = (
@@ -81,7 +84,7 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
 
 
 def _baseline(method: str, scheme: str, granularity: str) -> Baseline:
-    label = f"{METHODS[method].label} {granularity}"
+    label = f"{METHODS[method].label} {WEIGHT_LAYOUT_LABELS.get(method, granularity)}"
     return Baseline(method, scheme, label, f"{describe(method)}, scheme {scheme}, default options")
 
 

@@ -91,6 +91,7 @@ def open_submission(
         weight_bits=spec.weight_bits,
         activation_bits=spec.activation_bits,
         granularities=spec.granularities,
+        bits_per_weight_budget=spec.budget,
     )
     return opened
 

@@ -355,7 +355,9 @@ def test_static_scales_declared_dynamic_are_refused(ckpt):
 @pytest.fixture(scope="module")
 def permuted_checkpoint(tmp_path_factory) -> Path:
     """A W4 weight-only Permutation-COMQ UNet: affine codes, zero-points, group ids (G = C_out)."""
-    config = PermutationCOMQConfig(COMQConfig(QuantConfig.from_scheme("w4a16-per-channel")))
+    config = PermutationCOMQConfig(
+        COMQConfig(QuantConfig.from_scheme("w4a16-per-channel")), scope="layer"
+    )
     quantized = permutation_comq.apply(_unet(0), config, [_volume(1)])
     return save_checkpoint(quantized, tmp_path_factory.mktemp("ckpt") / "permuted")
 
@@ -397,7 +399,7 @@ def test_describe_reads_affine_bits_from_the_codes(permuted):
 def test_size_counts_packed_codes_scales_zero_points_and_group_ids(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(2, 3, 3), nn.ReLU(), nn.Conv3d(3, 2, 1, bias=False))
-    config = PermutationCOMQConfig(COMQConfig(QuantConfig(4, None, "per-channel")))
+    config = PermutationCOMQConfig(COMQConfig(QuantConfig(4, None, "per-channel")), scope="layer")
     quantized = permutation_comq.apply(model, config, [torch.randn(1, 2, 5, 5, 5)])
     save_checkpoint(quantized, tmp_path)
     summary = describe_checkpoint(tmp_path)
@@ -422,7 +424,9 @@ def test_size_counts_packed_codes_scales_zero_points_and_group_ids(tmp_path):
 
 def test_loaded_permuted_model_reproduces_predictions_bit_exactly(permuted_checkpoint):
     reference = _unet(0)
-    config = PermutationCOMQConfig(COMQConfig(QuantConfig.from_scheme("w4a16-per-channel")))
+    config = PermutationCOMQConfig(
+        COMQConfig(QuantConfig.from_scheme("w4a16-per-channel")), scope="layer"
+    )
     quantized = permutation_comq.apply(reference, config, [_volume(1)])
     x = _volume(3)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from reference_methods.methods import permutation_comq as pcomq
 from reference_methods.methods.comq import COMQConfig
 from reference_methods.methods.permutation_comq import PermutationCOMQConfig, magnitude_groups
 from reference_methods.simulator.scheme import QuantConfig, quantized_layers
+from reference_methods.simulator.weight_format import to_rows
 from reference_methods.statistics.reconstruction import reconstruction_errors
 
 W4A16 = QuantConfig(4, None, "per-channel")
@@ -120,7 +121,10 @@ def test_scale_updates_never_increase_the_error():
         ({"groups": 0}, "groups must be an integer >= 1, got 0"),
         ({"groups": -2}, "groups must be an integer >= 1"),
         ({"sort_key": "square"}, "unknown sort key 'square' \\(expected one of: abs, signed\\)"),
-        ({"scope": "tensor"}, "unknown scope 'tensor' \\(expected one of: layer, channel\\)"),
+        (
+            {"scope": "tensor"},
+            "unknown scope 'tensor' \\(expected one of: column, layer, channel\\)",
+        ),
         ({"scope": "channel"}, "scope 'channel' needs groups"),
     ],
 )
@@ -150,7 +154,10 @@ def test_more_groups_than_weights_names_the_layer():
 
 @pytest.mark.parametrize(
     ("options", "granularity", "groups"),
-    [({}, "permuted", None), ({"groups": 4, "scope": "channel"}, "permuted-per-channel", 4)],
+    [
+        ({"scope": "layer"}, "permuted", None),
+        ({"groups": 4, "scope": "channel"}, "permuted-per-channel", 4),
+    ],
 )
 def test_permuted_model_saves_loads_and_counts_its_group_ids(
     tmp_path, options, granularity, groups
@@ -185,10 +192,41 @@ def test_errors_order_rtn_above_comq_above_permutation_comq_on_a_small_model():
                 comq.apply(model, COMQConfig(scheme), calibration), model, calibration
             ),
             "pcomq": reconstruction_errors(
-                pcomq.apply(model, PermutationCOMQConfig(COMQConfig(scheme)), calibration),
+                pcomq.apply(
+                    model, PermutationCOMQConfig(COMQConfig(scheme), scope="layer"), calibration
+                ),
                 model,
                 calibration,
             ),
         }
         assert all(errors["comq"][name] <= errors["rtn"][name] for name in errors["rtn"])
         assert sum(errors["pcomq"].values()) <= sum(errors["comq"].values())
+
+
+def test_column_scope_shares_one_column_reordering_and_costs_a_column_index_per_layer(tmp_path):
+    scheme = QuantConfig(2, None, "per-channel")
+    config = PermutationCOMQConfig(COMQConfig(scheme), groups=3)
+    assert config.scope == "column"  # the default, and the baseline's
+    quantized = pcomq.apply(_unet(), config, [_volume(1)])
+    save_checkpoint(quantized, tmp_path)
+    summary = describe_checkpoint(tmp_path)
+    id_bytes = 0
+    for name, layer in quantized_layers(quantized).items():
+        entry = summary["layers"][name]
+        assert entry["weight_group_ids_shared"] == "columns"
+        ids = to_rows(layer.weight_group_ids, layer.weight_channel_axis)
+        assert torch.equal(ids, ids[:1].expand_as(ids))  # one reordering for every row
+        id_bytes += math.ceil(ids.shape[1] * 2 / 8)  # ceil(log2 3) = 2 bits per column
+    assert summary["size_breakdown_bytes"]["weight_group_ids"] == id_bytes
+    parts = ("weight_codes", "weight_scales", "weight_zero_points", "weight_group_ids")
+    stored = 8 * sum(summary["size_breakdown_bytes"][part] for part in parts)
+    assert summary["bits_per_weight"] == pytest.approx(stored / summary["quantized_weights"])
+
+
+def test_column_scope_defaults_to_one_group_per_128_inputs():
+    weight = torch.randn(4, 300)
+    assert pcomq.default_groups(weight, "column") == 2
+    assert pcomq.default_groups(torch.randn(4, 100), "column") == 1
+    groups = pcomq.column_groups(weight, 2)
+    magnitude = weight.abs().amax(dim=0)
+    assert magnitude[groups[0] == 0].max() <= magnitude[groups[0] == 1].min()

@@ -37,6 +37,7 @@ from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec, layer_kind
 from reference_methods.simulator.quantizer import MIN_BITS, bits_for_affine_code, bits_for_code
 from reference_methods.simulator.scheme import quantized_layers
+from reference_methods.simulator.weight_format import to_rows
 
 FORMAT = "medquant-quantized-checkpoint"
 VERSION = 1
@@ -62,6 +63,7 @@ _SIZE_PARTS = (
     "input_scales",
     "lowrank_branch",
 )
+"""Stored parts of a quantized layer's weight: what effective bits per weight count."""
 # what a layer declares when it holds each optional layout / extras tensor
 _DECLARES = {
     "weight_zero_point": "affine weights",
@@ -146,7 +148,12 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     ceil(log2 G) bits, explicit input scales and low-rank branches (kept in floating point) and
     every other tensor (biases, activation scales, float layers) at their stored width; an input
     rotation is rebuilt from the layer's width and takes none. ``size_breakdown_bytes`` splits it
-    up and each layer reports its own share.
+    up and each layer reports its own share. Group ids equal in every row of a layer (one shared
+    column reordering) are one column index: n * ceil(log2 G) bits.
+
+    ``bits_per_weight`` = 8 × (bytes of every ``_SIZE_PARTS`` part of the quantized layers) ÷
+    (their number of weights): codes, scales, zero-points, group ids, explicit input scales and
+    low-rank branches, per quantized weight.
     """
     ckpt_dir = Path(ckpt_dir)
     specs = _read_layer_specs(ckpt_dir)
@@ -168,7 +175,12 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     breakdown["other"] = sum(e["size_bytes"]["other"] for e in entries) + sum(
         t.numel() * t.element_size() for key, t in tensors.items() if key not in owned
     )
+    weights = sum(e["weights"] for e in entries)
+    weight_bytes = sum(breakdown[part] for part in _SIZE_PARTS)
     for entry in entries:
+        entry["bits_per_weight"] = (
+            8 * sum(entry["size_bytes"][part] for part in _SIZE_PARTS) / entry["weights"]
+        )
         entry["size_bytes"] = sum(entry["size_bytes"].values())
     return {
         "format": FORMAT,
@@ -184,6 +196,8 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
         "activation_scales": [s for s in distinct("activation_scale") if s is not None],
         "size_bytes": sum(breakdown.values()),
         "size_breakdown_bytes": breakdown,
+        "quantized_weights": weights,
+        "bits_per_weight": 8 * weight_bytes / weights if weights else 0.0,
         "layers": layers,
     }
 
@@ -335,12 +349,23 @@ def _verified_layer(name: str, spec: LayerSpec, tensors: dict[str, torch.Tensor]
     )
     entry["activation_scale"] = spec.activation_scale
     other = [tensors.get(f"{name}.{buffer}") for buffer in ("bias", "act_scale")]
+    id_rows = None
+    if group_ids is not None:
+        id_rows = to_rows(group_ids, QUANT_LAYER_TYPES[spec.kind].weight_channel_axis)
+    shared_ids = id_rows is not None and bool((id_rows == id_rows[:1]).all())
+    if shared_ids:
+        entry["weight_group_ids_shared"] = "columns"
+    entry["weights"] = codes.numel()
     entry["size_bytes"] = {
         "weight_codes": _packed_bytes(codes.numel(), weight_bits),
         "weight_scales": scale.numel() * _FLOAT32_BYTES,
         "weight_zero_points": 0 if zero_point is None else _zero_point_bytes(name, zero_point),
         "weight_group_ids": (
-            0 if group_ids is None else _packed_bytes(group_ids.numel(), _id_bits(scale.shape[-1]))
+            0
+            if group_ids is None
+            else _packed_bytes(
+                id_rows.shape[1] if shared_ids else group_ids.numel(), _id_bits(scale.shape[-1])
+            )
         ),
         "input_scales": _stored_bytes(tensors, name, "input_scale"),
         "lowrank_branch": sum(_stored_bytes(tensors, name, b) for b in ("lowrank_u", "lowrank_v")),

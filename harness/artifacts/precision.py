@@ -9,12 +9,24 @@ from harness.errors import SubmissionError
 
 
 def granularity_label(precision: dict) -> str:
-    """Short granularity name of a verified artifact: adaptive, per-channel or per-tensor (a
-    checkpoint's weight and activation scales), or the ONNX verifier's weight granularity."""
+    """Short, honest granularity name of a verified artifact: the weight layout when it is not
+    the rule table's (``column-permuted``, ``permuted``, ``group-wise g<size>``), else adaptive,
+    per-channel or per-tensor (a checkpoint's weight and activation scales); or the ONNX
+    verifier's weight granularity."""
     if "weight_granularities" not in precision:
         return precision.get("granularity", "")
     acts = set(precision.get("activation_granularities") or [])
     weights = set(precision.get("weight_granularities") or [])
+    layers = list((precision.get("layers") or {}).values())
+    if any(layer.get("weight_group_ids_shared") for layer in layers):
+        return "column-permuted"
+    if weights & {"permuted", "permuted-per-channel"}:
+        return "permuted"
+    if "group-wise" in weights:
+        sizes = sorted(
+            {layer["weight_group_size"] for layer in layers if layer.get("weight_group_size")}
+        )
+        return "group-wise " + "/".join(f"g{size}" for size in sizes)
     if "per-voxel" in acts:
         return "adaptive"
     if weights <= {"per-tensor"} and acts <= {"per-tensor"}:
@@ -30,10 +42,12 @@ def check_precision(
     weight_bits: int | None,
     activation_bits: int | None,
     granularities: Sequence[str] = (),
+    bits_per_weight_budget: float | None = None,
 ) -> None:
     """SubmissionError unless ``precision`` (a verifier's report) fits the limits: at most
     ``weight_bits`` / ``activation_bits`` (None: no limit / weight-only tracks admit float
-    activations) and one of ``granularities`` (empty: any)."""
+    activations), one of ``granularities`` (empty: any) and at most ``bits_per_weight_budget``
+    effective bits per weight (when the report has them: artifacts do, named schemes do not)."""
     used_w, used_a = precision.get("weight_bits"), precision.get("activation_bits")
     if weight_bits is not None and (used_w is None or used_w > weight_bits):
         raise SubmissionError(
@@ -44,6 +58,13 @@ def check_precision(
         raise SubmissionError(
             f"track allows at most {activation_bits}-bit activations; the submission uses "
             f"{used} activations"
+        )
+    bpw = precision.get("bits_per_weight")
+    if bits_per_weight_budget is not None and bpw is not None and bpw > bits_per_weight_budget:
+        raise SubmissionError(
+            f"the artifact stores {bpw:.2f} effective bits per weight (codes, scales, zero-points, "
+            f"group ids and side branches of its quantized layers); this track's budget is "
+            f"{bits_per_weight_budget:.2f} bits per weight"
         )
     label = granularity_label(precision)
     if granularities and label not in granularities:

@@ -11,9 +11,16 @@ from harness.errors import HarnessError
 
 TRACK_SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-"""Version 1 lacked ``granularities``, ``accuracy_gate`` and ``time_limit_s`` (defaults apply)."""
+"""Version 1 lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
+``bits_per_weight_budget`` and ``division`` (defaults apply)."""
 DEFAULT_ACCURACY_GATE = 0.99
 """MLPerf-style: an entry passes when its mean DSC is at least 99% of the FP32 mean DSC."""
+DEFAULT_BUDGET_MARGIN_BITS = 0.5
+"""Default bits-per-weight budget: the weight bits + 0.5, which admits per-channel and group-wise
+scales (float32 per 128 weights adds 0.25) but not a group id per weight."""
+DIVISIONS = ("closed", "open")
+"""``closed``: post-training quantization only (weights within the quantizer's reach of FP32, as
+MLPerf's closed division); ``open``: any weights, still the track's reference network."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,9 @@ class TrackSpec:
     the FP32 mean DSC an entry must reach to pass; ``max_float_mac_fraction`` is the share of an
     ONNX submission's weighted-op MACs that may keep float weights (e.g. an output head a
     quantizer leaves in floating point); ``time_limit_s`` the evaluation's limit and
-    ``quantizer_timeout_s`` the wall-clock limit of a quantizer container run.
+    ``quantizer_timeout_s`` the wall-clock limit of a quantizer container run;
+    ``bits_per_weight_budget`` the most effective bits per weight an artifact may store (None: the
+    weight bits + 0.5); ``division`` ``closed`` (PTQ only) or ``open``.
     """
 
     model_dir: Path
@@ -43,6 +52,8 @@ class TrackSpec:
     max_float_mac_fraction: float = 0.0
     time_limit_s: float = 1800.0
     quantizer_timeout_s: float = 3600.0
+    bits_per_weight_budget: float | None = None
+    division: str = "closed"
 
     def __post_init__(self) -> None:
         if self.backend not in backend_names():
@@ -59,6 +70,19 @@ class TrackSpec:
             raise HarnessError("time_limit_s must be positive")
         if self.quantizer_timeout_s <= 0:
             raise HarnessError("quantizer_timeout_s must be positive")
+        if self.bits_per_weight_budget is not None and self.bits_per_weight_budget <= 0:
+            raise HarnessError("bits_per_weight_budget must be positive")
+        if self.division not in DIVISIONS:
+            raise HarnessError(f"division must be one of {', '.join(DIVISIONS)}")
+
+    @property
+    def budget(self) -> float | None:
+        """The bits-per-weight budget in force (None: no weight limit, no budget)."""
+        if self.bits_per_weight_budget is not None:
+            return self.bits_per_weight_budget
+        if self.weight_bits is None:
+            return None
+        return self.weight_bits + DEFAULT_BUDGET_MARGIN_BITS
 
     def to_dict(self) -> dict:
         data = asdict(self) | {"version": TRACK_SPEC_VERSION}

@@ -9,7 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
-from harness.track.spec import TrackSpec
+from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec
 
 RANKING_METRICS = {
     "mean_dsc": ("mean DSC", True),
@@ -114,6 +114,17 @@ class Track(models.Model):
         default=0.0,
         help_text="share of an ONNX file's weighted-op MACs that may keep float weights",
     )
+    bits_per_weight_budget = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="most bits per weight an entry may store; empty = weight bits + 0.5",
+    )
+    division = models.CharField(
+        max_length=6,
+        choices=[("closed", "closed (post-training only)"), ("open", "open (any weights)")],
+        default="closed",
+        help_text="closed: weights within the quantizer's reach of FP32; open: any weights",
+    )
     accuracy_gate = models.FloatField(
         default=0.99, help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC"
     )
@@ -144,6 +155,13 @@ class Track(models.Model):
             raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
         if not 0 <= self.max_float_mac_fraction <= 1:
             raise ValidationError({"max_float_mac_fraction": "must be a fraction in [0, 1]"})
+
+    @property
+    def budget(self) -> float:
+        """The bits-per-weight budget in force."""
+        if self.bits_per_weight_budget is not None:
+            return self.bits_per_weight_budget
+        return self.weight_bits + DEFAULT_BUDGET_MARGIN_BITS
 
     @property
     def precision_label(self) -> str:
@@ -191,6 +209,8 @@ class Track(models.Model):
             accuracy_gate=self.accuracy_gate,
             seed=self.seed,
             max_float_mac_fraction=self.max_float_mac_fraction,
+            bits_per_weight_budget=self.bits_per_weight_budget,
+            division=self.division,
             time_limit_s=float(self.time_limit_s),
             quantizer_timeout_s=float(self.quantizer_timeout_s),
         )

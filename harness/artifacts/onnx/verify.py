@@ -14,6 +14,9 @@ limit, every quantized op's input quantized); metadata precision claims not belo
 
 Bits of a weight = min(storage bits, fewest bits spanning its code range max - min), so int8
 storage holding codes in [-7, 7] counts as 4-bit; activation bits = storage bits of the quantizer.
+Effective bits per weight over the quantized weighted ops = (codes at their bits, or the float
+width of a weight stored as float and quantized at run time, + scales and zero-points at their
+storage width) ÷ their number of weights.
 """
 
 from __future__ import annotations
@@ -523,6 +526,23 @@ class _Layer:
     weight_granularity: str
     activation_bits: int | None
     macs: int | None
+    weights: int = 0
+    stored_bits: int = 0
+    """Bits the weight is stored in: codes at their verified bits (a float initializer quantized
+    at run time: its float width), scales and zero-points at their storage width."""
+
+
+def _tensor_bits(index: GraphIndex, name: str | None) -> int:
+    """Storage bits of the constant ``name`` (0 when absent)."""
+    if not name:
+        return 0
+    source, _ = index.follow(name)
+    if source not in index.constants:
+        return 0
+    tensor = index.constants[source]
+    return math.prod(tensor.dims) * OTHER_BITS.get(
+        tensor.data_type, INTEGER_BITS.get(tensor.data_type, 32)
+    )
 
 
 def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) -> _Layer:
@@ -556,6 +576,7 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
             "integer initializer"
         )
     codes_name, codes_producer = index.follow(producer.input[0])
+    runtime_quantized = None
     if codes_name in index.constants:
         elem = index.constants[codes_name].data_type
         if elem not in INTEGER_BITS:
@@ -566,6 +587,7 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
         codes = index.array(codes_name).astype(np.int64)
     elif codes_producer is not None and codes_producer.op_type == "QuantizeLinear":
         elem, codes = _constant_quantize(codes_producer, index, what)
+        runtime_quantized = index.constants[index.follow(codes_producer.input[0])[0]]
     else:
         raise OnnxVerificationError(
             f"{what}: its weight DequantizeLinear {producer.name!r} reads {codes_name!r}, which "
@@ -591,7 +613,24 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
             f"activations of at most {limits.activation_bits} bits"
         )
     macs = macs_per_sample(op, index, list(codes.shape))
-    return _Layer(op.name, op.node.op_type, codes_name, bits, dtype, granularity, act_bits, macs)
+    if runtime_quantized is None:
+        code_bits = codes.size * bits
+    else:  # stored as float, quantized at run time: the float is what is stored
+        code_bits = codes.size * FLOAT_BITS[runtime_quantized.data_type]
+    zero = producer.input[2] if len(producer.input) > 2 else None
+    stored = code_bits + _tensor_bits(index, producer.input[1]) + _tensor_bits(index, zero)
+    return _Layer(
+        op.name,
+        op.node.op_type,
+        codes_name,
+        bits,
+        dtype,
+        granularity,
+        act_bits,
+        macs,
+        int(codes.size),
+        int(stored),
+    )
 
 
 def _check_float_layers(layers: list[_Layer], limits: PrecisionLimits) -> None:
@@ -708,7 +747,8 @@ def _report(layers: list[_Layer], activation_bits: int | None, size: int, opset:
         entry["granularity"][layer.weight_granularity] += 1
     for entry in per_op.values():
         entry["granularity"] = dict(entry["granularity"])
-    integer = [layer for layer in layers if layer.weight_granularity != "none"] or layers
+    quantized = [layer for layer in layers if layer.weight_granularity != "none"]
+    integer = quantized or layers
     granularities = {layer.weight_granularity for layer in integer}
     float_activations = any(layer.activation_bits is None for layer in integer)
     return {
@@ -723,6 +763,13 @@ def _report(layers: list[_Layer], activation_bits: int | None, size: int, opset:
             layer.node for layer in layers if layer.weight_granularity == "none"
         ],
         "macs_per_sample": total,
+        "quantized_weights": sum(layer.weights for layer in quantized),
+        "bits_per_weight": (
+            sum(layer.stored_bits for layer in quantized)
+            / sum(layer.weights for layer in quantized)
+            if quantized
+            else 0.0
+        ),
         "layers": [layer.__dict__ for layer in layers],
         "size_bytes": size,
         "opset": opset,
