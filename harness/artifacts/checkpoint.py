@@ -34,6 +34,7 @@ from torch import nn
 
 from harness.errors import CheckpointError
 from reference_methods.simulator.granularity import WeightGranularity
+from reference_methods.simulator.layer_extras import FOLDED_INPUT_SCALES
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec, layer_kind
 from reference_methods.simulator.quantizer import MIN_BITS, bits_for_affine_code, bits_for_code
 from reference_methods.simulator.scheme import quantized_layers
@@ -43,6 +44,9 @@ FORMAT = "medquant-quantized-checkpoint"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
+FOLDED_SCALE_TENSOR = "folded_input_scale"
+"""``<layer>.folded_input_scale``: the input scale a method folded into the layer's producer,
+declared for verification (see ``FOLDED_INPUT_SCALES``); inference does not read it."""
 _SCALE_BUFFERS = ("weight_scale", "act_scale", "input_scale")
 _LAYER_BUFFERS = (
     "weight_codes",
@@ -84,12 +88,15 @@ def save_checkpoint(model: nn.Module, out_dir: Path, reference: dict | None = No
     for name, layer in layers.items():
         if layer.needs_calibration:
             raise CheckpointError(f"layer {name!r} has an uncalibrated static activation scale")
+    folds = getattr(model, FOLDED_INPUT_SCALES, {})
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "reference": reference or {},
         "layers": {name: layer.description for name, layer in layers.items()},
     }
+    if folds:
+        manifest["folded_input_scales"] = {name: producer for name, (producer, _) in folds.items()}
     try:
         text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -98,6 +105,8 @@ def save_checkpoint(model: nn.Module, out_dir: Path, reference: dict | None = No
         key: value.detach().to("cpu").contiguous().clone()
         for key, value in model.state_dict().items()
     }
+    for name, (_, factors) in folds.items():
+        tensors[f"{name}.{FOLDED_SCALE_TENSOR}"] = factors.detach().to("cpu", torch.float32).clone()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out_dir / WEIGHTS_NAME)
@@ -129,8 +138,44 @@ def load_checkpoint(ckpt_dir: Path, reference_model: nn.Module) -> nn.Module:
         except ValueError as error:
             raise CheckpointError(f"layer {name!r}: {error}") from error
         model.set_submodule(name, quantized)
+    folds = _read_folds(ckpt_dir, tensors, specs, modules)
     model.load_state_dict(_checked_state(tensors, model.state_dict(), specs), strict=True)
+    if folds:
+        setattr(model, FOLDED_INPUT_SCALES, folds)
     return model
+
+
+def _read_folds(
+    ckpt_dir: Path,
+    tensors: dict[str, torch.Tensor],
+    specs: dict[str, LayerSpec],
+    modules: dict[str, nn.Module],
+) -> dict[str, tuple[str, torch.Tensor]]:
+    """The declared folded input scales {layer: (producer, s)}, their tensors taken out of
+    ``tensors``; each must name a quantized layer, a module of the architecture and hold one
+    positive, finite factor per input channel of the layer."""
+    manifest = json.loads((ckpt_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    declared = manifest.get("folded_input_scales", {})
+    if not isinstance(declared, dict):
+        raise CheckpointError("manifest 'folded_input_scales' must map layers to producers")
+    folds = {}
+    for name, producer in declared.items():
+        factors = tensors.pop(f"{name}.{FOLDED_SCALE_TENSOR}", None)
+        if name not in specs or not isinstance(producer, str) or producer not in modules:
+            raise CheckpointError(
+                f"folded input scale of {name!r} into {producer!r}: both must be layers of the "
+                "architecture, the first a quantized one"
+            )
+        layer = modules[name]
+        width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+        if factors is None or tuple(factors.shape) != (width,):
+            raise CheckpointError(
+                f"layer {name!r} declares a folded input scale but holds no {FOLDED_SCALE_TENSOR} "
+                f"of shape ({width},)"
+            )
+        _check_finite(f"layer {name!r}: {FOLDED_SCALE_TENSOR}", factors, positive=True)
+        folds[name] = (producer, factors.to(torch.float32))
+    return folds
 
 
 def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:

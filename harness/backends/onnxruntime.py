@@ -257,7 +257,7 @@ class OnnxRuntimeBackend(Backend):
     def open(
         self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
     ) -> OpenedArtifact:
-        precision = verify_for_track(artifact, spec, model_spec)
+        precision = verify_for_track(artifact, spec, model_spec, reference)
         return OpenedArtifact(OrtNetwork(create_session(artifact, INTRA_OP_THREADS)), precision)
 
     def measure_efficiency(

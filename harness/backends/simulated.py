@@ -1,6 +1,7 @@
 """The ``simulated`` backend: a quantized checkpoint applied to the track's reference architecture
-and run by the exact integer simulator in PyTorch (any bits, any granularity). Its timings are of
-the simulation, not of a deployment, so it reports no efficiency."""
+(so it is that network by construction) and run by the exact integer simulator in PyTorch (any
+bits, any granularity); on a closed track its weights must be post-training quantized from FP32.
+Its timings are of the simulation, not of a deployment, so it reports no efficiency."""
 
 from __future__ import annotations
 
@@ -27,9 +28,13 @@ class SimulatedBackend(Backend):
         self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
     ) -> OpenedArtifact:
         from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
+        from harness.artifacts.post_training import check_post_training
 
         network = load_checkpoint(artifact, reference)
-        return OpenedArtifact(network, describe_checkpoint(artifact))
+        precision = describe_checkpoint(artifact)
+        if spec.division == "closed":
+            check_post_training(network, reference)
+        return OpenedArtifact(network, precision | {"division": spec.division})
 
 
 BACKEND = SimulatedBackend()

@@ -190,7 +190,7 @@ class TensorRTBackend(Backend):
         self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
     ) -> OpenedArtifact:
         self.require_available()
-        precision = verify_for_track(artifact, spec, model_spec)
+        precision = verify_for_track(artifact, spec, model_spec, reference)
         engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-"))
         engine = build_engine(
             artifact, engine_dir / "model.engine", model_spec.sliding_window.sw_batch_size

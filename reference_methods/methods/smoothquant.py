@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from reference_methods.methods.registry import register_method
-from reference_methods.simulator.layer_extras import LayerExtras
+from reference_methods.simulator.layer_extras import FOLDED_INPUT_SCALES, LayerExtras
 from reference_methods.simulator.quantized_layers import layer_kind
 from reference_methods.simulator.quantizer import absmax
 from reference_methods.simulator.scheme import QuantConfig, quantize, target_layers
@@ -259,7 +259,10 @@ def apply(
     names = list(target_layers(model, config.scheme))
     smoothing = smooth(model, names, batches, config.alpha)
     extras = {name: LayerExtras(input_scale=s) for name, s in smoothing.input_scales.items()}
-    return quantize(smoothing.model, config.scheme, batches, extras=extras)
+    quantized = quantize(smoothing.model, config.scheme, batches, extras=extras)
+    folds = {c: (p, smoothing.factors[c]) for c, p in smoothing.folded.items()}
+    setattr(quantized, FOLDED_INPUT_SCALES, folds)
+    return quantized
 
 
 def _affine_outputs(module: nn.Module) -> bool:

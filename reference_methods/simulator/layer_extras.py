@@ -20,6 +20,11 @@ from typing import Any
 import torch
 
 ROTATIONS: tuple[str, ...] = ("hadamard",)
+FOLDED_INPUT_SCALES = "folded_input_scales"
+"""Attribute of a quantized model, {consumer layer: (producer module, s)}, set by a method that
+folds a layer's input scale s into the module producing its input (SmoothQuant: the producer's
+output channel j divided by s_j, the layer's weight multiplied by it). Inference needs nothing of
+it; it declares the transform so that a verifier can check the weights against FP32."""
 
 
 def check_rotation(rotation: Any) -> None:

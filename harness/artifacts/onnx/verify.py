@@ -22,6 +22,7 @@ storage width) ÷ their number of weights.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,14 @@ from harness.artifacts.onnx.graph import (
     macs_per_sample,
     weighted_ops,
 )
+from harness.artifacts.onnx.identity import check_reference_network
 from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME
 from harness.errors import SubmissionError
-from harness.models.reference import ModelSpec
+from harness.models.reference import ModelSpec, weights_sha256
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from harness.track.spec import TrackSpec
 
 DEFAULT_MAX_BYTES = 512 * 2**20
@@ -219,14 +223,42 @@ class PrecisionLimits:
     max_float_mac_fraction: float = 0.0
 
 
-def verify_for_track(path: str | Path, spec: TrackSpec, model_spec: ModelSpec) -> dict:
-    """Verify an ONNX submission against a track's interface and precision limits."""
+def verify_for_track(
+    path: str | Path, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
+) -> dict:
+    """Verify an ONNX submission against a track: its interface and precision limits, then that it
+    is the track's reference network (and, on a closed track, post-training quantized from its
+    FP32 weights; see ``identity``)."""
     limits = PrecisionLimits(
         weight_bits=spec.weight_bits,
         activation_bits=spec.activation_bits,
         max_float_mac_fraction=spec.max_float_mac_fraction,
     )
-    return verify_onnx(path, OnnxInterface.for_model(model_spec), limits)
+    report = verify_onnx(path, OnnxInterface.for_model(model_spec), limits)
+    submitted = onnx.load(str(path), load_external_data=False)
+    expected = reference_export(Path(spec.model_dir), model_spec, reference)
+    check_reference_network(submitted, expected, closed=spec.division == "closed")
+    return report | {"reference_network": "matched", "division": spec.division}
+
+
+_REFERENCE_EXPORTS: dict[tuple[str, str], onnx.ModelProto] = {}
+_CACHED_EXPORTS = 8
+
+
+def reference_export(
+    model_dir: Path, model_spec: ModelSpec, reference: nn.Module
+) -> onnx.ModelProto:
+    """The FP32 ONNX export of a track's reference network, made once per process and weights."""
+    key = (str(model_dir.resolve()), weights_sha256(model_dir))
+    if key not in _REFERENCE_EXPORTS:
+        from harness.artifacts.onnx.export import export_fp32
+
+        with tempfile.TemporaryDirectory(prefix="medquant-reference-") as tmp:
+            path = export_fp32(reference, model_spec, Path(tmp) / "reference.onnx")
+            _REFERENCE_EXPORTS[key] = onnx.load(str(path), load_external_data=False)
+        while len(_REFERENCE_EXPORTS) > _CACHED_EXPORTS:
+            _REFERENCE_EXPORTS.pop(next(iter(_REFERENCE_EXPORTS)))
+    return _REFERENCE_EXPORTS[key]
 
 
 def verify_onnx(path: str | Path, interface: OnnxInterface, limits: PrecisionLimits) -> dict:
