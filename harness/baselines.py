@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.artifacts.checkpoint import save_checkpoint
@@ -56,10 +56,38 @@ class Baseline:
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """The baseline's result document and the artifact it was scored as (kept for download)."""
+    """The baseline's result document and the artifact it was scored as (kept for download;
+    None for the FP32 reference on the simulator, which is the reference model itself)."""
 
     result: dict
-    artifact: Path
+    artifact: Path | None
+
+
+def compute_reference(
+    track: LoadedTrack, *, workdir: Path, on_stage: StageCallback | None = None
+) -> BaselineResult:
+    """The FP32 reference row of a board, on the track's backend: the float network itself on
+    the simulator; on an ONNX backend its FP32 export, verified as the reference network and
+    measured on the backend like any entry (precision limits do not apply to it)."""
+    about = {"scheme": "fp32", "method": "FP32 reference"}
+    if track.backend.scores("checkpoint"):
+        result, _ = evaluate_submission(track, Submission("fp32"), about=about, on_stage=on_stage)
+        return BaselineResult(result, None)
+    from harness.artifacts.onnx.export import export_fp32
+
+    path = export_fp32(track.model, track.model_spec, Path(workdir) / "model.onnx")
+    unlimited = replace(
+        track.spec, weight_bits=None, activation_bits=None, bits_per_weight_budget=None
+    )
+    reference = LoadedTrack(unlimited, track.dataset, track.model_spec, track.model, track.timer)
+    result, _ = evaluate_submission(
+        reference,
+        Submission("onnx", onnx=path),
+        fp32=track.fp32_run,
+        about=about | {"kind": "fp32"},
+        on_stage=on_stage,
+    )
+    return BaselineResult(result, path)
 
 
 def baselines_for(spec: TrackSpec) -> list[Baseline]:

@@ -58,7 +58,7 @@ def open_submission(
     """The network a submission stands for and the precision read from it, checked against the
     track's limits."""
     if submission.kind == "fp32":
-        return OpenedArtifact(track.model, FP32_PRECISION)
+        return OpenedArtifact(track.model, FP32_PRECISION | {"size_bytes": track.fp32_size_bytes})
     backend = track.backend
     if submission.kind == "scheme":
         if not backend.scores("checkpoint"):  # a scheme is what a checkpoint would hold
@@ -85,6 +85,8 @@ def open_submission(
                 model_spec=track.model_spec,
                 reference=track.model,
             )
+            digest = ARTIFACT_KINDS[submission.kind].digest(Path(submission.artifact))
+            opened = OpenedArtifact(opened.network, opened.precision | {"artifact_sha256": digest})
     spec = track.spec
     check_precision(
         opened.precision,
@@ -145,6 +147,7 @@ def evaluate_submission(
         fp32=fp32 if submission.kind != "fp32" else None,
         seed=track.spec.seed,
         accuracy_gate=track.spec.accuracy_gate,
+        fp32_size_bytes=track.fp32_size_bytes if submission.kind != "fp32" else None,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
     )

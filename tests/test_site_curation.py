@@ -29,9 +29,9 @@ def test_commands_register_a_dataset_create_a_track_and_queue_its_baselines(
     assert set(track.reference_model.files()) == {"model.json", "model.safetensors", "model.onnx"}
     with django_capture_on_commit_callbacks() as callbacks:
         call_command("run_baselines", track.slug)
-    assert len(callbacks) == 7
+    assert len(callbacks) == 8  # the FP32 reference row and 7 baselines
     assert sorted(Submission.objects.values_list("reference_method", "scheme")) == [
-        ("comq", "w4a4-per-channel"), ("gptq", "w4a4-per-channel"),
+        ("", "fp32"), ("comq", "w4a4-per-channel"), ("gptq", "w4a4-per-channel"),
         ("permutation-comq", "w4a4-per-channel"), ("rtn", "w4a4-adaptive"),
         ("rtn", "w4a4-per-channel"), ("rtn", "w4a4-per-tensor"),
         ("smoothquant", "w4a4-per-channel"),

@@ -60,11 +60,14 @@ def build_result(
     fp32: EvaluationRun | None,
     seed: int,
     accuracy_gate: float,
+    fp32_size_bytes: int | None = None,
     extra_timings: dict[str, float] | None = None,
     efficiency: dict | None = None,
 ) -> dict:
     """Assemble the result document; ``fp32`` is the reference run (None when this is it);
     ``accuracy_gate`` is the track's fraction of the FP32 mean DSC an entry must reach;
+    ``fp32_size_bytes`` the FP32 reference's size on the track's backend, against which
+    ``compression`` reports the entry's size, "× smaller" and effective bits per weight;
     ``efficiency`` holds real-backend latency, size and memory (ONNX submissions)."""
     case_dsc = [c.mean_dsc for c in run.cases]
     case_nsd = [c.mean_nsd for c in run.cases]
@@ -119,6 +122,14 @@ def build_result(
     }
     if efficiency is not None:
         document["efficiency"] = efficiency
+    size = submission.get("precision", {}).get("size_bytes")
+    if fp32_size_bytes:
+        document["compression"] = {
+            "size_bytes": size,
+            "fp32_size_bytes": fp32_size_bytes,
+            "x_smaller": fp32_size_bytes / size if size else None,
+            "bits_per_weight": submission.get("precision", {}).get("bits_per_weight"),
+        }
     return document
 
 

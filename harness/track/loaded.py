@@ -60,6 +60,16 @@ class LoadedTrack:
         with self.timer.stage("fp32_reference"):
             return self.run(self.model, progress=False, desc="fp32")
 
+    @cached_property
+    def fp32_size_bytes(self) -> int:
+        """Serialized size of the FP32 reference in the form the track's backend runs: its ONNX
+        export on ONNX backends, its float32 tensors on the simulator."""
+        if self.backend.scores("checkpoint"):
+            return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        from harness.artifacts.onnx.verify import reference_export
+
+        return reference_export(self.spec.model_dir, self.model_spec, self.model).ByteSize()
+
     def track_info(self) -> dict:
         return {
             "model": self.model_spec.name,

@@ -25,9 +25,10 @@ class TrackSerializer(serializers.ModelSerializer):
 
 
 class LeaderboardRowSerializer(serializers.Serializer):
-    """One ranked entry (flat, so that it is also a CSV row)."""
+    """One ranked entry (flat, so that it is also a CSV row); the FP32 reference row has no
+    rank."""
 
-    rank = serializers.IntegerField()
+    rank = serializers.IntegerField(allow_null=True)
     submission = serializers.IntegerField(source="submission_id")
     method = serializers.CharField(source="submission.method")
     entrant = serializers.CharField(source="submission.entrant")
@@ -41,8 +42,16 @@ class LeaderboardRowSerializer(serializers.Serializer):
     weight_bits = serializers.IntegerField()
     activation_bits = serializers.IntegerField(allow_null=True)
     granularity = serializers.CharField()
+    bits_per_weight = serializers.FloatField(allow_null=True)
     size_mb = serializers.FloatField(allow_null=True)
+    x_smaller = serializers.FloatField(allow_null=True)
     latency_ms = serializers.FloatField(allow_null=True)
+    x_faster = serializers.FloatField(allow_null=True)
+    x_faster_ci_low = serializers.FloatField(allow_null=True)
+    x_faster_ci_high = serializers.FloatField(allow_null=True)
+    same_as = serializers.IntegerField(
+        allow_null=True, help_text="rank of the earlier entry with the same verified weights"
+    )
     submitted_at = serializers.DateTimeField(source="submission.created_at")
 
 

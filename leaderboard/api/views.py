@@ -93,6 +93,7 @@ def track_detail(request, slug: str):
         OpenApiParameter("granularity", str),
         OpenApiParameter("method", str, description="substring of the method name"),
         OpenApiParameter("baselines", str, enum=["include", "exclude", "only"]),
+        OpenApiParameter("gate", str, enum=["pass"], description="pass: passing entries only"),
         OpenApiParameter("sort", str, description="column, '-' prefix for descending"),
         OpenApiParameter("format", str, enum=["json", "csv"], description="csv: every row"),
     ],
@@ -101,21 +102,27 @@ def track_detail(request, slug: str):
 @api_view(["GET"])
 @renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
 def leaderboard(request, slug: str):
-    """Ranked entries of a track (JSON, paginated; or CSV, all rows)."""
+    """Ranked entries of a track (JSON, paginated, with the unranked FP32 ``reference`` row; or
+    CSV, the FP32 reference row first, then all ranked rows)."""
     track = _track(request, slug)
     csv = request.accepted_renderer.format == "csv"
     key = ranking.cache_key(track, "csv" if csv else "api", request.query_params)
     data = cache.get(key)
     if data is None:
         rows = ranking.board(track, **leaderboard_options(request.query_params))
+        reference = ranking.reference_row(track)
+        if reference is not None:
+            reference.rank = reference.same_as = None
+        fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]
         if csv:
-            data = LeaderboardRowSerializer(rows, many=True).data
+            data = fp32 + list(LeaderboardRowSerializer(rows, many=True).data)
         else:
             paginator = PageNumberPagination()
             page = paginator.paginate_queryset(rows, request)
             data = paginator.get_paginated_response(
                 LeaderboardRowSerializer(page, many=True).data
             ).data
+            data["reference"] = fp32[0] if fp32 else None
         cache.set(key, data, settings.BOARD_CACHE_SECONDS)
     response = Response(data)
     if csv:

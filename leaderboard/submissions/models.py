@@ -47,6 +47,7 @@ class Kind(models.TextChoices):
     ONNX = "onnx", "ONNX model with Q/DQ nodes"
     CONTAINER = "container", "quantizer container image"
     SCHEME = "scheme", "reference scheme (baselines only)"
+    FP32 = "fp32", "FP32 reference (shown on every board, not ranked)"
 
 
 class SubmissionQuerySet(models.QuerySet):
@@ -172,6 +173,32 @@ class Evaluation(models.Model):
     granularity = models.CharField(max_length=60, blank=True)
     size_mb = models.FloatField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True, help_text="inference per volume")
+    bits_per_weight = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="effective bits per quantized weight, read from the artifact",
+    )
+    x_smaller = models.FloatField(
+        null=True, blank=True, help_text="FP32 size / entry size on the same backend"
+    )
+    x_faster = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="FP32 latency / entry latency, timed interleaved by the same worker",
+    )
+    x_faster_ci_low = models.FloatField(null=True, blank=True)
+    x_faster_ci_high = models.FloatField(null=True, blank=True)
+    artifact_digest = models.CharField(
+        max_length=64, blank=True, help_text="sha256 of the verified weights (duplicates share it)"
+    )
+    duplicate_of = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="duplicates",
+        help_text="the earlier-ranked entry with the same verified weights",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     rank_all = models.PositiveIntegerField(
         null=True, blank=True, help_text="rank among all entries; empty = not ranked"

@@ -25,7 +25,7 @@ from django.core.files.base import File
 from django.db import transaction
 
 from harness.artifacts.precision import granularity_label
-from harness.baselines import compute_baseline
+from harness.baselines import compute_baseline, compute_reference
 from harness.containers.images import PinnedImage, load_image_archive, pin_registry_image
 from harness.containers.sandbox import ContainerLimits, evaluate_quantizer_container
 from harness.errors import SubmissionError
@@ -40,7 +40,7 @@ from leaderboard.tracks.models import Track
 logger = logging.getLogger(__name__)
 CACHED_TRACKS = 4
 MAX_ATTEMPTS = 3
-EVALUATED_KINDS = frozenset({Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER})
+EVALUATED_KINDS = frozenset({Kind.FP32, Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER})
 """Kinds the workers evaluate (containers on the ``containers`` queue, see ``tasks.queue_for``)."""
 ONNX_NAME = "model.onnx"
 
@@ -216,6 +216,8 @@ def _evaluate(
 
     if submission.kind == Kind.CONTAINER:
         return _run_container(submission, track, workdir, log, worker)
+    if submission.kind == Kind.FP32:
+        return compute_reference(track, workdir=workdir, on_stage=on_stage).result
     if submission.kind == Kind.SCHEME:
         baseline = compute_baseline(
             track,
@@ -245,11 +247,20 @@ def _latency_ms(result: dict) -> float | None:
     return 1000 * inference_s / result["summary"]["num_cases"] if inference_s else None
 
 
+def _speedup(result: dict) -> dict:
+    """The interleaved FP32/entry latency ratio with its 95% CI, when the backend measured it."""
+    protocol = result.get("efficiency", {}).get("latency_protocol") or {}
+    return protocol.get("speedup") or {}
+
+
 def store_evaluation(submission: Submission, result: dict) -> Evaluation:
     """Write (or overwrite) the one Evaluation row of ``submission`` from a result document."""
     summary = result["summary"]
     precision = result["submission"]["precision"]
     size = precision.get("size_bytes")
+    compression = result.get("compression", {})
+    speedup = _speedup(result)
+    low, high = speedup.get("ci95", (None, None))
     evaluation, _ = Evaluation.objects.update_or_create(
         submission=submission,
         defaults={
@@ -267,6 +278,12 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
             "granularity": granularity_label(precision),
             "size_mb": size / 1e6 if size else None,
             "latency_ms": _latency_ms(result),
+            "bits_per_weight": precision.get("bits_per_weight"),
+            "x_smaller": compression.get("x_smaller"),
+            "x_faster": speedup.get("median"),
+            "x_faster_ci_low": low,
+            "x_faster_ci_high": high,
+            "artifact_digest": precision.get("artifact_sha256", ""),
         },
     )
     return evaluation
@@ -274,10 +291,12 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
 
 def _verified(precision: dict) -> str:
     acts = precision.get("activation_bits")
+    bpw = precision.get("bits_per_weight")
     return (
         f"verified: {precision.get('weight_bits')}-bit weights, "
         f"{f'{acts}-bit' if acts else 'floating-point'} activations, "
         f"{precision.get('granularity')}, {precision.get('size_bytes', 0) / 1e6:.3f} MB"
+        + (f", {bpw:.2f} bits per weight" if bpw is not None else "")
     )
 
 

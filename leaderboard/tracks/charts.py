@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from plotly.io.json import to_json_plotly
 
-from leaderboard.submissions.models import Evaluation, Status
+from leaderboard.submissions.models import Evaluation, Kind, Status
 from leaderboard.tracks.models import Track
 
 LAYOUT = {"margin": {"l": 60, "r": 20, "t": 70, "b": 50}, "height": 380, "template": "plotly_white"}
@@ -33,11 +33,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def dsc_versus(rows: list[dict], column: str, title: str) -> str | None:
-    """Scatter of mean DSC against ``column`` (size_mb or latency_ms) with the Pareto front;
-    ``rows`` are ranked board rows as dicts (rank, method, entrant, mean_dsc, the column)."""
+def dsc_versus(
+    rows: list[dict], column: str, title: str, reference: Evaluation | None = None
+) -> str | None:
+    """Scatter of mean DSC against ``column`` (size_mb or latency_ms) with the Pareto front and
+    the FP32 ``reference`` point; ``rows`` are ranked board rows as dicts (rank, method,
+    entrant, mean_dsc, the column)."""
     rows = [r for r in rows if r[column] is not None]
-    if not rows:
+    fp32 = getattr(reference, column, None) if reference is not None else None
+    if not rows and fp32 is None:
         return None
     xs = [r[column] for r in rows]
     ys = [r["mean_dsc"] for r in rows]
@@ -60,7 +64,22 @@ def dsc_versus(rows: list[dict], column: str, title: str) -> str | None:
                 "y": [p[1] for p in front],
                 "line": {"dash": "dash"},
             },
-        ],  # fmt: skip
+        ]
+        + (
+            [
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": "FP32 reference",
+                    "x": [fp32],
+                    "y": [reference.mean_dsc],
+                    "text": ["FP32 reference (not ranked)"],
+                    "marker": {"symbol": "star", "size": 14, "color": "black"},
+                }
+            ]
+            if fp32 is not None
+            else []
+        ),  # fmt: skip
         "layout": LAYOUT
         | {
             "title": {"text": title},
@@ -106,6 +125,7 @@ def baseline_grid(track: Track) -> str | None:
             submission__reference_method__in=("rtn", ""),
             submission__status=Status.DONE,
         )
+        .exclude(submission__kind=Kind.FP32)
         .values("granularity", "weight_bits", "activation_bits", "mean_dsc")
         .order_by("-weight_bits")
     )

@@ -1,8 +1,10 @@
 """The ranked leaderboard of a track.
 
-Only finished (``done``), verified, visible entries are ranked. Order: the track's primary metric
-in its natural direction, then its tie-breakers; entries equal on every key share a rank
-(competition ranking: 1, 1, 3). Best-per-team ranks each team's (or user's) top entry; every
+Only finished (``done``), verified, visible entries are ranked; the FP32 reference row is shown
+beside them, never ranked. Order: the track's primary metric in its natural direction, then its
+tie-breakers; entries equal on every key share a rank (competition ranking: 1, 1, 3), and so do
+entries with the same verified weights (artifact digest): a later one is marked "same as" the
+first. Best-per-team ranks each team's (or user's) top entry; every
 baseline is its own entrant. Ranks are computed when a result is stored or an entry is curated
 (``refresh``) and kept on the Evaluation rows, so that reading a page of the board is one indexed
 query; filters select rows after ranking, so ranks never depend on them.
@@ -16,13 +18,13 @@ from django.db import transaction
 from django.db.models import F, Max, QuerySet
 from django.utils import timezone
 
-from leaderboard.submissions.models import Evaluation, Status
+from leaderboard.submissions.models import Evaluation, Kind, Status
 from leaderboard.tracks.models import Track
 
 COLUMN_FIELDS = {"created_at": "submission__created_at"}
 SORTABLE = {
     "rank", "method", "mean_dsc", "mean_nsd", "dsc_drop_pct", "dsc_ci_low", "size_mb",
-    "latency_ms", "created_at",
+    "latency_ms", "bits_per_weight", "x_smaller", "x_faster", "created_at",
 }  # fmt: skip
 SORT_FIELDS = {"method": "submission__method", "created_at": "submission__created_at"}
 
@@ -33,23 +35,39 @@ def rankable(track: Track) -> QuerySet[Evaluation]:
     for column, descending in track.ranking_keys():
         expr = F(COLUMN_FIELDS.get(column, column))
         order.append(expr.desc(nulls_last=True) if descending else expr.asc(nulls_last=True))
-    return Evaluation.objects.filter(
-        track=track,
-        submission__status=Status.DONE,
-        submission__hidden=False,
-        submission__disqualified=False,
-    ).order_by(*order, "pk")
+    return (
+        Evaluation.objects.filter(
+            track=track,
+            submission__status=Status.DONE,
+            submission__hidden=False,
+            submission__disqualified=False,
+        )
+        .exclude(submission__kind=Kind.FP32)
+        .order_by(*order, "pk")
+    )
 
 
-def compute(track: Track) -> dict[int, tuple[int, int | None]]:
-    """Evaluation pk → (rank among all entries, rank among best-per-entrant entries or None)."""
+def reference_row(track: Track) -> Evaluation | None:
+    """The FP32 reference row of ``track`` (evaluated on its backend), if computed."""
+    return (
+        Evaluation.objects.filter(track=track, submission__kind=Kind.FP32)
+        .select_related("submission")
+        .order_by("-pk")
+        .first()
+    )
+
+
+def compute(track: Track) -> dict[int, tuple[int, int | None, int | None]]:
+    """Evaluation pk → (rank among all entries, rank among best-per-entrant entries or None, pk
+    of the earlier entry with the same verified weights or None)."""
     keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
     rows = rankable(track).values_list(
         "pk", "submission_id", "submission__is_baseline", "submission__team_id",
-        "submission__user_id", *keys,
+        "submission__user_id", "artifact_digest", *keys,
     )  # fmt: skip
-    ranks: dict[int, tuple[int, int | None]] = {}
+    ranks: dict[int, tuple[int, int | None, int | None]] = {}
     seen: set[tuple] = set()
+    first_with: dict[str, tuple[int, int, int | None]] = {}  # digest → (pk, rank, best rank)
     state = {"all": [0, 0, None], "best": [0, 0, None]}  # [count, current rank, previous key]
 
     def next_rank(name: str, key: tuple) -> int:
@@ -60,16 +78,31 @@ def compute(track: Track) -> dict[int, tuple[int, int | None]]:
         state[name] = [count, current, key]
         return current
 
-    for pk, submission_id, baseline, team_id, user_id, *values in rows:
+    for pk, submission_id, baseline, team_id, user_id, digest, *values in rows:
         key = tuple(values)
         entrant = ("baseline", submission_id) if baseline else (
             ("team", team_id) if team_id else ("user", user_id)
         )  # fmt: skip
+        if digest and digest in first_with:
+            original, rank, best_rank = first_with[digest]
+            best = None
+            if entrant not in seen:
+                seen.add(entrant)
+                if best_rank is None:
+                    best = next_rank("best", key)
+                else:
+                    best, state["best"][0] = best_rank, state["best"][0] + 1
+            state["all"][0] += 1  # it takes a place, not a new rank
+            ranks[pk] = (rank, best, original)
+            continue
         best = None
         if entrant not in seen:
             seen.add(entrant)
             best = next_rank("best", key)
-        ranks[pk] = (next_rank("all", key), best)
+        rank = next_rank("all", key)
+        if digest:
+            first_with[digest] = (pk, rank, best)
+        ranks[pk] = (rank, best, None)
     return ranks
 
 
@@ -79,12 +112,13 @@ def refresh(track: Track) -> None:
         Track.objects.select_for_update().get(pk=track.pk)
         ranks = compute(track)
         changed = []
-        for evaluation in Evaluation.objects.filter(track=track).only("rank_all", "rank_best"):
-            new = ranks.get(evaluation.pk, (None, None))
-            if (evaluation.rank_all, evaluation.rank_best) != new:
-                evaluation.rank_all, evaluation.rank_best = new
+        fields = ["rank_all", "rank_best", "duplicate_of_id"]
+        for evaluation in Evaluation.objects.filter(track=track).only(*fields):
+            new = ranks.get(evaluation.pk, (None, None, None))
+            if (evaluation.rank_all, evaluation.rank_best, evaluation.duplicate_of_id) != new:
+                evaluation.rank_all, evaluation.rank_best, evaluation.duplicate_of_id = new
                 changed.append(evaluation)
-        Evaluation.objects.bulk_update(changed, ["rank_all", "rank_best"], batch_size=1000)
+        Evaluation.objects.bulk_update(changed, fields, batch_size=1000)
         Track.objects.filter(pk=track.pk).update(ranked_at=timezone.now())
 
 
@@ -111,13 +145,17 @@ def board(
     granularity: str = "",
     method: str = "",
     baselines: str = "include",
+    gate: str = "",
     sort: str = "",
 ) -> QuerySet[Evaluation]:
-    """Ranked evaluations (each with ``.rank``), filtered by granularity, method substring and
-    baselines (include / exclude / only), in rank order or sorted by a column (``-``: desc.)."""
+    """Ranked evaluations (each with ``.rank`` and ``.same_as``, the rank of the earlier entry
+    with the same weights), filtered by granularity, method substring, baselines (include /
+    exclude / only) and gate (``pass``: passing entries only), in rank order or sorted by a
+    column (``-``: desc.)."""
     field = "rank_best" if best_per_team else "rank_all"
     rows = Evaluation.objects.filter(track=track, **{f"{field}__isnull": False})
-    rows = rows.annotate(rank=F(field)).select_related("submission__team", "submission__user")
+    rows = rows.annotate(rank=F(field), same_as=F(f"duplicate_of__{field}"))
+    rows = rows.select_related("submission__team", "submission__user")
     if granularity:
         rows = rows.filter(granularity=granularity)
     if method:
@@ -126,6 +164,8 @@ def board(
         rows = rows.filter(submission__is_baseline=False)
     elif baselines == "only":
         rows = rows.filter(submission__is_baseline=True)
+    if gate == "pass":
+        rows = rows.filter(gate_passed=True)
     column = sort.lstrip("-")
     if column in SORTABLE:
         expr = F(SORT_FIELDS.get(column, "rank" if column == "rank" else column))

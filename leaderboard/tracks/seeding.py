@@ -110,6 +110,30 @@ def baseline_schemes(track: Track) -> list[Baseline]:
     return baselines_for(track.to_spec())
 
 
+FP32_REFERENCE_LABEL = "FP32 reference"
+
+
+def queue_reference(track: Track, *, force: bool = False) -> Submission | None:
+    """Queue the track's FP32 reference row (evaluated on its backend, shown on its board, never
+    ranked) unless it exists (``force``: replace it); None when kept."""
+    with transaction.atomic():
+        existing = Submission.objects.filter(track=track, kind=Kind.FP32)
+        if existing.exists() and not force:
+            return None
+        existing.delete()
+        reference = Submission.objects.create(
+            track=track,
+            user=baseline_user(),
+            kind=Kind.FP32,
+            scheme="fp32",
+            method=FP32_REFERENCE_LABEL,
+            description="the FP32 reference model on this track's backend (not ranked)",
+            is_baseline=True,
+        )
+        enqueue(reference)
+        return reference
+
+
 def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
     """Queue the track's reference baselines; existing ones are kept unless ``force`` (then
     they are replaced)."""

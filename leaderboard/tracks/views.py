@@ -58,6 +58,7 @@ def leaderboard_options(params) -> dict:
         "granularity": params.get("granularity", ""),
         "method": params.get("method", ""),
         "baselines": params.get("baselines", "include"),
+        "gate": params.get("gate", ""),
         "sort": params.get("sort", ""),
     }
 
@@ -71,15 +72,24 @@ def board_context(track: Track, params) -> dict:
     compared_ids = compared_ids or [r["submission"] for r in plotted[:COMPARED_ENTRIES]]
     compared = Evaluation.objects.filter(track=track, submission_id__in=compared_ids)
     ranked = Evaluation.objects.filter(track=track, rank_all__isnull=False)
+    reference = ranking.reference_row(track)
     return {
         "track": track,
         "page": page,
+        "reference": reference,
+        "gate_percent": round(track.accuracy_gate * 100, 2),
         "granularities": sorted(set(ranked.values_list("granularity", flat=True).distinct())),
         "query": params,
         "sort_links": sort_links(params.get("sort", "")),
         "charts": {
-            "size": charts.dsc_versus(plotted, "size_mb", "mean DSC vs size (MB)"),
-            "latency": charts.dsc_versus(plotted, "latency_ms", "mean DSC vs latency (ms/volume)"),
+            "size": charts.dsc_versus(plotted, "size_mb", "mean DSC vs size (MB)", reference),
+            "latency": (
+                charts.dsc_versus(
+                    plotted, "latency_ms", "mean DSC vs latency (ms/volume)", reference
+                )
+                if track.backend_runner.measures_latency
+                else None
+            ),
             "per_class": charts.per_class_dsc(list(compared.select_related("submission"))),
             "grid": charts.baseline_grid(track),
         },
@@ -111,7 +121,8 @@ def track_detail(request, slug: str):
 
 SORT_COLUMNS = {
     "rank": False, "method": False, "mean_dsc": True, "mean_nsd": True, "dsc_drop_pct": False,
-    "dsc_ci_low": True, "size_mb": False, "latency_ms": False, "created_at": True,
+    "dsc_ci_low": True, "size_mb": False, "latency_ms": False, "bits_per_weight": False,
+    "x_smaller": True, "x_faster": True, "created_at": True,
 }  # fmt: skip
 """Sortable columns → whether the first click sorts descending."""
 

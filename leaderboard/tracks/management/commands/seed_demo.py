@@ -12,6 +12,7 @@ from leaderboard.tracks.seeding import (
     import_dataset,
     import_model,
     queue_baselines,
+    queue_reference,
 )
 
 DEMO_PRECISIONS = ((8, 8), (4, 4))
@@ -50,5 +51,5 @@ class Command(BaseCommand):
                     )
                 )
             for track in tracks:
-                queued = queue_baselines(track)
+                queued = [r for r in [queue_reference(track)] if r] + queue_baselines(track)
                 self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")
