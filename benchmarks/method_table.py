@@ -1,10 +1,12 @@
-"""Mean DSC and NSD of RTN / GPTQ / COMQ / Permutation-COMQ on the shipped demo models.
+"""Mean DSC, NSD and effective bits per weight of RTN / GPTQ / COMQ / Permutation-COMQ (its
+in-budget column scope and its per-weight layer scope) on the shipped demo models.
 
 For every shipped demo model with trained weights, each method quantizes the FP32 model at each
 weight-only precision (per-channel weights; default W4A16 and W2A16) on the demo track's
 calibration patches with its default options, the result is saved as a quantized checkpoint and
 evaluated as one on the demo test split -- exactly ``harness study --methods ...`` -- and the
-means are printed side by side, one row per method, FP32 first.
+means are printed side by side with the bits per weight read from each checkpoint, one row per
+method, FP32 first. A method may carry options: ``permutation-comq[scope=layer]``.
 
     python benchmarks/method_table.py [--demo DIR] [--models unet,...] [--precisions w4a16,w2a16]
                                       [--methods rtn,gptq,comq,permutation-comq] [--out JSON]
@@ -25,7 +27,7 @@ from harness.data.demo import shipped_models, write_demo
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
-METHODS = ("rtn", "gptq", "comq", "permutation-comq")
+METHODS = ("rtn", "gptq", "comq", "permutation-comq", "permutation-comq[scope=layer]")
 PRECISIONS = ("w4a16", "w2a16")
 GRANULARITY = "per-channel"
 
@@ -37,17 +39,21 @@ def method_table(model_name: str, rows: list[dict], precisions: list[str]) -> st
     for row in rows[1:]:
         by_method.setdefault(row["method"], {})[row["scheme"]] = row
     width = max(len("Method"), *(len(m) for m in by_method))
-    header = f"{'Method':<{width}}" + "".join(f" | {p.upper():^15}" for p in precisions)
-    sub = f"{'':<{width}}" + "".join(f" | {'DSC':>7} {'NSD':>7}" for _ in precisions)
+    header = f"{'Method':<{width}}" + "".join(f" | {p.upper():^21}" for p in precisions)
+    sub = f"{'':<{width}}" + "".join(f" | {'DSC':>7} {'NSD':>7} {'bpw':>5}" for _ in precisions)
     lines = [f"[{model_name}] mean over test cases, {GRANULARITY} weights", header, sub]
     lines.append("-" * len(sub))
-    cells = "".join(f" | {fp32['mean_dsc']:7.4f} {fp32['mean_nsd']:7.4f}" for _ in precisions)
+    cells = "".join(
+        f" | {fp32['mean_dsc']:7.4f} {fp32['mean_nsd']:7.4f} {32:5.2f}" for _ in precisions
+    )
     lines.append(f"{'FP32':<{width}}{cells}")
     for method, schemes in by_method.items():
         cells = ""
         for precision in precisions:
             row = schemes[f"{precision}-{GRANULARITY}"]
-            cells += f" | {row['mean_dsc']:7.4f} {row['mean_nsd']:7.4f}"
+            cells += (
+                f" | {row['mean_dsc']:7.4f} {row['mean_nsd']:7.4f} {row['bits_per_weight']:5.2f}"
+            )
         lines.append(f"{method:<{width}}{cells}")
     return "\n".join(lines)
 

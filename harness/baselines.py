@@ -122,12 +122,14 @@ def compute_baseline(
     method: str,
     scheme: str,
     workdir: Path,
+    options: Mapping | None = None,
     fp32: EvaluationRun | None = None,
     progress: bool = False,
     about: Mapping | None = None,
     on_stage: StageCallback | None = None,
 ) -> BaselineResult:
-    """Quantize the track's reference model by ``method`` (default options) under ``scheme`` — or
+    """Quantize the track's reference model by ``method`` (its default ``options`` unless given)
+    under ``scheme`` — or
     the INT8 Q/DQ export on ONNX backends — write the artifact in ``workdir`` and evaluate it as
     an upload. The result records the method and scheme; its timings the method's seconds."""
     workdir = Path(workdir)
@@ -140,8 +142,8 @@ def compute_baseline(
         submission = Submission("onnx", onnx=path)
     else:
         config = QuantConfig.from_scheme(scheme)
-        model = quantize_with(method, track.model, config, track.calibration)
-        reference = {"method": method, "scheme": scheme}
+        model = quantize_with(method, track.model, config, track.calibration, options)
+        reference = {"method": method, "scheme": scheme, "options": dict(options or {})}
         path = save_checkpoint(model, workdir / "checkpoint", reference=reference)
         submission = Submission("checkpoint", checkpoint=path)
     seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ from harness.baselines import compute_baseline
 from harness.inference.evaluation import EvaluationRun
 from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
-from reference_methods.methods import method_config
+from reference_methods.methods import method_config, parse_method
 from reference_methods.simulator.scheme import QuantConfig
 
 STUDY_PRECISIONS: tuple[str, ...] = ("w8a8", "w4a4")
@@ -49,6 +49,7 @@ def _row(result: dict) -> dict:
         "nsd_drop_pct": summary["nsd_drop_pct"],
         "dsc_ci95": summary["dsc_ci95"],
         "accuracy_gate_passed": summary["accuracy_gate"]["passed"],
+        "bits_per_weight": precision.get("bits_per_weight"),
     }
 
 
@@ -59,11 +60,20 @@ def evaluate_method(
     fp32: EvaluationRun,
     progress: bool = False,
 ) -> dict:
-    """Result of ``scheme`` quantized by ``method`` (default options), evaluated as the quantized
-    checkpoint it saves to (see ``harness.baselines.compute_baseline``)."""
+    """Result of ``scheme`` quantized by ``method`` (a name, or ``name[option=value,...]``),
+    evaluated as the quantized checkpoint it saves to (see ``harness.baselines.compute_baseline``);
+    the result records ``method`` as given."""
+    name, options = parse_method(method)
     with tempfile.TemporaryDirectory() as tmp:
         return compute_baseline(
-            track, method=method, scheme=scheme, workdir=Path(tmp), fp32=fp32, progress=progress
+            track,
+            method=name,
+            scheme=scheme,
+            workdir=Path(tmp),
+            options=options,
+            fp32=fp32,
+            progress=progress,
+            about={"method": method},
         ).result
 
 
@@ -78,8 +88,9 @@ def run_study(
     checked before anything is evaluated."""
     configs = [QuantConfig.from_scheme(scheme) for scheme in schemes]
     for method in methods:
+        name, options = parse_method(method)
         for config in configs:
-            method_config(method, config)
+            method_config(name, config, options)
     fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
     results = [fp32_result]
     if methods:

@@ -247,6 +247,19 @@ def first_patch_batch(
     return captured[0]
 
 
+def relative_difference(model: nn.Module, path: str | Path, batch: torch.Tensor) -> float:
+    """max |ONNX Runtime(path)(batch) − model(batch)| / max |model(batch)| over all logits: how
+    closely an exported graph, run as this backend runs it, follows its PyTorch model."""
+    session = create_session(path)
+    (graph_input,) = session.get_inputs()
+    (graph_output,) = session.get_outputs()
+    inputs = {graph_input.name: batch.numpy().astype(np.float32)}
+    ort_out = session.run([graph_output.name], inputs)[0]
+    with torch.no_grad():
+        reference = model.eval()(batch).numpy()
+    return float(np.abs(ort_out - reference).max() / max(np.abs(reference).max(), 1e-12))
+
+
 class OnnxRuntimeBackend(Backend):
     """Q/DQ ONNX on ONNX Runtime's CPU provider: verified, then run as an ORT session."""
 

@@ -56,8 +56,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
         export_fp32,
         export_qdq,
         int8_model,
-        relative_difference,
     )
+    from harness.backends.onnxruntime import relative_difference
 
     if args.checkpoint and args.int8:
         raise HarnessError("give --checkpoint or --int8, not both")

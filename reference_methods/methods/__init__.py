@@ -23,6 +23,7 @@ from reference_methods.methods.registry import (
     method_config,
     method_options,
     methods_with,
+    parse_method,
     quantize_with,
     register_method,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "method_config",
     "method_options",
     "methods_with",
+    "parse_method",
     "quantize_with",
     "register_method",
 ]

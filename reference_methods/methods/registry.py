@@ -105,6 +105,30 @@ def methods_with(option: str) -> list[str]:
     return [m.label for m in METHODS.values() if any(o.name == option for o in m.options)]
 
 
+def parse_method(text: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name[option=value,...]`` (e.g. ``permutation-comq[scope=layer]``) → the
+    method name and its options, typed by the method's config; ValueError naming what is wrong."""
+    name, _, rest = text.partition("[")
+    if not rest:
+        return _method(name).name, {}
+    if not rest.endswith("]"):
+        raise ValueError(f"method {text!r}: options go in brackets, e.g. {name}[key=value]")
+    known = {o.name: o for o in _method(name).options}
+    options: dict[str, Any] = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            takes = ", ".join(known) or "none"
+            raise ValueError(
+                f"method {text!r}: {item!r} is not option=value (its options: {takes})"
+            )
+        option = known[key]
+        options[key] = (
+            value.lower() in ("1", "true", "yes") if option.kind is bool else option.parse(value)
+        )
+    return name, options
+
+
 def describe(name: str) -> str:
     """``Label (summary; option = default, …)``: what a baseline run with defaults is."""
     method = _method(name)

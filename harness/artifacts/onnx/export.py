@@ -109,17 +109,6 @@ def int8_model(
     return quantize(model, config, calibration, weights=weights)
 
 
-def relative_difference(model: nn.Module, path: str | Path, batch: torch.Tensor) -> float:
-    """max |ONNX Runtime(path)(batch) − model(batch)| / max |model(batch)| over all logits."""
-    from harness.backends.onnxruntime import create_session
-
-    session = create_session(path)
-    ort_out = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy().astype(np.float32)})[0]
-    with torch.no_grad():
-        reference = model.eval()(batch).numpy()
-    return float(np.abs(ort_out - reference).max() / max(np.abs(reference).max(), 1e-12))
-
-
 # The exporter logs every initializer it deduplicates and every constant it does not fold (INFO),
 # and every torchvision op it cannot register (WARNING; torchvision is not a dependency): hundreds
 # of lines per export in a worker's log.
