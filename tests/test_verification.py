@@ -195,7 +195,9 @@ def test_an_onnx_file_with_other_layer_shapes_names_the_first_differing_layer(ti
     calibration = tiny.calibration
     path = export_qdq(int8_model(other, calibration), spec, calibration, tmp_path / "o.onnx")
     track = _on(tiny, backend="onnxruntime-cpu", activation_bits=8)
-    with pytest.raises(SubmissionError, match=r"weighted layer \d+ \(node '.*'\) is Conv"):
+    with pytest.raises(
+        SubmissionError, match=r"weighted layer \d+ \(node '.*', depth \d+\) is Conv"
+    ):
         evaluate_submission(track, Submission("onnx", onnx=path))
 
 

@@ -5,7 +5,7 @@ For each quantized layer, the transforms the checkpoint declares are undone on t
 an input scale s (explicit, or folded into the producer as SmoothQuant does: ``x / s`` feeds the
 layer, so its quantized weight targets W·diag(s)) and an input rotation R (x ↦ R x, target
 W·diag(s)·Rᵀ along the input-channel axis). The dequantized weight plus any low-rank branch must
-lie within ``REACH_STEPS`` of that target: RMS(ŵ + UV − target) ≤ REACH_STEPS · RMS(step), the
+lie within ``REACH_STEPS`` (4) of that target: RMS(ŵ + UV − target) ≤ REACH_STEPS · RMS(step), the
 step being the scale of each weight's group. Every other parameter (norms, biases, float layers)
 must equal FP32, divided by s per output channel where a producer absorbed a folded input scale.
 """
@@ -21,10 +21,12 @@ from reference_methods.simulator.quantized_layers import QuantLayer
 from reference_methods.simulator.scheme import quantized_layers
 from reference_methods.simulator.weight_format import to_rows
 
-REACH_STEPS = 2.0
-"""RMS distance from FP32, in quantization steps, a post-training quantized weight may have:
-round-to-nearest sits at about 0.29 steps, error-compensating PTQ (GPTQ, COMQ) moves weights by up
-to a few; retraining or fine-tuning moves them by many."""
+REACH_STEPS = 4.0
+"""RMS distance from FP32, in quantization steps, a post-training quantized weight may have.
+Measured on the demo models: round-to-nearest 0.29, GPTQ up to 0.44, COMQ and Permutation-COMQ up
+to 2.11 (SegResNet's 16-input output conv at W4A4, where coordinate descent trades rounding error
+for output error); fine-tuning 20 Adam steps moves 8-bit weights by tens of steps. 4 leaves the
+shipped methods a 2x margin."""
 PARAMETER_RTOL = 1e-5
 PARAMETER_ATOL = 1e-7
 """A parameter the quantizer does not own must equal FP32 up to float rounding."""

@@ -2,16 +2,18 @@
 from its FP32 weights?
 
 Network identity: the file's weighted ops (Conv, ConvTranspose, Gemm, MatMul with a constant
-weight), in graph order, must match the reference export's one for one — op type, weight shape,
-strides, dilations, pads and groups — and it must apply the same activation functions as many
-times (Gelu in any of its ONNX forms counts as Gelu). Q/DQ nodes and pass-through ops are ignored,
-so Q/DQ files from the harness, ONNX Runtime's ``quantize_static`` and ModelOpt all compare.
+weight), ordered by their depth in weighted ops from the input (Q/DQ insertion and node order of
+parallel branches do not change it), must match the reference export's one for one — op type,
+weight shape, strides, dilations, pads and groups — and it must apply the same activation
+functions as many times (Gelu in any of its ONNX forms counts as Gelu). Layers of one depth with
+identical signatures (parallel branches) are paired by their weights. Q/DQ nodes and
+pass-through ops are ignored, so Q/DQ files from the harness, ONNX Runtime's ``quantize_static``
+and ModelOpt all compare.
 
 Post-training only: each weighted op's dequantized weight ŵ = scale · (code − zero) must lie
 within the quantizer's reach of the reference weight w: RMS(ŵ − w) ≤ ``REACH_STEPS`` · RMS(step),
-the step being the scale of each weight's group. Round-to-nearest sits at about 0.29 steps;
-error-compensating PTQ (GPTQ, COMQ) moves weights by up to a few steps; retraining or fine-tuning
-moves them by many. A float weight must equal the reference.
+the step being the scale of each weight's group (the same bound as for checkpoints, see
+``harness.artifacts.post_training``). A float weight must equal the reference.
 """
 
 from __future__ import annotations
@@ -76,23 +78,20 @@ def check_reference_network(
 ) -> None:
     """NotReferenceNetwork naming the first layer or node that differs (see module docstring)."""
     index, ref_index = GraphIndex(submitted), GraphIndex(reference)
-    ops, ref_ops = weighted_ops(index), weighted_ops(ref_index)
-    layers = [_signature(op, index) for op in ops]
-    ref_layers = [_signature(op, ref_index) for op in ref_ops]
+    ops, layers = _ordered(index)
+    ref_ops, ref_layers = _ordered(ref_index)
     if len(layers) != len(ref_layers):
         raise NotReferenceNetwork(
             f"the network is not the track's reference: it has {len(layers)} weighted layers "
             f"(Conv/ConvTranspose/Gemm/MatMul), the reference network {len(ref_layers)}"
         )
-    for position, (layer, ref) in enumerate(zip(layers, ref_layers, strict=True), start=1):
-        if (layer.op, layer.weight_shape, layer.attributes) != (
-            ref.op,
-            ref.weight_shape,
-            ref.attributes,
-        ):
+    pairs = zip(layers, ref_layers, strict=True)
+    for position, ((level, layer), (ref_level, ref)) in enumerate(pairs, start=1):
+        if (level, _key(layer)) != (ref_level, _key(ref)):
             raise NotReferenceNetwork(
                 f"the network is not the track's reference: weighted layer {position} (node "
-                f"{layer.node!r}) is {layer.describe()}, the reference's is {ref.describe()}"
+                f"{layer.node!r}, depth {level}) is {layer.describe()}, the reference's (depth "
+                f"{ref_level}) is {ref.describe()}"
             )
     activations, ref_activations = _activations(submitted), _activations(reference)
     if activations != ref_activations:
@@ -106,8 +105,44 @@ def check_reference_network(
             f"{ref_activations.get(name, 0)}"
         )
     if closed:
-        for op, ref_op in zip(ops, ref_ops, strict=True):
-            _check_reach(op, index, ref_index.array(ref_index.follow(ref_op.weight)[0]))
+        for group in _tied_groups(layers):
+            candidates = [ref_index.array(ref_index.follow(ref_ops[i].weight)[0]) for i in group]
+            for position in group:
+                # parallel branches with one signature: the nearest reference weight not yet taken
+                distances = [_distance(ops[position], index, c) for c in candidates]
+                nearest = int(np.argmin(distances))
+                _check_reach(ops[position], index, candidates.pop(nearest))
+
+
+def _ordered(index: GraphIndex) -> tuple[list[WeightedOp], list[LayerSignature]]:
+    """Weighted ops and their signatures sorted by (weighted depth, signature); ONNX graphs list
+    nodes in topological order, so one pass gives every tensor's depth."""
+    depth: dict[str, int] = {}
+    op_depth: dict[int, int] = {}
+    ops = weighted_ops(index)
+    weighted = {id(op.node) for op in ops}
+    for node in index.model.graph.node:
+        level = max((depth.get(name, 0) for name in node.input), default=0)
+        if id(node) in weighted:
+            level += 1
+            op_depth[id(node)] = level
+        for name in node.output:
+            depth[name] = level
+    keyed = [(op_depth[id(op.node)], _signature(op, index), op) for op in ops]
+    keyed.sort(key=lambda item: (item[0], _key(item[1])))
+    return [op for _, _, op in keyed], [(level, sig) for level, sig, _ in keyed]
+
+
+def _key(signature: LayerSignature) -> tuple:
+    return (signature.op, signature.weight_shape, signature.attributes)
+
+
+def _tied_groups(layers: list) -> list[list[int]]:
+    """Positions of layers sharing (depth, signature), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for position, (level, signature) in enumerate(layers):
+        groups.setdefault((level, _key(signature)), []).append(position)
+    return list(groups.values())
 
 
 def _signature(op: WeightedOp, index: GraphIndex) -> LayerSignature:
@@ -139,28 +174,17 @@ def _activations(model: onnx.ModelProto) -> Counter[str]:
     )
 
 
-def _check_reach(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> None:
-    """The dequantized weight of ``op`` within ``REACH_STEPS`` RMS steps of ``reference``."""
-    reference = reference.astype(np.float64)
+def _held(op: WeightedOp, index: GraphIndex) -> tuple[np.ndarray, np.ndarray | None, np.dtype]:
+    """(the weight the op computes with, its quantization step or None when it is stored in
+    floating point, the dtype it is stored in)."""
     source, producer = index.follow(op.weight)
     if producer is None or producer.op_type != "DequantizeLinear":
-        weight = index.array(source).astype(np.float64)
-        if not np.allclose(weight, reference, rtol=FLOAT_WEIGHT_RTOL, atol=0):
-            raise NotReferenceNetwork(
-                f"{op.node.op_type} node {op.name!r} keeps float weights that differ from the "
-                "FP32 reference; a closed track admits post-training quantization only"
-            )
-        return
+        stored = index.array(source)
+        return stored.astype(np.float64), None, stored.dtype
     codes_name, quantizer = index.follow(producer.input[0])
     if quantizer is not None and quantizer.op_type == "QuantizeLinear":
-        stored = index.array(index.follow(quantizer.input[0])[0]).astype(np.float64)
-        if not np.allclose(stored, reference, rtol=FLOAT_WEIGHT_RTOL, atol=0):
-            raise NotReferenceNetwork(
-                f"{op.node.op_type} node {op.name!r} stores float weights (quantized at run time) "
-                "that differ from the FP32 reference; a closed track admits post-training "
-                "quantization only"
-            )
-        return
+        stored = index.array(index.follow(quantizer.input[0])[0])
+        return stored.astype(np.float64), None, stored.dtype
     codes = index.array(codes_name).astype(np.float64)
     scale = index.array(index.follow(producer.input[1])[0]).astype(np.float64)
     zero = np.zeros_like(scale)
@@ -171,15 +195,33 @@ def _check_reach(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> No
         shape = [1] * codes.ndim
         shape[axis] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    dequantized = (codes - zero) * scale
     step = np.broadcast_to(np.abs(scale), codes.shape)
-    distance = float(np.sqrt(np.mean((dequantized - reference) ** 2)))
-    reach = REACH_STEPS * float(np.sqrt(np.mean(step**2)))
-    if distance > reach:
+    return (codes - zero) * scale, step, codes.dtype
+
+
+def _distance(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> float:
+    weight, _, _ = _held(op, index)
+    return float(np.sqrt(np.mean((weight - reference.astype(np.float64)) ** 2)))
+
+
+def _check_reach(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> None:
+    """The weight of ``op`` within ``REACH_STEPS`` RMS steps of ``reference``; one stored in
+    floating point equal to it at the stored precision."""
+    weight, step, dtype = _held(op, index)
+    if step is None:
+        expected = reference.astype(dtype).astype(np.float64)
+        if not np.allclose(weight, expected, rtol=FLOAT_WEIGHT_RTOL, atol=0):
+            raise NotReferenceNetwork(
+                f"{op.node.op_type} node {op.name!r} stores float weights that differ from the "
+                "FP32 reference; a closed track admits post-training quantization only"
+            )
+        return
+    distance = float(np.sqrt(np.mean((weight - reference.astype(np.float64)) ** 2)))
+    rms_step = float(np.sqrt(np.mean(step**2)))
+    if distance > REACH_STEPS * rms_step:
         raise NotReferenceNetwork(
-            f"{op.node.op_type} node {op.name!r}: its weights are "
-            f"{distance / (reach / REACH_STEPS):.1f} quantization steps (RMS) from the FP32 "
-            f"reference, beyond the {REACH_STEPS:g} a post-training quantizer reaches; a closed "
-            "track admits post-training quantization only (retrained or fine-tuned weights belong "
-            "on an open track)"
+            f"{op.node.op_type} node {op.name!r}: its weights are {distance / rms_step:.1f} "
+            f"quantization steps (RMS) from the FP32 reference, beyond the {REACH_STEPS:g} a "
+            "post-training quantizer reaches; a closed track admits post-training quantization "
+            "only (retrained or fine-tuned weights belong on an open track)"
         )
