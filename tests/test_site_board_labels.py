@@ -90,3 +90,16 @@ def test_the_passing_only_filter_hides_entries_that_fail_the_gate(client, board)
     assert "RTN by bob" not in table and "RTN by ann" in table
     body = client.get(f"/api/v1/tracks/{track.slug}/leaderboard/", params).json()
     assert [r["method"] for r in body["results"]] == ["RTN by ann", "RTN by cy"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_written_as_text(client, board):
+    track, _, entries = board
+    entries[0].submission.__class__.objects.filter(pk=entries[0].submission_id).update(
+        method='=HYPERLINK("http://example.invalid","x")'
+    )
+    text = client.get(
+        f"/api/v1/tracks/{track.slug}/leaderboard/", {"format": "csv", "entries": "all"}
+    ).content.decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert any(row["method"].startswith("'=HYPERLINK(") for row in rows)
+    assert not any(row["method"].startswith("=") for row in rows)

@@ -5,6 +5,17 @@ import io
 
 from rest_framework.renderers import BaseRenderer
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is a formula to a spreadsheet (CSV injection): such
+cells are written with a leading apostrophe, which spreadsheets show as text."""
+
+
+def spreadsheet_safe(value):
+    """``value``, with text a spreadsheet would evaluate as a formula made plain text."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
 
 class CSVRenderer(BaseRenderer):
     media_type = "text/csv"
@@ -17,5 +28,5 @@ class CSVRenderer(BaseRenderer):
         if rows:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         return out.getvalue()
