@@ -90,3 +90,11 @@ def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):
     assert queue_for(Submission(track=track, kind=Kind.CONTAINER)) == "containers"
     track.backend = "tensorrt"
     assert queue_for(Submission(track=track, kind=Kind.ONNX)) == "gpu"
+
+
+def test_a_track_hands_its_nsd_definition_to_the_harness(tiny_tracks):
+    track = tiny_tracks["w8a8"]
+    assert track.nsd_definition == "subvoxel" and track.to_spec().nsd_definition == "subvoxel"
+    track.nsd_definition = "voxel"
+    track.full_clean()
+    assert track.to_spec().nsd_definition == "voxel"

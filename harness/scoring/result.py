@@ -15,7 +15,8 @@ from harness import __version__
 from harness.inference.evaluation import EvaluationRun
 
 RESULT_SCHEMA = "medquant-result"
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
+"""Version 2 names the NSD definition (``track.nsd_definition``); version 1 used the voxel one."""
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 BOOTSTRAP_SAMPLES = 2000
 

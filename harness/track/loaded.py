@@ -80,6 +80,7 @@ class LoadedTrack:
             "test_cases": [c.case_id for c in self.test_cases],
             "calibration_cases": [c.case_id for c in self.calibration_cases],
             "nsd_tolerance_mm": self.spec.nsd_tolerance_mm,
+            "nsd_definition": self.spec.nsd_definition,
             "backend": self.spec.backend,
         }
 
@@ -92,4 +93,5 @@ class LoadedTrack:
             self.spec.nsd_tolerance_mm,
             progress=progress,
             desc=desc,
+            nsd_definition=self.spec.nsd_definition,
         )
