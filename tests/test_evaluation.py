@@ -104,3 +104,26 @@ def test_a_track_scores_nsd_by_its_definition_and_names_it_in_the_result(tiny_tr
         assert run.cases[0].nsd == expected
         results[definition] = result["summary"]["mean_nsd"]
     assert results[NsdDefinition.SUBVOXEL] != results[NsdDefinition.VOXEL]
+
+
+def test_empty_calibration_split_serves_weight_only_schemes_and_an_empty_test_split_is_named(
+    tiny_track, tmp_path
+):
+    from harness.data.dataset import write_splits
+    from harness.submission import Submission, evaluate_submission
+    from harness.track.loaded import LoadedTrack
+    from harness.track.spec import TrackSpec
+
+    dataset_dir, model_dir = tiny_track
+    copy = shutil.copytree(dataset_dir, tmp_path / "dataset")
+    cases = [c.case_id for c in load_dataset(copy).cases]
+    write_splits(copy, {"train": cases[:2], "calibration": [], "test": cases[2:3], "none": []})
+    track = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=copy))
+    assert track.calibration_cases == () and track.calibration == []
+    result, _ = evaluate_submission(track, Submission("scheme", scheme="w8a16-per-channel"))
+    assert result["track"]["calibration_cases"] == []
+    with pytest.raises(ValueError, match="static activation scales need at least one calibration"):
+        evaluate_submission(track, Submission("scheme", scheme="w8a8-per-channel"))
+    empty = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=copy, test_split="none"))
+    with pytest.raises(DatasetError, match="test split 'none' .* holds no cases"):
+        evaluate_submission(empty, Submission("fp32"))

@@ -199,3 +199,17 @@ def test_onnx_track_page_explains_the_onnx_format(client, tiny_tracks):
     page = client.get(reverse("track", args=[track.slug])).content.decode()
     assert "This track accepts: ONNX model with Q/DQ nodes." in page
     assert "harness export-onnx" in page and "manifest.json" not in page
+
+
+def test_onnx_track_page_states_what_peer_toolkits_int8_files_need(client, tiny_tracks):
+    from leaderboard.tracks.seeding import create_track
+
+    w8a8 = tiny_tracks["w8a8"]
+    track = create_track(
+        w8a8.dataset, w8a8.reference_model, weight_bits=8, activation_bits=8,
+        backend="onnxruntime-cpu", max_float_mac_fraction=0.25,
+    )  # fmt: skip
+    page = client.get(reverse("track", args=[track.slug])).content.decode()
+    assert "quant_pre_process" in page and 'quantize_mode="int8"' in page
+    assert "budget\n8.50 bits per weight, float-MAC allowance\n0.25" in page
+    assert 'id="peer-int8"' not in client.get(reverse("track", args=[w8a8.slug])).content.decode()
