@@ -18,6 +18,8 @@ A weight stored as a float initializer and quantized at run time (QuantizeLinear
 as ModelOpt writes it) counts at its code bits against the weight limit and is reported as stored
 (``weight_storage``, ``run_time_quantized_weight_layers``). Float weights and activations count at
 their float width: a 32-bit limit admits an FP32 graph. Opset imports no node uses are ignored.
+Each activation quantizer's grid is reported (``activation_quantizer``: symmetric, or asymmetric
+with a zero-point).
 Effective bits per weight over the quantized weighted ops = (codes at their bits, or the float
 width of a weight stored as float and quantized at run time, + scales and zero-points at their
 storage width) ÷ their number of weights.
@@ -566,6 +568,9 @@ class _Layer:
     weight_storage: str = ""
     """How the weight is stored: its codes' dtype, or ``<float dtype>, quantized at run time`` for
     a float initializer through QuantizeLinear (ModelOpt's form), or the float dtype itself."""
+    activation_quantizer: str | None = None
+    """The input's grid: ``symmetric`` (zero-point 0 signed, or the mid-code of an unsigned type:
+    128 for uint8), ``asymmetric`` (any other zero-point), None for a float input."""
 
 
 def _tensor_bits(index: GraphIndex, name: str | None) -> int:
@@ -672,6 +677,7 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
         int(codes.size),
         int(stored),
         dtype if runtime_quantized is None else _runtime_storage(runtime_quantized.data_type),
+        _activation_grid(op, index),
     )
 
 
@@ -758,6 +764,26 @@ def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
     return None if found is None else found[0]
 
 
+def _activation_grid(op: WeightedOp, index: GraphIndex) -> str | None:
+    """``symmetric`` or ``asymmetric`` grid of the quantizer feeding ``op``'s activation input
+    (None when it is float): read from its zero-point and integer type."""
+    _, producer = index.follow(op.activation)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    found = _quantizer_bits(producer, index)
+    if found is None:
+        return None
+    bits, dtype = found
+    zero = np.zeros(1, np.int64)
+    if len(producer.input) > 2 and producer.input[2]:
+        source, _ = index.follow(producer.input[2])
+        if source not in index.constants:
+            return "asymmetric"  # a zero-point computed at run time is no fixed symmetric grid
+        zero = index.array(source).astype(np.int64)
+    middle = 2 ** (bits - 1) if dtype.startswith("uint") else 0
+    return "symmetric" if bool(np.all(zero == middle)) else "asymmetric"
+
+
 def _check_activation_quantizers(index: GraphIndex, limits: PrecisionLimits) -> int | None:
     """Largest activation quantizer bit-width; each must be within the track's limit."""
     largest = None
@@ -821,6 +847,9 @@ def _report(layers: list[_Layer], activation_bits: int | None, size: int, opset:
         "run_time_quantized_weight_layers": [
             layer.node for layer in layers if layer.weight_storage.endswith("at run time")
         ],
+        "activation_quantizers": sorted(
+            {layer.activation_quantizer for layer in layers if layer.activation_quantizer}
+        ),
         "macs_per_sample": total,
         "quantized_weights": sum(layer.weights for layer in quantized),
         "bits_per_weight": (
