@@ -24,6 +24,10 @@ from reference_methods.methods import METHODS, describe, quantize_with
 from reference_methods.simulator.scheme import QuantConfig
 
 BASELINE_GRANULARITIES = ("per-tensor", "per-channel", "adaptive")
+ASYMMETRIC_BASELINE_GRANULARITY = "per-tensor"
+"""RTN with asymmetric (uint8-style, zero-point) activations runs at this granularity on tracks
+that quantize activations: static per-tensor activations on the zero-point grid are what
+deployment toolkits (ONNX Runtime, TensorRT, OpenVINO) run; the symmetric rows stay the study's."""
 """RTN runs at every granularity of the study (MedQuanBench's three schemes)."""
 LOW_BIT_METHODS = ("gptq", "comq", "permutation-comq", "smoothquant")
 """Methods run per-channel with default options on tracks of at most 4-bit weights, where RTN
@@ -92,9 +96,11 @@ def compute_reference(
 
 def baselines_for(spec: TrackSpec) -> list[Baseline]:
     """The baselines a track starts with. On a checkpoint backend: RTN at the track's precision
-    for every granularity, plus ``LOW_BIT_METHODS`` per-channel at ≤ 4-bit weights or
-    ``EIGHT_BIT_METHODS`` per-tensor otherwise (when the track allows that granularity). On an ONNX
-    backend: the standard INT8 Q/DQ export, when the track allows 8 bits."""
+    for every granularity (symmetric activations, the study's), RTN with asymmetric activations
+    at ``ASYMMETRIC_BASELINE_GRANULARITY`` when the track quantizes activations, plus
+    ``LOW_BIT_METHODS`` per-channel at ≤ 4-bit weights or ``EIGHT_BIT_METHODS`` per-tensor
+    otherwise (when the track allows that granularity). On an ONNX backend: the standard INT8 Q/DQ
+    export, when the track allows 8 bits."""
     bits_w, bits_a = spec.weight_bits or 8, spec.activation_bits
     if not get_backend(spec.backend).scores("checkpoint"):
         if bits_w < 8 or (bits_a or 8) < 8:
@@ -102,6 +108,9 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
         return [Baseline("rtn", INT8_QDQ, "RTN INT8 Q/DQ", INT8_QDQ_DESCRIPTION)]
     precision = f"w{bits_w}a{bits_a or 16}"
     baselines = [_baseline("rtn", f"{precision}-{g}", g) for g in BASELINE_GRANULARITIES]
+    asymmetric = ASYMMETRIC_BASELINE_GRANULARITY
+    if bits_a and (not spec.granularities or asymmetric in spec.granularities):
+        baselines.append(_baseline("rtn", f"{precision}-{asymmetric}-asym", asymmetric))
     if bits_w <= LOW_BIT_MAX_WEIGHT_BITS:
         methods, granularity = LOW_BIT_METHODS, "per-channel"
     else:
@@ -113,6 +122,8 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
 
 def _baseline(method: str, scheme: str, granularity: str) -> Baseline:
     label = f"{METHODS[method].label} {WEIGHT_LAYOUT_LABELS.get(method, granularity)}"
+    if QuantConfig.from_scheme(scheme).activation_quantizer == "asymmetric":
+        label += ", asymmetric activations"
     return Baseline(method, scheme, label, f"{describe(method)}, scheme {scheme}, default options")
 
 

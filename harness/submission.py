@@ -150,6 +150,7 @@ def evaluate_submission(
         fp32_size_bytes=track.fp32_size_bytes if submission.kind != "fp32" else None,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
+        warnings=track.model_spec.warnings(),
     )
     return result, run
 

@@ -14,6 +14,7 @@ from reference_methods.methods import comq
 from reference_methods.methods.comq import COMQConfig, comq_codes, group_grid
 from reference_methods.simulator.scheme import QuantConfig, quantized_layers
 from reference_methods.simulator.weight_format import to_rows
+from reference_methods.statistics import gram
 from reference_methods.statistics.gram import collect_grams, gram_shape, input_columns
 from reference_methods.statistics.reconstruction import (
     layer_reconstruction_error,
@@ -195,6 +196,9 @@ LAYERS = [
     (nn.Conv3d(3, 2, 1), (2, 3, 3, 2, 4)),
     (nn.ConvTranspose3d(2, 3, 2, padding=2), (1, 2, 6, 5, 6)),  # its equivalent conv crops
     (nn.Linear(5, 7), (2, 3, 5)),
+    (nn.Conv3d(2, 3, 3, padding=4, dilation=4), (1, 2, 12, 11, 10)),  # segments 4 thick
+    (nn.Conv3d(2, 2, (3, 3, 1), padding=(8, 5, 0), dilation=(8, 5, 1)), (2, 2, 19, 13, 3)),
+    (nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, dilation=3), (1, 2, 5, 4, 6)),
 ]
 
 
@@ -220,6 +224,42 @@ def test_accumulated_gram_equals_the_explicit_unfold(layer, shape):
     explicit = _explicit_columns(layer, x).double().transpose(0, 1)
     assert gram.shape == gram_shape(layer)
     torch.testing.assert_close(gram, explicit.mT @ explicit, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("shifted", [True, False], ids=["shifted-products", "unfold"])
+@pytest.mark.parametrize(("layer", "shape"), LAYERS)
+def test_both_gram_algorithms_equal_the_explicit_unfold(layer, shape, shifted, monkeypatch):
+    monkeypatch.setattr(gram, "shifted_products_preferred", lambda *args: shifted)
+    x = torch.randn(shape, generator=_seeded(9))
+    got = gram.input_gram(layer, x)
+    explicit = _explicit_columns(layer, x).double().transpose(0, 1)
+    torch.testing.assert_close(got, explicit.mT @ explicit, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 4, 8, 16])
+def test_shifted_products_regions_do_not_multiply_with_the_dilation(dilation):
+    # a boundary segment per box edge, however thick: at most (1 + 2 (k - 1))^3 regions
+    shape, kernel = (1, 16, 64, 64, 64), (3, 3, 3)
+    plan = gram._box_plan(shape[2:], kernel, [(dilation, dilation)] * 3, (dilation,) * 3)
+    regions = 1
+    for choices in plan.boundary:
+        regions *= len(choices)
+    assert regions <= (1 + 2 * 2) ** 3
+
+
+def test_the_cost_model_takes_shifted_products_at_small_and_unfold_at_large_dilations():
+    shape, kernel = (1, 16, 64, 64, 64), (3, 3, 3)
+
+    def preferred(d: int) -> bool:
+        return gram.shifted_products_preferred(shape, kernel, [(d, d)] * 3, (d, d, d))
+
+    assert preferred(1) and preferred(4)
+    assert not preferred(16)
+    # what grows with the dilation is the shifted products' boundary rows, not the unfold
+    costs = [gram.shifted_products_cost(shape, kernel, [(d, d)] * 3, (d,) * 3) for d in (1, 16)]
+    unfold = [gram.unfold_cost(shape, kernel, [(d, d)] * 3, (d,) * 3) for d in (1, 16)]
+    assert costs[1] > 2 * costs[0] and unfold[0] == unfold[1]
 
 
 def test_gram_over_batches_equals_the_gram_of_all_data_at_once():

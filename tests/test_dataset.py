@@ -251,10 +251,13 @@ def test_non_nifti_image_path_is_refused(tmp_path: Path) -> None:
 # case selection and splits
 
 
-def test_empty_case_selection_is_refused(tmp_path: Path) -> None:
-    ds = load_dataset(write_msd(tmp_path / "Task"))
-    with pytest.raises(DatasetError, match="empty case list for dataset 'Tiny'"):
-        ds.select([])
+def test_an_empty_split_is_a_split_without_cases(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "Task")
+    write_splits(root, {"train": ["case_a", "case_b"], "calibration": [], "test": ["case_c"]})
+    ds = load_dataset(root)
+    assert ds.select([]) == ()
+    assert ds.split("calibration") == ()
+    assert [c.case_id for c in ds.split("test")] == ["case_c"]
 
 
 def test_unknown_case_ids_are_all_named(tmp_path: Path) -> None:

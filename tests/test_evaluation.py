@@ -70,3 +70,60 @@ def test_labels_are_the_argmax_of_the_probabilities():
     assert labels.shape == (20, 18, 11)
     assert torch.equal(labels, predict_probabilities(model, image, window).argmax(dim=0))
     assert len(labels.unique()) > 1
+
+
+def test_a_track_scores_nsd_by_its_definition_and_names_it_in_the_result(tiny_track):
+    from dataclasses import replace
+
+    from harness.scoring.metrics import NsdDefinition
+    from harness.submission import Submission, evaluate_submission
+    from harness.track.loaded import LoadedTrack
+    from harness.track.spec import TrackSpec
+
+    dataset_dir, model_dir = tiny_track
+    default = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=dataset_dir))
+    assert default.spec.nsd_definition == "subvoxel"
+    voxel = LoadedTrack(
+        replace(default.spec, nsd_definition="voxel"),
+        default.dataset,
+        default.model_spec,
+        default.model,
+    )
+    results = {}
+    for track in (default, voxel):
+        result, run = evaluate_submission(track, Submission("fp32"))
+        assert result["track"]["nsd_definition"] == track.spec.nsd_definition
+        case = track.test_cases[0]
+        loaded = read_case(case, track.dataset.labels)
+        image = preprocess(loaded, track.model_spec.preprocessing)
+        window = track.model_spec.sliding_window
+        pred = restore_to_original(predict_labels(track.model, image, window), image, loaded.image)
+        classes = track.dataset.foreground_classes
+        definition = NsdDefinition(track.spec.nsd_definition)
+        expected = nsd_per_class(pred, loaded.label, classes, loaded.spacing, 2.0, definition)
+        assert run.cases[0].nsd == expected
+        results[definition] = result["summary"]["mean_nsd"]
+    assert results[NsdDefinition.SUBVOXEL] != results[NsdDefinition.VOXEL]
+
+
+def test_empty_calibration_split_serves_weight_only_schemes_and_an_empty_test_split_is_named(
+    tiny_track, tmp_path
+):
+    from harness.data.dataset import write_splits
+    from harness.submission import Submission, evaluate_submission
+    from harness.track.loaded import LoadedTrack
+    from harness.track.spec import TrackSpec
+
+    dataset_dir, model_dir = tiny_track
+    copy = shutil.copytree(dataset_dir, tmp_path / "dataset")
+    cases = [c.case_id for c in load_dataset(copy).cases]
+    write_splits(copy, {"train": cases[:2], "calibration": [], "test": cases[2:3], "none": []})
+    track = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=copy))
+    assert track.calibration_cases == () and track.calibration == []
+    result, _ = evaluate_submission(track, Submission("scheme", scheme="w8a16-per-channel"))
+    assert result["track"]["calibration_cases"] == []
+    with pytest.raises(ValueError, match="static activation scales need at least one calibration"):
+        evaluate_submission(track, Submission("scheme", scheme="w8a8-per-channel"))
+    empty = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=copy, test_split="none"))
+    with pytest.raises(DatasetError, match="test split 'none' .* holds no cases"):
+        evaluate_submission(empty, Submission("fp32"))

@@ -1,5 +1,6 @@
-"""Tests for harness.scoring.metrics: DSC and NSD equal MONAI's definitions, honour spacing, and
-follow the leaderboard's explicit empty-mask conventions."""
+"""Tests for harness.scoring.metrics: DSC equals MONAI's; NSD equals DeepMind's surface-distance
+(the publication's subvoxel definition, the default) and MONAI's default (the voxel definition);
+both honour spacing and follow the leaderboard's explicit empty-mask conventions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import surface_distance
 import torch
 from monai.metrics import compute_dice, compute_surface_dice
 from scipy import ndimage
@@ -19,13 +21,18 @@ from harness.scoring.metrics import (
     EMPTY_BOTH_SCORE,
     EMPTY_ONE_SCORE,
     MetricInputError,
+    NsdDefinition,
     dice_per_class,
     mean_over_classes,
     nsd_per_class,
 )
 
+# surface-distance 0.1 imports scipy.ndimage's deprecated sub-namespaces
+pytestmark = pytest.mark.filterwarnings("ignore:Please import .* from the `scipy.ndimage`")
+
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 TOL = 1e-6
+VOXEL = NsdDefinition.VOXEL
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,10 +90,10 @@ def assert_matches_monai(
     spacing: Sequence[float],
     tau: float,
 ) -> tuple[dict[int, float], dict[int, float]]:
-    """Our DSC/NSD equal MONAI's for every class; where MONAI's NSD is NaN (both empty), ours is
-    the documented 1.0. Returns our values."""
+    """Our DSC and voxel-definition NSD equal MONAI's for every class; where MONAI's NSD is NaN
+    (both empty), ours is the documented 1.0. Returns our values."""
     dsc = dice_per_class(pred, label, class_ids)
-    nsd = nsd_per_class(pred, label, class_ids, spacing, tau)
+    nsd = nsd_per_class(pred, label, class_ids, spacing, tau, VOXEL)
     ref_dsc = monai_dice(pred, label, class_ids)
     ref_nsd = monai_nsd(pred, label, class_ids, spacing, tau)
     assert list(dsc) == list(class_ids) and list(nsd) == list(class_ids)
@@ -168,7 +175,96 @@ def test_nsd_counts_distance_equal_to_tolerance_as_within_like_monai():
     _, nsd = assert_matches_monai(pred, label, [1], (0.8, 1.0, 1.0), 2.4)
     assert nsd[1] == 1.0
     # a slightly smaller tolerance excludes the far face
-    assert nsd_per_class(pred, label, [1], (0.8, 1.0, 1.0), 2.39)[1] < 1.0
+    assert nsd_per_class(pred, label, [1], (0.8, 1.0, 1.0), 2.39, VOXEL)[1] < 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# the publication's definition: equality with DeepMind's surface-distance
+
+
+def deepmind_nsd(
+    pred: np.ndarray, label: np.ndarray, c: int, spacing: Sequence[float], tau: float
+) -> float:
+    distances = surface_distance.compute_surface_distances(label == c, pred == c, list(spacing))
+    return float(surface_distance.compute_surface_dice_at_tolerance(distances, tau))
+
+
+def assert_matches_deepmind(
+    pred: np.ndarray,
+    label: np.ndarray,
+    class_ids: Sequence[int],
+    spacing: Sequence[float],
+    tau: float,
+) -> dict[int, float]:
+    """Our default NSD equals surface-distance's for every class present in both maps (the
+    reference divides by zero otherwise; ours follows the documented conventions)."""
+    nsd = nsd_per_class(pred, label, class_ids, spacing, tau)
+    assert nsd == nsd_per_class(pred, label, class_ids, spacing, tau, NsdDefinition.SUBVOXEL)
+    for c in class_ids:
+        in_pred, in_label = bool((pred == c).any()), bool((label == c).any())
+        if in_pred and in_label:
+            assert nsd[c] == pytest.approx(deepmind_nsd(pred, label, c, spacing, tau), abs=TOL)
+        else:
+            assert nsd[c] == (EMPTY_BOTH_SCORE if in_pred == in_label else EMPTY_ONE_SCORE)
+    return nsd
+
+
+@pytest.mark.parametrize(
+    ("seed", "shape", "spacing", "tau", "class_ids"),
+    [
+        (0, (24, 20, 12), (0.8, 0.8, 5.0), 2.4, [1, 2, 3, 4]),
+        (1, (17, 23, 19), (1.0, 1.0, 1.0), 1.0, [1, 2, 3]),
+        (2, (30, 16, 10), (1.5, 0.7, 3.0), 2.0, [0, 1, 2, 3, 4, 5]),  # background included
+        (3, (20, 20, 8), (0.795, 0.795, 5.0), 5.0, [2, 4, 6, 7]),  # 6, 7 absent from label
+        (5, (26, 18, 14), (3.0, 3.0, 3.0), 1.0, [1, 2, 3, 4, 5]),  # tolerance below the spacing
+        (4, (32, 28), (0.5, 2.0), 1.5, [1, 2, 3]),  # 2D: contour lengths
+    ],
+)
+def test_default_nsd_equals_deepmind_surface_distance_on_random_blobs(
+    seed, shape, spacing, tau, class_ids
+):
+    rng = np.random.default_rng(seed)
+    n_classes = 5
+    label = random_blob_labels(rng, shape, n_classes)
+    pred = perturbed(rng, label, n_classes)
+    pred[pred == 4] = 6
+    nsd = assert_matches_deepmind(pred, label, class_ids, spacing, tau)
+    assert any(0.0 < v < 1.0 for v in nsd.values())
+    # the voxel definition is a different number on the same masks
+    voxel = nsd_per_class(pred, label, class_ids, spacing, tau, VOXEL)
+    assert max(abs(nsd[c] - voxel[c]) for c in class_ids) > 1e-3
+
+
+def test_default_nsd_compares_distances_with_the_tolerance_in_float64_like_deepmind():
+    # 3 x 0.8 mm is 2.4000000000000004 in float64: beyond a 2.4 mm tolerance for surface-distance
+    # (float64), within it for MONAI's voxel definition (float32)
+    shape = (20, 12, 12)
+    label = box(shape, (4, 3, 3), (10, 9, 9))
+    pred = box(shape, (4, 3, 3), (13, 9, 9))
+    spacing = (0.8, 1.0, 1.0)
+    nsd = assert_matches_deepmind(pred, label, [1], spacing, 2.4)
+    assert nsd[1] < 1.0
+    assert nsd_per_class(pred, label, [1], spacing, 2.4 + 1e-9)[1] == 1.0
+    assert nsd_per_class(pred, label, [1], spacing, 2.4, VOXEL)[1] == 1.0
+
+
+def test_default_nsd_is_not_the_voxel_count_on_anisotropic_voxels():
+    # A slab one 5 mm slice thick, grown by one 0.8 mm row: a voxel count weighs each of its edge
+    # voxels alike, surfels weigh the row's faces by their real area.
+    shape = (20, 20, 6)
+    spacing = (0.8, 0.8, 5.0)
+    label = box(shape, (4, 4, 2), (16, 16, 3))
+    pred = box(shape, (4, 4, 2), (17, 16, 3))
+    nsd = assert_matches_deepmind(pred, label, [1], spacing, 0.5)
+    voxel = nsd_per_class(pred, label, [1], spacing, 0.5, VOXEL)[1]
+    assert voxel == pytest.approx((144 + 144) / (144 + 156))  # all 12 new voxels are 0.8 mm away
+    assert abs(nsd[1] - voxel) > 0.02
+
+
+def test_unknown_nsd_definition_is_refused_with_the_known_ones():
+    label = box((6, 6, 4), (1, 1, 1), (4, 4, 3))
+    with pytest.raises(MetricInputError, match="unknown NSD definition 'area'.*subvoxel, voxel"):
+        nsd_per_class(label, label, [1], (1.0, 1.0, 1.0), 1.0, "area")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,17 +283,18 @@ def test_nsd_uses_spacing_shift_along_thick_slices_exceeds_tolerance_but_in_plan
     assert nsd_in_plane[1] == 1.0
     assert nsd_across[1] < 1.0
     # the same one-slice shift is tolerated once the tolerance reaches the slice thickness
-    assert nsd_per_class(shifted_across_slices, label, [1], spacing, 5.0)[1] == 1.0
+    assert nsd_per_class(shifted_across_slices, label, [1], spacing, 5.0, VOXEL)[1] == 1.0
     # and with unit spacing the two shifts would be indistinguishable
     iso = (1.0, 1.0, 1.0)
-    assert nsd_per_class(shifted_across_slices, label, [1], iso, 2.0)[1] == 1.0
+    assert nsd_per_class(shifted_across_slices, label, [1], iso, 2.0, VOXEL)[1] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------
 # empty-mask conventions
 
 
-def test_empty_conventions_both_empty_scores_one_and_one_empty_scores_zero():
+@pytest.mark.parametrize("definition", list(NsdDefinition))
+def test_empty_conventions_both_empty_scores_one_and_one_empty_scores_zero(definition):
     shape = (10, 10, 6)
     empty = np.zeros(shape, dtype=np.uint8)
     present = box(shape, (2, 2, 1), (6, 7, 4))
@@ -205,33 +302,50 @@ def test_empty_conventions_both_empty_scores_one_and_one_empty_scores_zero():
     assert EMPTY_BOTH_SCORE == 1.0 and EMPTY_ONE_SCORE == 0.0
 
     assert dice_per_class(empty, empty, [1]) == {1: 1.0}
-    assert nsd_per_class(empty, empty, [1], spacing, 1.0) == {1: 1.0}
+    assert nsd_per_class(empty, empty, [1], spacing, 1.0, definition) == {1: 1.0}
     for pred, label in [(present, empty), (empty, present)]:
         assert dice_per_class(pred, label, [1]) == {1: 0.0}
-        assert nsd_per_class(pred, label, [1], spacing, 100.0) == {1: 0.0}
+        assert nsd_per_class(pred, label, [1], spacing, 100.0, definition) == {1: 0.0}
 
 
-def test_class_ids_beyond_the_label_dtype_range_count_as_both_empty():
+@pytest.mark.parametrize("definition", list(NsdDefinition))
+def test_class_ids_beyond_the_label_dtype_range_count_as_both_empty(definition):
     label = box((8, 8, 4), (1, 1, 1), (5, 5, 3))  # uint8
     assert dice_per_class(label, label, [1, 300]) == {1: 1.0, 300: 1.0}
-    assert nsd_per_class(label, label, [1, 300], (1.0, 1.0, 1.0), 1.0) == {1: 1.0, 300: 1.0}
+    got = nsd_per_class(label, label, [1, 300], (1.0, 1.0, 1.0), 1.0, definition)
+    assert got == {1: 1.0, 300: 1.0}
+
+
+def test_masks_touching_the_volume_border_have_surfels_there_like_deepmind():
+    # every requested id of a uint8 map but one: the outside of the volume still counts as
+    # outside every mask
+    rng = np.random.default_rng(11)
+    label = random_blob_labels(rng, (12, 10, 8), 3).astype(np.uint8)
+    label[0] = 1  # a whole border plane of class 1
+    pred = perturbed(rng, label, 3).astype(np.uint8)
+    assert_matches_deepmind(pred, label, [0, 1, 2, 3], (1.2, 0.9, 2.5), 1.5)
 
 
 # ------------------------------------------------------------------------------------------------
 # inputs
 
 
-def test_torch_tensors_and_integral_float_maps_give_the_same_values_as_integer_arrays():
+@pytest.mark.parametrize("definition", list(NsdDefinition))
+def test_torch_tensors_and_integral_float_maps_give_the_same_values_as_integer_arrays(definition):
     rng = np.random.default_rng(7)
     label = random_blob_labels(rng, (16, 14, 10), 3)
     pred = perturbed(rng, label, 3)
     ids, spacing = [1, 2, 3], (0.9, 0.9, 3.0)
-    expected = (dice_per_class(pred, label, ids), nsd_per_class(pred, label, ids, spacing, 2.0))
+    expected = (
+        dice_per_class(pred, label, ids),
+        nsd_per_class(pred, label, ids, spacing, 2.0, definition),
+    )
     for p, g in [
         (torch.from_numpy(pred), torch.from_numpy(label)),
         (pred.astype(np.float64), label.astype(np.float32)),
+        (pred.astype(np.uint8), label.astype(np.uint16)),
     ]:
-        got = (dice_per_class(p, g, ids), nsd_per_class(p, g, ids, spacing, 2.0))
+        got = (dice_per_class(p, g, ids), nsd_per_class(p, g, ids, spacing, 2.0, definition))
         assert got == expected
 
 
@@ -303,7 +417,7 @@ def test_real_totalsegmentator_reference_vs_fast_model_matches_monai():
 
     start = time.perf_counter()
     dsc_all = dice_per_class(pred, label, either)
-    nsd_all = nsd_per_class(pred, label, either, spacing, 3.0)
+    nsd_all = nsd_per_class(pred, label, either, spacing, 3.0, VOXEL)
     elapsed = time.perf_counter() - start
     assert elapsed < 5.0, f"{len(either)} classes took {elapsed:.2f} s"
 
@@ -340,3 +454,29 @@ def test_real_spleen_with_5mm_slices_perturbations_match_monai():
     assert results["slice", 2.0] < 0.95
     assert results["in_plane", 2.0] == 1.0
     assert results["slice", 5.0] == 1.0
+
+
+@pytest.mark.real_data
+@needs_real_data
+def test_real_spleen_and_totalsegmentator_default_nsd_equals_deepmind():
+    """The publication's NSD on real masks (manual spleen at 0.8 x 0.8 x 5 mm; two TotalSegmentator
+    models at 3 mm) equals surface-distance's, and differs from the voxel count where the
+    tolerance is below the spacing."""
+    label, spacing = _load_labels(REAL_DATA / "msd-spleen-crop" / "spleen_2_label.nii.gz")
+    label = label.astype(np.uint8)
+    shifted = np.zeros_like(label)
+    shifted[:, :, 1:] = label[:, :, :-1]  # one 5 mm slice
+    for tau in (1.0, 2.0, 5.0):
+        assert_matches_deepmind(shifted, label, [1], spacing, tau)
+
+    ts = REAL_DATA / "totalsegmentator"
+    label, spacing = _load_labels(ts / "example_seg.nii.gz")
+    pred, _ = _load_labels(ts / "example_seg_fast.nii.gz")
+    ids = json.loads((ts / "labels_total_ct.json").read_text())
+    organs = [ids[name] for name in ("spleen", "pancreas", "liver", "kidney_left", "aorta")]
+    gaps = []
+    for tau in (1.0, 2.0):
+        nsd = assert_matches_deepmind(pred, label, organs, spacing, tau)
+        voxel = nsd_per_class(pred, label, organs, spacing, tau, VOXEL)
+        gaps += [abs(nsd[c] - voxel[c]) for c in organs]
+    assert max(gaps) > 0.05  # 3 mm voxels, 1-2 mm tolerance: the definitions disagree

@@ -321,6 +321,17 @@ def test_fp32_graph_passes_only_without_a_weight_limit(track, interface, tmp_pat
 
 
 def test_ort_quantize_static_upload_is_accepted(track, interface, tmp_path):
+    from harness.artifacts.onnx.export import export_fp32
+
+    fp32 = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
+    peer = _ort_static_qdq(track, fp32, tmp_path / "ort_qdq.onnx")
+    report = verify_onnx(peer, interface, W8A8)
+    assert report["weight_bits"] == 8 and report["activation_bits"] == 8
+    assert report["granularity"] == "per-channel"
+    assert report["quantized_mac_fraction"] == 1.0
+
+
+def _ort_static_qdq(track, fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -328,9 +339,6 @@ def test_ort_quantize_static_upload_is_accepted(track, interface, tmp_path):
         quantize_static,
     )
 
-    from harness.artifacts.onnx.export import export_fp32
-
-    fp32 = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
     batches = iter([b.numpy() for b in track.calibration])
 
     class Reader(CalibrationDataReader):
@@ -338,17 +346,109 @@ def test_ort_quantize_static_upload_is_accepted(track, interface, tmp_path):
             batch = next(batches, None)
             return None if batch is None else {"image": batch}
 
-    peer = tmp_path / "ort_qdq.onnx"
     quantize_static(
         str(fp32),
-        str(peer),
+        str(out),
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
     )
+    return out
+
+
+def test_ort_quantize_static_after_its_recommended_pre_processing_is_accepted(
+    track, interface, tmp_path
+):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from harness.artifacts.onnx.export import export_fp32
+
+    fp32 = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    peer = _ort_static_qdq(track, pre, tmp_path / "ort_qdq.onnx")
+    model = onnx.load(str(peer))
+    declared = {entry.domain for entry in model.opset_import}
+    used = {node.domain for node in model.graph.node}
+    assert "ai.onnx.ml" in declared and used <= {"", "ai.onnx", "com.microsoft"}
     report = verify_onnx(peer, interface, W8A8)
     assert report["weight_bits"] == 8 and report["activation_bits"] == 8
-    assert report["granularity"] == "per-channel"
     assert report["quantized_mac_fraction"] == 1.0
+
+
+def test_a_node_in_an_undeclared_or_foreign_domain_is_still_refused(int8_onnx, interface, tmp_path):
+    model = onnx.load(str(int8_onnx))
+    model.opset_import.add(domain="ai.onnx.ml", version=5)  # declared and unused: fine
+    _node(model, lambda n: n.op_type == "PRelu").domain = "ai.onnx.ml"  # now a node uses it
+    bad = tmp_path / "ml.onnx"
+    bad.write_bytes(model.SerializeToString())
+    with pytest.raises(OnnxVerificationError, match="custom op ai.onnx.ml::PRelu"):
+        verify_onnx(bad, interface, W8A8)
+
+
+def test_fp32_graph_passes_a_32_bit_track_and_float16_limits_refuse_it(track, interface, tmp_path):
+    from harness.artifacts.onnx.export import export_fp32
+    from harness.artifacts.precision import check_precision
+
+    path = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
+    report = verify_onnx(path, interface, PrecisionLimits(weight_bits=32, activation_bits=32))
+    assert report["weight_bits"] == 32 and report["float_weight_layers"]
+    check_precision(report, weight_bits=32, activation_bits=32)
+    with pytest.raises(OnnxVerificationError, match="is a float initializer.*at most 16-bit"):
+        verify_onnx(path, interface, PrecisionLimits(weight_bits=16, activation_bits=16))
+
+
+def test_int8_weights_on_a_32_bit_activation_track_may_read_float_activations(
+    int8_onnx, interface, tmp_path
+):
+    data = int8_onnx.read_bytes()
+    bypassed = tmp_path / "bypassed.onnx"
+    bypassed.write_bytes(_float_activations(data, onnx.load_from_string(data)))
+    report = verify_onnx(bypassed, interface, PrecisionLimits(weight_bits=8, activation_bits=32))
+    assert report["weight_bits"] == 8
+
+
+def _weights_quantized_at_run_time(data: bytes, model: onnx.ModelProto) -> bytes:
+    """Every weight as ModelOpt stores it: a float initializer through QuantizeLinear, then
+    DequantizeLinear with the same scale (the codes are recomputed at run time)."""
+    for conv in [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]:
+        dq = _weight_dq(model, conv)
+        codes_init = _initializer(model, dq.input[0])
+        codes = numpy_helper.to_array(codes_init).astype(np.float32)
+        scale = numpy_helper.to_array(_initializer(model, dq.input[1]))
+        axis = next(a.i for a in dq.attribute if a.name == "axis")
+        shape = [1] * codes.ndim
+        shape[axis] = scale.size
+        name = dq.input[0] + "_float"
+        model.graph.initializer.append(numpy_helper.from_array(codes * scale.reshape(shape), name))
+        quantized = dq.input[0] + "_runtime"
+        model.graph.node.append(
+            helper.make_node(
+                "QuantizeLinear", [name, dq.input[1], dq.input[2]], [quantized], axis=axis
+            )
+        )
+        model.graph.initializer.remove(codes_init)
+        dq.input[0] = quantized
+    return _topological(model).SerializeToString()
+
+
+def test_weights_stored_as_float_and_quantized_at_run_time_are_reported_as_such(
+    int8_onnx, interface, tmp_path
+):
+    honest = verify_onnx(int8_onnx, interface, W8A8)
+    data = int8_onnx.read_bytes()
+    runtime = tmp_path / "runtime.onnx"
+    runtime.write_bytes(_weights_quantized_at_run_time(data, onnx.load_from_string(data)))
+    report = verify_onnx(runtime, interface, W8A8)
+    assert report["weight_bits"] == 8  # the codes the graph computes, against the weight limit
+    stored = {layer["weight_storage"] for layer in report["layers"]}
+    assert stored == {"float, quantized at run time"}  # ONNX names float32 "float"
+    assert report["run_time_quantized_weight_layers"] == [
+        layer["node"] for layer in report["layers"]
+    ]
+    assert {layer["weight_storage"] for layer in honest["layers"]} == {"int8"}
+    assert honest["run_time_quantized_weight_layers"] == []
+    # stored float32 counts in bits per weight: 32 + the scales, against 8 + the scales
+    assert report["bits_per_weight"] == pytest.approx(honest["bits_per_weight"] + 24)

@@ -256,7 +256,16 @@ def test_label_requested_for_a_case_without_one_is_refused(tmp_path: Path) -> No
         ({"intensity_window": (100.0, 100.0)}, r"intensity_window must be \(low, high\)"),
         ({"intensity_window": (240.0, -160.0)}, r"intensity_window must be \(low, high\)"),
         ({"normalisation": "window"}, "normalisation 'window' needs intensity_window"),
-        ({"normalisation": "minmax"}, "unknown normalisation 'minmax'"),
+        ({"normalisation": "softmax"}, "unknown normalisation 'softmax'"),
+        ({"normalisation": "percentile"}, "'percentile' needs intensity_percentiles"),
+        (
+            {"normalisation": "minmax", "intensity_percentiles": (1.0, 99.0)},
+            "'percentile' needs intensity_percentiles .* only it",
+        ),
+        (
+            {"normalisation": "percentile", "intensity_percentiles": (99.0, 1.0)},
+            "0 <= low < high <= 100",
+        ),
         ({"normalisation": "none", "spacing": (1.0, 0.0, 1.0)}, "three positive numbers"),
         ({"normalisation": "none", "spacing": (1.0, -2.0, 1.0)}, "three positive numbers"),
         ({"normalisation": "none", "spacing": (1.0, 1.0)}, "three positive numbers"),
@@ -326,6 +335,28 @@ def test_zscore_with_a_window_clips_before_normalising() -> None:
     out = preprocess(_loaded(image, _affine()), spec)[0].numpy()
     clipped = np.clip(image, -100.0, 100.0)
     np.testing.assert_allclose(out, (clipped - clipped.mean()) / clipped.std(), atol=1e-4)
+
+
+def test_minmax_maps_each_channels_range_to_zero_one() -> None:
+    rng = np.random.default_rng(3)
+    image = np.stack([rng.normal(40.0, 300.0, SHAPE), rng.uniform(2.0, 3.0, SHAPE)])
+    out = preprocess(_loaded(image, _affine()), PreprocessSpec(normalisation="minmax")).numpy()
+    for c in range(2):
+        lo, hi = image[c].min(), image[c].max()
+        np.testing.assert_allclose(out[c], (image[c] - lo) / (hi - lo), atol=1e-6)
+
+
+def test_percentile_scaling_maps_the_percentiles_to_zero_one_and_clips_the_tails() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.normal(0.0, 100.0, SHAPE).astype(np.float32)
+    image[0, 0, 0], image[1, 1, 1] = 1e5, -1e5  # outliers a min-max scaling would be ruled by
+    spec = PreprocessSpec(normalisation="percentile", intensity_percentiles=(0.5, 99.5))
+    out = preprocess(_loaded(image, _affine()), spec)[0].numpy()
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    np.testing.assert_allclose(out, np.clip((image - lo) / (hi - lo), 0.0, 1.0), atol=1e-5)
+    assert 0.4 < float(np.median(out)) < 0.6
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert PreprocessSpec.from_dict(data) == spec
 
 
 def test_preprocessed_label_is_resampled_nearest_keeping_integer_declared_values() -> None:

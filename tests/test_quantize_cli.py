@@ -158,3 +158,43 @@ def test_study_refuses_a_bad_method_before_evaluating(tiny_track, tmp_path, caps
     assert main(["study", "--quiet", *args, *grid, "--methods", "rtn,smoothquant"]) == 2
     assert "the scheme must quantize activations" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_study_puts_asymmetric_activation_rows_beside_the_symmetric_ones(
+    tiny_track, tmp_path, capsys
+):
+    dataset, model = tiny_track
+    out = tmp_path / "study.json"
+    args = ["--dataset", str(dataset), "--model", str(model), "--out", str(out)]
+    grid = ["--precisions", "w8a8,w4a16", "--granularities", "per-tensor,adaptive"]
+    both = ["--activation-quantizers", "symmetric,asymmetric"]
+    assert main(["study", "--quiet", *args, *grid, *both]) == 0
+    table = capsys.readouterr().out
+    assert "Activations" in table and "asymmetric" in table
+    study = json.loads(out.read_text())
+    rows = [(r["scheme"], r["activation_quantizer"]) for r in study["rows"]]
+    assert rows == [
+        ("fp32", "none"),
+        ("w8a8-per-tensor", "symmetric"),
+        ("w8a8-per-tensor-asym", "asymmetric"),
+        ("w8a8-adaptive", "symmetric"),
+        ("w8a8-adaptive-asym", "asymmetric"),
+        ("w4a16-per-tensor", "none"),  # weight-only: no activation grid, one row
+        ("w4a16-adaptive", "none"),
+    ]
+    for result in study["results"]:
+        jsonschema.validate(result, SCHEMA)
+    # the two grids are two different quantized networks
+    sym, asym = study["results"][1], study["results"][2]
+    assert sym["cases"] != asym["cases"]
+
+
+def test_quantize_writes_asymmetric_percentile_calibrated_activations(tiny_track, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    flags = ["--activation-quantizer", "asymmetric", "--activation-calibration", "percentile",
+             "--activation-percentile", "99.9"]  # fmt: skip
+    assert _quantize(tiny_track, ckpt, "--method", "rtn", "--wbits", "8", "--abits", "8",
+                     "--granularity", "per-tensor", *flags) == 0  # fmt: skip
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["reference"]["scheme"] == "w8a8-per-tensor-asym-p99.9"
+    assert all(entry["activation_zero_point"] for entry in manifest["layers"].values())

@@ -42,3 +42,14 @@ def test_track_spec_refuses_unknown_backend_and_bad_tolerance(tmp_path):
         assert TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, backend=backend).backend
     with pytest.raises(HarnessError, match="nsd_tolerance_mm must be positive"):
         TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, nsd_tolerance_mm=0)
+
+
+def test_track_spec_nsd_definition_defaults_to_the_publications_and_refuses_unknown(tmp_path):
+    spec = TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path)
+    assert spec.nsd_definition == "subvoxel"
+    voxel = TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, nsd_definition="voxel")
+    path = tmp_path / "track.json"
+    path.write_text(json.dumps(voxel.to_dict()))
+    assert TrackSpec.from_json(path).nsd_definition == "voxel"
+    with pytest.raises(HarnessError, match="unknown nsd_definition 'area'.*subvoxel, voxel"):
+        TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, nsd_definition="area")

@@ -29,13 +29,15 @@ def test_commands_register_a_dataset_create_a_track_and_queue_its_baselines(
     assert set(track.reference_model.files()) == {"model.json", "model.safetensors", "model.onnx"}
     with django_capture_on_commit_callbacks() as callbacks:
         call_command("run_baselines", track.slug)
-    assert len(callbacks) == 8  # the FP32 reference row and 7 baselines
+    assert len(callbacks) == 9  # the FP32 reference row and 8 baselines
     assert sorted(Submission.objects.values_list("reference_method", "scheme")) == [
         ("", "fp32"), ("comq", "w4a4-per-channel"), ("gptq", "w4a4-per-channel"),
         ("permutation-comq", "w4a4-per-channel"), ("rtn", "w4a4-adaptive"),
         ("rtn", "w4a4-per-channel"), ("rtn", "w4a4-per-tensor"),
-        ("smoothquant", "w4a4-per-channel"),
+        ("rtn", "w4a4-per-tensor-asym"), ("smoothquant", "w4a4-per-channel"),
     ]  # fmt: skip
+    asymmetric = Submission.objects.get(scheme="w4a4-per-tensor-asym")
+    assert asymmetric.method == "RTN per-tensor, asymmetric activations"
 
 
 @pytest.fixture
@@ -75,7 +77,8 @@ def test_admin_reevaluate_requeues_and_the_worker_recomputes_the_same_numbers(
             reverse("admin:tracks_track_changelist"),
             {"action": "reevaluate_track", "_selected_action": [ranked_baselines.pk]},
         )
-    assert len(callbacks) == len(before) == 4  # RTN at 3 granularities + SmoothQuant (8-bit)
+    # RTN at 3 granularities, RTN with asymmetric activations, SmoothQuant (8-bit)
+    assert len(callbacks) == len(before) == 5
     assert set(Submission.objects.values_list("status", flat=True)) == {Status.QUEUED}
     assert list(ranking.board(ranked_baselines)) == []
     for pk in before:
@@ -90,3 +93,11 @@ def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):
     assert queue_for(Submission(track=track, kind=Kind.CONTAINER)) == "containers"
     track.backend = "tensorrt"
     assert queue_for(Submission(track=track, kind=Kind.ONNX)) == "gpu"
+
+
+def test_a_track_hands_its_nsd_definition_to_the_harness(tiny_tracks):
+    track = tiny_tracks["w8a8"]
+    assert track.nsd_definition == "subvoxel" and track.to_spec().nsd_definition == "subvoxel"
+    track.nsd_definition = "voxel"
+    track.full_clean()
+    assert track.to_spec().nsd_definition == "voxel"

@@ -40,16 +40,18 @@ def test_home_groups_tracks_and_filters_them_by_weight_bits(client, tiny_tracks)
 def test_track_page_ranks_baselines_and_embeds_the_charts(client, evaluated_baselines):
     response = client.get(reverse("track", args=[evaluated_baselines.slug]))
     page = response.content.decode()
-    assert page.count('class="baseline"') == len(baseline_schemes(evaluated_baselines)) == 7
+    assert page.count('class="baseline"') == len(baseline_schemes(evaluated_baselines)) == 8
     for name in ("size", "per_class", "grid"):
         assert f'id="figure-{name}"' in page
     assert 'id="figure-latency"' not in page  # a simulator's timings are not a deployment's
     start = page.index('id="figure-grid">') + len('id="figure-grid">')
     grid = json.loads(page[start : page.index("</script>", start)])
     assert grid["data"][0]["type"] == "heatmap"
-    rtn = {
+    rtn = {  # the study's grid: symmetric activations
         s.evaluation.granularity: s.evaluation.mean_dsc
-        for s in evaluated_baselines.submissions.filter(reference_method="rtn")
+        for s in evaluated_baselines.submissions.filter(reference_method="rtn").exclude(
+            scheme__endswith="-asym"
+        )
     }
     assert dict(zip(grid["data"][0]["x"], grid["data"][0]["z"][0], strict=True)) == rtn
     assert client.get("/static/plotly/plotly.min.js").status_code == 200
@@ -199,3 +201,17 @@ def test_onnx_track_page_explains_the_onnx_format(client, tiny_tracks):
     page = client.get(reverse("track", args=[track.slug])).content.decode()
     assert "This track accepts: ONNX model with Q/DQ nodes." in page
     assert "harness export-onnx" in page and "manifest.json" not in page
+
+
+def test_onnx_track_page_states_what_peer_toolkits_int8_files_need(client, tiny_tracks):
+    from leaderboard.tracks.seeding import create_track
+
+    w8a8 = tiny_tracks["w8a8"]
+    track = create_track(
+        w8a8.dataset, w8a8.reference_model, weight_bits=8, activation_bits=8,
+        backend="onnxruntime-cpu", max_float_mac_fraction=0.25,
+    )  # fmt: skip
+    page = client.get(reverse("track", args=[track.slug])).content.decode()
+    assert "quant_pre_process" in page and 'quantize_mode="int8"' in page
+    assert "budget\n8.50 bits per weight, float-MAC allowance\n0.25" in page
+    assert 'id="peer-int8"' not in client.get(reverse("track", args=[w8a8.slug])).content.decode()

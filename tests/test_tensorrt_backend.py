@@ -79,6 +79,12 @@ def test_modelopt_upload_is_verified_with_its_float_layers_named(track, modelopt
     report = verify_onnx(modelopt_onnx, interface, PrecisionLimits(8, 8, max_float_mac_fraction=1))
     assert report["weight_bits"] == 8 and report["activation_bits"] == 8
     assert 0 < report["weight_quantized_mac_fraction"] <= 1
+    # ModelOpt stores float16 weights that QuantizeLinear turns into int8 codes at run time: they
+    # are reported so, and their 16 stored bits are what counts in bits per weight
+    quantized = [layer for layer in report["layers"] if layer["weight_granularity"] != "none"]
+    assert {layer["weight_storage"] for layer in quantized} == {"float16, quantized at run time"}
+    assert report["run_time_quantized_weight_layers"] == [layer["node"] for layer in quantized]
+    assert 16 < report["bits_per_weight"] < 17
     if report["float_weight_layers"]:  # ModelOpt 0.47 keeps the output conv in float
         with pytest.raises(OnnxVerificationError, match=report["float_weight_layers"][0]):
             verify_onnx(modelopt_onnx, interface, PrecisionLimits(8, 8))

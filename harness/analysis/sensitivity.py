@@ -53,6 +53,7 @@ def dsc_score(track: LoadedTrack, cases: tuple[Case, ...]) -> Score:
             cases,
             track.dataset.labels,
             track.spec.nsd_tolerance_mm,
+            nsd_definition=track.spec.nsd_definition,
         )
         return float(np.mean([c.mean_dsc for c in run.cases]))
 

@@ -1,5 +1,7 @@
 """MedQuanBench-style study: FP32, then W8A8 and W4A4 under each granularity scheme, as a table of
-mean DSC and NSD with their relative drop vs FP32 (↓Δ%).
+mean DSC and NSD with their relative drop vs FP32 (↓Δ%). Activations are on the study's symmetric
+grid; with ``activation_quantizers`` including ``asymmetric``, each scheme's row is followed by
+the same scheme with asymmetric (zero-point) activations.
 
 With reference methods (``methods``), the rows after FP32 are method × scheme instead: each scheme
 is quantized with each method (``reference_methods.methods``) on the track's calibration patches,
@@ -18,17 +20,45 @@ from harness.inference.evaluation import EvaluationRun
 from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from reference_methods.methods import method_config, parse_method
-from reference_methods.simulator.scheme import QuantConfig
+from reference_methods.simulator.scheme import ACTIVATION_QUANTIZERS, QuantConfig
 
 STUDY_PRECISIONS: tuple[str, ...] = ("w8a8", "w4a4")
 STUDY_GRANULARITIES: tuple[str, ...] = ("per-tensor", "per-channel", "adaptive")
+STUDY_ACTIVATION_QUANTIZERS: tuple[str, ...] = ("symmetric",)
+"""The study's definition; asymmetric rows are asked for."""
 
 
 def study_schemes(
     precisions: Sequence[str] = STUDY_PRECISIONS,
     granularities: Sequence[str] = STUDY_GRANULARITIES,
+    activation_quantizers: Sequence[str] = STUDY_ACTIVATION_QUANTIZERS,
 ) -> list[str]:
-    return [f"{p}-{g}" for p in precisions for g in granularities]
+    """Scheme names, precision by precision, granularity by granularity, each with its
+    activation quantizers side by side (weight-only precisions have none: one row)."""
+    unknown = sorted(set(activation_quantizers) - set(ACTIVATION_QUANTIZERS))
+    if unknown:
+        raise ValueError(
+            f"unknown activation quantizer(s) {', '.join(unknown)} (expected one of: "
+            f"{', '.join(ACTIVATION_QUANTIZERS)})"
+        )
+    schemes = []
+    for p in precisions:
+        for g in granularities:
+            for quantizer in activation_quantizers:
+                scheme = f"{p}-{g}" + ("-asym" if quantizer == "asymmetric" else "")
+                if QuantConfig.from_scheme(f"{p}-{g}").activation_bits is None:
+                    scheme = f"{p}-{g}"
+                if scheme not in schemes:
+                    schemes.append(scheme)
+    return schemes
+
+
+def _activation_grid(submission: dict) -> str:
+    """``symmetric`` / ``asymmetric`` activations of a row's scheme, ``none`` without any."""
+    if submission["kind"] == "fp32":
+        return "none"
+    config = QuantConfig.from_scheme(submission["scheme"])
+    return "none" if config.activation_bits is None else config.activation_quantizer
 
 
 def _row(result: dict) -> dict:
@@ -43,6 +73,7 @@ def _row(result: dict) -> dict:
         "scheme": submission["scheme"],
         "precision": "FP32" if bits_w == 32 else f"W{bits_w}A{bits_a or 16}",
         "granularity": granularity,
+        "activation_quantizer": _activation_grid(submission),
         "mean_dsc": summary["mean_dsc"],
         "mean_nsd": summary["mean_nsd"],
         "dsc_drop_pct": summary["dsc_drop_pct"],
@@ -115,16 +146,22 @@ def run_study(
 
 def format_table(rows: list[dict], title: str = "") -> str:
     """Plain-text table: Precision | Granularity | DSC (↓Δ%) | NSD (↓Δ%), led by a Method column
-    when some row carries a method."""
+    when some row carries a method, with an Activations column (symmetric / asymmetric) when some
+    row has asymmetric activations."""
     methods = any("method" in r for r in rows)
+    grids = any(r.get("activation_quantizer") == "asymmetric" for r in rows)
     width = max([len("Method"), *(len(r.get("method", "")) for r in rows)]) if methods else 0
     lead = f"{'Method':<{width}} " if methods else ""
-    header = f"{lead}{'Precision':<10} {'Granularity':<13} {'DSC (↓Δ%)':>17} {'NSD (↓Δ%)':>17}"
+    grid = f"{'Activations':<12} " if grids else ""
+    header = (
+        f"{lead}{'Precision':<10} {'Granularity':<13} {grid}{'DSC (↓Δ%)':>17} {'NSD (↓Δ%)':>17}"
+    )
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for r in rows:
         lead = f"{r.get('method', '-'):<{width}} " if methods else ""
+        grid = f"{r.get('activation_quantizer', '-'):<12} " if grids else ""
         dsc = f"{r['mean_dsc']:.3f} (↓{r['dsc_drop_pct']:.1f}%)"
         nsd = f"{r['mean_nsd']:.3f} (↓{r['nsd_drop_pct']:.1f}%)"
-        lines.append(f"{lead}{r['precision']:<10} {r['granularity']:<13} {dsc:>17} {nsd:>17}")
+        lines.append(f"{lead}{r['precision']:<10} {r['granularity']:<13} {grid}{dsc:>17} {nsd:>17}")
     return "\n".join(lines)

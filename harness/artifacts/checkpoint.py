@@ -3,8 +3,9 @@
 The safetensors file holds the complete ``state_dict()`` of the quantized model: for a quantized
 layer ``<name>.weight_codes`` (integers), ``<name>.weight_scale``, ``<name>.weight_zero_point``
 (integers, affine weights only), ``<name>.weight_group_ids`` (integers, permuted layouts only),
-``<name>.bias`` (if any), ``<name>.act_scale`` (static activation scales only), and a method's
-extras (see ``reference_methods.simulator.layer_extras``): ``<name>.input_scale`` (explicit
+``<name>.bias`` (if any), ``<name>.act_scale`` (static activation scales only),
+``<name>.act_zero_point`` (integers in [0, 2^b - 1], static asymmetric activations only), and a
+method's extras (see ``reference_methods.simulator.layer_extras``): ``<name>.input_scale`` (explicit
 SmoothQuant input scales), ``<name>.lowrank_u`` and ``<name>.lowrank_v`` (SVD low-rank branch);
 every other parameter/buffer under its state_dict name. An input rotation is a manifest flag only. A
 weight is w_hat = scale[g] * (code + zero[g]) with the group g of each weight given by the
@@ -15,7 +16,11 @@ quantized layer (see ``LayerSpec``):
      "layers": {name: {kind, weight_bits, weight_granularity, activation_bits,
                        activation_granularity, activation_scale,
                        [weight_group_size], [weight_groups], [weight_zero_point],
-                       [input_scale], [input_rotation], [lowrank_rank]}}}
+                       [input_scale], [input_rotation], [lowrank_rank],
+                       [activation_zero_point]}}}
+
+``activation_zero_point: true`` puts a layer's input on the asymmetric (unsigned, zero-point)
+grid, x_hat = s (clamp(round(x / s) + z, 0, 2^b - 1) - z), instead of the symmetric one.
 
 Loading never unpickles: it rebuilds the quantized model on a copy of the reference architecture
 and refuses, with a CheckpointError naming the layer, anything that does not fit it exactly.
@@ -55,6 +60,7 @@ _LAYER_BUFFERS = (
     "weight_group_ids",
     "bias",
     "act_scale",
+    "act_zero_point",
     "input_scale",
     "lowrank_u",
     "lowrank_v",
@@ -75,6 +81,7 @@ _DECLARES = {
     "input_scale": "an explicit input scale",
     "lowrank_u": "a low-rank branch",
     "lowrank_v": "a low-rank branch",
+    "act_zero_point": "static asymmetric activations",
 }
 _FLOAT32_BYTES = 4
 _INT32 = torch.iinfo(torch.int32)
@@ -183,7 +190,8 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
 
     Weight bits are the fewest bits that hold each layer's codes (symmetric codes |c| <= 2^(b-1)-1,
     affine codes 0 <= c <= 2^b - 1); granularities come from the scale, zero-point and group-id
-    tensors, checked against the codes; static activation scales from ``act_scale`` tensors.
+    tensors, checked against the codes; static activation scales from ``act_scale`` tensors and
+    their grid from ``act_zero_point`` ones (``activation_quantizers``: symmetric / asymmetric).
     Activation bits and dynamic rules are what the manifest declares, which is exactly what the
     simulator then applies. ``weight_bits`` is the maximum over layers; ``activation_bits`` is the
     maximum, or None when some quantized layer keeps floating-point activations.
@@ -239,6 +247,9 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
         "weight_granularities": weight_granularities,
         "activation_granularities": activation_granularities,
         "activation_scales": [s for s in distinct("activation_scale") if s is not None],
+        "activation_quantizers": sorted(
+            {e["activation_quantizer"] for e in entries if "activation_quantizer" in e}
+        ),
         "size_bytes": sum(breakdown.values()),
         "size_breakdown_bytes": breakdown,
         "quantized_weights": weights,
@@ -316,6 +327,8 @@ def _checked_state(
             low, high = _integer_range(owner, buffer, got)
             if low < _INT32.min or high > _INT32.max:
                 raise CheckpointError(f"layer {owner!r}: weight_zero_point does not fit in int32")
+        elif spec is not None and buffer == "act_zero_point":
+            _check_activation_zero_point(owner, spec, got)
         elif spec is not None and buffer == "weight_group_ids":
             low, high = _integer_range(owner, buffer, got)
             if low < 0 or high >= spec.weight_groups:
@@ -368,6 +381,19 @@ def _verified_layer(name: str, spec: LayerSpec, tensors: dict[str, torch.Tensor]
         raise CheckpointError(
             f"layer {name!r} declares {declared} activation scales but {held} act_scale tensor"
         )
+    act_zero = _layout_tensor(
+        name,
+        tensors,
+        "act_zero_point",
+        spec.activation_zero_point and spec.activation_scale == "static",
+    )
+    if act_zero is not None:
+        if act_zero.shape != act_scale.shape:
+            raise CheckpointError(
+                f"layer {name!r}: act_zero_point has shape {tuple(act_zero.shape)}, its "
+                f"act_scale {tuple(act_scale.shape)}"
+            )
+        _check_activation_zero_point(name, spec, act_zero)
     activation_granularity = spec.activation_granularity
     if act_scale is not None:
         activation_granularity = "per-tensor" if act_scale.numel() == 1 else "per-channel"
@@ -393,7 +419,9 @@ def _verified_layer(name: str, spec: LayerSpec, tensors: dict[str, torch.Tensor]
         None if activation_granularity is None else str(activation_granularity)
     )
     entry["activation_scale"] = spec.activation_scale
-    other = [tensors.get(f"{name}.{buffer}") for buffer in ("bias", "act_scale")]
+    if spec.activation_bits is not None:
+        entry["activation_quantizer"] = "asymmetric" if spec.activation_zero_point else "symmetric"
+    other = [tensors.get(f"{name}.{buffer}") for buffer in ("bias", "act_scale", "act_zero_point")]
     id_rows = None
     if group_ids is not None:
         id_rows = to_rows(group_ids, QUANT_LAYER_TYPES[spec.kind].weight_channel_axis)
@@ -468,6 +496,17 @@ def _code_bits(name: str, spec: LayerSpec, codes: torch.Tensor) -> tuple[int, in
             f"layer {name!r}: affine weight_codes must be non-negative, found {low}"
         )
     return bits_for_affine_code(high), high
+
+
+def _check_activation_zero_point(name: str, spec: LayerSpec, zero: torch.Tensor) -> None:
+    """An activation zero-point must be an integer code of the layer's asymmetric grid."""
+    low, high = _integer_range(name, "act_zero_point", zero)
+    top = 2**spec.activation_bits - 1
+    if low < 0 or high > top:
+        raise CheckpointError(
+            f"layer {name!r}: act_zero_point must lie in [0, {top}] for its "
+            f"{spec.activation_bits}-bit asymmetric activations, found {low if low < 0 else high}"
+        )
 
 
 def _check_code_bits(name: str, spec: LayerSpec, codes: torch.Tensor) -> None:

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 from harness.errors import SubmissionError
 
+FLOAT_ACTIVATION_BITS = 32
+"""Float activations (a report's ``activation_bits`` None) are float32: a 32-bit limit admits
+them, as an FP32 model on an FP32 track."""
+
 
 def granularity_label(precision: dict) -> str:
     """Short, honest granularity name of a verified artifact: the weight layout when it is not
@@ -53,7 +57,8 @@ def check_precision(
         raise SubmissionError(
             f"track allows at most {weight_bits}-bit weights; the submission uses {used_w}-bit"
         )
-    if activation_bits is not None and (used_a is None or used_a > activation_bits):
+    effective_a = FLOAT_ACTIVATION_BITS if used_a is None else used_a
+    if activation_bits is not None and effective_a > activation_bits:
         used = f"{used_a}-bit" if used_a is not None else "floating-point"
         raise SubmissionError(
             f"track allows at most {activation_bits}-bit activations; the submission uses "

@@ -13,7 +13,11 @@ def cmd_study(args: argparse.Namespace) -> None:
     from harness.scoring.result import write_result
 
     track = open_track(args)
-    schemes = study_schemes(args.precisions.split(","), args.granularities.split(","))
+    schemes = study_schemes(
+        args.precisions.split(","),
+        args.granularities.split(","),
+        args.activation_quantizers.split(","),
+    )
     methods = args.methods.split(",") if args.methods else ()
     study = run_study(track, schemes, progress=not args.quiet, methods=methods)
     write_result(study, args.out)
@@ -59,6 +63,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     add_track_args(p)
     p.add_argument("--precisions", default="w8a8,w4a4")
     p.add_argument("--granularities", default="per-tensor,per-channel,adaptive")
+    p.add_argument(
+        "--activation-quantizers",
+        default="symmetric",
+        help="comma-separated activation grids per scheme: symmetric (the study's) and/or "
+        "asymmetric (zero-point), e.g. symmetric,asymmetric for both side by side",
+    )
     p.add_argument(
         "--methods",
         help="comma-separated reference methods (e.g. rtn,gptq,comq,permutation-comq): rows "

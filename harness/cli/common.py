@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from harness.backends import backend_names
+from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 
 def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path") -> None:
@@ -14,6 +15,13 @@ def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path
     p.add_argument("--test-split", default="test", help="split of splits.json to score on")
     p.add_argument("--calibration-split", default="calibration", help="unlabeled calibration split")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    p.add_argument(
+        "--nsd-definition",
+        choices=[d.value for d in NsdDefinition],
+        default=DEFAULT_NSD_DEFINITION.value,
+        help="NSD surfaces: subvoxel (area-weighted surfels, the publication's and DeepMind "
+        "surface-distance's) or voxel (edge-voxel counts, MONAI's default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help=out_help)
 
@@ -42,6 +50,7 @@ def open_track(args: argparse.Namespace):
         test_split=args.test_split,
         calibration_split=args.calibration_split,
         nsd_tolerance_mm=args.nsd_tolerance,
+        nsd_definition=args.nsd_definition,
         seed=args.seed,
         backend=getattr(args, "backend", "simulated"),
         weight_bits=getattr(args, "weight_bits", None),

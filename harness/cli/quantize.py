@@ -23,6 +23,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         activation_scales=args.activation_scales,
         weight_group_size=args.group_size,
         skip=tuple(args.skip.split(",")) if args.skip else (),
+        activation_quantizer=args.activation_quantizer,
+        activation_calibration=args.activation_calibration,
+        **(
+            {}
+            if args.activation_percentile is None
+            else {"activation_percentile": args.activation_percentile}
+        ),
     )
     options = {
         name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None
@@ -85,6 +92,24 @@ def register(sub, common: argparse.ArgumentParser, *, method_options: bool) -> N
         choices=("static", "dynamic"),
         default="static",
         help="per-tensor / per-channel activation scales: calibrated or computed at run time",
+    )
+    p.add_argument(
+        "--activation-quantizer",
+        choices=("symmetric", "asymmetric"),
+        default="symmetric",
+        help="activation grid: signed symmetric (the study's) or unsigned with a zero-point",
+    )
+    p.add_argument(
+        "--activation-calibration",
+        choices=("max", "percentile", "mse"),
+        default="max",
+        help="how static activation scales are chosen from the calibration patches",
+    )
+    p.add_argument(
+        "--activation-percentile",
+        type=float,
+        help="percentile calibration: the percentile of |x| (or of x, both tails) kept "
+        "(default 99.99)",
     )
     p.add_argument("--group-size", type=int, help="group-wise weights: inputs per scale")
     p.add_argument("--skip", help="comma-separated module names kept in floating point")

@@ -3,7 +3,8 @@
 A dataset is a folder with `dataset.json`, `imagesTr/` and `labelsTr/`. The two layouts differ in
 how labels are declared (MSD: ``{"0": "background"}``; nnU-Net v2: ``{"background": 0}``) and how
 cases are listed (MSD: a ``training`` list; nnU-Net v2: files ``<case>_<channel>.nii.gz``).
-An optional ``splits.json`` names the ``train``, ``calibration`` and ``test`` case lists.
+An optional ``splits.json`` names the ``train``, ``calibration`` and ``test`` case lists; a list
+may be empty (a dataset without calibration cases, say), which is no case rather than an error.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ class Dataset:
         return tuple(sorted(v for v in self.labels if v != 0))
 
     def select(self, case_ids: list[str] | tuple[str, ...]) -> tuple[Case, ...]:
-        """The named cases, in the given order; unknown ids and empty lists are errors."""
-        if not case_ids:
-            raise DatasetError(f"empty case list for dataset {self.name!r}")
+        """The named cases, in the given order (none for an empty list); unknown ids are errors."""
         by_id = {c.case_id: c for c in self.cases}
         unknown = [cid for cid in case_ids if cid not in by_id]
         if unknown:
@@ -60,7 +59,8 @@ class Dataset:
         return tuple(by_id[cid] for cid in case_ids)
 
     def split(self, name: str) -> tuple[Case, ...]:
-        """Cases of a named split (``train``, ``calibration``, ``test``) from ``splits.json``."""
+        """Cases of a named split (``train``, ``calibration``, ``test``) from ``splits.json``; an
+        empty list there is a split without cases."""
         if name not in self.splits:
             raise DatasetError(
                 f"dataset {self.name!r} defines no {name!r} split in {SPLITS_FILE} "

@@ -21,7 +21,9 @@ from monai.transforms import (
     Compose,
     NormalizeIntensityd,
     Orientationd,
+    ScaleIntensityd,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
     Spacingd,
     SpatialResample,
 )
@@ -29,7 +31,8 @@ from monai.transforms import (
 from harness.data.dataset import Case
 from harness.errors import DatasetError
 
-Normalisation = Literal["window", "zscore", "none"]
+Normalisation = Literal["window", "zscore", "minmax", "percentile", "none"]
+NORMALISATIONS = ("window", "zscore", "minmax", "percentile", "none")
 AFFINE_TOLERANCE_MM = 1e-3
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -39,19 +42,40 @@ class PreprocessSpec:
     """How a raw volume becomes network input.
 
     ``window`` clips intensities to ``intensity_window`` and maps it linearly to [0, 1];
-    ``zscore`` subtracts the volume mean and divides by its standard deviation.
+    ``zscore`` subtracts the volume mean and divides by its standard deviation (after clipping to
+    ``intensity_window`` when given); ``minmax`` maps each channel's [min, max] linearly to
+    [0, 1]; ``percentile`` maps each channel's [p_low, p_high] percentiles
+    (``intensity_percentiles``, in percent, e.g. (0.5, 99.5) as nnU-Net clips CT) linearly to
+    [0, 1] and clips outside. Per-volume statistics are per channel.
     """
 
     orientation: str = "RAS"
     spacing: tuple[float, float, float] | None = None
     intensity_window: tuple[float, float] | None = None
     normalisation: Normalisation = "window"
+    intensity_percentiles: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.normalisation not in ("window", "zscore", "none"):
-            raise ValueError(f"unknown normalisation {self.normalisation!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"unknown normalisation {self.normalisation!r} "
+                f"(expected one of: {', '.join(NORMALISATIONS)})"
+            )
         if self.normalisation == "window" and self.intensity_window is None:
             raise ValueError("normalisation 'window' needs intensity_window (low, high)")
+        percentiles = self.intensity_percentiles
+        if (self.normalisation == "percentile") != (percentiles is not None):
+            raise ValueError(
+                "normalisation 'percentile' needs intensity_percentiles (low, high), and only it "
+                "takes them"
+            )
+        if percentiles is not None and (
+            len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0
+        ):
+            raise ValueError(
+                f"intensity_percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                f"{percentiles}"
+            )
         if self.intensity_window is not None:
             low, high = self.intensity_window
             if not low < high:
@@ -67,15 +91,22 @@ class PreprocessSpec:
     def from_dict(cls, data: dict) -> PreprocessSpec:
         spacing = data.get("spacing")
         window = data.get("intensity_window")
+        percentiles = data.get("intensity_percentiles")
         return cls(
             orientation=data.get("orientation", "RAS"),
             spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
             intensity_window=tuple(float(w) for w in window) if window is not None else None,
             normalisation=data.get("normalisation", "window"),
+            intensity_percentiles=(
+                tuple(float(p) for p in percentiles) if percentiles is not None else None
+            ),
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.intensity_percentiles is None:  # specs written before it existed stay the same
+            del data["intensity_percentiles"]
+        return data
 
 
 @dataclass
@@ -186,6 +217,16 @@ def _transforms(spec: PreprocessSpec, with_label: bool) -> Compose:
                 )
             )
         steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
+    elif spec.normalisation == "minmax":
+        steps.append(ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True))
+    elif spec.normalisation == "percentile":
+        low, high = spec.intensity_percentiles
+        steps.append(
+            ScaleIntensityRangePercentilesd(
+                keys="image", lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True,
+                channel_wise=True,
+            )
+        )  # fmt: skip
     return Compose(steps)
 
 

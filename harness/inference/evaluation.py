@@ -26,7 +26,13 @@ from harness.data.dataset import Case
 from harness.data.preprocessing import LoadedCase, preprocess, read_case, restore_to_original
 from harness.inference.sliding_window import predict_labels
 from harness.models.reference import ModelSpec
-from harness.scoring.metrics import dice_per_class, mean_over_classes, nsd_per_class
+from harness.scoring.metrics import (
+    DEFAULT_NSD_DEFINITION,
+    NsdDefinition,
+    dice_per_class,
+    mean_over_classes,
+    nsd_per_class,
+)
 
 #: Cases read ahead of, and scored behind, the one being inferred.
 PIPELINE_DEPTH = 2
@@ -85,8 +91,10 @@ def evaluate_cases(
     timer: StageTimer | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    nsd_definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
 ) -> EvaluationRun:
-    """Run ``model`` on ``cases`` and score it against their labels on the foreground classes."""
+    """Run ``model`` on ``cases`` and score it against their labels on the foreground classes
+    (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``)."""
     timer = timer or StageTimer()
     classes = tuple(sorted(c for c in labels if c != 0))
     model.eval()
@@ -103,7 +111,9 @@ def evaluate_cases(
             restored = restore_to_original(prediction, image, loaded.image)
         with timer.stage("metrics"):
             dsc = dice_per_class(restored, loaded.label, classes)
-            nsd = nsd_per_class(restored, loaded.label, classes, loaded.spacing, nsd_tolerance_mm)
+            nsd = nsd_per_class(
+                restored, loaded.label, classes, loaded.spacing, nsd_tolerance_mm, nsd_definition
+            )
             return CaseMetrics(loaded.case_id, dsc, nsd)
 
     with (

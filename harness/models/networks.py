@@ -1,27 +1,44 @@
-"""Registry of MONAI segmentation architectures buildable from a JSON spec."""
+"""Registry of segmentation architectures buildable from a JSON spec: MONAI networks and a plain
+``Sequential`` layer list (``harness.models.sequential``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from monai.networks import nets
 from torch import nn
 
 from harness.errors import ModelSpecError
+from harness.models.sequential import (
+    build_sequential,
+    sequential_out_channels,
+    sequential_receptive_field,
+)
 
 Family = Literal["cnn", "hybrid"]
 
 
+def kwarg_out_channels(kwargs: Mapping[str, Any]) -> int | None:
+    """The logits' channels of a network whose constructor takes ``out_channels``."""
+    return kwargs.get("out_channels")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """A network constructor and its family (CNN, or hybrid CNN + transformer)."""
+    """A network constructor and its family (CNN, or hybrid CNN + transformer).
+
+    ``out_channels`` reads the number of logits channels from the kwargs; ``receptive_field``,
+    where known, the voxels along each axis one output voxel sees (None: not computed).
+    """
 
     name: str
     family: Family
     build: Callable[..., nn.Module]
     needs_img_size: bool = False
+    out_channels: Callable[[Mapping[str, Any]], int | None] = kwarg_out_channels
+    receptive_field: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -32,6 +49,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("DynUNet", "cnn", nets.DynUNet),
         Architecture("UNETR", "hybrid", nets.UNETR, needs_img_size=True),
         Architecture("SwinUNETR", "hybrid", nets.SwinUNETR),
+        Architecture(
+            "Sequential",
+            "cnn",
+            build_sequential,
+            out_channels=sequential_out_channels,
+            receptive_field=sequential_receptive_field,
+        ),
     )
 }
 

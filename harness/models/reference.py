@@ -49,15 +49,39 @@ class ModelSpec:
                 f"{self.architecture} img_size {self.kwargs.get('img_size')} must equal the "
                 f"sliding-window roi_size {list(self.sliding_window.roi_size)}"
             )
-        if self.kwargs.get("out_channels") != len(self.labels):
+        out_channels = arch.out_channels(self.kwargs)
+        if out_channels != len(self.labels):
             raise ModelSpecError(
-                f"out_channels {self.kwargs.get('out_channels')} must equal the number of labels "
-                f"({len(self.labels)})"
+                f"out_channels {out_channels} must equal the number of labels ({len(self.labels)})"
             )
 
     @property
     def family(self) -> Family:
         return ARCHITECTURES[self.architecture].family
+
+    @property
+    def receptive_field(self) -> tuple[int, ...] | None:
+        """Voxels along each axis one output voxel sees, where the architecture knows it."""
+        compute = ARCHITECTURES[self.architecture].receptive_field
+        if compute is None:
+            return None
+        try:
+            return compute(self.kwargs)
+        except ValueError as err:
+            raise ModelSpecError(f"invalid {self.architecture} spec: {err}") from None
+
+    def warnings(self) -> list[str]:
+        """What a result on this model should warn about: a receptive field larger than the
+        sliding-window roi (each patch's logits then depend on zero padding, not on the volume
+        around the patch, so patch borders are predicted from less context than the network
+        was built for)."""
+        field, roi = self.receptive_field, self.sliding_window.roi_size
+        if field is None or all(f <= r for f, r in zip(field, roi, strict=True)):
+            return []
+        return [
+            f"the network's receptive field {list(field)} voxels exceeds the sliding-window roi "
+            f"{list(roi)}: each patch's logits depend on zero padding beyond the patch"
+        ]
 
     @property
     def in_channels(self) -> int:

@@ -3,23 +3,40 @@
 Definitions (P = predicted mask of class c, G = reference mask of class c):
 
 * DSC = 2|P ∩ G| / (|P| + |G|).
-* NSD at tolerance τ mm (Nikolov et al., arXiv:1809.04430), with the surface ∂M of a mask M being
-  its edge voxels ``M & ~binary_erosion(M)`` (6-connectivity in 3D, voxels outside the volume count
-  as background) and d(x, S) the Euclidean distance in mm (coordinates scaled by ``spacing``) from
-  voxel x to the nearest voxel of S:
-  NSD = (|{x ∈ ∂P : d(x, ∂G) ≤ τ}| + |{y ∈ ∂G : d(y, ∂P) ≤ τ}|) / (|∂P| + |∂G|).
-  Surface size is a voxel count (MONAI's ``use_subvoxels=False`` definition, not DeepMind's
-  surface-area-weighted one). As in MONAI, distances and τ are compared in float32, so a distance
-  that equals τ up to float64 rounding (e.g. 3 × 0.8 mm vs 2.4 mm) counts as within tolerance.
+* NSD at tolerance τ mm (Nikolov et al., arXiv:1809.04430), two definitions (``NsdDefinition``):
+
+  - ``subvoxel`` (the default; the publication's own, computed by DeepMind's ``surface-distance``
+    and by MONAI with ``use_subvoxels=True``): the surface ∂M of a mask M is its surface elements
+    on the voxel-corner grid, each weighted by its area in mm² (``harness.scoring.surfels``), and
+    d(x, S) the Euclidean distance in mm (corner coordinates scaled by ``spacing``) from corner x
+    to the nearest surfel corner of S:
+    NSD = (Σ_{x ∈ ∂P, d(x, ∂G) ≤ τ} area(x) + Σ_{y ∈ ∂G, d(y, ∂P) ≤ τ} area(y))
+          / (Σ_{x ∈ ∂P} area(x) + Σ_{y ∈ ∂G} area(y)).
+    Distances are float64 sqrt(((Δ_0 s_0)² + (Δ_1 s_1)²) + (Δ_2 s_2)²), the arithmetic of
+    ``scipy.ndimage.distance_transform_edt`` that ``surface-distance`` uses, compared with τ in
+    float64 as it does; the values equal ``surface_distance.compute_surface_dice_at_tolerance`` to
+    float rounding (< 1e-6).
+  - ``voxel`` (MONAI's ``compute_surface_dice`` default, ``use_subvoxels=False``): the surface of
+    M is its edge voxels ``M & ~binary_erosion(M)`` (6-connectivity in 3D, voxels outside the
+    volume count as background), each counting 1, d(x, S) the distance from voxel x to the nearest
+    voxel of S:
+    NSD = (|{x ∈ ∂P : d(x, ∂G) ≤ τ}| + |{y ∈ ∂G : d(y, ∂P) ≤ τ}|) / (|∂P| + |∂G|).
+    As in MONAI, distances and τ are compared in float32, so a distance that equals τ up to
+    float64 rounding (e.g. 3 × 0.8 mm vs 2.4 mm) counts as within tolerance.
+
+  The two differ most when τ is below the voxel spacing: a voxel-count surface is a staircase of
+  whole voxels, each as heavy as any other whatever the spacing, while surfel areas follow the
+  surface's real extent in mm².
 
 Empty-mask conventions (the same for both metrics; see ``EMPTY_BOTH_SCORE``/``EMPTY_ONE_SCORE``):
 
 * P and G both empty → 1.0 (nothing to find and nothing found: perfect).
 * exactly one of P, G empty → 0.0.
 
-Where both masks are non-empty the values equal ``monai.metrics.compute_dice`` and
-``monai.metrics.compute_surface_dice(..., class_thresholds=[τ] * n, spacing=spacing)`` (MONAI 1.6.1,
-default ``distance_metric="euclidean"``, ``use_subvoxels=False``) to float rounding (< 1e-6).
+Where both masks are non-empty the values equal ``monai.metrics.compute_dice`` and, for the voxel
+definition, ``monai.metrics.compute_surface_dice(..., class_thresholds=[τ] * n, spacing=spacing)``
+(MONAI 1.6.1, default ``distance_metric="euclidean"``, ``use_subvoxels=False``) to float rounding
+(< 1e-6).
 MONAI itself returns NaN for both-empty classes in NSD and, with its default
 ``ignore_empty=True``, NaN for DSC whenever the reference is empty (even with false positives).
 
@@ -43,21 +60,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import KDTree
 
 from harness.errors import HarnessError
+from harness.scoring.surfels import Surfels, corner_grid_shape, surfels_by_class
 
 if TYPE_CHECKING:
     import torch
 
 
 __all__ = [
+    "DEFAULT_NSD_DEFINITION",
     "EMPTY_BOTH_SCORE",
     "EMPTY_ONE_SCORE",
     "MetricInputError",
+    "NsdDefinition",
     "dice_per_class",
     "mean_over_classes",
     "nsd_per_class",
@@ -67,6 +88,17 @@ __all__ = [
 EMPTY_BOTH_SCORE: float = 1.0
 #: Score of a class present in exactly one of prediction and reference (DSC and NSD).
 EMPTY_ONE_SCORE: float = 0.0
+
+
+class NsdDefinition(StrEnum):
+    """What a surface is in NSD (see the module docstring)."""
+
+    SUBVOXEL = "subvoxel"  # area-weighted surfels on the voxel-corner grid: the publication's
+    VOXEL = "voxel"  # edge voxels, each counting 1: MONAI's default
+
+
+#: The publication's definition, so that NSD on the board is comparable with published NSD.
+DEFAULT_NSD_DEFINITION = NsdDefinition.SUBVOXEL
 
 # Voxels processed per chunk in the counting passes: bounds temporary memory on large volumes.
 _CHUNK = 1 << 22
@@ -105,19 +137,24 @@ def nsd_per_class(
     class_ids: Sequence[int],
     spacing: Sequence[float],
     tolerance_mm: float,
+    definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
 ) -> dict[int, float]:
     """Normalised surface Dice at ``tolerance_mm`` for each class id.
 
-    NSD = (|∂P within τ of ∂G| + |∂G within τ of ∂P|) / (|∂P| + |∂G|), surfaces being edge
-    voxels and distances Euclidean in mm using ``spacing`` (mm per voxel along each array axis).
-    Both empty → ``EMPTY_BOTH_SCORE`` (1.0); exactly one empty → 0.0. See the module docstring.
+    NSD = (|∂P within τ of ∂G| + |∂G within τ of ∂P|) / (|∂P| + |∂G|), with |·| the surfel area
+    (``subvoxel``, default) or the edge-voxel count (``voxel``) and distances Euclidean in mm
+    using ``spacing`` (mm per voxel along each array axis). Both empty → ``EMPTY_BOTH_SCORE``
+    (1.0); exactly one empty → 0.0. See the module docstring.
     """
     pred_a, label_a = _check_pair(pred, label)
     ids = _check_class_ids(class_ids)
     spacing_a = _check_spacing(spacing, pred_a.ndim)
     tau = _check_tolerance(tolerance_mm)
+    kind = _check_definition(definition)
     if not ids:
         return {}
+    if kind is NsdDefinition.SUBVOXEL:
+        return _subvoxel_nsd(pred_a, label_a, ids, spacing_a, tau)
 
     surf_pred = _surfaces_by_class(pred_a, ids)
     surf_label = _surfaces_by_class(label_a, ids)
@@ -218,6 +255,55 @@ def _nsd_from_surfaces(
         + _count_within(pts_g[~shared_g], pts_p, tau)
     )
     return n_within / (len(pts_p) + len(pts_g))
+
+
+def _subvoxel_nsd(
+    pred: np.ndarray, label: np.ndarray, ids: list[int], spacing: np.ndarray, tau: float
+) -> dict[int, float]:
+    """Area-weighted NSD of each class from its surfels (see the module docstring)."""
+    surf_pred = surfels_by_class(pred, ids, spacing)
+    surf_label = surfels_by_class(label, ids, spacing)
+    corners = corner_grid_shape(pred.shape)
+    out: dict[int, float] = {}
+    for c in ids:
+        surf_p, surf_g = surf_pred.get(c), surf_label.get(c)
+        if surf_p is None and surf_g is None:
+            out[c] = EMPTY_BOTH_SCORE
+        elif surf_p is None or surf_g is None:
+            out[c] = EMPTY_ONE_SCORE
+        else:
+            within = _area_within(surf_p, surf_g, corners, spacing, tau) + _area_within(
+                surf_g, surf_p, corners, spacing, tau
+            )
+            out[c] = float(within / (surf_p.areas.sum() + surf_g.areas.sum()))
+    return out
+
+
+def _area_within(
+    query: Surfels, ref: Surfels, corners: tuple[int, ...], spacing: np.ndarray, tau: float
+) -> float:
+    """Σ area of the ``query`` surfels whose nearest ``ref`` surfel corner is within ``tau`` mm,
+    the distance computed as ``scipy.ndimage.distance_transform_edt`` does (float64, per-axis
+    offsets scaled by the spacing, squared and summed in axis order)."""
+    shared = np.isin(query.corners, ref.corners, assume_unique=True)
+    total = float(query.areas[shared].sum())
+    rest = ~shared
+    if not rest.any():
+        return total
+    points_q = np.stack(np.unravel_index(query.corners[rest], corners), axis=1)
+    points_r = np.stack(np.unravel_index(ref.corners, corners), axis=1)
+    # the tree only finds the nearest corner: a relative slack far above float rounding keeps
+    # every corner whose recomputed distance can be <= tau
+    bound = tau * (1.0 + 1e-9)
+    tree = KDTree(points_r * spacing, leafsize=_KDTREE_LEAFSIZE)
+    dist, nearest = tree.query(points_q * spacing, k=1, distance_upper_bound=bound)
+    found = np.isfinite(dist)
+    offsets = (points_r[nearest[found]] - points_q[found]).astype(np.float64) * spacing
+    squared = offsets[:, 0] * offsets[:, 0]
+    for axis in range(1, offsets.shape[1]):
+        squared = squared + offsets[:, axis] * offsets[:, axis]
+    exact = np.sqrt(squared)
+    return total + float(query.areas[rest][found][exact <= tau].sum())
 
 
 def _count_within(query: np.ndarray, ref: np.ndarray, tau: float) -> int:
@@ -322,6 +408,16 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> np.ndarray:
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise MetricInputError(f"spacing values must be finite and > 0, got {sp.tolist()}")
     return sp
+
+
+def _check_definition(definition: NsdDefinition | str) -> NsdDefinition:
+    try:
+        return NsdDefinition(definition)
+    except ValueError:
+        allowed = ", ".join(d.value for d in NsdDefinition)
+        raise MetricInputError(
+            f"unknown NSD definition {definition!r} (expected one of: {allowed})"
+        ) from None
 
 
 def _check_tolerance(tolerance_mm: float) -> float:

@@ -15,7 +15,8 @@ from harness import __version__
 from harness.inference.evaluation import EvaluationRun
 
 RESULT_SCHEMA = "medquant-result"
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
+"""Version 2 names the NSD definition (``track.nsd_definition``); version 1 used the voxel one."""
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 BOOTSTRAP_SAMPLES = 2000
 
@@ -63,12 +64,14 @@ def build_result(
     fp32_size_bytes: int | None = None,
     extra_timings: dict[str, float] | None = None,
     efficiency: dict | None = None,
+    warnings: list[str] | None = None,
 ) -> dict:
     """Assemble the result document; ``fp32`` is the reference run (None when this is it);
     ``accuracy_gate`` is the track's fraction of the FP32 mean DSC an entry must reach;
     ``fp32_size_bytes`` the FP32 reference's size on the track's backend, against which
     ``compression`` reports the entry's size, "× smaller" and effective bits per weight;
-    ``efficiency`` holds real-backend latency, size and memory (ONNX submissions)."""
+    ``efficiency`` holds real-backend latency, size and memory (ONNX submissions); ``warnings``
+    what the numbers should be read with (e.g. a receptive field beyond the roi)."""
     case_dsc = [c.mean_dsc for c in run.cases]
     case_nsd = [c.mean_nsd for c in run.cases]
     mean_dsc, mean_nsd = float(np.mean(case_dsc)), float(np.mean(case_nsd))
@@ -130,6 +133,8 @@ def build_result(
             "x_smaller": fp32_size_bytes / size if size else None,
             "bits_per_weight": submission.get("precision", {}).get("bits_per_weight"),
         }
+    if warnings:
+        document["warnings"] = list(warnings)
     return document
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from harness.backends import Backend, get_backend
 from harness.data.calibration import calibration_batches
 from harness.data.dataset import Case, Dataset, load_dataset
+from harness.errors import DatasetError
 from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.models.reference import ModelSpec, load_reference_model, weights_sha256
 from harness.track.spec import TrackSpec
@@ -42,7 +43,14 @@ class LoadedTrack:
 
     @property
     def test_cases(self) -> tuple[Case, ...]:
-        return self.dataset.split(self.spec.test_split)
+        """The cases scored; an empty test split is an error (there would be nothing to rank)."""
+        cases = self.dataset.split(self.spec.test_split)
+        if not cases:
+            raise DatasetError(
+                f"the test split {self.spec.test_split!r} of dataset {self.dataset.name!r} holds "
+                "no cases: there is nothing to score"
+            )
+        return cases
 
     @property
     def calibration_cases(self) -> tuple[Case, ...]:
@@ -80,6 +88,7 @@ class LoadedTrack:
             "test_cases": [c.case_id for c in self.test_cases],
             "calibration_cases": [c.case_id for c in self.calibration_cases],
             "nsd_tolerance_mm": self.spec.nsd_tolerance_mm,
+            "nsd_definition": self.spec.nsd_definition,
             "backend": self.spec.backend,
         }
 
@@ -92,4 +101,5 @@ class LoadedTrack:
             self.spec.nsd_tolerance_mm,
             progress=progress,
             desc=desc,
+            nsd_definition=self.spec.nsd_definition,
         )

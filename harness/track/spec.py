@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.backends import backend_names
 from harness.errors import HarnessError
+from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 TRACK_SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -29,7 +30,9 @@ class TrackSpec:
 
     ``weight_bits``/``activation_bits`` are the most a submission may use (None: no limit /
     weight-only); ``granularities`` the granularity labels it may have (empty: any);
-    ``nsd_tolerance_mm`` is the NSD tolerance in millimetres; ``accuracy_gate`` the fraction of
+    ``nsd_tolerance_mm`` is the NSD tolerance in millimetres and ``nsd_definition`` what a surface
+    is (``subvoxel``: area-weighted surfels, the publication's; ``voxel``: edge-voxel counts,
+    MONAI's default; see ``harness.scoring.metrics``); ``accuracy_gate`` the fraction of
     the FP32 mean DSC an entry must reach to pass; ``max_float_mac_fraction`` is the share of an
     ONNX submission's weighted-op MACs that may keep float weights (e.g. an output head a
     quantizer leaves in floating point); ``time_limit_s`` the evaluation's limit and
@@ -47,6 +50,7 @@ class TrackSpec:
     activation_bits: int | None = None
     granularities: tuple[str, ...] = ()
     nsd_tolerance_mm: float = 2.0
+    nsd_definition: str = DEFAULT_NSD_DEFINITION.value
     accuracy_gate: float = DEFAULT_ACCURACY_GATE
     seed: int = 0
     max_float_mac_fraction: float = 0.0
@@ -66,6 +70,12 @@ class TrackSpec:
             raise HarnessError("accuracy_gate must be a fraction in (0, 1]")
         if self.nsd_tolerance_mm <= 0:
             raise HarnessError("nsd_tolerance_mm must be positive")
+        if self.nsd_definition not in tuple(NsdDefinition):
+            known = ", ".join(d.value for d in NsdDefinition)
+            raise HarnessError(
+                f"unknown nsd_definition {self.nsd_definition!r} (expected one of: {known})"
+            )
+        object.__setattr__(self, "nsd_definition", NsdDefinition(self.nsd_definition).value)
         if self.time_limit_s <= 0:
             raise HarnessError("time_limit_s must be positive")
         if self.quantizer_timeout_s <= 0:

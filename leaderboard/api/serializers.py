@@ -19,8 +19,8 @@ class TrackSerializer(serializers.ModelSerializer):
         fields = [
             "slug", "title", "dataset", "model", "architecture", "backend", "precision",
             "weight_bits", "activation_bits", "granularities", "ranking_metric", "tie_breakers",
-            "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "quantizer_timeout_s",
-            "opens_at", "closes_at", "is_open",
+            "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "nsd_definition",
+            "quantizer_timeout_s", "opens_at", "closes_at", "is_open",
         ]  # fmt: skip
 
 

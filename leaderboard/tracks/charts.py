@@ -114,8 +114,9 @@ def per_class_dsc(evaluations: list[Evaluation]) -> str | None:
 
 
 def baseline_grid(track: Track) -> str | None:
-    """Heatmap of the RTN baselines' mean DSC (MedQuanBench's granularity study): granularity ×
-    bit-width over the tracks of the same model, dataset and backend."""
+    """Heatmap of the RTN baselines' mean DSC (MedQuanBench's granularity study, symmetric
+    activations): granularity × bit-width over the tracks of the same model, dataset and
+    backend."""
     rows = (
         Evaluation.objects.filter(
             track__reference_model=track.reference_model,
@@ -126,6 +127,7 @@ def baseline_grid(track: Track) -> str | None:
             submission__status=Status.DONE,
         )
         .exclude(submission__kind=Kind.FP32)
+        .exclude(submission__scheme__contains="-asym")  # the study's grid is symmetric
         .values("granularity", "weight_bits", "activation_bits", "mean_dsc")
         .order_by("-weight_bits")
     )

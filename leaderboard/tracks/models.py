@@ -9,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
+from harness.scoring.metrics import DEFAULT_NSD_DEFINITION
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec
 
 RANKING_METRICS = {
@@ -26,6 +27,13 @@ def check_ranking_keys(keys: list[str]) -> None:
     unknown = [k.lstrip("-") for k in keys if k.lstrip("-") not in RANKING_METRICS]
     if unknown:
         raise ValidationError(f"unknown ranking columns {unknown}; use {sorted(RANKING_METRICS)}")
+
+
+NSD_DEFINITIONS = [
+    ("subvoxel", "surfel area on the voxel-corner grid (Nikolov et al. 2018, surface-distance)"),
+    ("voxel", "edge-voxel count (MONAI's default)"),
+]
+"""What a surface is in NSD (``harness.scoring.metrics.NsdDefinition``)."""
 
 
 def backend_choices() -> list[tuple[str, str]]:
@@ -103,6 +111,12 @@ class Track(models.Model):
     test_split = models.CharField(max_length=40, default="test")
     calibration_split = models.CharField(max_length=40, default="calibration")
     nsd_tolerance_mm = models.FloatField(default=2.0)
+    nsd_definition = models.CharField(
+        max_length=10,
+        choices=NSD_DEFINITIONS,
+        default=DEFAULT_NSD_DEFINITION.value,
+        help_text="what a surface is in NSD; subvoxel is the publication's definition",
+    )
     seed = models.IntegerField(default=0)
     ranking_metric = models.CharField(max_length=20, default="mean_dsc")
     tie_breakers = models.JSONField(
@@ -206,6 +220,7 @@ class Track(models.Model):
             activation_bits=self.activation_bits,
             granularities=tuple(self.granularities),
             nsd_tolerance_mm=self.nsd_tolerance_mm,
+            nsd_definition=self.nsd_definition,
             accuracy_gate=self.accuracy_gate,
             seed=self.seed,
             max_float_mac_fraction=self.max_float_mac_fraction,

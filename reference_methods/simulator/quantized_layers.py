@@ -5,12 +5,15 @@ State (registered buffers, so ``state_dict()`` holds exactly what a checkpoint s
 (float32; broadcastable to the weight when per-tensor / per-channel, else the rows-view group shape
 of ``weight_format``), ``weight_zero_point`` (int32, shape of the scale, affine weights only),
 ``weight_group_ids`` (int32, shape of the weight, permuted layouts only), ``bias`` (float32 or
-absent), ``act_scale`` (float32, static activation scales only), and a method's extras (see
+absent), ``act_scale`` (float32, static activation scales only), ``act_zero_point`` (int32, shape of
+``act_scale``, static asymmetric activations only), and a method's extras (see
 ``layer_extras``): ``input_scale`` (float32 (C_in,), explicit input scales only), ``lowrank_u`` /
 ``lowrank_v`` (float32 (m, r) / (r, n), low-rank branch only); an input rotation is a manifest flag.
 Forward: the input scaled and rotated by the extras, w_hat = scale * (code + zero) per weight
 (always from the codes, so a save/load round trip is bit-exact), x_hat = fake_quantize(x) with a
-static or dynamic scale, then the float32 functional conv/linear, plus the low-rank branch.
+static or dynamic scale on the symmetric grid, or on the asymmetric (zero-point) grid when the spec
+says ``activation_zero_point`` (see ``quantizer``), then the float32 functional conv/linear, plus
+the low-rank branch.
 Integer codes are exact in float32 and the accumulation is the float32 op, which is deterministic
 for a fixed input, device and library build.
 """
@@ -24,15 +27,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference_methods.simulator.calibration import (
+    DEFAULT_PERCENTILE,
+    ActivationCalibration,
+    RangeObserver,
+)
 from reference_methods.simulator.granularity import ActivationGranularity, WeightGranularity
 from reference_methods.simulator.hadamard import hadamard_matrix
 from reference_methods.simulator.layer_extras import LayerExtras, check_rotation, rotate
 from reference_methods.simulator.quantizer import (
-    absmax,
     affine_max_code,
+    asymmetric_scale_zero_point,
     check_bits,
     dynamic_fake_quantize,
+    dynamic_fake_quantize_asymmetric,
     fake_quantize,
+    fake_quantize_asymmetric,
     qmax,
     quantize_groups,
     symmetric_scale,
@@ -74,7 +84,8 @@ class LayerSpec:
     the permuted layouts; ``weight_zero_point`` makes the weight codes affine (see weight_format).
     ``input_scale``, ``input_rotation`` and ``lowrank_rank`` declare a method's extras (see
     ``layer_extras``): an explicit per-input-channel scale, a rotation name, the rank r of a
-    floating-point low-rank branch.
+    floating-point low-rank branch. ``activation_zero_point`` puts the input on the asymmetric
+    (unsigned, zero-point) grid instead of the symmetric one.
     """
 
     kind: str
@@ -89,6 +100,7 @@ class LayerSpec:
     input_scale: bool = False
     input_rotation: str | None = None
     lowrank_rank: int | None = None
+    activation_zero_point: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _ACTIVATION_GRANULARITIES:
@@ -121,12 +133,18 @@ class LayerSpec:
         rank = self.lowrank_rank
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"lowrank_rank must be an integer >= 1, got {rank!r}")
+        if not isinstance(self.activation_zero_point, bool):
+            raise ValueError(
+                f"activation_zero_point must be true or false, got {self.activation_zero_point!r}"
+            )
         if self.activation_bits is None:
             if self.activation_granularity is not None or self.activation_scale is not None:
                 raise ValueError(
                     "weight-only layer (activation_bits null) must have null "
                     "activation_granularity and activation_scale"
                 )
+            if self.activation_zero_point:
+                raise ValueError("weight-only layer (activation_bits null) has no zero-point")
             return
         check_bits(self.activation_bits, "activation_bits")
         granularity = _enum(ActivationGranularity, self.activation_granularity)
@@ -179,6 +197,8 @@ class LayerSpec:
             entry["input_rotation"] = self.input_rotation
         if self.lowrank_rank is not None:
             entry["lowrank_rank"] = self.lowrank_rank
+        if self.activation_zero_point:
+            entry["activation_zero_point"] = True
         return entry
 
     @classmethod
@@ -197,6 +217,7 @@ class LayerSpec:
             "input_scale",
             "input_rotation",
             "lowrank_rank",
+            "activation_zero_point",
         }
         missing = expected - entry.keys()
         unknown = entry.keys() - expected - optional
@@ -230,7 +251,9 @@ class QuantLayer(nn.Module):
     """Base quantized layer: integer weight codes, per-group scales, fake-quantized input.
 
     Static activation scales are calibrated by ``start_calibration()``, float forward passes that
-    record the running max|x| (per tensor or per input channel), and ``finish_calibration()``.
+    record the range of the input (per tensor or per input channel; a second pass after
+    ``start_histogram()`` for percentile and MSE calibration, see ``calibration``), and
+    ``finish_calibration()``.
     While calibrating, every quantized layer computes with dequantized weights and unquantized
     inputs. Dynamic per-tensor / per-channel scales span the whole input tensor (batch included);
     per-token and per-voxel scales are per row / per voxel of each sample.
@@ -248,6 +271,7 @@ class QuantLayer(nn.Module):
     weight_group_ids: torch.Tensor | None
     bias: torch.Tensor | None
     act_scale: torch.Tensor | None
+    act_zero_point: torch.Tensor | None
     input_scale: torch.Tensor | None
     lowrank_u: torch.Tensor | None
     lowrank_v: torch.Tensor | None
@@ -283,14 +307,17 @@ class QuantLayer(nn.Module):
         self.register_buffer(
             "bias", None if bias is None else bias.detach().clone().to(torch.float32)
         )
-        act_scale = None
+        act_scale = act_zero_point = None
         if spec.activation_scale == "static":
             act_scale = torch.ones(self._static_act_shape(layer), **factory)
+            if spec.activation_zero_point:
+                act_zero_point = torch.zeros(act_scale.shape, dtype=torch.int32, device=device)
         self.register_buffer("act_scale", act_scale)
+        self.register_buffer("act_zero_point", act_zero_point)
         self._register_extras(layer, spec, factory)
         self._calibrated = False
         self._calibrating = False
-        self._observed: torch.Tensor | None = None
+        self._observer: RangeObserver | None = None
 
     def _register_extras(self, layer: nn.Module, spec: LayerSpec, factory: dict[str, Any]) -> None:
         width = layer.in_features if self.kind == "linear" else layer.in_channels
@@ -456,21 +483,53 @@ class QuantLayer(nn.Module):
         """True while a static activation scale has been neither calibrated nor loaded."""
         return self.act_scale is not None and not self._calibrated
 
-    def start_calibration(self) -> None:
-        """Run in float (unquantized input) and record max|x| until ``finish_calibration()``."""
+    def start_calibration(
+        self,
+        calibration: ActivationCalibration | str = ActivationCalibration.MAX,
+        percentile: float = DEFAULT_PERCENTILE,
+    ) -> None:
+        """Run in float (unquantized input) and record the input's range until
+        ``finish_calibration()``, which sets the scale by ``calibration``."""
         self._calibrating = True
-        self._observed = None
+        self._observer = None
+        if self.act_scale is not None:
+            per_channel = self.spec.activation_granularity is ActivationGranularity.PER_CHANNEL
+            self._observer = RangeObserver(
+                symmetric=not self.spec.activation_zero_point,
+                channel_axis=self.input_channel_axis if per_channel else None,
+                calibration=calibration,
+                percentile=percentile,
+            )
+
+    @property
+    def needs_histogram(self) -> bool:
+        """Whether calibration needs a second pass (``start_histogram``) before finishing."""
+        return self._observer is not None and self._observer.needs_histogram
+
+    def start_histogram(self) -> None:
+        """Record a histogram of the inputs over the range recorded so far (second pass)."""
+        if self._observer is not None:
+            self._observer.start_histogram()
 
     def finish_calibration(self) -> None:
-        """Turn the recorded max|x| into ``act_scale`` = max|x| / qmax (static layers only)."""
+        """Turn the recorded range into ``act_scale`` = max|x| / qmax on the symmetric grid, or
+        ``act_scale`` and ``act_zero_point`` of [min x, max x] on the asymmetric one, the range
+        chosen by the calibration rule (static layers only)."""
         self._calibrating = False
         if self.act_scale is None:
             return
-        if self._observed is None:
+        if self._observer is None or not self._observer.seen:
             raise RuntimeError("no calibration batch reached this layer")
-        self.act_scale = symmetric_scale(self._observed, self.spec.activation_bits)
+        bits, shape = self.spec.activation_bits, self.act_scale.shape
+        low, high = self._observer.range(bits)
+        if self.spec.activation_zero_point:
+            scale, zero = asymmetric_scale_zero_point(low, high, bits)
+            self.act_scale = scale.reshape(shape)
+            self.act_zero_point = zero.reshape(shape)
+        else:
+            self.act_scale = symmetric_scale(high.reshape(shape), bits)
         self._calibrated = True
-        self._observed = None
+        self._observer = None
 
     def lowrank_weight(self) -> torch.Tensor | None:
         """The low-rank branch U V shaped like the float weight; None without one."""
@@ -509,8 +568,13 @@ class QuantLayer(nn.Module):
                     f"{self.kind} layer has an uncalibrated static activation scale: quantize it "
                     "with calibration data or load act_scale from a checkpoint"
                 )
+            if self.act_zero_point is not None:
+                return fake_quantize_asymmetric(x, self.act_scale, self.act_zero_point, bits)
             return fake_quantize(x, self.act_scale, bits)
-        return dynamic_fake_quantize(x, self._dynamic_keep_axes(x.ndim), bits)
+        keep = self._dynamic_keep_axes(x.ndim)
+        if self.spec.activation_zero_point:
+            return dynamic_fake_quantize_asymmetric(x, keep, bits)
+        return dynamic_fake_quantize(x, keep, bits)
 
     def _dynamic_keep_axes(self, ndim: int) -> tuple[int, ...]:
         channel = self.input_channel_axis % ndim
@@ -523,17 +587,8 @@ class QuantLayer(nn.Module):
                 return ()
 
     def _observe(self, x: torch.Tensor) -> None:
-        if self.act_scale is None:
-            return
-        detached = x.detach()
-        if self.spec.activation_granularity is ActivationGranularity.PER_CHANNEL:
-            observed = absmax(detached, (self.input_channel_axis,)).reshape(self.act_scale.shape)
-        else:
-            observed = absmax(detached).reshape(self.act_scale.shape)
-        observed = observed.to(torch.float32)
-        self._observed = (
-            observed if self._observed is None else torch.maximum(self._observed, observed)
-        )
+        if self._observer is not None:
+            self._observer.observe(x)
 
     def _static_act_shape(self, layer: nn.Module) -> tuple[int, ...]:
         if self.spec.activation_granularity is ActivationGranularity.PER_CHANNEL:
@@ -579,7 +634,8 @@ class QuantLayer(nn.Module):
         if spec.activation_bits is None:
             return text + ", weight-only"
         granularity = spec.activation_granularity.value
-        return text + f", a{spec.activation_bits} {granularity} {spec.activation_scale}"
+        grid = " asymmetric" if spec.activation_zero_point else ""
+        return text + f", a{spec.activation_bits}{grid} {granularity} {spec.activation_scale}"
 
 
 class _QuantConvBase(QuantLayer):

@@ -1,12 +1,20 @@
-"""Symmetric uniform quantization as pure tensor functions.
+"""Uniform quantization as pure tensor functions.
 
-codes = clamp(round(x / s), -qmax, qmax) with qmax = 2^(b-1) - 1 and s = max|x| / qmax.
-Rounding is torch.round: round half to even, the same rule as ONNX QuantizeLinear. The range is
-symmetric, so -2^(b-1) is never produced. An all-zero tensor, channel or token gets s = 1.0, so its
-codes are 0 and its dequantized values are exactly 0 (never 0/0 = NaN).
+Symmetric (signed) grid: codes = clamp(round(x / s), -qmax, qmax) with qmax = 2^(b-1) - 1 and
+s = max|x| / qmax. Rounding is torch.round: round half to even, the same rule as ONNX
+QuantizeLinear. The range is symmetric, so -2^(b-1) is never produced. An all-zero tensor, channel
+or token gets s = 1.0, so its codes are 0 and its dequantized values are exactly 0 (never 0/0 =
+NaN).
 
-Affine codes (COMQ-style grids, w = s * (code + zero) with an integer zero-point) are unsigned:
-a b-bit affine code lies in [0, 2^b - 1].
+Affine codes (COMQ-style weight grids, w = s * (code + zero) with an integer zero-point) are
+unsigned: a b-bit affine code lies in [0, 2^b - 1].
+
+Asymmetric (unsigned, zero-point) activation grid, ONNX QuantizeLinear / DequantizeLinear with a
+uint8 zero-point: q = clamp(round(x / s) + z, 0, 2^b - 1), x_hat = s (q - z), for a range
+[lo, hi] widened to hold 0 (lo <= 0 <= hi: zero padding and ReLU zeros stay exact),
+s = (hi - lo) / (2^b - 1) and z = clamp(round(-lo / s), 0, 2^b - 1); s = 1, z = 0 when hi = lo.
+A one-signed input (after ReLU: lo = 0, z = 0) uses all 2^b levels instead of the 2^(b-1)
+non-negative ones of the symmetric grid.
 """
 
 from collections.abc import Sequence
@@ -95,3 +103,44 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tens
 def dynamic_fake_quantize(x: torch.Tensor, keep: Sequence[int], bits: int) -> torch.Tensor:
     """Fake-quantize with s = absmax(x over all axes but ``keep``) / qmax, from x itself."""
     return fake_quantize(x, symmetric_scale(absmax(x, keep), bits), bits)
+
+
+def value_range(x: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min x, max x) over every axis not in ``keep``, keepdim so they broadcast."""
+    kept = {axis % x.ndim for axis in keep}
+    reduced = tuple(axis for axis in range(x.ndim) if axis not in kept)
+    if not reduced:
+        return x, x
+    return x.amin(dim=reduced, keepdim=True), x.amax(dim=reduced, keepdim=True)
+
+
+def asymmetric_scale_zero_point(
+    low: torch.Tensor, high: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, z) of the asymmetric b-bit grid over [min(low, 0), max(high, 0)]: s float32, z int32
+    (see the module docstring)."""
+    levels = affine_max_code(bits)
+    low = torch.clamp(low.to(torch.float32), max=0.0)
+    high = torch.clamp(high.to(torch.float32), min=0.0)
+    span = high - low
+    scale = torch.where(span > 0, span / levels, torch.ones_like(span))
+    zero = torch.clamp(torch.round(-low / scale), 0, levels)
+    return scale, zero.to(torch.int32)
+
+
+def fake_quantize_asymmetric(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int
+) -> torch.Tensor:
+    """s (clamp(round(x / s) + z, 0, 2^b - 1) - z): x snapped to the asymmetric grid, computed in
+    floating point (the codes are exact small integers)."""
+    zero = zero_point.to(scale.dtype)
+    codes = torch.round(x / scale).add_(zero).clamp_(0, affine_max_code(bits))
+    return codes.sub_(zero).mul_(scale)
+
+
+def dynamic_fake_quantize_asymmetric(
+    x: torch.Tensor, keep: Sequence[int], bits: int
+) -> torch.Tensor:
+    """Fake-quantize on the asymmetric grid of x's own range over all axes but ``keep``."""
+    scale, zero = asymmetric_scale_zero_point(*value_range(x, keep), bits)
+    return fake_quantize_asymmetric(x, scale, zero, bits)

@@ -13,19 +13,27 @@ Rows come in slabs of the first output axis, at most ``max_values`` numbers at a
 N x n matrix of a 3D conv is never materialised. Each chunk's product is float32 over the upper
 block triangle only; H sums the chunks in float64 and is mirrored at the end.
 
-Stride-1 ungrouped convs (and every ConvTranspose3d, through its stride-1 equivalent) skip the
+Stride-1 ungrouped convs (and every ConvTranspose3d, through its stride-1 equivalent) can skip the
 receptive fields altogether. Block (a, b) of H, for kernel taps a and b, is the box sum
     H_ab = sum_{q in B(a)} x(q) x(q + d*e)^T,  e = b - a,  B(a) = d*a + [0, O)  (O: output size)
 over the padded input x. With F_e(R) = sum_{q in R} x(q) x(q + d*e)^T and each box B(a) written by
-inclusion-exclusion from the whole padded volume minus its boundary planes (lines, points) outside
+inclusion-exclusion from the whole padded volume minus its boundary slabs (bars, blocks) outside
 B(a), H needs F_e only for about half the (2k - 1)^3 shifts e (63 for k = 3, as H_ba = H_ab^T)
 over the volume -- one C x C GEMM per shift on shifted views of one channels-last copy of the
-input -- and over the few boundary planes of thickness d*(k - 1) that hold data: about
-63 C^2 = n^2 / 12 multiply-adds per input voxel for k = 3, instead of n^2 / 2 per output voxel.
+input -- and over the boundary regions: about 63 C^2 = n^2 / 12 multiply-adds per input voxel for
+k = 3, instead of n^2 / 2 per output voxel. The boundary coordinates of an axis (t < d (k - 1) or
+t >= O) are cut into segments at the box edges d a and d a + O, each inside or outside every box
+as a whole, so the regions number at most (1 + 2 (k - 1))^3 whatever the dilation; but their rows
+grow with it (segments d (k - 1) thick), and rows of regions that fix axis 1 or 2 are gathered
+before their products. ``input_gram`` therefore takes the shifted products only where its cost
+model (``shifted_products_cost`` against ``unfold_cost``) expects them to be faster: at small
+dilations, not at large ones (benchmarks/gram_dilation.py).
 """
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -82,25 +90,90 @@ def input_columns(
 
 
 def input_gram(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """H (conv groups, n, n) in float64 of ``layer``'s inputs over the batch ``x``: from shifted
-    channel products for stride-1 ungrouped convs and transposed convs, else from receptive
-    fields (``input_columns``)."""
+    """H (conv groups, n, n) in float64 of ``layer``'s inputs over the batch ``x``: for stride-1
+    ungrouped convs and transposed convs from shifted channel products or from receptive fields,
+    whichever ``shifted_products_preferred`` expects to be faster; else from receptive fields
+    (``input_columns``). Both give the same H up to float32 rounding of the products."""
     x = x.detach().to(torch.float32)
     kind = layer_kind(layer)
     if kind == "conv_transpose3d":
         stuffed, padding = _equivalent_conv_input(layer, x if x.ndim == 5 else x[None])
-        flipped = _flipped_taps(x.shape[-4], layer.kernel_size)
-        gram = _shifted_products_gram(stuffed, layer.kernel_size, padding, layer.dilation)
-        return gram[flipped][:, flipped][None]
-    if kind == "conv3d" and layer.groups == 1 and tuple(layer.stride) == (1, 1, 1):
+        if shifted_products_preferred(stuffed.shape, layer.kernel_size, padding, layer.dilation):
+            flipped = _flipped_taps(x.shape[-4], layer.kernel_size)
+            gram = _shifted_products_gram(stuffed, layer.kernel_size, padding, layer.dilation)
+            return gram[flipped][:, flipped][None]
+    elif kind == "conv3d" and layer.groups == 1 and tuple(layer.stride) == (1, 1, 1):
         batch = x if x.ndim == 5 else x[None]
-        return _shifted_products_gram(
-            batch, layer.kernel_size, _padding_pairs(layer), layer.dilation
-        )[None]
+        padding = _padding_pairs(layer)
+        if shifted_products_preferred(batch.shape, layer.kernel_size, padding, layer.dilation):
+            return _shifted_products_gram(batch, layer.kernel_size, padding, layer.dilation)[None]
     accumulator = GramAccumulator(*gram_shape(layer)[:2])
     for columns in input_columns(layer, x):
         accumulator.add(columns)
     return accumulator.gram()
+
+
+def shifted_products_preferred(
+    shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> bool:
+    """Whether the shifted-products Gram of a stride-1 conv over an input of ``shape`` (B, C, *S)
+    is expected to take no longer than the unfold Gram (``shifted_products_cost`` against
+    ``unfold_cost``, both in multiply-adds of the unfold's GEMM)."""
+    return shifted_products_cost(shape, kernel, padding, dilation) <= unfold_cost(
+        shape, kernel, padding, dilation
+    )
+
+
+SHIFTED_MAC_COST = 1.1
+"""A multiply-add of the shifted-products Gram's thin C x C products, in multiply-adds of the
+unfold's fat n x n GEMM (fit, single-threaded, C = 8..64, dilation 1..16, 32³-64³ crops, on the
+2-core AMD EPYC dev box; benchmarks/gram_dilation.py measures both)."""
+SHIFTED_ROW_COST = 9.0
+"""Per channel of each row of those products: reading the two C-wide rows of a thin product,
+which at C = 8-16 costs as much as the C multiply-adds themselves (same fit)."""
+GATHERED_ROW_COST = 80.0
+"""Per channel of each row gathered from a strided box (regions fixing axis 1 or 2) before its
+product: the copy of the shifted operand, per shift (same fit)."""
+
+
+def shifted_products_cost(
+    shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> float:
+    """Expected time of the shifted-products Gram, in unfold multiply-adds: per shift e (half of
+    the (2k - 1)^3) and per row of every inclusion-exclusion region, C (SHIFTED_MAC_COST C +
+    SHIFTED_ROW_COST) plus C GATHERED_ROW_COST for a gathered row. The regions' rows grow with
+    the dilation (boundary segments d (k - 1) thick) but their number does not."""
+    batch, channels = shape[0], shape[1]
+    plan = _box_plan(tuple(shape[2:]), kernel, padding, dilation)
+    contiguous, gathered = plan.rows()
+    shifts = (math.prod(2 * k - 1 for k in kernel) + 1) // 2
+    per_row = channels * (SHIFTED_MAC_COST * channels + SHIFTED_ROW_COST)
+    return (
+        batch
+        * shifts
+        * (per_row * (contiguous + gathered) + channels * GATHERED_ROW_COST * gathered)
+    )
+
+
+def unfold_cost(
+    shape: tuple[int, ...],
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> float:
+    """Multiply-adds of the unfold Gram: per output voxel, the block-triangular X^T X of its
+    n = C k^3 receptive field (``GramAccumulator``: blocks of ``_BLOCK`` columns times the
+    columns from the block on)."""
+    plan = _box_plan(tuple(shape[2:]), kernel, padding, dilation)
+    columns = shape[1] * math.prod(kernel)
+    per_row = sum(min(_BLOCK, columns - low) * (columns - low) for low in range(0, columns, _BLOCK))
+    return shape[0] * math.prod(plan.outputs) * per_row
 
 
 class GramAccumulator:
@@ -211,13 +284,9 @@ def _shifted_products_gram(
     """H (n, n) of a stride-1 ungrouped conv from box sums of shifted channel products."""
     flat_padding = [side for pair in reversed(padding) for side in pair]
     padded = F.pad(x, flat_padding)  # (B, C, L0, L1, L2); negative padding crops
-    channels, extent = padded.shape[1], padded.shape[2:]
-    reach = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]  # M = d (k - 1)
-    outputs = [size - m for size, m in zip(extent, reach, strict=True)]  # O
-    data = [  # padded coordinates that can hold non-zero input
-        range(max(before, 0), size - max(after, 0))
-        for (before, after), size in zip(padding, extent, strict=True)
-    ]
+    channels = padded.shape[1]
+    plan = _box_plan(tuple(x.shape[2:]), kernel, padding, dilation)
+    extent, reach, outputs, data = plan.extent, plan.reach, plan.outputs, plan.data
     margin = reach[0] + 1  # planes of zeros before and after, so every shifted view stays inside
     volume = F.pad(padded, (0, 0, 0, 0, margin, margin)).permute(0, 2, 3, 4, 1)
     flat = volume.reshape(len(x), -1, channels)  # channels last, one row per voxel
@@ -238,17 +307,13 @@ def _shifted_products_gram(
             if (b := tuple(ai + ei for ai, ei in zip(a, e, strict=True))) in tap_index
         ]
         partners.append(torch.tensor(pairs).T)
-    boundary = [  # per axis: whole (None) or a coordinate outside some box B(a), holding data
-        [None] + [t for t in sorted({*range(m), *range(o, size)}) if t in rows]
-        for m, o, size, rows in zip(reach, outputs, extent, data, strict=True)
-    ]
     blocks = torch.zeros(len(taps), len(taps), channels, channels, dtype=torch.float64)
-    for region in itertools.product(*boundary):
+    for region in itertools.product(*plan.boundary):
         products = _region_products(flat, region, data, extent, margin, offsets)
         sign = (-1) ** sum(t is not None for t in region)
         for a, (shift, b) in zip(taps, partners, strict=True):
             if all(
-                t is None or not d * ai <= t < d * ai + o
+                t is None or not d * ai <= t.start < d * ai + o
                 for t, d, ai, o in zip(region, dilation, a, outputs, strict=True)
             ):  # the region lies outside B(a): it enters H_ab with its inclusion-exclusion sign
                 blocks[tap_index[a]].index_add_(0, b, products[shift], alpha=sign)
@@ -257,31 +322,114 @@ def _shifted_products_gram(
     return blocks.permute(2, 0, 3, 1).reshape(channels * len(taps), channels * len(taps))
 
 
+@dataclass(frozen=True)
+class _BoxPlan:
+    """The geometry of the shifted-products Gram of a stride-1 conv on one input size: padded
+    ``extent`` L, ``reach`` M = d (k - 1), ``outputs`` O = L - M, the ``data`` range of padded
+    coordinates that can hold non-zero input, and per axis the ``boundary`` choices of the
+    inclusion-exclusion regions: whole (None) or one boundary segment."""
+
+    extent: tuple[int, ...]
+    reach: list[int]
+    outputs: list[int]
+    data: list[range]
+    boundary: list[list[range | None]]
+
+    def rows(self) -> tuple[int, int]:
+        """(rows read in whole planes, rows gathered from strided boxes) over all regions, for
+        one sample and one shift."""
+        contiguous = gathered = 0
+        for region in itertools.product(*self.boundary):
+            rows = math.prod(len(r) for r in _region_box(region, self.data, self.extent))
+            if region[1] is None and region[2] is None:
+                contiguous += rows
+            else:
+                gathered += rows
+        return contiguous, gathered
+
+
+def _box_plan(
+    size: tuple[int, ...],
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> _BoxPlan:
+    extent = tuple(n + a + b for n, (a, b) in zip(size, padding, strict=True))
+    reach = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]  # M = d (k - 1)
+    outputs = [length - m for length, m in zip(extent, reach, strict=True)]  # O
+    data = [  # padded coordinates that can hold non-zero input
+        range(max(before, 0), length - max(after, 0))
+        for (before, after), length in zip(padding, extent, strict=True)
+    ]
+    boundary = [  # per axis: whole (None) or a segment of coordinates outside some box B(a)
+        [None, *_boundary_segments(m, o, rows, d, k)]
+        for m, o, rows, d, k in zip(reach, outputs, data, dilation, kernel, strict=True)
+    ]
+    return _BoxPlan(extent, reach, outputs, data, boundary)
+
+
+def _boundary_segments(reach: int, outputs: int, rows: range, dilation: int, kernel: int) -> list:
+    """The coordinates of one axis that hold data and lie outside some box B(a) = d a + [0, O),
+    t < M or t >= O, cut into runs of consecutive coordinates that no box edge d a or d a + O
+    splits: inside or outside each box as a whole, so one product per run serves them all."""
+    edges = {dilation * a for a in range(kernel)} | {dilation * a + outputs for a in range(kernel)}
+    coordinates = [t for t in sorted({*range(reach), *range(outputs, rows.stop)}) if t in rows]
+    segments: list[range] = []
+    for t in coordinates:
+        if segments and segments[-1].stop == t and t not in edges:
+            segments[-1] = range(segments[-1].start, t + 1)
+        else:
+            segments.append(range(t, t + 1))
+    return segments
+
+
+def _region_box(
+    region: tuple[range | None, ...], data: list[range], extent: tuple[int, ...]
+) -> list[range]:
+    """The coordinates region R covers per axis: its segment, else the data range, or the whole
+    of axes 1 and 2 when neither is fixed (rows of whole planes are contiguous)."""
+    if region[1] is None and region[2] is None:
+        return [region[0] or data[0], range(extent[1]), range(extent[2])]
+    return [segment or rows for segment, rows in zip(region, data, strict=True)]
+
+
 def _region_products(
     flat: torch.Tensor,
-    region: tuple[int | None, ...],
+    region: tuple[range | None, ...],
     data: list[range],
     extent: tuple[int, ...],
     margin: int,
     offsets: list[int],
 ) -> torch.Tensor:
-    """F_e(R) (shifts, C, C) in float64: sum over the voxels q of region R (fixed coordinates,
-    the data range elsewhere) of x(q) x(q + offset_e)^T, summed over the batch."""
-    if region == (None, None, None):  # the whole volume: contiguous rows, no gathering
-        channels = flat.shape[-1]
-        products = torch.zeros(len(offsets), channels, channels, dtype=torch.float64)
-        start = (margin + data[0].start) * extent[1] * extent[2]
-        stop = (margin + data[0].stop) * extent[1] * extent[2]
+    """F_e(R) (shifts, C, C) in float64: sum over the voxels q of region R (a segment of fixed
+    coordinates on some axes, the data range of the first axis and the whole of the others
+    elsewhere: padding voxels are zero) of x(q) x(q + offset_e)^T, summed over the batch."""
+    channels = flat.shape[-1]
+    products = torch.zeros(len(offsets), channels, channels, dtype=torch.float64)
+    box = _region_box(region, data, extent)
+    if region[1] is None and region[2] is None:  # whole planes: contiguous rows
+        start = (margin + box[0].start) * extent[1] * extent[2]
+        stop = (margin + box[0].stop) * extent[1] * extent[2]
         for sample in flat:
             left = sample[start:stop].T
             for shift, offset in enumerate(offsets):
                 products[shift] += left @ sample[start + offset : stop + offset]
         return products
-    axes = [
-        torch.arange(r.start, r.stop) if t is None else torch.tensor([t])
-        for t, r in zip(region, data, strict=True)
-    ]
-    grid = torch.cartesian_prod(*axes).reshape(-1, 3)
-    rows = ((grid[:, 0] + margin) * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
-    shifted = flat[:, rows[None, :] + torch.tensor(offsets)[:, None]]  # (B, shifts, R, C)
-    return torch.einsum("brc,bsrd->scd", flat[:, rows], shifted).to(torch.float64)
+    stride_sample, stride_row, stride_channel = flat.stride()
+    plane = len(box[1]) * len(box[2])
+    step = max(1, MAX_VALUES // (plane * channels))  # planes of the box per chunk
+    for low in range(box[0].start, box[0].stop, step):
+        depth = min(step, box[0].stop - low)
+        size = (len(flat), depth, len(box[1]), len(box[2]), channels)
+        strides = (stride_sample, extent[1] * extent[2] * stride_row, extent[2] * stride_row,
+                   stride_row, stride_channel)  # fmt: skip
+        first = ((margin + low) * extent[1] + box[1].start) * extent[2] + box[2].start
+
+        def rows(offset: int, size=size, strides=strides, first=first) -> torch.Tensor:
+            view = flat.as_strided(size, strides, (first + offset) * stride_row)
+            return view.reshape(len(flat), -1, channels)  # (B, rows of the box, C): a copy
+
+        left = rows(0).mT
+        for shift, offset in enumerate(offsets):
+            products[shift] += (left @ rows(offset)).sum(0)
+    return products

@@ -10,7 +10,10 @@ most 8 bits, static per-tensor activations) becomes
 so that ONNX Runtime fuses it into an integer kernel (QLinearConv). The weight codes and s_w, s_x
 are the checkpoint's own; s_y = max|y| / 127 is calibrated on the track's calibration patches (the
 integer kernel needs a requantized output; the simulation has none). Activations are stored as
-uint8 with zero-point 128: the same grid as the symmetric int8 codes, in the x86-native U8S8 form.
+uint8 with zero-point 128: the same grid as the symmetric int8 codes, in the x86-native U8S8 form;
+a layer with asymmetric activations (``activation_zero_point``) gets its own uint8 zero-point z
+from the checkpoint on its input quantizer, the grid the simulator applies: ONNX QuantizeLinear
+computes clamp(round(x / s) + z, 0, 255), DequantizeLinear s (q - z).
 """
 
 from __future__ import annotations
@@ -77,7 +80,10 @@ def export_qdq(
         act_scale = None if layer.act_scale is None else float(layer.act_scale.reshape(()))
         _quantize_weight(graph, initializers, weight_name, name, layer, transposed)
         if act_scale is not None:
-            _insert_qdq(graph, compute, 0, f"{name}.input", act_scale)
+            zero = ACTIVATION_ZERO_POINT
+            if layer.act_zero_point is not None:
+                zero = int(layer.act_zero_point.reshape(()))
+            _insert_qdq(graph, compute, 0, f"{name}.input", act_scale, zero)
             _quantize_bias(graph, initializers, compute, name, layer, act_scale)
             _insert_qdq(graph, compute, None, f"{name}.output", output_scales[name])
     bits = {layer.spec.weight_bits for layer in layers.values()}
@@ -94,12 +100,22 @@ def export_qdq(
 
 
 def int8_model(
-    model: nn.Module, calibration: Iterable[torch.Tensor], skip: tuple[str, ...] = ()
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    skip: tuple[str, ...] = (),
+    activation_quantizer: str = "symmetric",
 ) -> nn.Module:
     """The standard INT8 deployment scheme as a harness-quantized model: symmetric per-channel
-    8-bit RTN weights, static per-tensor 8-bit activations calibrated by max|x|; the layers
-    named in ``skip`` stay in floating point."""
-    config = QuantConfig(weight_bits=8, activation_bits=8, granularity="per-tensor", skip=skip)
+    8-bit RTN weights, static per-tensor 8-bit activations calibrated by max|x| (on the
+    symmetric grid, or with ``activation_quantizer="asymmetric"`` the uint8 zero-point one over
+    [min, max]); the layers named in ``skip`` stay in floating point."""
+    config = QuantConfig(
+        weight_bits=8,
+        activation_bits=8,
+        granularity="per-tensor",
+        skip=skip,
+        activation_quantizer=activation_quantizer,
+    )
     weights = {}
     for name, layer in target_layers(model, config).items():
         axis = QUANT_LAYER_TYPES[layer_kind(layer)].weight_channel_axis
@@ -190,7 +206,7 @@ def _check_exportable(name: str, layer: QuantLayer) -> None:
         raise ExportError(
             f"layer {name!r} has {', '.join(problems)}: Q/DQ ONNX export takes symmetric "
             "per-channel or per-tensor weights of at most 8 bits with static per-tensor 8-bit "
-            "activations (or weight-only)"
+            "activations, symmetric or asymmetric (or weight-only)"
         )
 
 
@@ -366,16 +382,20 @@ def _quantize_bias(
 
 
 def _insert_qdq(
-    graph: onnx.GraphProto, node: onnx.NodeProto, input_index: int | None, prefix: str, scale: float
+    graph: onnx.GraphProto,
+    node: onnx.NodeProto,
+    input_index: int | None,
+    prefix: str,
+    scale: float,
+    zero_point: int = ACTIVATION_ZERO_POINT,
 ) -> None:
-    """Put QuantizeLinear → DequantizeLinear (uint8, zero-point 128) on an input of ``node``
-    (``input_index``) or, with None, on its first output (consumers keep the original name)."""
+    """Put QuantizeLinear → DequantizeLinear (uint8, ``zero_point``: 128 for the symmetric grid)
+    on an input of ``node`` (``input_index``) or, with None, on its first output (consumers keep
+    the original name)."""
     if not math.isfinite(scale) or scale <= 0:
         raise ExportError(f"{prefix}: activation scale {scale} is not a positive finite number")
     scale_name = _add_initializer(graph, np.array(scale, np.float32), f"{prefix}_scale")
-    zero_name = _add_initializer(
-        graph, np.array(ACTIVATION_ZERO_POINT, np.uint8), f"{prefix}_zero_point"
-    )
+    zero_name = _add_initializer(graph, np.array(zero_point, np.uint8), f"{prefix}_zero_point")
     if input_index is not None:
         source, target = node.input[input_index], f"{prefix}_dequantized"
         node.input[input_index] = target

@@ -14,6 +14,12 @@ limit, every quantized op's input quantized); metadata precision claims not belo
 
 Bits of a weight = min(storage bits, fewest bits spanning its code range max - min), so int8
 storage holding codes in [-7, 7] counts as 4-bit; activation bits = storage bits of the quantizer.
+A weight stored as a float initializer and quantized at run time (QuantizeLinear → DequantizeLinear,
+as ModelOpt writes it) counts at its code bits against the weight limit and is reported as stored
+(``weight_storage``, ``run_time_quantized_weight_layers``). Float weights and activations count at
+their float width: a 32-bit limit admits an FP32 graph. Opset imports no node uses are ignored.
+Each activation quantizer's grid is reported (``activation_quantizer``: symmetric, or asymmetric
+with a zero-point).
 Effective bits per weight over the quantized weighted ops = (codes at their bits, or the float
 width of a weight stored as float and quantized at run time, + scales and zero-points at their
 storage width) ÷ their number of weights.
@@ -374,13 +380,10 @@ def _check_domains_and_ops(model: onnx.ModelProto) -> int:
                 f"node {node.name!r} uses op {node.op_type!r} ({domain} domain), which is not on "
                 "the allowed list"
             )
+    # Only the nodes are judged: an opset import no node uses (ORT's quant_pre_process declares
+    # ai.onnx.ml, com.microsoft.nchwc, org.pytorch.aten, ...) runs nothing.
     opset = None
     for entry in model.opset_import:
-        if entry.domain not in ALLOWED_DOMAINS:
-            raise OnnxVerificationError(
-                f"opset domain {entry.domain!r} is not allowed (only the default ONNX domain and "
-                "com.microsoft)"
-            )
         if entry.domain in ("", "ai.onnx"):
             opset = entry.version
     if opset is None or opset < MIN_OPSET:
@@ -562,6 +565,12 @@ class _Layer:
     stored_bits: int = 0
     """Bits the weight is stored in: codes at their verified bits (a float initializer quantized
     at run time: its float width), scales and zero-points at their storage width."""
+    weight_storage: str = ""
+    """How the weight is stored: its codes' dtype, or ``<float dtype>, quantized at run time`` for
+    a float initializer through QuantizeLinear (ModelOpt's form), or the float dtype itself."""
+    activation_quantizer: str | None = None
+    """The input's grid: ``symmetric`` (zero-point 0 signed, or the mid-code of an unsigned type:
+    128 for uint8), ``asymmetric`` (any other zero-point), None for a float input."""
 
 
 def _tensor_bits(index: GraphIndex, name: str | None) -> int:
@@ -585,7 +594,8 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
             tensor = index.constants[source]
             dtype = dtype_name(tensor.data_type)
             if tensor.data_type in FLOAT_BITS and (
-                limits.weight_bits is None or limits.max_float_mac_fraction > 0
+                _float_admitted(tensor.data_type, limits.weight_bits)
+                or limits.max_float_mac_fraction > 0
             ):
                 return _Layer(
                     op.name,
@@ -596,6 +606,7 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
                     "none",
                     _activation_bits(op, index),
                     macs_per_sample(op, index, list(tensor.dims)),
+                    weight_storage=dtype,
                 )
             raise OnnxVerificationError(
                 f"{what}: weight {op.weight!r} is a {dtype} initializer, not DequantizeLinear of "
@@ -639,7 +650,10 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
     block = next((a.i for a in producer.attribute if a.name == "block_size"), 0)
     granularity = "blockwise" if block else "per-channel" if scale.size > 1 else "per-tensor"
     act_bits = _activation_bits(op, index)
-    if limits.activation_bits is not None and act_bits is None:  # float-weight layers excepted
+    float_input = act_bits is None and not _float_admitted(
+        TensorProto.FLOAT, limits.activation_bits
+    )
+    if limits.activation_bits is not None and float_input:  # float-weight layers excepted
         raise OnnxVerificationError(
             f"{what}: its input {op.activation!r} is not quantized; the track requires "
             f"activations of at most {limits.activation_bits} bits"
@@ -662,6 +676,8 @@ def _weighted_layer(op: WeightedOp, index: GraphIndex, limits: PrecisionLimits) 
         macs,
         int(codes.size),
         int(stored),
+        dtype if runtime_quantized is None else _runtime_storage(runtime_quantized.data_type),
+        _activation_grid(op, index),
     )
 
 
@@ -670,7 +686,11 @@ def _check_float_layers(layers: list[_Layer], limits: PrecisionLimits) -> None:
     of the MACs; the largest offender is named."""
     if limits.weight_bits is None:
         return
-    floats = [layer for layer in layers if layer.weight_granularity == "none"]
+    floats = [
+        layer
+        for layer in layers
+        if layer.weight_granularity == "none" and layer.weight_bits > limits.weight_bits
+    ]
     if not floats:
         return
     total = sum(layer.macs or 0 for layer in layers) or 1
@@ -683,6 +703,16 @@ def _check_float_layers(layers: list[_Layer], limits: PrecisionLimits) -> None:
             f"{fraction:.1%} of the weighted MACs and the track allows "
             f"{limits.max_float_mac_fraction:.1%}"
         )
+
+
+def _runtime_storage(elem_type: int) -> str:
+    return f"{dtype_name(elem_type)}, quantized at run time"
+
+
+def _float_admitted(elem_type: int, limit: int | None) -> bool:
+    """Whether a float tensor of ``elem_type`` fits a bit limit as it is (None: no limit): a
+    32-bit limit admits float32, as an FP32 model on an FP32 track."""
+    return limit is None or FLOAT_BITS[elem_type] <= limit
 
 
 def _constant_quantize(
@@ -732,6 +762,26 @@ def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
         return None
     found = _quantizer_bits(producer, index)
     return None if found is None else found[0]
+
+
+def _activation_grid(op: WeightedOp, index: GraphIndex) -> str | None:
+    """``symmetric`` or ``asymmetric`` grid of the quantizer feeding ``op``'s activation input
+    (None when it is float): read from its zero-point and integer type."""
+    _, producer = index.follow(op.activation)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    found = _quantizer_bits(producer, index)
+    if found is None:
+        return None
+    bits, dtype = found
+    zero = np.zeros(1, np.int64)
+    if len(producer.input) > 2 and producer.input[2]:
+        source, _ = index.follow(producer.input[2])
+        if source not in index.constants:
+            return "asymmetric"  # a zero-point computed at run time is no fixed symmetric grid
+        zero = index.array(source).astype(np.int64)
+    middle = 2 ** (bits - 1) if dtype.startswith("uint") else 0
+    return "symmetric" if bool(np.all(zero == middle)) else "asymmetric"
 
 
 def _check_activation_quantizers(index: GraphIndex, limits: PrecisionLimits) -> int | None:
@@ -794,6 +844,12 @@ def _report(layers: list[_Layer], activation_bits: int | None, size: int, opset:
         "float_weight_layers": [
             layer.node for layer in layers if layer.weight_granularity == "none"
         ],
+        "run_time_quantized_weight_layers": [
+            layer.node for layer in layers if layer.weight_storage.endswith("at run time")
+        ],
+        "activation_quantizers": sorted(
+            {layer.activation_quantizer for layer in layers if layer.activation_quantizer}
+        ),
         "macs_per_sample": total,
         "quantized_weights": sum(layer.weights for layer in quantized),
         "bits_per_weight": (

@@ -1,0 +1,125 @@
+"""The Sequential architecture: a plain network from a JSON layer list, its receptive field, and
+the warning a result carries when that field exceeds the sliding-window roi."""
+
+import json
+
+import jsonschema
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import ModelSpecError
+from harness.models.reference import ModelSpec, save_reference_model
+from harness.scoring.result import SCHEMA_PATH
+from harness.submission import Submission, evaluate_submission
+from harness.track.loaded import LoadedTrack
+from harness.track.spec import TrackSpec
+
+LABELS = {"0": "background", "1": "liver", "2": "spleen", "3": "kidneys", "4": "aorta",
+          "5": "vertebra"}  # fmt: skip
+HEAD = {"type": "conv", "out_channels": len(LABELS), "kernel_size": 1}
+
+
+def dilated_layers(dilations: list[int], channels: int = 4) -> list[dict]:
+    """conv 3x3x3 at each dilation + ELU (+ instance norm after the first), then a 1x1x1 head."""
+    layers: list[dict] = []
+    for i, d in enumerate(dilations):
+        layers.append({"type": "conv", "out_channels": channels, "kernel_size": 3, "dilation": d})
+        layers.append({"type": "activation", "name": "elu"})
+        if i == 0:
+            layers.append({"type": "norm", "name": "instance"})
+    layers.append({"type": "dropout", "p": 0.1})
+    layers.append({"type": "conv", "out_channels": len(LABELS), "kernel_size": 1})
+    return layers
+
+
+def sequential_spec(layers: list[dict], roi: int = 16) -> ModelSpec:
+    return ModelSpec.from_dict(
+        {
+            "name": "dilated",
+            "architecture": "Sequential",
+            "kwargs": {"in_channels": 1, "layers": layers},
+            "labels": LABELS,
+            "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200, 600]},
+            "sliding_window": {"roi_size": [roi] * 3, "overlap": 0.0, "sw_batch_size": 1},
+        }
+    )
+
+
+def test_a_layer_list_builds_the_network_it_describes():
+    spec = sequential_spec(dilated_layers([1, 4, 8]))
+    assert "out_channels" not in spec.kwargs  # read from the last conv
+    model = spec.build()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
+    assert [c.dilation for c in convs] == [(1, 1, 1), (4, 4, 4), (8, 8, 8), (1, 1, 1)]
+    assert [c.padding for c in convs] == [(1, 1, 1), (4, 4, 4), (8, 8, 8), (0, 0, 0)]
+    kinds = [type(m) for m in model.layers]
+    assert kinds.count(nn.ELU) == 3 and nn.InstanceNorm3d in kinds and nn.Dropout in kinds
+    assert "layers.0.weight" in model.state_dict()
+    x = torch.rand(2, 1, 12, 10, 9)
+    assert model.eval()(x).shape == (2, len(LABELS), 12, 10, 9)
+    assert spec.receptive_field == (1 + 2 * (1 + 4 + 8),) * 3
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ([{"type": "conv", "out_channels": 5, "kernel_size": 1}], "out_channels 5 must equal"),
+        ([{"type": "pool"}, HEAD], r"layers\[0\]: unknown layer type 'pool'"),
+        (
+            [{"type": "conv", "out_channels": 6, "kernel_size": 2}],
+            r"layers\[0\].kernel_size must be odd",
+        ),
+        (
+            [{"type": "activation", "name": "swish"}, {"type": "conv", "out_channels": 6}],
+            r"layers\[0\]: unknown activation 'swish' \(expected one of: relu",
+        ),
+        (
+            [{"type": "conv", "out_channels": 6, "stride": 2}],
+            r"layers\[0\]: a conv layer takes no stride",
+        ),
+        (
+            [
+                {"type": "conv", "out_channels": 4},
+                {"type": "norm", "name": "group"},
+                {"type": "conv", "out_channels": 6},
+            ],
+            r"layers\[1\]: 'num_groups'",
+        ),  # fmt: skip
+        ([{"type": "dropout", "p": 1.0}, HEAD], r"layers\[0\].p must be a probability"),
+    ],
+)
+def test_bad_layer_lists_are_refused_naming_the_layer(layers, message):
+    with pytest.raises(ModelSpecError, match=message):
+        sequential_spec(layers).build()
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_track):
+    return tiny_track[0]
+
+
+def _track(tmp_path, dataset, layers, roi) -> LoadedTrack:
+    spec = sequential_spec(layers, roi)
+    torch.manual_seed(0)
+    model_dir = save_reference_model(spec.build(), spec, tmp_path / f"model_{roi}")
+    return LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=dataset))
+
+
+def test_a_receptive_field_beyond_the_roi_is_a_warning_in_the_result(tmp_path, dataset):
+    schema = json.loads(SCHEMA_PATH.read_text())
+    wide = _track(tmp_path, dataset, dilated_layers([1, 4, 8]), roi=16)  # field 27 > roi 16
+    result, _ = evaluate_submission(wide, Submission("fp32"))
+    jsonschema.validate(result, schema)
+    assert len(result["warnings"]) == 1
+    assert (
+        "receptive field [27, 27, 27] voxels exceeds the sliding-window roi [16, 16, 16]"
+        in (result["warnings"][0])
+    )
+    quantized, _ = evaluate_submission(wide, Submission("scheme", scheme="w8a8-per-channel"))
+    assert quantized["warnings"] == result["warnings"]
+
+    narrow = _track(tmp_path, dataset, dilated_layers([1, 2]), roi=16)  # field 7 <= roi 16
+    result, _ = evaluate_submission(narrow, Submission("fp32"))
+    jsonschema.validate(result, schema)
+    assert "warnings" not in result
