@@ -154,7 +154,9 @@ def compute_baseline(
     else:
         config = QuantConfig.from_scheme(scheme)
         model = quantize_with(method, track.model, config, track.calibration, options)
-        reference = {"method": method, "scheme": scheme, "options": dict(options or {})}
+        reference = {"method": method, "scheme": scheme}
+        if options:
+            reference["options"] = dict(options)
         path = save_checkpoint(model, workdir / "checkpoint", reference=reference)
         submission = Submission("checkpoint", checkpoint=path)
     seconds = time.perf_counter() - start

@@ -21,6 +21,7 @@ from leaderboard.submissions.intake import accept
 from leaderboard.submissions.models import Evaluation, Status, Submission
 from leaderboard.submissions.tasks import evaluate
 from leaderboard.tracks.seeding import queue_baselines
+from reference_methods.simulator.scheme import QuantConfig
 
 __all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
 
@@ -150,6 +151,7 @@ def test_baselines_are_quantized_by_the_worker_and_keep_their_checkpoint(tiny_tr
         ("rtn", "w4a4-per-tensor"),
         ("rtn", "w4a4-per-channel"),
         ("rtn", "w4a4-adaptive"),
+        ("rtn", "w4a4-per-tensor-asym"),
         *[(m, "w4a4-per-channel") for m in ("gptq", "comq", "permutation-comq", "smoothquant")],
     ]
     assert queue_baselines(track) == []
@@ -161,7 +163,8 @@ def test_baselines_are_quantized_by_the_worker_and_keep_their_checkpoint(tiny_tr
         assert submission.is_baseline and submission.artifact.name.endswith(".zip")
         evaluation = submission.evaluation
         layout = {"permutation-comq": "column-permuted"}  # its weights' layout, honestly
-        expected = layout.get(submission.reference_method, submission.scheme.split("-", 1)[1])
+        scheme = QuantConfig.from_scheme(submission.scheme).granularity.value
+        expected = layout.get(submission.reference_method, scheme)
         assert evaluation.granularity == expected
         assert (evaluation.weight_bits, evaluation.activation_bits) == (4, 4)
         recorded = evaluation.result["submission"]
@@ -183,7 +186,8 @@ def test_baselines_are_quantized_by_the_worker_and_keep_their_checkpoint(tiny_tr
 def test_an_eight_bit_track_gets_smoothquant_per_tensor_besides_rtn(tiny_tracks):
     queued = queue_baselines(tiny_tracks["w8a8"])
     assert [(s.reference_method, s.scheme, s.method) for s in queued][3:] == [
-        ("smoothquant", "w8a8-per-tensor", "SmoothQuant per-tensor")
+        ("rtn", "w8a8-per-tensor-asym", "RTN per-tensor, asymmetric activations"),
+        ("smoothquant", "w8a8-per-tensor", "SmoothQuant per-tensor"),
     ]
 
 
