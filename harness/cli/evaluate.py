@@ -95,7 +95,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="score FP32, a simulated scheme, a quantized checkpoint or an ONNX file",
     )
     add_track_args(p)
-    p.add_argument("--scheme", help="e.g. w8a8-per-tensor, w4a4-per-channel, w4a16-adaptive")
+    p.add_argument(
+        "--scheme",
+        help="e.g. w8a8-per-tensor, w4a4-per-channel, w4a16-adaptive; -asym for asymmetric "
+        "activations, -mse or -p<percentile> for their calibration (w8a8-per-tensor-asym-mse)",
+    )
     p.add_argument("--checkpoint", help="quantized checkpoint folder (manifest + safetensors)")
     p.add_argument("--onnx", help="ONNX file with Q/DQ nodes (on an ONNX backend)")
     add_backend_args(p)

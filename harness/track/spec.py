@@ -13,7 +13,8 @@ from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 TRACK_SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 """Version 1 lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
-``bits_per_weight_budget`` and ``division`` (defaults apply)."""
+``bits_per_weight_budget``, ``division`` and ``nsd_definition`` (defaults apply; a spec without
+``nsd_definition`` is scored by the publication's subvoxel NSD)."""
 DEFAULT_ACCURACY_GATE = 0.99
 """MLPerf-style: an entry passes when its mean DSC is at least 99% of the FP32 mean DSC."""
 DEFAULT_BUDGET_MARGIN_BITS = 0.5
