@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
-from harness.backends.onnxruntime import (
-    OrtNetwork,
-    create_session,
-    first_patch_batch,
-    measure_efficiency,
-)
+from harness.backends.onnxruntime import OrtNetwork, create_session, measure_efficiency
 from harness.cli import main
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import CheckpointError, HarnessError
+from harness.inference.efficiency import first_patch_batch
 from harness.inference.latency import latency_stats, time_calls
 from harness.inference.sliding_window import predict_probabilities
 from harness.scoring.result import SCHEMA_PATH

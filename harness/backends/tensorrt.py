@@ -205,7 +205,7 @@ class TensorRTBackend(Backend):
         volume: torch.Tensor,
         window: SlidingWindowSpec,
     ) -> dict:
-        from harness.backends.onnxruntime import first_patch_batch
+        from harness.inference.efficiency import first_patch_batch
 
         batch = first_patch_batch(volume, window, opened.network)
         return engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
