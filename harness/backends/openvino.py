@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,20 @@ def compile_config(threads: int) -> dict[str, object]:
 def read_onnx(path: str | Path):
     """The ONNX file at ``path`` as an ``openvino.Model`` through the ONNX frontend only;
     ``SubmissionError`` when OpenVINO cannot convert it."""
-    from openvino.frontend import FrontEndManager
+    from openvino import frontend as ov_frontend
 
-    frontend = FrontEndManager().load_by_framework("onnx")
+    failures = (
+        RuntimeError,
+        ov_frontend.GeneralFailure,
+        ov_frontend.InitializationFailure,
+        ov_frontend.NotImplementedFailure,
+        ov_frontend.OpConversionFailure,
+        ov_frontend.OpValidationFailure,
+    )
+    onnx_frontend = ov_frontend.FrontEndManager().load_by_framework("onnx")
     try:
-        return frontend.convert(frontend.load(str(path)))
-    except RuntimeError as error:  # OpenVINO raises RuntimeError subclasses
+        return onnx_frontend.convert(onnx_frontend.load(str(path)))
+    except failures as error:
         raise SubmissionError(f"OpenVINO cannot read the model: {_first_line(error)}") from error
 
 
@@ -157,13 +166,14 @@ def _macs_per_sample(op, layer_type: str) -> int | None:
 
 def runtime_report(compiled, source_nodes: frozenset[str] = frozenset()) -> dict:
     """Which weighted layers OpenVINO really runs in INT8, read from ``compiled``'s runtime graph:
-    per layer its runtime precision, kernel and MACs; the fraction of weighted MACs on integer
-    inputs; the kernels by precision. ``source_nodes`` (the ONNX file's weighted node names) names
-    each layer after the ONNX node it was compiled from where OpenVINO records it.
+    per layer its runtime precision, kernel and MACs per sample; ``integer_ops`` / ``float_ops``
+    the weighted layer types on integer / float inputs; ``kernels`` the kernels that ran by name;
+    ``int8_mac_fraction`` the share of weighted MACs on integer inputs. ``source_nodes`` (the
+    ONNX file's weighted node names) names each layer after the ONNX node it was compiled from,
+    where OpenVINO records it.
 
     Raises ``HarnessError`` when any node runs in bf16 or f16 (the precision was not pinned)."""
-    layers, kernels, half = [], {}, []
-    total = integer = 0
+    layers, half = [], []
     for op in compiled.get_runtime_model().get_ordered_ops():
         precision = _rt(op, "runtimePrecision")
         if precision in HALF_PRECISIONS or _rt(op, "outputPrecisions") in HALF_PRECISIONS:
@@ -172,24 +182,18 @@ def runtime_report(compiled, source_nodes: frozenset[str] = frozenset()) -> dict
         if layer_type not in WEIGHTED_LAYER_TYPES:
             continue
         original = _rt(op, "originalLayersNames").split(",")
-        node = next((name for name in original if name in source_nodes), op.get_friendly_name())
         macs = _macs_per_sample(op, layer_type) or 0
         batch = op.input(0).get_partial_shape()
         if batch.is_static and int(batch.to_shape()[0]) > 1:
             macs //= int(batch.to_shape()[0])
-        runs_integer = precision in INTEGER_PRECISIONS
-        kernel = _rt(op, "primitiveType")
-        kernels[kernel] = kernels.get(kernel, 0) + 1
-        total += macs
-        integer += macs if runs_integer else 0
         layers.append(
             {
-                "node": node,
+                "node": next((n for n in original if n in source_nodes), op.get_friendly_name()),
                 "layer_type": layer_type,
                 "runtime_precision": precision,
-                "kernel": kernel,
+                "kernel": _rt(op, "primitiveType"),
                 "macs": macs,
-                "integer": runs_integer,
+                "integer": precision in INTEGER_PRECISIONS,
             }
         )
     if half:
@@ -197,10 +201,13 @@ def runtime_report(compiled, source_nodes: frozenset[str] = frozenset()) -> dict
             f"OpenVINO ran {len(half)} node(s) in half precision ({half[0]!r} first) although "
             f"the inference precision was pinned to {INFERENCE_PRECISION}"
         )
+    total = sum(layer["macs"] for layer in layers)
+    integer = sum(layer["macs"] for layer in layers if layer["integer"])
     return {
         "inference_precision": INFERENCE_PRECISION,
-        "kernels": dict(sorted(kernels.items())),
-        "integer_layers": sum(layer["integer"] for layer in layers),
+        "integer_ops": dict(Counter(x["layer_type"] for x in layers if x["integer"])),
+        "float_ops": dict(Counter(x["layer_type"] for x in layers if not x["integer"])),
+        "kernels": dict(sorted(Counter(x["kernel"] for x in layers).items())),
         "float_layers": [layer["node"] for layer in layers if not layer["integer"]],
         "macs_per_sample": total,
         "int8_mac_fraction": integer / total if total else 0.0,
