@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tracks", "0004_track_budget_division"),
+        ("tracks", "0005_track_nsd_definition"),
     ]
 
     operations = [
