@@ -4,7 +4,10 @@ a worker calls for a baseline row.
 On a backend that scores checkpoints (the simulator) a baseline is a reference PTQ method under a
 scheme, saved as a quantized checkpoint and evaluated as that artifact, so its precision is the
 one read back from it. On a backend that scores ONNX it is the standard INT8 deployment (per-channel
-RTN 8-bit weights, static per-tensor 8-bit activations) exported as Q/DQ ONNX.
+RTN 8-bit weights, static per-tensor 8-bit activations) exported as Q/DQ ONNX in the placement the
+backend's engine fuses best; where the backend profiles layers and the track allows float MACs,
+also that export with the layers the engine runs slower in integer kept in float; and the engine
+vendor's own PTQ tool where the backend has one (NNCF for OpenVINO).
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import onnx
+import torch
+
 from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
 from harness.backends import get_backend
 from harness.inference.evaluation import EvaluationRun
 from harness.submission import StageCallback, Submission, evaluate_submission
@@ -44,6 +52,14 @@ INT8_QDQ = "int8-qdq"
 INT8_QDQ_DESCRIPTION = (
     "per-channel RTN 8-bit weights, static per-tensor 8-bit activations calibrated by max|x|, "
     "exported as Q/DQ ONNX"
+)
+INT8_QDQ_PROFILED = "int8-qdq-profiled"
+"""Scheme name of the standard INT8 export with the layers the backend runs slower in integer
+than in float (profiled on the backend) kept in float, within the track's float-MAC allowance."""
+INT8_QDQ_PROFILED_DESCRIPTION = (
+    INT8_QDQ_DESCRIPTION + "; the layers the track's backend runs slower in integer than in float "
+    "(each profiled on a patch batch) kept in float, slowest first, up to the track's float-MAC "
+    "allowance"
 )
 
 
@@ -99,13 +115,25 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
     for every granularity (symmetric activations, the study's), RTN with asymmetric activations
     at ``ASYMMETRIC_BASELINE_GRANULARITY`` when the track quantizes activations, plus
     ``LOW_BIT_METHODS`` per-channel at ≤ 4-bit weights or ``EIGHT_BIT_METHODS`` per-tensor
-    otherwise (when the track allows that granularity). On an ONNX backend: the standard INT8 Q/DQ
-    export, when the track allows 8 bits."""
+    otherwise (when the track allows that granularity). On an ONNX backend, when the track allows
+    8 bits: the standard INT8 Q/DQ export; with a float-MAC allowance on a backend that profiles
+    layers, also that export with its slower integer layers in float; and the backend's engine
+    PTQ tool, if any."""
     bits_w, bits_a = spec.weight_bits or 8, spec.activation_bits
-    if not get_backend(spec.backend).scores("checkpoint"):
+    backend = get_backend(spec.backend)
+    if not backend.scores("checkpoint"):
         if bits_w < 8 or (bits_a or 8) < 8:
             return []
-        return [Baseline("rtn", INT8_QDQ, "RTN INT8 Q/DQ", INT8_QDQ_DESCRIPTION)]
+        baselines = [Baseline("rtn", INT8_QDQ, "RTN INT8 Q/DQ", INT8_QDQ_DESCRIPTION)]
+        if backend.profiles_layers and spec.max_float_mac_fraction > 0:
+            label = "RTN INT8 Q/DQ, slower layers float"
+            baselines.append(
+                Baseline("rtn", INT8_QDQ_PROFILED, label, INT8_QDQ_PROFILED_DESCRIPTION)
+            )
+        if backend.engine_ptq is not None:
+            ptq = backend.engine_ptq
+            baselines.append(Baseline(ptq.method, ptq.scheme, ptq.label, ptq.description))
+        return baselines
     precision = f"w{bits_w}a{bits_a or 16}"
     baselines = [_baseline("rtn", f"{precision}-{g}", g) for g in BASELINE_GRANULARITIES]
     asymmetric = ASYMMETRIC_BASELINE_GRANULARITY
@@ -140,16 +168,24 @@ def compute_baseline(
     on_stage: StageCallback | None = None,
 ) -> BaselineResult:
     """Quantize the track's reference model by ``method`` (its default ``options`` unless given)
-    under ``scheme`` — or
-    the INT8 Q/DQ export on ONNX backends — write the artifact in ``workdir`` and evaluate it as
-    an upload. The result records the method and scheme; its timings the method's seconds."""
+    under ``scheme`` — or, on ONNX backends, the INT8 Q/DQ export (``INT8_QDQ``,
+    ``INT8_QDQ_PROFILED``) or the backend's engine PTQ tool — write the artifact in ``workdir``
+    and evaluate it as an upload. The result records the method and scheme (and, profiled, which
+    layers stayed float and why); its timings the method's seconds."""
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if scheme == INT8_QDQ:
-        from harness.artifacts.onnx.export import export_qdq, int8_model
-
-        model = int8_model(track.model, track.calibration)
-        path = export_qdq(model, track.model_spec, track.calibration, workdir / "model.onnx")
+    backend = track.backend
+    extra: dict = {}
+    if scheme in (INT8_QDQ, INT8_QDQ_PROFILED):
+        skip = ()
+        if scheme == INT8_QDQ_PROFILED:
+            skip, extra["float_layers_profiled"] = _slower_layers_within_allowance(track, workdir)
+        path = _int8_export(track, workdir / "model.onnx", skip)
+        submission = Submission("onnx", onnx=path)
+    elif backend.engine_ptq is not None and scheme == backend.engine_ptq.scheme:
+        fp32_path = export_fp32(track.model, track.model_spec, workdir / "fp32.onnx")
+        path = backend.engine_quantize(fp32_path, track.calibration, workdir / "model.onnx")
         submission = Submission("onnx", onnx=path)
     else:
         config = QuantConfig.from_scheme(scheme)
@@ -165,8 +201,56 @@ def compute_baseline(
         submission,
         fp32=fp32,
         progress=progress,
-        about={"scheme": scheme, "method": method} | dict(about or {}),
+        about={"scheme": scheme, "method": method} | extra | dict(about or {}),
         timings={"method": seconds},
         on_stage=on_stage,
     )
     return BaselineResult(result, path)
+
+
+def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> Path:
+    """The standard INT8 export of the track's model (``skip`` layers in float) in the placement
+    of the track's backend."""
+    model = int8_model(track.model, track.calibration, skip=skip)
+    return export_qdq(
+        model, track.model_spec, track.calibration, path, placement=track.backend.qdq_placement
+    )
+
+
+def _slower_layers_within_allowance(
+    track: LoadedTrack, workdir: Path
+) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
+    """The layers (module names) to keep in float: those the backend runs slower in integer than
+    in float on a patch batch of the track, the largest slowdown first, while the float-weight
+    MACs stay within the track's ``max_float_mac_fraction``; with their profiled times."""
+    fp32_path = export_fp32(track.model, track.model_spec, workdir / "fp32.onnx")
+    int8_path = _int8_export(track, workdir / "int8-all.onnx")
+    window = track.model_spec.sliding_window
+    batch = torch.cat(track.calibration)[: window.sw_batch_size]
+    slower = track.backend.slower_integer_layers(
+        fp32_path, int8_path, batch, threads=track.spec.latency_threads
+    )
+    macs = _weight_macs(fp32_path)
+    total = sum(macs.values()) or 1
+    modules = dict(track.model.named_modules())
+    chosen: dict[str, dict[str, float]] = {}
+    budget = track.spec.max_float_mac_fraction * total
+    for weight, times in sorted(
+        slower.items(), key=lambda item: item[1]["float_ms"] / item[1]["integer_ms"]
+    ):
+        module = weight.removesuffix(".weight")
+        if module not in modules or weight not in macs or macs[weight] > budget:
+            continue
+        budget -= macs[weight]
+        chosen[module] = times | {"mac_fraction": macs[weight] / total}
+    return tuple(chosen), chosen
+
+
+def _weight_macs(path: Path) -> dict[str, int]:
+    """MACs per sample of each weighted op of an ONNX graph, by its weight tensor's name."""
+    model = onnx.load(str(path), load_external_data=False)
+    index = GraphIndex(model, infer_shapes(model))
+    return {
+        op.weight: macs_per_sample(op, index, index.shapes.get(op.weight) or [1]) or 0
+        for op in weighted_ops(index)
+    }

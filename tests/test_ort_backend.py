@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
-from harness.backends.onnxruntime import (
-    OrtNetwork,
-    create_session,
-    first_patch_batch,
-    measure_efficiency,
-)
+from harness.backends.onnxruntime import OrtNetwork, create_session, measure_efficiency
 from harness.cli import main
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import CheckpointError, HarnessError
+from harness.inference.efficiency import first_patch_batch
 from harness.inference.latency import latency_stats, time_calls
 from harness.inference.sliding_window import predict_probabilities
 from harness.scoring.result import SCHEMA_PATH
@@ -215,3 +211,34 @@ def test_cli_quantize_export_and_evaluate_on_onnxruntime(tiny_track, tmp_path, c
     assert main(["evaluate", *common, *args, "--weight-bits", "4"]) == 2
     assert "at most 4-bit weights" in capsys.readouterr().err
     assert np.isfinite(result["summary"]["mean_dsc"])
+
+
+def test_profiling_finds_layers_whose_integer_kernel_is_slower(track, onnx_files):
+    from harness.backends.onnxruntime import SLOWER_MARGIN, slower_integer_layers
+
+    fp32, int8 = onnx_files
+    batch = torch.cat(track.calibration)[:1]
+    slower = slower_integer_layers(fp32, int8, batch, threads=1, runs=2)
+    weights = {f"{name}.weight" for name, _ in track.model.named_modules()}
+    assert set(slower) <= weights
+    for times in slower.values():
+        assert times["integer_ms"] > SLOWER_MARGIN * times["float_ms"] > 0
+
+
+def test_the_profiled_baseline_keeps_slower_layers_float_within_the_allowance(track, tmp_path):
+    from harness.baselines import INT8_QDQ, INT8_QDQ_PROFILED, baselines_for, compute_baseline
+
+    assert [b.scheme for b in baselines_for(track.spec)] == [INT8_QDQ]
+    allowed = replace(track.spec, max_float_mac_fraction=0.5)
+    assert [b.scheme for b in baselines_for(allowed)] == [INT8_QDQ, INT8_QDQ_PROFILED]
+    loaded = LoadedTrack(allowed, track.dataset, track.model_spec, track.model)
+    baseline = compute_baseline(loaded, method="rtn", scheme=INT8_QDQ_PROFILED, workdir=tmp_path)
+    jsonschema.validate(baseline.result, SCHEMA)
+    chosen = baseline.result["submission"]["float_layers_profiled"]
+    assert "model.0.conv.unit0.conv" in chosen  # 1 input channel: ORT's QLinearConv is ~8x slower
+    assert sum(layer["mac_fraction"] for layer in chosen.values()) <= 0.5
+    for layer in chosen.values():
+        assert layer["integer_ms"] > layer["float_ms"]
+    precision = baseline.result["submission"]["precision"]
+    assert len(precision["float_weight_layers"]) == len(chosen)
+    assert precision["weight_quantized_mac_fraction"] >= 0.5

@@ -17,6 +17,7 @@ from harness.errors import HarnessError
 BACKEND_MODULES: dict[str, str] = {
     "simulated": "harness.backends.simulated",
     "onnxruntime-cpu": "harness.backends.onnxruntime",
+    "openvino-cpu": "harness.backends.openvino",
     "tensorrt": "harness.backends.tensorrt",
 }
 """Track setting → module whose ``BACKEND`` implements it."""

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from harness.errors import BackendUnavailable
+from harness.artifacts.onnx.placement import ORT_PLACEMENT, QdqPlacement
+from harness.errors import BackendUnavailable, HarnessError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from harness.artifacts.kinds import ArtifactKind
+    from harness.inference.latency import LatencyProtocol
     from harness.inference.sliding_window import SlidingWindowSpec
     from harness.models.reference import ModelSpec
     from harness.track.spec import TrackSpec
@@ -33,17 +35,35 @@ class OpenedArtifact:
     precision: dict
 
 
+@dataclass(frozen=True)
+class EnginePtq:
+    """An engine vendor's PTQ tool offered as a baseline: its scheme name (recorded with the
+    result), method name, and the label and description the board shows."""
+
+    scheme: str
+    method: str
+    label: str
+    description: str
+
+
 class Backend(ABC):
     """One execution engine. ``name`` is the track setting; ``label`` what the site shows;
     ``artifact_kinds`` what a submission uploads (the first is what a quantizer container must
     write); ``queue`` the Celery queue of the workers that can run it; ``measures_latency``
-    whether its timings are of a deployment (a simulator's are not)."""
+    whether its timings are of a deployment (a simulator's are not); ``qdq_placement`` how the
+    harness's standard INT8 export writes Q/DQ for this engine (the form it fuses best);
+    ``profiles_layers`` whether ``slower_integer_layers`` measures anything; ``engine_ptq`` the
+    engine vendor's own PTQ tool as a baseline, ``EnginePtq`` (or None), run by
+    ``engine_quantize``."""
 
     name: ClassVar[str]
     label: ClassVar[str]
     artifact_kinds: ClassVar[tuple[ArtifactKind, ...]]
     queue: ClassVar[str] = "cpu"
     measures_latency: ClassVar[bool] = True
+    qdq_placement: ClassVar[QdqPlacement] = ORT_PLACEMENT
+    profiles_layers: ClassVar[bool] = False
+    engine_ptq: ClassVar[EnginePtq | None] = None
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run on this machine (checked for real), or None."""
@@ -71,7 +91,24 @@ class Backend(ABC):
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
+        fp32: Path | None = None,
+        protocol: LatencyProtocol | None = None,
     ) -> dict | None:
         """Latency, size and memory of ``opened`` on one preprocessed test ``volume``; None where
-        the backend measures nothing."""
+        the backend measures nothing. ``fp32`` is the reference network exported as FP32 ONNX:
+        a backend that runs ONNX opens it on its own engine, with the same settings, and times it
+        interleaved with the entry under ``protocol`` (the result's ``latency_protocol``)."""
         return None
+
+    def slower_integer_layers(
+        self, fp32: Path, int8: Path, batch: torch.Tensor, *, threads: int
+    ) -> dict[str, dict[str, float]]:
+        """Weighted layers of the Q/DQ graph ``int8`` that this engine runs slower than the same
+        layer of ``fp32`` on ``batch``, profiled per layer: ``{weight initializer name of the FP32
+        graph: {"integer_ms", "float_ms"}}``. Empty where the backend does not profile layers."""
+        return {}
+
+    def engine_quantize(self, fp32: Path, calibration: list[torch.Tensor], out: Path) -> Path:
+        """Quantize the FP32 ONNX file ``fp32`` with ``engine_ptq`` on the unlabeled
+        ``calibration`` patch batches into a Q/DQ ONNX file at ``out``."""
+        raise HarnessError(f"backend {self.name} offers no engine PTQ tool")

@@ -1,16 +1,20 @@
 """The ``onnxruntime-cpu`` backend: an ONNX Runtime session as a network for the sliding-window
-inferer, which kernels ORT really runs (read from its optimised graph), and efficiency figures.
+inferer, which kernels ORT really runs (read from its optimised graph), efficiency figures with
+the FP32 reference timed interleaved on ORT too, and a per-layer profile (which integer kernels
+ORT runs slower than float ones).
 
 Sessions use ORT's full graph optimisation with ``session.qdqisint8allowed`` on, so Q/DQ groups
 with int8 activations (as ORT's own ``quantize_static`` writes them) are fused into integer
-kernels on x86 too, not only uint8 ones.
+kernels on x86 too, not only uint8 ones. ORT's 3D QLinearConv is several times slower than its
+float Conv on thin layers (few input or output channels), and it has no integer ConvTranspose:
+a graph quantized throughout can be slower than FP32, which the speed-up then says.
 """
 
 from __future__ import annotations
 
-import resource
+import json
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +28,24 @@ from harness.artifacts.kinds import ONNX
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
 from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends.base import Backend, OpenedArtifact
-from harness.errors import HarnessError, SubmissionError
-from harness.inference.latency import latency_stats, time_calls
-from harness.inference.sliding_window import SlidingWindowSpec, predict_labels
+from harness.errors import SubmissionError
+from harness.inference.efficiency import (
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    measure_network,
+)
+from harness.inference.latency import LatencyProtocol
+from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.reference import ModelSpec
 from harness.track.spec import TrackSpec
 
-LATENCY_WARMUP = 1
-LATENCY_RUNS = 5
-INTRA_OP_THREADS = 1
+PROFILE_RUNS = 3
+"""Profiled runs per graph when choosing layers (after one warm-up run): per-layer times of a
+slower integer kernel differ from float by factors, not percent."""
+SLOWER_MARGIN = 1.25
+"""A layer counts as slower in integer only when its integer time exceeds its float time by a
+quarter: differences within that are profiling noise on a shared machine (a ConvTranspose, which
+ORT runs in float either way, measured 9.6 vs 8.3 ms)."""
 
 # ORT ops that compute in integer arithmetic (default and com.microsoft domains)
 INTEGER_OPS = frozenset(
@@ -183,68 +196,92 @@ def kernel_report(model_path: str | Path, threads: int = 1) -> dict:
     }
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (getrusage, Linux KiB units)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure_efficiency(
     network: OrtNetwork,
     model_path: str | Path,
     volume: torch.Tensor,
     window: SlidingWindowSpec,
     *,
-    warmup: int = 1,
-    runs: int = 5,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
     threads: int = 1,
+    fp32: OrtNetwork | None = None,
+    protocol: LatencyProtocol | None = None,
 ) -> dict:
-    """Latency per patch batch and per volume (warm-up, then ``runs`` timed runs: median, p95),
-    throughput, serialized size, peak RSS and the kernel report of ``model_path``.
-
-    The patch batch is the inferer's first batch of ``volume`` (sw_batch_size patches); per-patch
-    latency is the batch latency divided by its size.
-    """
-    if runs < 1 or warmup < 0:
-        raise HarnessError("latency needs runs >= 1 and warmup >= 0")
-    batch = first_patch_batch(volume, window, network)
-    with torch.no_grad():
-        batch_times = time_calls(lambda: network(batch), warmup, runs)
-        volume_times = time_calls(lambda: predict_labels(network, volume, window), warmup, runs)
-    patch = latency_stats([t / len(batch) for t in batch_times])
+    """Latency per patch, per patch batch and per volume (``measure_network``), the latency
+    protocol against ``fp32`` when given, serialized size, peak RSS and the kernel report of
+    ``model_path``."""
+    measured = measure_network(
+        network, volume, window, fp32=fp32, protocol=protocol, warmup=warmup, runs=runs
+    )
     size = Path(model_path).stat().st_size
     return {
         "backend": "onnxruntime-cpu",
         "provider": "CPUExecutionProvider",
         "intra_op_threads": threads,
-        "latency_ms": {
-            "per_patch": patch,
-            "per_batch": latency_stats(batch_times) | {"batch_size": len(batch)},
-            "per_volume": latency_stats(volume_times)
-            | {"volume_shape": [int(d) for d in volume.shape]},
-        },
-        "throughput_patches_per_s": len(batch) / float(np.median(batch_times)),
+        **measured,
         "size_bytes": size,
         "size_mb": size / 1e6,
-        "peak_rss_mb": peak_rss_mb(),
         "kernels": kernel_report(model_path, threads),
     }
 
 
-def first_patch_batch(
-    volume: torch.Tensor, window: SlidingWindowSpec, network: nn.Module
-) -> torch.Tensor:
-    """The first batch of patches the inferer cuts from ``volume`` (C, x, y, z)."""
-    captured: list[torch.Tensor] = []
+def node_profile(path: str | Path, batch: np.ndarray, threads: int, runs: int) -> dict[str, float]:
+    """Mean milliseconds per run that ORT's profiler attributes to each node of the optimised
+    graph, by the source node's name (ORT names a fused node after the node it replaced)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        (graph_input,) = session.get_inputs()
+        for _ in range(runs + 1):  # the first run is the warm-up, dropped below
+            session.run(None, {graph_input.name: batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    node_events = [
+        e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
+    per_run = len(node_events) // (runs + 1)
+    times: dict[str, float] = defaultdict(float)
+    for event in node_events[per_run:]:
+        node = event["name"].removesuffix("_kernel_time").split("_token_")[0]
+        times[node] += event["dur"] / 1000 / runs
+    return dict(times)
 
-    def capture(batch: torch.Tensor) -> torch.Tensor:
-        if not captured:
-            captured.append(torch.as_tensor(batch).clone())
-            captured.append(network(captured[0]))
-        return torch.zeros((len(batch), *captured[1].shape[1:]))
 
-    with torch.no_grad():
-        window.inferer()(torch.as_tensor(volume)[None].float(), capture)
-    return captured[0]
+def _weight_of_node(path: str | Path) -> dict[str, str]:
+    """Weighted node name → the name of the weight tensor it reads, in the graph at ``path``."""
+    model = onnx.load(str(path), load_external_data=False)
+    index = GraphIndex(model, infer_shapes(model))
+    return {op.name: op.weight for op in weighted_ops(index)}
+
+
+def slower_integer_layers(
+    fp32: str | Path, int8: str | Path, batch: torch.Tensor, *, threads: int, runs: int
+) -> dict[str, dict[str, float]]:
+    """Weighted layers ORT runs slower (by more than ``SLOWER_MARGIN``) from ``int8`` (a Q/DQ
+    graph whose weights keep the FP32 graph's tensor names, as the harness exporter writes them)
+    than from ``fp32``, per ORT's profiler on ``batch``: weight name → integer and float
+    milliseconds per run."""
+    array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+    timed = {}
+    for name, path in (("integer_ms", int8), ("float_ms", fp32)):
+        profile = node_profile(path, array, threads, runs)
+        timed[name] = {
+            weight: profile[node]
+            for node, weight in _weight_of_node(path).items()
+            if node in profile
+        }
+    return {
+        weight: {"integer_ms": integer, "float_ms": timed["float_ms"][weight]}
+        for weight, integer in timed["integer_ms"].items()
+        if weight in timed["float_ms"] and integer > SLOWER_MARGIN * timed["float_ms"][weight]
+    }
 
 
 def relative_difference(model: nn.Module, path: str | Path, batch: torch.Tensor) -> float:
@@ -266,12 +303,14 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime-cpu"
     label = "ONNX Runtime CPU INT8"
     artifact_kinds = (ONNX,)
+    profiles_layers = True
 
     def open(
         self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
     ) -> OpenedArtifact:
         precision = verify_for_track(artifact, spec, model_spec, reference)
-        return OpenedArtifact(OrtNetwork(create_session(artifact, INTRA_OP_THREADS)), precision)
+        network = OrtNetwork(create_session(artifact, spec.latency_threads))
+        return OpenedArtifact(network, precision)
 
     def measure_efficiency(
         self,
@@ -280,16 +319,20 @@ class OnnxRuntimeBackend(Backend):
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
+        fp32: Path | None = None,
+        protocol: LatencyProtocol | None = None,
     ) -> dict:
+        threads = protocol.threads if protocol is not None else 1
+        reference = None if fp32 is None else OrtNetwork(create_session(fp32, threads))
         return measure_efficiency(
-            opened.network,
-            artifact,
-            volume,
-            window,
-            warmup=LATENCY_WARMUP,
-            runs=LATENCY_RUNS,
-            threads=INTRA_OP_THREADS,
-        )
+            opened.network, artifact, volume, window, threads=threads, fp32=reference,
+            protocol=protocol,
+        )  # fmt: skip
+
+    def slower_integer_layers(
+        self, fp32: Path, int8: Path, batch: torch.Tensor, *, threads: int
+    ) -> dict[str, dict[str, float]]:
+        return slower_integer_layers(fp32, int8, batch, threads=threads, runs=PROFILE_RUNS)
 
 
 BACKEND = OnnxRuntimeBackend()

@@ -5,12 +5,15 @@ ModelOpt and CUDA are imported lazily, and where one is missing ``BackendUnavail
 
 ModelOpt's ONNX quantizer itself runs on CPU (``calibration_eps=["cpu"]``); its Q/DQ placement is
 TensorRT-style (weights stored in float, quantized by QuantizeLinear), which ORT does not fuse.
+The latency protocol times the entry's engine against a plain FP32 engine of the reference, per
+patch batch, interleaved on the same GPU.
 """
 
 from __future__ import annotations
 
 import importlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -26,6 +29,7 @@ from harness.errors import BackendUnavailable, HarnessError
 from harness.inference.latency import latency_stats, time_calls
 
 if TYPE_CHECKING:
+    from harness.inference.latency import LatencyProtocol
     from harness.inference.sliding_window import SlidingWindowSpec
     from harness.models.reference import ModelSpec
     from harness.track.spec import TrackSpec
@@ -100,8 +104,12 @@ def modelopt_baseline(
     )
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, max_batch: int) -> Path:
-    """Parse the Q/DQ ONNX and build a serialized INT8 (+FP16) engine for batch 1..max_batch."""
+def build_engine(
+    onnx_path: str | Path, engine_path: str | Path, max_batch: int, *, int8: bool = True
+) -> Path:
+    """Parse the Q/DQ ONNX and build a serialized INT8 (+FP16) engine for batch 1..max_batch;
+    with ``int8=False`` a plain FP32 engine (TF32 off), the reference the entry is timed
+    against."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -111,8 +119,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, max_batch: int)
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise HarnessError(f"TensorRT cannot parse the ONNX file: {errors}")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
-    config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     tensor = network.get_input(0)
     shape = tuple(tensor.shape)[1:]
@@ -204,11 +215,22 @@ class TensorRTBackend(Backend):
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
+        fp32: Path | None = None,
+        protocol: LatencyProtocol | None = None,
     ) -> dict:
-        from harness.backends.onnxruntime import first_patch_batch
+        from harness.inference.efficiency import first_patch_batch
 
         batch = first_patch_batch(volume, window, opened.network)
-        return engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
+        report = engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
+        if fp32 is not None and protocol is not None:
+            engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-fp32-"))
+            engine = build_engine(fp32, engine_dir / "fp32.engine", len(batch), int8=False)
+            reference = TrtNetwork(engine)
+            paired = replace(protocol, unit="per_patch_batch")
+            report["latency_protocol"] = paired.measure(
+                lambda: reference(batch), lambda: opened.network(batch)
+            )
+        return report
 
 
 BACKEND = TensorRTBackend()

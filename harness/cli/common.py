@@ -37,6 +37,12 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of weighted-op MACs an ONNX file may keep with float weights",
     )
+    p.add_argument(
+        "--latency-threads",
+        type=int,
+        default=1,
+        help="intra-op threads a real backend runs the entry and the FP32 reference on",
+    )
 
 
 def open_track(args: argparse.Namespace):
@@ -56,5 +62,6 @@ def open_track(args: argparse.Namespace):
         weight_bits=getattr(args, "weight_bits", None),
         activation_bits=getattr(args, "activation_bits", None),
         max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
+        latency_threads=getattr(args, "latency_threads", 1),
     )
     return LoadedTrack.open(spec)

@@ -47,6 +47,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 else ""
             )
         )
+        protocol = e.get("latency_protocol")
+        if protocol:
+            speedup = protocol["speedup"]
+            low, high = speedup["ci95"]
+            verdict = (
+                "faster" if low > 1 else "slower than FP32" if high < 1 else "no clear difference"
+            )
+            print(
+                f"latency protocol ({protocol['pairs']} interleaved pairs, {protocol['threads']} "
+                f"thread(s), {protocol['unit'].replace('_', ' ')}): entry "
+                f"{protocol['entry']['median_ms']:.1f} ms (IQR {protocol['entry']['iqr_ms']:.1f}), "
+                f"FP32 {protocol['fp32']['median_ms']:.1f} ms → {speedup['median']:.2f}× "
+                f"[{low:.2f}, {high:.2f}] ({verdict})"
+            )
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:

@@ -1,11 +1,42 @@
-"""Latency protocol: warm-up calls, then timed calls; median and 95th percentile in ms."""
+"""Latency protocol: warm-up calls, then timed calls; and the paired protocol real backends report,
+the FP32 reference and the entry timed interleaved in one process, with the entry's speed-up and
+its bootstrap confidence interval.
+
+Timings on a shared machine drift with the load of other processes. Timing the FP32 network and
+the entry in adjacent pairs makes both see the same load, and the speed-up of each pair (FP32
+seconds / entry seconds) cancels most of the drift; the reported speed-up is the median over
+pairs, its interval a percentile bootstrap over pairs.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from harness.errors import HarnessError
+
+PROTOCOL_WARMUP = 2
+"""Untimed calls of each network before the pairs: the first call of a compiled network pays
+for lazy allocation and kernel selection, the second for caches warmed by the other network."""
+PROTOCOL_PAIRS = 30
+"""Interleaved FP32/entry pairs (at least ``MIN_PAIRS``). Measured on a 2-core machine shared
+with two other busy processes, five re-runs of the demo UNet on OpenVINO gave median pair speed-ups
+spread over 7-11% of their median at 10-20 pairs and 9% at 30; the median ratio of the pairs was
+the steadiest estimator (the ratio of medians spread 10-60%, of minima 16-35%)."""
+MIN_PAIRS = 10
+BOOTSTRAP_RESAMPLES = 2000
+"""Bootstrap resamples of the pairs: percentile bounds of a 95% interval settle to about 1% of
+their width at this count."""
+CONFIDENCE = 0.95
+BOOTSTRAP_SEED = 0
+"""Fixed so that re-running the protocol on the same timings reproduces the interval."""
+UNITS = ("per_volume", "per_patch_batch")
+"""What one timed call covers: sliding-window inference over a test volume, or one patch batch."""
 
 
 def time_calls(call: Callable[[], object], warmup: int, runs: int) -> list[float]:
@@ -20,7 +51,7 @@ def time_calls(call: Callable[[], object], warmup: int, runs: int) -> list[float
     return seconds
 
 
-def latency_stats(seconds: list[float]) -> dict:
+def latency_stats(seconds: Sequence[float]) -> dict:
     """Median and p95 (linear interpolation) in milliseconds, with the number of runs."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     return {
@@ -28,3 +59,118 @@ def latency_stats(seconds: list[float]) -> dict:
         "p95_ms": float(np.percentile(ms, 95)),
         "runs": len(ms),
     }
+
+
+def spread_stats(seconds: Sequence[float]) -> dict:
+    """Median, quartiles and interquartile range in milliseconds (linear interpolation)."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    if ms.size == 0:
+        raise HarnessError("no timings to summarise")
+    p25, median, p75 = np.percentile(ms, [25, 50, 75])
+    return {
+        "median_ms": float(median),
+        "iqr_ms": float(p75 - p25),
+        "p25_ms": float(p25),
+        "p75_ms": float(p75),
+    }
+
+
+def interleaved_pairs(
+    fp32: Callable[[], object], entry: Callable[[], object], *, warmup: int, pairs: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``fp32`` and of ``entry``, timed in ``pairs`` adjacent pairs after ``warmup``
+    untimed calls of each. The order within a pair alternates (FP32 first in even pairs, the
+    entry first in odd ones) so that neither always runs on caches the other warmed."""
+    if pairs < MIN_PAIRS:
+        raise HarnessError(f"the latency protocol needs at least {MIN_PAIRS} pairs, got {pairs}")
+    if warmup < 0:
+        raise HarnessError("warmup must be >= 0")
+    for _ in range(warmup):
+        fp32()
+        entry()
+    times: dict[str, list[float]] = {"fp32": [], "entry": []}
+    for pair in range(pairs):
+        order = (("fp32", fp32), ("entry", entry))
+        for name, call in order if pair % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times["fp32"], times["entry"]
+
+
+def speedup_interval(
+    fp32: Sequence[float],
+    entry: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """Speed-up of the entry over FP32 from paired timings: the median over pairs of
+    ``fp32[i] / entry[i]`` (> 1: the entry is faster) and a percentile-bootstrap interval of that
+    median, resampling whole pairs."""
+    a = np.asarray(fp32, dtype=np.float64)
+    b = np.asarray(entry, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise HarnessError("speed-up needs equally many FP32 and entry timings, at least one")
+    if np.any(a <= 0) or np.any(b <= 0):
+        raise HarnessError("timings must be positive")
+    if not 0 < confidence < 1:
+        raise HarnessError("confidence must lie in (0, 1)")
+    ratios = a / b
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, ratios.size, size=(resamples, ratios.size))
+    medians = np.median(ratios[picks], axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return {"median": float(np.median(ratios)), "ci95": [float(low), float(high)]}
+
+
+@dataclass(frozen=True)
+class LatencyProtocol:
+    """The paired protocol's settings: ``threads`` intra-op threads for both networks (and for
+    the inferer's own torch ops), ``warmup`` untimed calls of each, ``pairs`` timed pairs, and
+    what one call covers (``unit``, one of ``UNITS``)."""
+
+    threads: int = 1
+    warmup: int = PROTOCOL_WARMUP
+    pairs: int = PROTOCOL_PAIRS
+    unit: str = "per_volume"
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise HarnessError("the latency protocol needs at least one thread")
+        if self.pairs < MIN_PAIRS:
+            raise HarnessError(f"the latency protocol needs at least {MIN_PAIRS} pairs")
+        if self.unit not in UNITS:
+            raise HarnessError(f"unit must be one of {', '.join(UNITS)}")
+
+    def measure(self, fp32: Callable[[], object], entry: Callable[[], object]) -> dict:
+        """Time ``fp32`` and ``entry`` interleaved under this protocol (torch limited to
+        ``threads`` meanwhile); the result document's ``latency_protocol`` entry."""
+        with torch_threads(self.threads):
+            fp32_s, entry_s = interleaved_pairs(fp32, entry, warmup=self.warmup, pairs=self.pairs)
+        return self.summary(fp32_s, entry_s)
+
+    def summary(self, fp32: Sequence[float], entry: Sequence[float]) -> dict:
+        """The ``latency_protocol`` entry of paired timings (seconds)."""
+        return {
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "pairs": len(entry),
+            "entry": spread_stats(entry),
+            "fp32": spread_stats(fp32),
+            "speedup": speedup_interval(fp32, entry),
+            "unit": self.unit,
+        }
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """Run the block with torch's intra-op thread count set to ``threads``, then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

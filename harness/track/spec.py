@@ -13,8 +13,8 @@ from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 TRACK_SPEC_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 """Version 1 lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
-``bits_per_weight_budget``, ``division`` and ``nsd_definition`` (defaults apply; a spec without
-``nsd_definition`` is scored by the publication's subvoxel NSD)."""
+``bits_per_weight_budget``, ``division``, ``nsd_definition`` and ``latency_threads`` (defaults
+apply; a spec without ``nsd_definition`` is scored by the publication's subvoxel NSD)."""
 DEFAULT_ACCURACY_GATE = 0.99
 """MLPerf-style: an entry passes when its mean DSC is at least 99% of the FP32 mean DSC."""
 DEFAULT_BUDGET_MARGIN_BITS = 0.5
@@ -39,7 +39,9 @@ class TrackSpec:
     quantizer leaves in floating point); ``time_limit_s`` the evaluation's limit and
     ``quantizer_timeout_s`` the wall-clock limit of a quantizer container run;
     ``bits_per_weight_budget`` the most effective bits per weight an artifact may store (None: the
-    weight bits + 0.5); ``division`` ``closed`` (PTQ only) or ``open``.
+    weight bits + 0.5); ``division`` ``closed`` (PTQ only) or ``open``; ``latency_threads`` the
+    intra-op threads a real backend runs the entry and the FP32 reference on, for accuracy and
+    for the latency protocol alike.
     """
 
     model_dir: Path
@@ -59,6 +61,7 @@ class TrackSpec:
     quantizer_timeout_s: float = 3600.0
     bits_per_weight_budget: float | None = None
     division: str = "closed"
+    latency_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.backend not in backend_names():
@@ -85,6 +88,8 @@ class TrackSpec:
             raise HarnessError("bits_per_weight_budget must be positive")
         if self.division not in DIVISIONS:
             raise HarnessError(f"division must be one of {', '.join(DIVISIONS)}")
+        if self.latency_threads < 1:
+            raise HarnessError("latency_threads must be at least 1")
 
     @property
     def budget(self) -> float | None:

@@ -144,6 +144,9 @@ class Track(models.Model):
     )
     daily_quota = models.PositiveIntegerField(default=5, help_text="submissions per user per day")
     time_limit_s = models.PositiveIntegerField(default=1800, help_text="evaluation time limit")
+    latency_threads = models.PositiveSmallIntegerField(
+        default=1, help_text="intra-op threads a real backend times the entry and FP32 on"
+    )
     quantizer_timeout_s = models.PositiveIntegerField(
         default=3600, help_text="wall-clock limit of a quantizer container run (seconds)"
     )
@@ -228,4 +231,5 @@ class Track(models.Model):
             division=self.division,
             time_limit_s=float(self.time_limit_s),
             quantizer_timeout_s=float(self.quantizer_timeout_s),
+            latency_threads=self.latency_threads,
         )

@@ -7,13 +7,16 @@ most 8 bits, static per-tensor activations) becomes
     x → QuantizeLinear/DequantizeLinear(s_x) → Conv(W = DequantizeLinear(codes, s_w, axis),
         b = DequantizeLinear(round(b / (s_x s_w)) int32)) → QuantizeLinear/DequantizeLinear(s_y)
 
-so that ONNX Runtime fuses it into an integer kernel (QLinearConv). The weight codes and s_w, s_x
-are the checkpoint's own; s_y = max|y| / 127 is calibrated on the track's calibration patches (the
-integer kernel needs a requantized output; the simulation has none). Activations are stored as
-uint8 with zero-point 128: the same grid as the symmetric int8 codes, in the x86-native U8S8 form;
-a layer with asymmetric activations (``activation_zero_point``) gets its own uint8 zero-point z
-from the checkpoint on its input quantizer, the grid the simulator applies: ONNX QuantizeLinear
-computes clamp(round(x / s) + z, 0, 255), DequantizeLinear s (q - z).
+so that an engine fuses it into an integer kernel. The weight codes and s_w, s_x are the
+checkpoint's own; s_y = max|y| / 127 is calibrated on the track's calibration patches (an integer
+kernel needs a requantized output; the simulation has none).
+
+How symmetric activation codes are stored and where else they are requantized is the
+``QdqPlacement`` (``harness.artifacts.onnx.placement``): one per engine, the integers the same in
+all. A layer with asymmetric activations (``activation_zero_point``) keeps its own uint8
+zero-point z from the checkpoint on its input quantizer in every placement, the grid the
+simulator applies: ONNX QuantizeLinear computes clamp(round(x / s) + z, 0, 255), DequantizeLinear
+s (q - z).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,7 +34,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from harness.artifacts.onnx.graph import PASS_THROUGH_OPS
 from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OPSET, OUTPUT_NAME
+from harness.artifacts.onnx.placement import (
+    NON_NEGATIVE_OPS,
+    NORMALISATION_OPS,
+    ORT_PLACEMENT,
+    QdqPlacement,
+)
 from harness.errors import HarnessError
 from harness.models.reference import ModelSpec
 from reference_methods.simulator.granularity import ActivationGranularity, WeightGranularity
@@ -45,7 +56,6 @@ from reference_methods.simulator.scheme import (
 from reference_methods.simulator.weight_format import QuantizedWeight, to_rows
 
 FP32_TOLERANCE = 5e-3  # max |ONNX Runtime − PyTorch| / max |PyTorch| on FP32 logits
-ACTIVATION_ZERO_POINT = 128  # uint8 zero-point: code q ∈ [-127, 127] is stored as q + 128
 OUTPUT_QMAX = 127
 
 
@@ -56,19 +66,42 @@ class ExportError(HarnessError):
 def export_fp32(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
     """Write ``model`` as ONNX (input = the track's roi, dynamic batch) and check it."""
     proto = _torch_export(model, spec)
-    _set_metadata(proto, {"source": "harness export-onnx", "precision": "fp32"})
-    return _save_checked(proto, path)
+    set_metadata(proto, {"source": "harness export-onnx", "precision": "fp32"})
+    return save_checked(proto, path)
+
+
+_FP32_EXPORTS: dict[str, Path] = {}
+_FP32_FOLDER: tempfile.TemporaryDirectory | None = None
+
+
+def cached_fp32_export(model: nn.Module, spec: ModelSpec, key: str) -> Path:
+    """``export_fp32`` of ``model`` written once per process for ``key`` (what identifies the
+    network: its weights' digest and spec) into a temporary folder removed at exit; the FP32
+    reference a backend times an entry against."""
+    global _FP32_FOLDER
+    if key not in _FP32_EXPORTS or not _FP32_EXPORTS[key].is_file():
+        if _FP32_FOLDER is None:
+            _FP32_FOLDER = tempfile.TemporaryDirectory(prefix="medquant-fp32-")
+        path = Path(_FP32_FOLDER.name) / f"fp32-{len(_FP32_EXPORTS)}.onnx"
+        _FP32_EXPORTS[key] = export_fp32(model, spec, path)
+    return _FP32_EXPORTS[key]
 
 
 def export_qdq(
-    model: nn.Module, spec: ModelSpec, calibration: Iterable[torch.Tensor], path: str | Path
+    model: nn.Module,
+    spec: ModelSpec,
+    calibration: Iterable[torch.Tensor],
+    path: str | Path,
+    *,
+    placement: QdqPlacement = ORT_PLACEMENT,
 ) -> Path:
-    """Write a harness-quantized ``model`` as Q/DQ ONNX (see module docstring)."""
+    """Write a harness-quantized ``model`` as Q/DQ ONNX in ``placement`` (see module docstring)."""
     layers = quantized_layers(model)
     if not layers:
         raise ExportError("the model has no quantized layers")
     for name, layer in layers.items():
         _check_exportable(name, layer)
+    calibration = list(calibration)
     output_scales = _output_scales(model, layers, calibration)
     proto = _torch_export(_float_twin(model, layers), spec)
     graph = proto.graph
@@ -80,23 +113,28 @@ def export_qdq(
         act_scale = None if layer.act_scale is None else float(layer.act_scale.reshape(()))
         _quantize_weight(graph, initializers, weight_name, name, layer, transposed)
         if act_scale is not None:
-            zero = ACTIVATION_ZERO_POINT
+            zero = None
             if layer.act_zero_point is not None:
                 zero = int(layer.act_zero_point.reshape(()))
-            _insert_qdq(graph, compute, 0, f"{name}.input", act_scale, zero)
+            _insert_qdq(graph, compute, 0, f"{name}.input", act_scale, placement, zero)
             _quantize_bias(graph, initializers, compute, name, layer, act_scale)
-            _insert_qdq(graph, compute, None, f"{name}.output", output_scales[name])
+            _insert_qdq(graph, compute, None, f"{name}.output", output_scales[name], placement)
+    if placement.quantize_normalisations and any(
+        layer.act_scale is not None for layer in layers.values()
+    ):
+        proto = _quantize_normalisations(sorted_graph(proto), calibration, placement)
     bits = {layer.spec.weight_bits for layer in layers.values()}
     act_bits = {layer.spec.activation_bits for layer in layers.values()}
-    _set_metadata(
+    set_metadata(
         proto,
         {
             "source": "harness export-onnx",
+            "placement": placement.name,
             "weight_bits": str(max(bits)),
             "activation_bits": "none" if None in act_bits else str(max(act_bits)),
         },
     )
-    return _save_checked(_sorted(proto), path)
+    return save_checked(sorted_graph(proto), path)
 
 
 def int8_model(
@@ -165,7 +203,7 @@ def _strip_exporter_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _save_checked(proto: onnx.ModelProto, path: str | Path) -> Path:
+def save_checked(proto: onnx.ModelProto, path: str | Path) -> Path:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
@@ -176,7 +214,7 @@ def _save_checked(proto: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
-def _set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
+def set_metadata(proto: onnx.ModelProto, values: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in values.items():
         proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
@@ -387,15 +425,21 @@ def _insert_qdq(
     input_index: int | None,
     prefix: str,
     scale: float,
-    zero_point: int = ACTIVATION_ZERO_POINT,
+    placement: QdqPlacement,
+    zero_point: int | None = None,
 ) -> None:
-    """Put QuantizeLinear → DequantizeLinear (uint8, ``zero_point``: 128 for the symmetric grid)
-    on an input of ``node`` (``input_index``) or, with None, on its first output (consumers keep
-    the original name)."""
+    """Put QuantizeLinear → DequantizeLinear on an input of ``node`` (``input_index``) or, with
+    None, on its first output (consumers keep the original name): stored as the placement says
+    for symmetric codes, or as uint8 with ``zero_point`` for an asymmetric grid."""
     if not math.isfinite(scale) or scale <= 0:
         raise ExportError(f"{prefix}: activation scale {scale} is not a positive finite number")
+    non_negative = input_index is not None and _is_non_negative(graph, node.input[input_index])
     scale_name = _add_initializer(graph, np.array(scale, np.float32), f"{prefix}_scale")
-    zero_name = _add_initializer(graph, np.array(zero_point, np.uint8), f"{prefix}_zero_point")
+    if zero_point is not None:
+        zero = np.array(zero_point, np.uint8)
+    else:
+        zero = placement.zero_point_for(non_negative=non_negative)
+    zero_name = _add_initializer(graph, zero, f"{prefix}_zero_point")
     if input_index is not None:
         source, target = node.input[input_index], f"{prefix}_dequantized"
         node.input[input_index] = target
@@ -420,7 +464,16 @@ def _insert_qdq(
     )
 
 
-def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _is_non_negative(graph: onnx.GraphProto, tensor: str) -> bool:
+    """Whether ``tensor`` is made by an op whose output is never negative (through reshapes)."""
+    producers = {name: node for node in graph.node for name in node.output}
+    node = producers.get(tensor)
+    while node is not None and node.op_type in PASS_THROUGH_OPS and node.input:
+        node = producers.get(node.input[0])
+    return node is not None and node.op_type in NON_NEGATIVE_OPS
+
+
+def sorted_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its nodes in topological order (appended Q/DQ nodes moved into place)."""
     graph = proto.graph
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -440,3 +493,76 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
     del result.graph.node[:]
     result.graph.node.extend(copy.deepcopy(n) for n in ordered)
     return result
+
+
+def _quantize_normalisations(
+    proto: onnx.ModelProto, calibration: list[torch.Tensor], placement: QdqPlacement
+) -> onnx.ModelProto:
+    """``proto`` with a quantizer (s = max|x| / 127 over ``calibration``, run through the graph
+    itself) on the input of each normalisation (walking back through reshapes) and on its output,
+    wherever no quantizer is yet."""
+    from harness.artifacts.onnx.graph import GraphIndex
+
+    index = GraphIndex(proto)
+    consumers = _consumers(proto.graph)
+    tensors = []
+    for node in proto.graph.node:
+        if node.op_type not in NORMALISATION_OPS:
+            continue
+        source, producer = index.follow(node.input[0])
+        if producer is not None and producer.op_type != "DequantizeLinear":
+            tensors.append(source)
+        if not any(c.op_type == "QuantizeLinear" for c in consumers.get(node.output[0], [])):
+            tensors.append(node.output[0])
+    tensors = list(dict.fromkeys(tensors))
+    if not tensors:
+        return proto
+    maxima = _tensor_maxima(proto, tensors, calibration)
+    graph = proto.graph
+    consumers = _consumers(graph)
+    for position, tensor in enumerate(tensors):
+        scale = maxima[tensor] / OUTPUT_QMAX if maxima[tensor] > 0 else 1.0
+        prefix = f"normalisation_{position}"
+        scale_name = _add_initializer(graph, np.array(scale, np.float32), f"{prefix}_scale")
+        zero_name = _add_initializer(graph, placement.zero_point, f"{prefix}_zero_point")
+        for consumer in consumers.get(tensor, []):
+            for i, name in enumerate(consumer.input):
+                if name == tensor:
+                    consumer.input[i] = f"{prefix}_dequantized"
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "QuantizeLinear", [tensor, scale_name, zero_name], [f"{prefix}_quantized"],
+                    name=f"{prefix}_quantize",
+                ),
+                helper.make_node(
+                    "DequantizeLinear", [f"{prefix}_quantized", scale_name, zero_name],
+                    [f"{prefix}_dequantized"], name=f"{prefix}_dequantize",
+                ),
+            ]
+        )  # fmt: skip
+    return sorted_graph(proto)
+
+
+def _tensor_maxima(
+    proto: onnx.ModelProto, tensors: list[str], calibration: list[torch.Tensor]
+) -> dict[str, float]:
+    """max |t| of each of ``tensors`` over the calibration batches, computed by ONNX Runtime on
+    ``proto`` with those tensors as extra outputs."""
+    import onnxruntime as ort
+
+    probe = copy.deepcopy(proto)
+    for tensor in tensors:
+        probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    maxima = dict.fromkeys(tensors, 0.0)
+    for batch in calibration:
+        outputs = session.run(tensors, {INPUT_NAME: batch.numpy().astype(np.float32)})
+        for tensor, value in zip(tensors, outputs, strict=True):
+            maxima[tensor] = max(maxima[tensor], float(np.abs(value).max()))
+    return maxima

@@ -865,10 +865,13 @@ def _report(layers: list[_Layer], activation_bits: int | None, size: int, opset:
 
 
 def _check_claims(model: onnx.ModelProto, report: dict, layers: list[_Layer]) -> None:
-    """Metadata ``medquant.weight_bits`` / ``medquant.activation_bits`` may not understate."""
+    """Metadata ``medquant.weight_bits`` / ``medquant.activation_bits`` may not understate. The
+    weight claim is about the quantized weights: float-weight layers are bounded by the track's
+    float-MAC allowance instead (``_check_float_layers``)."""
     claims = {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props}
+    quantized = [lyr for lyr in layers if lyr.weight_granularity != "none"]
     for key, carried in (
-        ("weight_bits", [(lyr.weight_bits, lyr.node) for lyr in layers]),
+        ("weight_bits", [(lyr.weight_bits, lyr.node) for lyr in quantized]),
         ("activation_bits", [(lyr.activation_bits, lyr.node) for lyr in layers]),
     ):
         claim = claims.get(key)

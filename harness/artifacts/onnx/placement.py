@@ -1,0 +1,70 @@
+"""Q/DQ placements: how a harness export stores activation codes and where it requantizes them,
+chosen per engine (a backend names the placement its engine fuses best).
+
+The integers are the same symmetric codes q ∈ [-127, 127] in every placement; the storage type
+and the requantization points decide what an engine fuses into integer kernels:
+
+- ``ORT_PLACEMENT`` stores q + 128 as uint8 (zero-point 128), the x86 U8S8 form ONNX Runtime's
+  QLinearConv runs fastest; a quantizer sits on each quantized layer's input and output.
+- ``OPENVINO_PLACEMENT`` stores q as int8 with zero-point 0, as NNCF does: OpenVINO's
+  low-precision transformations move a dequantization without zero-point through reshapes,
+  normalisations and ConvTranspose (which then runs in int8; a zero-point keeps it in float). It
+  also quantizes the input of every normalisation that no quantizer feeds yet (a residual sum
+  entering a GroupNorm, say), so that the normalisation and the layout reorders around it run on
+  int8 data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+ACTIVATION_ZERO_POINT = 128
+"""uint8 zero-point: code q ∈ [-127, 127] is stored as q + 128."""
+ACTIVATION_DTYPES = ("uint8", "int8")
+NORMALISATION_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+"""Ops whose input and output ``OPENVINO_PLACEMENT`` quantizes (a GroupNorm exports as Reshape →
+InstanceNormalization, so the walk back from one passes through reshapes)."""
+NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
+"""Ops whose output is never negative, so symmetric codes of it lie in 0..127."""
+
+
+@dataclass(frozen=True)
+class QdqPlacement:
+    """``activation_dtype`` ``"uint8"`` (zero-point 128) or ``"int8"`` (zero-point 0);
+    ``quantize_normalisations``: a calibrated quantizer (s = max|x| / 127) on the input and the
+    output of every normalisation where there is none; ``unsigned_non_negative``: a layer input
+    that is never negative is stored as uint8 with zero-point 0. ``name`` is recorded in the
+    file's metadata."""
+
+    name: str
+    activation_dtype: str
+    quantize_normalisations: bool
+    unsigned_non_negative: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise HarnessError(
+                f"activation dtype must be one of {ACTIVATION_DTYPES}, not {self.activation_dtype}"
+            )
+
+    @property
+    def zero_point(self) -> np.ndarray:
+        """The activation zero-point as a scalar of the storage type."""
+        if self.activation_dtype == "uint8":
+            return np.array(ACTIVATION_ZERO_POINT, np.uint8)
+        return np.array(0, np.int8)
+
+    def zero_point_for(self, *, non_negative: bool) -> np.ndarray:
+        """The zero-point of a quantizer whose input is (or is not known to be) non-negative."""
+        if non_negative and self.unsigned_non_negative:
+            return np.array(0, np.uint8)
+        return self.zero_point
+
+
+ORT_PLACEMENT = QdqPlacement("uint8-zero-point-128", "uint8", False)
+OPENVINO_PLACEMENT = QdqPlacement("int8-symmetric-normalisations", "int8", True, True)
+PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, OPENVINO_PLACEMENT)}

@@ -1,0 +1,108 @@
+"""The latency protocol: FP32 and the entry timed in adjacent pairs with alternating order after
+warm-up; the speed-up is the median of the per-pair ratios with a bootstrap interval that holds
+the true ratio and narrows with more pairs; spread statistics are quartiles in milliseconds."""
+
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.inference.latency import (
+    MIN_PAIRS,
+    LatencyProtocol,
+    interleaved_pairs,
+    speedup_interval,
+    spread_stats,
+)
+
+
+def test_pairs_interleave_after_warmup_with_alternating_order():
+    calls = []
+    fp32, entry = interleaved_pairs(
+        lambda: calls.append("F"), lambda: calls.append("E"), warmup=2, pairs=12
+    )
+    assert calls[:4] == ["F", "E", "F", "E"]  # warm-up, untimed
+    timed = calls[4:]
+    assert len(timed) == 24 and len(fp32) == len(entry) == 12
+    pairs = [timed[i : i + 2] for i in range(0, 24, 2)]
+    assert pairs[0::2] == [["F", "E"]] * 6 and pairs[1::2] == [["E", "F"]] * 6
+    assert min(fp32) >= 0 and min(entry) >= 0
+
+
+def test_fewer_than_the_minimum_pairs_are_refused():
+    with pytest.raises(HarnessError, match=f"at least {MIN_PAIRS} pairs"):
+        interleaved_pairs(lambda: None, lambda: None, warmup=0, pairs=MIN_PAIRS - 1)
+    with pytest.raises(HarnessError, match="at least"):
+        LatencyProtocol(pairs=MIN_PAIRS - 1)
+    with pytest.raises(HarnessError, match="thread"):
+        LatencyProtocol(threads=0)
+    with pytest.raises(HarnessError, match="unit"):
+        LatencyProtocol(unit="per_case")
+
+
+def test_a_constant_ratio_gives_that_speedup_and_a_degenerate_interval():
+    fp32 = [0.2, 0.4, 0.3, 0.25] * 3
+    entry = [t / 2.5 for t in fp32]
+    speedup = speedup_interval(fp32, entry)
+    assert speedup["median"] == pytest.approx(2.5)
+    assert speedup["ci95"] == [pytest.approx(2.5), pytest.approx(2.5)]
+
+
+def test_a_slower_entry_reads_below_one():
+    fp32 = [0.1] * 12
+    entry = [0.1 * 1.6 + 0.001 * i for i in range(12)]
+    speedup = speedup_interval(fp32, entry)
+    assert speedup["median"] < 1 and speedup["ci95"][1] < 1
+
+
+def test_the_interval_holds_the_true_ratio_and_narrows_with_more_pairs():
+    rng = np.random.default_rng(7)
+    true_ratio = 1.8
+
+    def pairs(n):
+        load = rng.uniform(1.0, 1.6, n)  # machine load shared by both runs of a pair
+        fp32 = 0.30 * load * rng.lognormal(0, 0.05, n)
+        entry = 0.30 / true_ratio * load * rng.lognormal(0, 0.05, n)
+        return fp32, entry
+
+    few, many = speedup_interval(*pairs(12)), speedup_interval(*pairs(200))
+    for speedup in (few, many):
+        low, high = speedup["ci95"]
+        assert low <= true_ratio <= high and low <= speedup["median"] <= high
+    assert many["ci95"][1] - many["ci95"][0] < few["ci95"][1] - few["ci95"][0]
+
+
+def test_the_interval_is_reproducible_for_the_same_timings():
+    rng = np.random.default_rng(1)
+    fp32, entry = rng.uniform(0.2, 0.3, 15), rng.uniform(0.1, 0.2, 15)
+    assert speedup_interval(fp32, entry) == speedup_interval(fp32, entry)
+
+
+def test_unequal_or_nonpositive_timings_are_refused():
+    with pytest.raises(HarnessError, match="equally many"):
+        speedup_interval([0.1, 0.2], [0.1])
+    with pytest.raises(HarnessError, match="positive"):
+        speedup_interval([0.1, 0.0], [0.1, 0.1])
+
+
+def test_spread_is_quartiles_in_milliseconds():
+    stats = spread_stats([0.001 * i for i in range(1, 102)])  # 1 .. 101 ms
+    assert stats == {
+        "median_ms": pytest.approx(51.0),
+        "iqr_ms": pytest.approx(50.0),
+        "p25_ms": pytest.approx(26.0),
+        "p75_ms": pytest.approx(76.0),
+    }
+
+
+def test_measure_reports_the_result_document_shape():
+    protocol = LatencyProtocol(threads=1, warmup=1, pairs=MIN_PAIRS, unit="per_patch_batch")
+    report = protocol.measure(lambda: sum(range(20000)), lambda: sum(range(2000)))
+    assert set(report) == {"threads", "warmup", "pairs", "entry", "fp32", "speedup", "unit"}
+    assert (report["threads"], report["warmup"], report["pairs"]) == (1, 1, MIN_PAIRS)
+    assert report["unit"] == "per_patch_batch"
+    for side in ("entry", "fp32"):
+        assert set(report[side]) == {"median_ms", "iqr_ms", "p25_ms", "p75_ms"}
+        assert report[side]["p25_ms"] <= report[side]["median_ms"] <= report[side]["p75_ms"]
+    low, high = report["speedup"]["ci95"]
+    assert low <= report["speedup"]["median"] <= high
+    assert report["speedup"]["median"] > 1  # the "entry" does a tenth of the work
