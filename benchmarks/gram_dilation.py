@@ -19,7 +19,7 @@ dominated by threads waiting for a busy core); each is timed ``--repeat`` times,
 the fastest run counts.
 
     python benchmarks/gram_dilation.py [--channels 16] [--size 64] [--batch 1] [--threads 1]
-        [--repeat 3] [--dilations 1,4,8,16]
+        [--repeat 5] [--dilations 1,4,8,16]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="crop edge in voxels")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dilations", default="1,4,8,16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
