@@ -61,8 +61,10 @@ def surfels_by_class(
     padded = np.pad(x, 1, constant_values=outside)
     corner_shape = corner_grid_shape(x.shape)
     offsets = list(itertools.product((0, 1), repeat=ndim))
-    views = [padded[tuple(slice(o, o + n) for o, n in zip(off, corner_shape, strict=True))]
-             for off in offsets]  # fmt: skip
+    views = [  # the voxel at offset o of every corner: voxel i - 1 + o is padded[i + o]
+        padded[tuple(slice(o, o + n) for o, n in zip(off, corner_shape, strict=True))]
+        for off in offsets
+    ]
     mixed = np.zeros(corner_shape, dtype=bool)
     for view in views[1:]:
         mixed |= view != views[0]
