@@ -238,3 +238,24 @@ def test_the_result_schema_names_every_registered_backend():
     assert sorted(SCHEMA["properties"]["efficiency"]["properties"]["backend"]["enum"]) == sorted(
         measured
     )
+
+
+def test_the_standard_export_takes_the_first_placement_openvino_runs_faithfully(
+    track, tmp_path, monkeypatch
+):
+    from harness import baselines
+    from harness.artifacts.onnx.placement import ORT_PLACEMENT
+
+    result = compute_baseline(track, method="rtn", scheme=INT8_QDQ, workdir=tmp_path / "a").result
+    export = result["submission"]["export"]
+    preferred = OPENVINO_PLACEMENT.name
+    assert export["engine_deviation"][preferred] <= baselines.ENGINE_DEVIATION
+    assert export["placement"] == preferred and list(export["engine_deviation"]) == [preferred]
+
+    monkeypatch.setattr(baselines, "ENGINE_DEVIATION", 0.0)  # no placement is good enough
+    done = compute_baseline(track, method="rtn", scheme=INT8_QDQ, workdir=tmp_path / "b")
+    export = done.result["submission"]["export"]
+    assert set(export["engine_deviation"]) == {preferred, ORT_PLACEMENT.name}
+    closest = min(export["engine_deviation"], key=export["engine_deviation"].get)
+    assert export["placement"] == closest
+    assert sorted(p.name for p in done.artifact.parent.glob("*.onnx")) == ["model.onnx"]

@@ -50,8 +50,9 @@ class Backend(ABC):
     """One execution engine. ``name`` is the track setting; ``label`` what the site shows;
     ``artifact_kinds`` what a submission uploads (the first is what a quantizer container must
     write); ``queue`` the Celery queue of the workers that can run it; ``measures_latency``
-    whether its timings are of a deployment (a simulator's are not); ``qdq_placement`` how the
-    harness's standard INT8 export writes Q/DQ for this engine (the form it fuses best);
+    whether its timings are of a deployment (a simulator's are not); ``qdq_placements`` how the
+    harness's standard INT8 export may write Q/DQ for this engine, in order of preference (the
+    form it fuses best first; the baseline takes the first the engine runs faithfully);
     ``profiles_layers`` whether ``slower_integer_layers`` measures anything; ``engine_ptq`` the
     engine vendor's own PTQ tool as a baseline, ``EnginePtq`` (or None), run by
     ``engine_quantize``."""
@@ -61,7 +62,7 @@ class Backend(ABC):
     artifact_kinds: ClassVar[tuple[ArtifactKind, ...]]
     queue: ClassVar[str] = "cpu"
     measures_latency: ClassVar[bool] = True
-    qdq_placement: ClassVar[QdqPlacement] = ORT_PLACEMENT
+    qdq_placements: ClassVar[tuple[QdqPlacement, ...]] = (ORT_PLACEMENT,)
     profiles_layers: ClassVar[bool] = False
     engine_ptq: ClassVar[EnginePtq | None] = None
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from harness.artifacts.kinds import ONNX
-from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT
+from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT, ORT_PLACEMENT
 from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends.base import Backend, EnginePtq, OpenedArtifact
 from harness.errors import HarnessError, SubmissionError
@@ -297,7 +297,7 @@ class OpenVinoBackend(Backend):
     name = "openvino-cpu"
     label = "OpenVINO CPU INT8"
     artifact_kinds = (ONNX,)
-    qdq_placement = OPENVINO_PLACEMENT
+    qdq_placements = (OPENVINO_PLACEMENT, ORT_PLACEMENT)
     engine_ptq = EnginePtq(
         scheme="nncf-int8",
         method="nncf",
