@@ -44,9 +44,6 @@ LOW_BIT_MAX_WEIGHT_BITS = 4
 EIGHT_BIT_METHODS = ("smoothquant",)
 """At 8 bits only SmoothQuant (whose point is activation outliers) is run, per-tensor, on tracks
 that quantize activations."""
-WEIGHT_LAYOUT_LABELS = {"permutation-comq": "column-permuted"}
-"""Methods whose weights are not laid out by the scheme's rule table are labelled by their
-layout (Permutation-COMQ's baseline shares one column reordering per layer)."""
 INT8_QDQ = "int8-qdq"
 """Scheme name of the standard INT8 Q/DQ export, the baseline of ONNX backends."""
 INT8_QDQ_DESCRIPTION = (
@@ -91,7 +88,7 @@ class BaselineResult:
 
 
 def compute_reference(
-    track: LoadedTrack, *, workdir: Path, on_stage: StageCallback | None = None
+    track: LoadedTrack, *, on_stage: StageCallback | None = None
 ) -> BaselineResult:
     """The FP32 reference row of a board, on the track's backend: the float network itself on
     the simulator; on an ONNX backend its FP32 export, verified as the reference network and
@@ -100,9 +97,7 @@ def compute_reference(
     if track.backend.scores("checkpoint"):
         result, _ = evaluate_submission(track, Submission("fp32"), about=about, on_stage=on_stage)
         return BaselineResult(result, None)
-    from harness.artifacts.onnx.export import export_fp32
-
-    path = export_fp32(track.model, track.model_spec, Path(workdir) / "model.onnx")
+    path = track.fp32_onnx
     unlimited = replace(
         track.spec, weight_bits=None, activation_bits=None, bits_per_weight_budget=None
     )
@@ -156,7 +151,7 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
 
 
 def _baseline(method: str, scheme: str, granularity: str) -> Baseline:
-    label = f"{METHODS[method].label} {WEIGHT_LAYOUT_LABELS.get(method, granularity)}"
+    label = f"{METHODS[method].label} {METHODS[method].weight_layout or granularity}"
     if QuantConfig.from_scheme(scheme).activation_quantizer == "asymmetric":
         label += ", asymmetric activations"
     return Baseline(method, scheme, label, f"{describe(method)}, scheme {scheme}, default options")

@@ -20,7 +20,6 @@ from harness.data.preprocessing import preprocess, read_case
 from harness.errors import CheckpointError, SubmissionError
 from harness.inference.evaluation import EvaluationRun, StageTimer
 from harness.inference.latency import LatencyProtocol
-from harness.models.reference import weights_sha256
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.scheme import QuantConfig, quantize
@@ -161,20 +160,17 @@ def _efficiency(track: LoadedTrack, opened: OpenedArtifact, artifact: Path) -> d
     """The backend's efficiency figures, measured on the first test volume, with the FP32
     reference (exported as ONNX once per process) timed interleaved under the track's latency
     protocol (None where the backend measures none)."""
-    from harness.artifacts.onnx.export import cached_fp32_export
-
     backend = track.backend
     if not backend.measures_latency:
         return None
     case = track.test_cases[0]
     volume = preprocess(read_case(case, track.dataset.labels), track.model_spec.preprocessing)
-    key = f"{track.spec.model_dir.resolve()}:{weights_sha256(track.spec.model_dir)}"
     measured = backend.measure_efficiency(
         opened,
         artifact,
         volume=volume,
         window=track.model_spec.sliding_window,
-        fp32=cached_fp32_export(track.model, track.model_spec, key),
+        fp32=track.fp32_onnx,
         protocol=LatencyProtocol(threads=track.spec.latency_threads),
     )
     return None if measured is None else measured | {"latency_case": case.case_id}

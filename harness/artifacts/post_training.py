@@ -36,6 +36,15 @@ class NotPostTraining(CheckpointError):
     """The checkpoint's weights are not within a post-training quantizer's reach of FP32."""
 
 
+def out_of_reach(where: str, steps: float) -> str:
+    """The submitter's message for weights ``steps`` RMS quantization steps from FP32."""
+    return (
+        f"{where}: its weights are {steps:.1f} quantization steps (RMS) from the FP32 reference, "
+        f"beyond the {REACH_STEPS:g} a post-training quantizer reaches; a closed track admits "
+        "post-training quantization only (retrained or fine-tuned weights belong on an open track)"
+    )
+
+
 def reach_in_steps(quantized: nn.Module, reference: nn.Module) -> dict[str, float]:
     """Per quantized layer, RMS(ŵ + UV − target) / RMS(step) (see module docstring)."""
     fp32 = reference.state_dict()
@@ -54,12 +63,7 @@ def check_post_training(quantized: nn.Module, reference: nn.Module) -> None:
     """NotPostTraining naming the first layer or parameter out of reach (see module docstring)."""
     for name, steps in reach_in_steps(quantized, reference).items():
         if steps > REACH_STEPS:
-            raise NotPostTraining(
-                f"layer {name!r}: its weights are {steps:.1f} quantization steps (RMS) from the "
-                f"FP32 reference, beyond the {REACH_STEPS:g} a post-training quantizer reaches; "
-                "a closed track admits post-training quantization only (retrained or fine-tuned "
-                "weights belong on an open track)"
-            )
+            raise NotPostTraining(out_of_reach(f"layer {name!r}", steps))
     fp32 = reference.state_dict()
     layers = quantized_layers(quantized)
     folds = getattr(quantized, FOLDED_INPUT_SCALES, {})

@@ -36,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # a method's or scheme's option out of range
+    except (HarnessError, ValueError) as err:  # ValueError: a method's or scheme's option
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

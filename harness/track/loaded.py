@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -69,21 +70,31 @@ class LoadedTrack:
             return self.run(self.model, progress=False, desc="fp32")
 
     @cached_property
+    def weights_sha256(self) -> str:
+        """Digest of the FP32 weights this track loaded, recorded in every result."""
+        return weights_sha256(self.spec.model_dir)
+
+    @cached_property
     def fp32_size_bytes(self) -> int:
         """Serialized size of the FP32 reference in the form the track's backend runs: its ONNX
         export on ONNX backends, its float32 tensors on the simulator."""
         if self.backend.scores("checkpoint"):
             return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        from harness.artifacts.onnx.verify import reference_export
+        return self.fp32_onnx.stat().st_size
 
-        return reference_export(self.spec.model_dir, self.model_spec, self.model).ByteSize()
+    @property
+    def fp32_onnx(self) -> Path:
+        """The FP32 ONNX export of the reference network (made once per process and weights)."""
+        from harness.artifacts.onnx.export import reference_onnx
+
+        return reference_onnx(self.model, self.model_spec, self.spec.model_dir)
 
     def track_info(self) -> dict:
         return {
             "model": self.model_spec.name,
             "architecture": self.model_spec.architecture,
             "family": self.model_spec.family,
-            "weights_sha256": weights_sha256(self.spec.model_dir),
+            "weights_sha256": self.weights_sha256,
             "dataset": self.dataset.name,
             "test_cases": [c.case_id for c in self.test_cases],
             "calibration_cases": [c.case_id for c in self.calibration_cases],

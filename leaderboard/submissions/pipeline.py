@@ -217,7 +217,7 @@ def _evaluate(
     if submission.kind == Kind.CONTAINER:
         return _run_container(submission, track, workdir, log, worker)
     if submission.kind == Kind.FP32:
-        return compute_reference(track, workdir=workdir, on_stage=on_stage).result
+        return compute_reference(track, on_stage=on_stage).result
     if submission.kind == Kind.SCHEME:
         baseline = compute_baseline(
             track,

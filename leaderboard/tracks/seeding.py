@@ -134,6 +134,12 @@ def queue_reference(track: Track, *, force: bool = False) -> Submission | None:
         return reference
 
 
+def queue_track_rows(track: Track, *, force: bool = False) -> list[Submission]:
+    """Queue what a board starts with: its FP32 reference row, then its baselines."""
+    reference = queue_reference(track, force=force)
+    return ([reference] if reference else []) + queue_baselines(track, force=force)
+
+
 def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
     """Queue the track's reference baselines; existing ones are kept unless ``force`` (then
     they are replaced)."""

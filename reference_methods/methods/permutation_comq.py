@@ -169,6 +169,7 @@ class PermutationCOMQConfig:
     config=PermutationCOMQConfig,
     label="Permutation-COMQ",
     summary="COMQ with scale groups of similar-magnitude input columns",
+    weight_layout="column-permuted",
 )
 def apply(
     model: nn.Module, config: PermutationCOMQConfig, calibration: Iterable[torch.Tensor]

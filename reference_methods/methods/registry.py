@@ -51,13 +51,16 @@ class MethodOption:
 @dataclass(frozen=True)
 class Method:
     """A registered method: ``config`` is its dataclass (``QuantConfig`` itself for a method
-    whose only setting is the scheme), ``apply`` quantizes a deep copy of a model."""
+    whose only setting is the scheme), ``apply`` quantizes a deep copy of a model;
+    ``weight_layout`` names the layout of its weights with default options when it is not the
+    scheme's rule table (e.g. ``column-permuted``)."""
 
     name: str
     label: str
     summary: str
     config: type
     apply: Apply
+    weight_layout: str | None = None
 
     @property
     def options(self) -> tuple[MethodOption, ...]:
@@ -68,15 +71,16 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(
-    name: str, *, config: type, label: str, summary: str
+    name: str, *, config: type, label: str, summary: str, weight_layout: str | None = None
 ) -> Callable[[Apply], Apply]:
     """Decorator registering ``apply`` as method ``name`` with its ``config`` dataclass; ``label``
-    is its display name, ``summary`` a few words on what it does."""
+    is its display name, ``summary`` a few words on what it does, ``weight_layout`` see
+    ``Method``."""
 
     def decorator(apply: Apply) -> Apply:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        method = Method(name, label, summary, config, apply)
+        method = Method(name, label, summary, config, apply, weight_layout)
         method.options  # noqa: B018 -- an option type the registry cannot read fails at import
         METHODS[name] = method
         return apply

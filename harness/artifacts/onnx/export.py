@@ -43,7 +43,7 @@ from harness.artifacts.onnx.placement import (
     QdqPlacement,
 )
 from harness.errors import HarnessError
-from harness.models.reference import ModelSpec
+from harness.models.reference import ModelSpec, weights_sha256
 from reference_methods.simulator.granularity import ActivationGranularity, WeightGranularity
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, QuantLayer, layer_kind
 from reference_methods.simulator.quantizer import quantize_groups
@@ -70,21 +70,23 @@ def export_fp32(model: nn.Module, spec: ModelSpec, path: str | Path) -> Path:
     return save_checked(proto, path)
 
 
-_FP32_EXPORTS: dict[str, Path] = {}
-_FP32_FOLDER: tempfile.TemporaryDirectory | None = None
+_REFERENCE_EXPORTS: dict[tuple[str, str], Path] = {}
+_REFERENCE_FOLDER: tempfile.TemporaryDirectory | None = None
 
 
-def cached_fp32_export(model: nn.Module, spec: ModelSpec, key: str) -> Path:
-    """``export_fp32`` of ``model`` written once per process for ``key`` (what identifies the
-    network: its weights' digest and spec) into a temporary folder removed at exit; the FP32
-    reference a backend times an entry against."""
-    global _FP32_FOLDER
-    if key not in _FP32_EXPORTS or not _FP32_EXPORTS[key].is_file():
-        if _FP32_FOLDER is None:
-            _FP32_FOLDER = tempfile.TemporaryDirectory(prefix="medquant-fp32-")
-        path = Path(_FP32_FOLDER.name) / f"fp32-{len(_FP32_EXPORTS)}.onnx"
-        _FP32_EXPORTS[key] = export_fp32(model, spec, path)
-    return _FP32_EXPORTS[key]
+def reference_onnx(model: nn.Module, spec: ModelSpec, model_dir: str | Path) -> Path:
+    """``export_fp32`` of a track's reference network, written once per process and weights
+    (``model_dir`` and its weights' digest) into a temporary folder removed at exit: what an ONNX
+    upload is matched against, the FP32 row of an ONNX board, and what a backend times an entry
+    against."""
+    global _REFERENCE_FOLDER
+    key = (str(Path(model_dir).resolve()), weights_sha256(model_dir))
+    if key not in _REFERENCE_EXPORTS or not _REFERENCE_EXPORTS[key].is_file():
+        if _REFERENCE_FOLDER is None:
+            _REFERENCE_FOLDER = tempfile.TemporaryDirectory(prefix="medquant-fp32-")
+        path = Path(_REFERENCE_FOLDER.name) / f"fp32-{len(_REFERENCE_EXPORTS)}.onnx"
+        _REFERENCE_EXPORTS[key] = export_fp32(model, spec, path)
+    return _REFERENCE_EXPORTS[key]
 
 
 def export_qdq(

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from harness.artifacts.onnx.graph import GraphIndex, WeightedOp, weighted_ops
-from harness.artifacts.post_training import REACH_STEPS
+from harness.artifacts.post_training import REACH_STEPS, out_of_reach
 from harness.errors import SubmissionError
 
 FLOAT_WEIGHT_RTOL = 1e-5
@@ -108,10 +108,10 @@ def check_reference_network(
         for group in _tied_groups(layers):
             candidates = [ref_index.array(ref_index.follow(ref_ops[i].weight)[0]) for i in group]
             for position in group:
+                held = _held(ops[position], index)
                 # parallel branches with one signature: the nearest reference weight not yet taken
-                distances = [_distance(ops[position], index, c) for c in candidates]
-                nearest = int(np.argmin(distances))
-                _check_reach(ops[position], index, candidates.pop(nearest))
+                nearest = int(np.argmin([_rms(held[0] - c) for c in candidates]))
+                _check_reach(ops[position], held, candidates.pop(nearest))
 
 
 def _ordered(index: GraphIndex) -> tuple[list[WeightedOp], list[LayerSignature]]:
@@ -199,15 +199,16 @@ def _held(op: WeightedOp, index: GraphIndex) -> tuple[np.ndarray, np.ndarray | N
     return (codes - zero) * scale, step, codes.dtype
 
 
-def _distance(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> float:
-    weight, _, _ = _held(op, index)
-    return float(np.sqrt(np.mean((weight - reference.astype(np.float64)) ** 2)))
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
 
 
-def _check_reach(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> None:
-    """The weight of ``op`` within ``REACH_STEPS`` RMS steps of ``reference``; one stored in
-    floating point equal to it at the stored precision."""
-    weight, step, dtype = _held(op, index)
+def _check_reach(
+    op: WeightedOp, held: tuple[np.ndarray, np.ndarray | None, np.dtype], reference: np.ndarray
+) -> None:
+    """The weight ``op`` holds (``_held``) within ``REACH_STEPS`` RMS steps of ``reference``; one
+    stored in floating point equal to it at the stored precision."""
+    weight, step, dtype = held
     if step is None:
         expected = reference.astype(dtype).astype(np.float64)
         if not np.allclose(weight, expected, rtol=FLOAT_WEIGHT_RTOL, atol=0):
@@ -216,12 +217,9 @@ def _check_reach(op: WeightedOp, index: GraphIndex, reference: np.ndarray) -> No
                 "FP32 reference; a closed track admits post-training quantization only"
             )
         return
-    distance = float(np.sqrt(np.mean((weight - reference.astype(np.float64)) ** 2)))
-    rms_step = float(np.sqrt(np.mean(step**2)))
+    distance = _rms(weight - reference.astype(np.float64))
+    rms_step = _rms(step)
     if distance > REACH_STEPS * rms_step:
         raise NotReferenceNetwork(
-            f"{op.node.op_type} node {op.name!r}: its weights are {distance / rms_step:.1f} "
-            f"quantization steps (RMS) from the FP32 reference, beyond the {REACH_STEPS:g} a "
-            "post-training quantizer reaches; a closed track admits post-training quantization "
-            "only (retrained or fine-tuned weights belong on an open track)"
+            out_of_reach(f"{op.node.op_type} node {op.name!r}", distance / rms_step)
         )

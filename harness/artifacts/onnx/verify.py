@@ -28,7 +28,6 @@ storage width) ÷ their number of weights.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from harness.artifacts.onnx.graph import (
 from harness.artifacts.onnx.identity import check_reference_network
 from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME
 from harness.errors import SubmissionError
-from harness.models.reference import ModelSpec, weights_sha256
+from harness.models.reference import ModelSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -240,35 +239,23 @@ def verify_for_track(
         activation_bits=spec.activation_bits,
         max_float_mac_fraction=spec.max_float_mac_fraction,
     )
-    report = verify_onnx(path, OnnxInterface.for_model(model_spec), limits)
-    submitted = onnx.load(str(path), load_external_data=False)
-    expected = reference_export(Path(spec.model_dir), model_spec, reference)
+    report, submitted = _verified(path, OnnxInterface.for_model(model_spec), limits)
+    from harness.artifacts.onnx.export import reference_onnx
+
+    expected = onnx.load(str(reference_onnx(reference, model_spec, spec.model_dir)))
     check_reference_network(submitted, expected, closed=spec.division == "closed")
     return report | {"reference_network": "matched", "division": spec.division}
 
 
-_REFERENCE_EXPORTS: dict[tuple[str, str], onnx.ModelProto] = {}
-_CACHED_EXPORTS = 8
-
-
-def reference_export(
-    model_dir: Path, model_spec: ModelSpec, reference: nn.Module
-) -> onnx.ModelProto:
-    """The FP32 ONNX export of a track's reference network, made once per process and weights."""
-    key = (str(model_dir.resolve()), weights_sha256(model_dir))
-    if key not in _REFERENCE_EXPORTS:
-        from harness.artifacts.onnx.export import export_fp32
-
-        with tempfile.TemporaryDirectory(prefix="medquant-reference-") as tmp:
-            path = export_fp32(reference, model_spec, Path(tmp) / "reference.onnx")
-            _REFERENCE_EXPORTS[key] = onnx.load(str(path), load_external_data=False)
-        while len(_REFERENCE_EXPORTS) > _CACHED_EXPORTS:
-            _REFERENCE_EXPORTS.pop(next(iter(_REFERENCE_EXPORTS)))
-    return _REFERENCE_EXPORTS[key]
-
-
 def verify_onnx(path: str | Path, interface: OnnxInterface, limits: PrecisionLimits) -> dict:
     """Verify the file at ``path`` (see module docstring); its verified precision report."""
+    return _verified(path, interface, limits)[0]
+
+
+def _verified(
+    path: str | Path, interface: OnnxInterface, limits: PrecisionLimits
+) -> tuple[dict, onnx.ModelProto]:
+    """The verified precision report of the file at ``path`` and the model it parsed."""
     path = Path(path)
     size = _check_size(path, limits.max_bytes)
     model = _parse(path.read_bytes())
@@ -292,7 +279,7 @@ def verify_onnx(path: str | Path, interface: OnnxInterface, limits: PrecisionLim
     activation_bits = _check_activation_quantizers(index, limits)
     report = _report(layers, activation_bits, size, opset)
     _check_claims(model, report, layers)
-    return report
+    return report, model
 
 
 def _check_size(path: Path, max_bytes: int) -> int:

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from leaderboard.tracks.models import Track
-from leaderboard.tracks.seeding import queue_baselines, queue_reference
+from leaderboard.tracks.seeding import queue_track_rows
 
 
 class Command(BaseCommand):
@@ -14,6 +14,5 @@ class Command(BaseCommand):
     def handle(self, *args, tracks, force, **options):
         selected = Track.objects.filter(slug__in=tracks) if tracks else Track.objects.all()
         for track in selected:
-            reference = queue_reference(track, force=force)
-            queued = ([reference] if reference else []) + queue_baselines(track, force=force)
+            queued = queue_track_rows(track, force=force)
             self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")

@@ -11,8 +11,7 @@ from leaderboard.tracks.seeding import (
     export_onnx,
     import_dataset,
     import_model,
-    queue_baselines,
-    queue_reference,
+    queue_track_rows,
 )
 
 DEMO_PRECISIONS = ((8, 8), (4, 4))
@@ -57,5 +56,5 @@ class Command(BaseCommand):
                         )
                     )  # fmt: skip
             for track in tracks:
-                queued = [r for r in [queue_reference(track)] if r] + queue_baselines(track)
+                queued = queue_track_rows(track)
                 self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")
