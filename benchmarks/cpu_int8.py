@@ -134,6 +134,7 @@ def baselines(demo: Path, model: str, workdir: Path) -> dict:
     found["onnxruntime fp32"] = found["openvino fp32"] = fp32
     found["fp32_dsc"] = float(np.mean([case.mean_dsc for case in track.fp32_run.cases]))
     found["roi"] = track.model_spec.sliding_window.roi_size
+    found["model"] = model
     return found
 
 
@@ -151,7 +152,8 @@ def time_model(found: dict, factor: int, rounds: int, threads: int, workdir: Pat
             key = f"{runtime} {name}"
             path = found[key] if name == "fp32" else found[key].artifact
             if factor != 1:
-                path = enlarged(path, factor, workdir / f"{path.stem}-x{factor}-{runtime}.onnx")
+                stem = key.replace(" ", "-")
+                path = enlarged(path, factor, workdir / f"{found['model']}-{stem}-x{factor}.onnx")
             if runtime == "onnxruntime":
                 calls[key] = ort_call(path, threads, patch)
             else:
