@@ -1,6 +1,7 @@
-"""The latency protocol: FP32 and the entry timed in adjacent pairs with alternating order after
-warm-up; the speed-up is the median of the per-pair ratios with a bootstrap interval that holds
-the true ratio and narrows with more pairs; spread statistics are quartiles in milliseconds."""
+"""The latency protocol: FP32 and the entry timed alternately in pairs (bursts of calls per side,
+the starting side alternating) after warm-up; the speed-up is the median over pairs of the ratio
+of each side's fastest call, with a bootstrap interval that holds the true ratio and narrows with
+more pairs; spread statistics are quartiles in milliseconds over every call."""
 
 import numpy as np
 import pytest
@@ -18,14 +19,24 @@ from harness.inference.latency import (
 def test_pairs_interleave_after_warmup_with_alternating_order():
     calls = []
     fp32, entry = interleaved_pairs(
-        lambda: calls.append("F"), lambda: calls.append("E"), warmup=2, pairs=12
+        lambda: calls.append("F"), lambda: calls.append("E"), warmup=2, pairs=12, burst=3
     )
     assert calls[:4] == ["F", "E", "F", "E"]  # warm-up, untimed
     timed = calls[4:]
-    assert len(timed) == 24 and len(fp32) == len(entry) == 12
-    pairs = [timed[i : i + 2] for i in range(0, 24, 2)]
-    assert pairs[0::2] == [["F", "E"]] * 6 and pairs[1::2] == [["E", "F"]] * 6
-    assert min(fp32) >= 0 and min(entry) >= 0
+    assert len(timed) == 72 and len(fp32) == len(entry) == 12
+    assert all(len(pair) == 3 for pair in (*fp32, *entry))
+    pairs = ["".join(timed[i : i + 6]) for i in range(0, 72, 6)]
+    assert pairs[0::2] == ["FEFEFE"] * 6 and pairs[1::2] == ["EFEFEF"] * 6
+    assert min(min(pair) for pair in (*fp32, *entry)) >= 0
+
+
+def test_the_speedup_takes_each_sides_fastest_call_of_a_pair():
+    protocol = LatencyProtocol(pairs=MIN_PAIRS, burst=2)
+    fp32 = [[0.30, 0.20]] * MIN_PAIRS  # one call of each pair disturbed
+    entry = [[0.10, 0.25]] * MIN_PAIRS
+    report = protocol.summary(fp32, entry)
+    assert report["speedup"]["median"] == pytest.approx(2.0)
+    assert report["entry"]["median_ms"] == pytest.approx(175.0)  # of every call
 
 
 def test_fewer_than_the_minimum_pairs_are_refused():
@@ -37,6 +48,8 @@ def test_fewer_than_the_minimum_pairs_are_refused():
         LatencyProtocol(threads=0)
     with pytest.raises(HarnessError, match="unit"):
         LatencyProtocol(unit="per_case")
+    with pytest.raises(HarnessError, match="one call"):
+        LatencyProtocol(burst=0)
 
 
 def test_a_constant_ratio_gives_that_speedup_and_a_degenerate_interval():
@@ -95,7 +108,9 @@ def test_spread_is_quartiles_in_milliseconds():
 
 
 def test_measure_reports_the_result_document_shape():
-    protocol = LatencyProtocol(threads=1, warmup=1, pairs=MIN_PAIRS, unit="per_patch_batch")
+    protocol = LatencyProtocol(
+        threads=1, warmup=1, pairs=MIN_PAIRS, burst=2, unit="per_patch_batch"
+    )
     report = protocol.measure(lambda: sum(range(20000)), lambda: sum(range(2000)))
     assert set(report) == {"threads", "warmup", "pairs", "entry", "fp32", "speedup", "unit"}
     assert (report["threads"], report["warmup"], report["pairs"]) == (1, 1, MIN_PAIRS)
