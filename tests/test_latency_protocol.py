@@ -1,6 +1,8 @@
-"""The latency protocol: FP32 and the entry timed in adjacent pairs with alternating order after
-warm-up; the speed-up is the median of the per-pair ratios with a bootstrap interval that holds
-the true ratio and narrows with more pairs; spread statistics are quartiles in milliseconds."""
+"""The latency protocol: FP32 and the entry timed alternately in pairs (bursts of calls per side,
+the starting side alternating) after warm-up; the speed-up compares the fastest calls, its
+interval a bootstrap over pairs that holds the true ratio and narrows with more pairs; a
+disturbed call does not move it; spread statistics are quartiles in milliseconds over every
+call."""
 
 import numpy as np
 import pytest
@@ -18,14 +20,15 @@ from harness.inference.latency import (
 def test_pairs_interleave_after_warmup_with_alternating_order():
     calls = []
     fp32, entry = interleaved_pairs(
-        lambda: calls.append("F"), lambda: calls.append("E"), warmup=2, pairs=12
+        lambda: calls.append("F"), lambda: calls.append("E"), warmup=2, pairs=12, burst=3
     )
     assert calls[:4] == ["F", "E", "F", "E"]  # warm-up, untimed
     timed = calls[4:]
-    assert len(timed) == 24 and len(fp32) == len(entry) == 12
-    pairs = [timed[i : i + 2] for i in range(0, 24, 2)]
-    assert pairs[0::2] == [["F", "E"]] * 6 and pairs[1::2] == [["E", "F"]] * 6
-    assert min(fp32) >= 0 and min(entry) >= 0
+    assert len(timed) == 72 and len(fp32) == len(entry) == 12
+    assert all(len(pair) == 3 for pair in (*fp32, *entry))
+    pairs = ["".join(timed[i : i + 6]) for i in range(0, 72, 6)]
+    assert pairs[0::2] == ["FEFEFE"] * 6 and pairs[1::2] == ["EFEFEF"] * 6
+    assert min(min(pair) for pair in (*fp32, *entry)) >= 0
 
 
 def test_fewer_than_the_minimum_pairs_are_refused():
@@ -37,19 +40,30 @@ def test_fewer_than_the_minimum_pairs_are_refused():
         LatencyProtocol(threads=0)
     with pytest.raises(HarnessError, match="unit"):
         LatencyProtocol(unit="per_case")
+    with pytest.raises(HarnessError, match="one call"):
+        LatencyProtocol(burst=0)
+
+
+def test_the_speedup_compares_the_fastest_calls_and_ignores_disturbed_ones():
+    protocol = LatencyProtocol(pairs=MIN_PAIRS, burst=2)
+    fp32 = [[0.30, 0.20]] * MIN_PAIRS  # one call of each pair disturbed
+    entry = [[0.10, 0.25]] * MIN_PAIRS
+    report = protocol.summary(fp32, entry)
+    assert report["speedup"] == {"median": pytest.approx(2.0), "ci95": [pytest.approx(2.0)] * 2}
+    assert report["entry"]["median_ms"] == pytest.approx(175.0)  # of every call
 
 
 def test_a_constant_ratio_gives_that_speedup_and_a_degenerate_interval():
-    fp32 = [0.2, 0.4, 0.3, 0.25] * 3
-    entry = [t / 2.5 for t in fp32]
+    fp32 = [[t] for t in [0.2, 0.4, 0.3, 0.25] * 3]
+    entry = [[t / 2.5 for t in pair] for pair in fp32]
     speedup = speedup_interval(fp32, entry)
     assert speedup["median"] == pytest.approx(2.5)
     assert speedup["ci95"] == [pytest.approx(2.5), pytest.approx(2.5)]
 
 
 def test_a_slower_entry_reads_below_one():
-    fp32 = [0.1] * 12
-    entry = [0.1 * 1.6 + 0.001 * i for i in range(12)]
+    fp32 = [[0.1]] * 12
+    entry = [[0.1 * 1.6 + 0.001 * i] for i in range(12)]
     speedup = speedup_interval(fp32, entry)
     assert speedup["median"] < 1 and speedup["ci95"][1] < 1
 
@@ -59,10 +73,10 @@ def test_the_interval_holds_the_true_ratio_and_narrows_with_more_pairs():
     true_ratio = 1.8
 
     def pairs(n):
-        load = rng.uniform(1.0, 1.6, n)  # machine load shared by both runs of a pair
-        fp32 = 0.30 * load * rng.lognormal(0, 0.05, n)
-        entry = 0.30 / true_ratio * load * rng.lognormal(0, 0.05, n)
-        return fp32, entry
+        load = rng.uniform(1.0, 1.6, (n, 3))  # contention, shared by both sides of a call pair
+        fp32 = 0.30 * load * rng.lognormal(0, 0.03, (n, 3))
+        entry = 0.30 / true_ratio * load * rng.lognormal(0, 0.03, (n, 3))
+        return fp32.tolist(), entry.tolist()
 
     few, many = speedup_interval(*pairs(12)), speedup_interval(*pairs(200))
     for speedup in (few, many):
@@ -73,15 +87,15 @@ def test_the_interval_holds_the_true_ratio_and_narrows_with_more_pairs():
 
 def test_the_interval_is_reproducible_for_the_same_timings():
     rng = np.random.default_rng(1)
-    fp32, entry = rng.uniform(0.2, 0.3, 15), rng.uniform(0.1, 0.2, 15)
+    fp32, entry = rng.uniform(0.2, 0.3, (15, 3)).tolist(), rng.uniform(0.1, 0.2, (15, 3)).tolist()
     assert speedup_interval(fp32, entry) == speedup_interval(fp32, entry)
 
 
 def test_unequal_or_nonpositive_timings_are_refused():
     with pytest.raises(HarnessError, match="equally many"):
-        speedup_interval([0.1, 0.2], [0.1])
+        speedup_interval([[0.1], [0.2]], [[0.1]])
     with pytest.raises(HarnessError, match="positive"):
-        speedup_interval([0.1, 0.0], [0.1, 0.1])
+        speedup_interval([[0.1], [0.0]], [[0.1], [0.1]])
 
 
 def test_spread_is_quartiles_in_milliseconds():
@@ -95,7 +109,9 @@ def test_spread_is_quartiles_in_milliseconds():
 
 
 def test_measure_reports_the_result_document_shape():
-    protocol = LatencyProtocol(threads=1, warmup=1, pairs=MIN_PAIRS, unit="per_patch_batch")
+    protocol = LatencyProtocol(
+        threads=1, warmup=1, pairs=MIN_PAIRS, burst=2, unit="per_patch_batch"
+    )
     report = protocol.measure(lambda: sum(range(20000)), lambda: sum(range(2000)))
     assert set(report) == {"threads", "warmup", "pairs", "entry", "fp32", "speedup", "unit"}
     assert (report["threads"], report["warmup"], report["pairs"]) == (1, 1, MIN_PAIRS)
