@@ -3,15 +3,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HARNESS := $(VENV)/bin/harness
 DEMO ?= demo
+# nnU-Net v2's network builder, installed without its dependencies: it requires timm (for its
+# vision-transformer variants, not the U-Nets imported here), which pulls torchvision and with it
+# a CUDA build of torch over the pinned CPU one. Its U-Nets need only torch and numpy.
+DNA_VERSION := 0.4.4
 
 .PHONY: venv run demo test test-fast lint format benchmark demo-models
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --no-deps 'dynamic-network-architectures==$(DNA_VERSION)'
 	touch $@
 
 ## Demo data (phantom dataset + shipped models), SQLite database, demo tracks whose baselines a

@@ -25,6 +25,10 @@ class ModelSpecError(HarnessError):
     """A reference-model spec or its weights do not describe a buildable network."""
 
 
+class ModelImportError(ModelSpecError):
+    """A maintainer's nnU-Net folder or MONAI bundle cannot be imported as a reference model."""
+
+
 class CheckpointError(SubmissionError):
     """A quantized checkpoint (manifest + safetensors) does not fit the reference architecture."""
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from harness.cli import analysis, data, evaluate, quantize, submit, train
+from harness.cli import analysis, data, evaluate, models, quantize, submit, train
 from harness.errors import HarnessError
 
 
@@ -24,6 +24,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     data.register(sub, common)
     train.register(sub, common)
+    models.register(sub, common)
     quantize.register(sub, common, method_options=argv is None or "quantize" in argv)
     evaluate.register(sub, common)
     analysis.register(sub, common)

@@ -31,8 +31,8 @@ from monai.transforms import (
 from harness.data.dataset import Case
 from harness.errors import DatasetError
 
-Normalisation = Literal["window", "zscore", "minmax", "percentile", "none"]
-NORMALISATIONS = ("window", "zscore", "minmax", "percentile", "none")
+Normalisation = Literal["window", "zscore", "dataset_zscore", "minmax", "percentile", "none"]
+NORMALISATIONS = ("window", "zscore", "dataset_zscore", "minmax", "percentile", "none")
 AFFINE_TOLERANCE_MM = 1e-3
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -46,14 +46,19 @@ class PreprocessSpec:
     ``intensity_window`` when given); ``minmax`` maps each channel's [min, max] linearly to
     [0, 1]; ``percentile`` maps each channel's [p_low, p_high] percentiles
     (``intensity_percentiles``, in percent, e.g. (0.5, 99.5) as nnU-Net clips CT) linearly to
-    [0, 1] and clips outside. Per-volume statistics are per channel.
+    [0, 1] and clips outside; ``dataset_zscore`` clips to ``intensity_window`` and maps x to
+    (x − ``intensity_mean``) / ``intensity_std`` with statistics fixed for the dataset (nnU-Net's
+    CTNormalization, its window the foreground's 0.5 and 99.5 percentiles). Per-volume statistics
+    are per channel. ``orientation`` None keeps the voxel axes as stored (no reorientation).
     """
 
-    orientation: str = "RAS"
+    orientation: str | None = "RAS"
     spacing: tuple[float, float, float] | None = None
     intensity_window: tuple[float, float] | None = None
     normalisation: Normalisation = "window"
     intensity_percentiles: tuple[float, float] | None = None
+    intensity_mean: float | None = None
+    intensity_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -61,8 +66,18 @@ class PreprocessSpec:
                 f"unknown normalisation {self.normalisation!r} "
                 f"(expected one of: {', '.join(NORMALISATIONS)})"
             )
-        if self.normalisation == "window" and self.intensity_window is None:
-            raise ValueError("normalisation 'window' needs intensity_window (low, high)")
+        if self.normalisation in ("window", "dataset_zscore") and self.intensity_window is None:
+            raise ValueError(
+                f"normalisation {self.normalisation!r} needs intensity_window (low, high)"
+            )
+        statistics = (self.intensity_mean, self.intensity_std)
+        if (self.normalisation == "dataset_zscore") != (statistics != (None, None)):
+            raise ValueError(
+                "normalisation 'dataset_zscore' needs intensity_mean and intensity_std, and only "
+                "it takes them"
+            )
+        if self.intensity_std is not None and not self.intensity_std > 0:
+            raise ValueError(f"intensity_std must be positive, got {self.intensity_std}")
         percentiles = self.intensity_percentiles
         if (self.normalisation == "percentile") != (percentiles is not None):
             raise ValueError(
@@ -100,13 +115,20 @@ class PreprocessSpec:
             intensity_percentiles=(
                 tuple(float(p) for p in percentiles) if percentiles is not None else None
             ),
+            intensity_mean=_optional_float(data.get("intensity_mean")),
+            intensity_std=_optional_float(data.get("intensity_std")),
         )
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.intensity_percentiles is None:  # specs written before it existed stay the same
-            del data["intensity_percentiles"]
+        for name in ("intensity_percentiles", "intensity_mean", "intensity_std"):
+            if data[name] is None:  # specs written before these fields existed stay the same
+                del data[name]
         return data
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -198,7 +220,9 @@ def _check_same_grid(where: str, name: str, shape, affine, other_shape, other_af
 def _transforms(spec: PreprocessSpec, with_label: bool) -> Compose:
     keys = ["image", "label"] if with_label else ["image"]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
-    steps: list = [Orientationd(keys=keys, axcodes=spec.orientation, labels=AXIS_LABELS)]
+    steps: list = []
+    if spec.orientation is not None:
+        steps.append(Orientationd(keys=keys, axcodes=spec.orientation, labels=AXIS_LABELS))
     if spec.spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=spec.spacing, mode=modes, dtype=np.float32))
     if spec.normalisation == "window":
@@ -217,6 +241,18 @@ def _transforms(spec: PreprocessSpec, with_label: bool) -> Compose:
                 )
             )
         steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
+    elif spec.normalisation == "dataset_zscore":
+        low, high = spec.intensity_window
+        steps.append(
+            ScaleIntensityRanged(
+                keys="image", a_min=low, a_max=high, b_min=low, b_max=high, clip=True
+            )
+        )
+        steps.append(
+            NormalizeIntensityd(
+                keys="image", subtrahend=spec.intensity_mean, divisor=spec.intensity_std
+            )
+        )
     elif spec.normalisation == "minmax":
         steps.append(ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True))
     elif spec.normalisation == "percentile":

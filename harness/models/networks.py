@@ -1,5 +1,6 @@
-"""Registry of segmentation architectures buildable from a JSON spec: MONAI networks and a plain
-``Sequential`` layer list (``harness.models.sequential``)."""
+"""Registry of segmentation architectures buildable from a JSON spec: MONAI networks, nnU-Net v2
+networks (``harness.models.nnunet``) and a plain ``Sequential`` layer list
+(``harness.models.sequential``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from monai.networks import nets
 from torch import nn
 
 from harness.errors import ModelSpecError
+from harness.models.nnunet import build_nnunet, nnunet_in_channels, nnunet_out_channels
 from harness.models.sequential import (
     build_sequential,
     sequential_out_channels,
@@ -25,11 +27,17 @@ def kwarg_out_channels(kwargs: Mapping[str, Any]) -> int | None:
     return kwargs.get("out_channels")
 
 
+def kwarg_in_channels(kwargs: Mapping[str, Any]) -> int:
+    """The input channels of a network whose constructor takes ``in_channels`` (default 1)."""
+    return int(kwargs.get("in_channels", 1))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A network constructor and its family (CNN, or hybrid CNN + transformer).
 
-    ``out_channels`` reads the number of logits channels from the kwargs; ``receptive_field``,
+    ``out_channels`` and ``in_channels`` read the number of logits and input channels from the
+    kwargs; ``receptive_field``,
     where known, the voxels along each axis one output voxel sees (None: not computed).
     """
 
@@ -38,6 +46,7 @@ class Architecture:
     build: Callable[..., nn.Module]
     needs_img_size: bool = False
     out_channels: Callable[[Mapping[str, Any]], int | None] = kwarg_out_channels
+    in_channels: Callable[[Mapping[str, Any]], int] = kwarg_in_channels
     receptive_field: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
 
 
@@ -49,6 +58,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("DynUNet", "cnn", nets.DynUNet),
         Architecture("UNETR", "hybrid", nets.UNETR, needs_img_size=True),
         Architecture("SwinUNETR", "hybrid", nets.SwinUNETR),
+        Architecture(
+            "nnUNet",
+            "cnn",
+            build_nnunet,
+            out_channels=nnunet_out_channels,
+            in_channels=nnunet_in_channels,
+        ),
         Architecture(
             "Sequential",
             "cnn",

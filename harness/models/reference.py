@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,7 +25,8 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild and run a reference segmentation network."""
+    """Everything needed to rebuild and run a reference segmentation network; ``training`` records
+    how it was trained here, ``source`` what it was imported from (``harness.models.importers``)."""
 
     name: str
     architecture: str
@@ -33,6 +35,7 @@ class ModelSpec:
     preprocessing: PreprocessSpec
     sliding_window: SlidingWindowSpec
     training: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         arch = ARCHITECTURES.get(self.architecture)
@@ -85,7 +88,7 @@ class ModelSpec:
 
     @property
     def in_channels(self) -> int:
-        return int(self.kwargs.get("in_channels", 1))
+        return ARCHITECTURES[self.architecture].in_channels(self.kwargs)
 
     def build(self) -> nn.Module:
         return build_network(self.architecture, self.kwargs)
@@ -103,6 +106,7 @@ class ModelSpec:
                 preprocessing=PreprocessSpec.from_dict(data.get("preprocessing", {})),
                 sliding_window=SlidingWindowSpec.from_dict(data["sliding_window"]),
                 training=dict(data.get("training", {})),
+                source=dict(data.get("source", {})),
             )
         except KeyError as err:
             raise ModelSpecError(f"model spec lacks the field {err}") from None
@@ -120,7 +124,7 @@ class ModelSpec:
             "preprocessing": self.preprocessing.to_dict(),
             "sliding_window": self.sliding_window.to_dict(),
             "training": self.training,
-        }
+        } | ({"source": self.source} if self.source else {})
 
 
 def read_spec(path: str | Path) -> ModelSpec:
@@ -141,10 +145,25 @@ def save_reference_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path)
     """Write ``model.json`` and ``model.safetensors`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in unique_state(model).items()}
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"architecture": spec.architecture})
     (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     return out_dir
+
+
+def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each tensor once, under its first name: networks that register
+    a layer under two names (dynamic-network-architectures keeps ``conv`` and ``all_modules.0``,
+    and the decoder a reference to the encoder) store it once, as safetensors requires."""
+    seen: set[tuple[int, int]] = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor
+    return state
 
 
 def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
@@ -163,9 +182,10 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise ModelSpecError(f"{weights} does not fit {spec.architecture}: {err}") from None
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in unique_state(model) if k not in state]
+    if missing or result.unexpected_keys:
         raise ModelSpecError(
-            f"{weights} does not fit {spec.architecture}: missing {result.missing_keys[:5]}, "
+            f"{weights} does not fit {spec.architecture}: missing {missing[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
     model.eval()
