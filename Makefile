@@ -8,7 +8,7 @@ DEMO ?= demo
 # a CUDA build of torch over the pinned CPU one. Its U-Nets need only torch and numpy.
 DNA_VERSION := 0.4.4
 
-.PHONY: venv run demo test test-fast lint format benchmark demo-models
+.PHONY: venv run demo test test-fast lint format benchmark demo-models demo-nnunet
 
 venv: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ run: venv demo
 	OMP_NUM_THREADS=1 $(PY) manage.py serve 127.0.0.1:8000
 
 demo: venv
-	test -f $(DEMO)/dataset/dataset.json -a -d $(DEMO)/models || $(HARNESS) demo --out $(DEMO)
+	test -f $(DEMO)/dataset/dataset.json -a -d $(DEMO)/models -a -d $(DEMO)/sources || $(HARNESS) demo --out $(DEMO)
 
 test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest
@@ -55,3 +55,9 @@ demo-models: venv
 	  $(HARNESS) train --dataset $(DEMO)/dataset --spec harness/models/demo_models/$$m \
 	    --out harness/models/demo_models/$$m || exit 1; \
 	done
+
+## The shipped nnU-Net v2 demo folder: a PlainConvUNet trained on the phantoms' train split
+demo-nnunet: venv
+	$(HARNESS) make-phantoms --out $(DEMO)/dataset --cases 28 --seed 0
+	$(PY) -m harness.models.demo_nnunet --dataset $(DEMO)/dataset \
+	  --out harness/models/demo_sources/nnunet_phantom

@@ -9,6 +9,10 @@ from harness.data.dataset import write_splits
 from harness.data.phantoms import write_phantom_dataset
 
 DEMO_MODELS_DIR = Path(__file__).parents[1] / "models" / "demo_models"
+#: Shipped model folders in the layouts maintainers bring (nnU-Net v2), imported by the demo.
+DEMO_SOURCES_DIR = Path(__file__).parents[1] / "models" / "demo_sources"
+#: The shipped MONAI model the demo repackages as a MONAI bundle.
+DEMO_BUNDLE_MODEL = "unet"
 DEMO_SEED = 0
 DEMO_CASES = 28
 DEMO_SPLITS = {"train": range(0, 16), "calibration": range(16, 20), "test": range(20, 28)}
@@ -48,7 +52,9 @@ def shipped_models() -> dict[str, Path]:
 
 
 def write_demo(out: Path, progress: bool = False) -> dict[str, Path]:
-    """Write ``out/dataset`` (phantoms, fixed seed and splits) and ``out/models/<name>``."""
+    """Write ``out/dataset`` (phantoms, fixed seed and splits), ``out/models/<name>`` (reference
+    folders) and ``out/sources/<name>`` (an nnU-Net v2 folder and a MONAI bundle, for
+    ``harness import-model``)."""
     make_phantoms(out / "dataset", DEMO_CASES, DEMO_SEED, progress)
     models = {}
     for name, src in shipped_models().items():
@@ -57,4 +63,17 @@ def write_demo(out: Path, progress: bool = False) -> dict[str, Path]:
         for f in ("model.json", "model.safetensors"):
             shutil.copy2(src / f, dst / f)
         models[name] = dst
-    return {"dataset": out / "dataset", **models}
+    return {"dataset": out / "dataset", **models, **write_demo_sources(out / "sources")}
+
+
+def write_demo_sources(out: Path) -> dict[str, Path]:
+    """The shipped nnU-Net v2 folder(s) and the MONAI bundle of ``DEMO_BUNDLE_MODEL``."""
+    from harness.models.bundle_export import write_monai_bundle
+
+    sources = {}
+    for src in sorted(p for p in DEMO_SOURCES_DIR.iterdir() if (p / "plans.json").is_file()):
+        shutil.copytree(src, out / src.name, dirs_exist_ok=True)
+        sources[src.name] = out / src.name
+    name = f"monai_bundle_{DEMO_BUNDLE_MODEL}"
+    sources[name] = write_monai_bundle(DEMO_MODELS_DIR / DEMO_BUNDLE_MODEL, out / name)
+    return sources

@@ -14,6 +14,7 @@ from harness.backends import backend_names, get_backend
 from harness.baselines import Baseline, baselines_for
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
+from harness.models.importers import import_model as import_source
 from harness.models.reference import load_reference_model, read_spec
 from leaderboard.submissions.models import Kind, Submission
 from leaderboard.submissions.tasks import enqueue
@@ -51,6 +52,16 @@ def import_model(directory: Path, slug: str | None = None) -> ReferenceModel:
         },
     )
     return obj
+
+
+def import_model_source(
+    source: Path, out_dir: Path, slug: str | None = None, **options: str | None
+) -> ReferenceModel:
+    """Import an nnU-Net v2 folder or MONAI bundle (``harness.models.importers``) into the
+    reference-model folder ``out_dir`` and register it; ``options`` are the importer's
+    (``name``, ``configuration``, ``fold``, ``checkpoint``)."""
+    spec = import_source(source, out_dir, **{k: v for k, v in options.items() if v is not None})
+    return import_model(out_dir, slug=slug or slugify(spec.name))
 
 
 def export_onnx(model: ReferenceModel) -> Path:

@@ -11,6 +11,7 @@ from leaderboard.tracks.seeding import (
     export_onnx,
     import_dataset,
     import_model,
+    import_model_source,
     queue_track_rows,
 )
 
@@ -25,7 +26,8 @@ class Command(BaseCommand):
     help = (
         "Register the demo bundle written by `harness demo`: the phantom dataset, each shipped "
         "model at W8A8 and W4A4 (simulated) and, when available, W8A8 on ONNX Runtime CPU and "
-        "OpenVINO CPU; queue their baselines."
+        "OpenVINO CPU; the nnU-Net v2 folder and MONAI bundle imported with `import_model` at "
+        "W8A8 and W4A4 (simulated); queue their baselines."
     )
 
     def add_arguments(self, parser):
@@ -38,11 +40,7 @@ class Command(BaseCommand):
             "vertebra); 16 train / 4 calibration / 8 test cases."
         ))  # fmt: skip
         for model_dir in sorted(p for p in (demo / "models").iterdir() if p.is_dir()):
-            model = import_model(model_dir)
-            try:
-                export_onnx(model)
-            except HarnessError as error:
-                self.stderr.write(f"{model.slug}: no ONNX export ({error})")
+            model = self._with_onnx(import_model(model_dir))
             tracks = [
                 create_track(dataset, model, weight_bits=w, activation_bits=a)
                 for w, a in DEMO_PRECISIONS
@@ -55,6 +53,28 @@ class Command(BaseCommand):
                             max_float_mac_fraction=float_macs,
                         )
                     )  # fmt: skip
-            for track in tracks:
-                queued = queue_track_rows(track)
-                self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")
+            self._queue(tracks)
+        sources = demo / "sources"
+        for source in (
+            sorted(p for p in sources.iterdir() if p.is_dir()) if sources.is_dir() else []
+        ):
+            model = self._with_onnx(import_model_source(source, demo / "imported" / source.name))
+            self.stdout.write(f"imported {source.name} as {model.slug} ({model.architecture})")
+            self._queue(
+                [
+                    create_track(dataset, model, weight_bits=w, activation_bits=a)
+                    for w, a in DEMO_PRECISIONS
+                ]  # fmt: skip
+            )
+
+    def _with_onnx(self, model):
+        try:
+            export_onnx(model)
+        except HarnessError as error:
+            self.stderr.write(f"{model.slug}: no ONNX export ({error})")
+        return model
+
+    def _queue(self, tracks) -> None:
+        for track in tracks:
+            queued = queue_track_rows(track)
+            self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")
