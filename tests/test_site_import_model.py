@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from test_import_nnunet import write_folder
 
 from harness.data.demo import write_demo
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.tracks.models import ReferenceModel, Track
-from test_import_nnunet import write_folder
 
 pytestmark = pytest.mark.slow
 
