@@ -91,7 +91,8 @@ def nothing_left_behind(request):
     if "docker_client" not in request.fixturenames:
         return
     client = request.getfixturevalue("docker_client")
-    assert client.containers.list(all=True, filters={"label": LABEL}) == []
+    left = client.containers.list(all=True, filters={"label": LABEL})
+    assert [(c.name, c.status, c.labels) for c in left] == []
     assert client.volumes.list(filters={"label": LABEL}) == []
 
 

@@ -191,7 +191,7 @@ def run_quantizer_container(
             return _not_started(image, error)
         return _run(image, quantizer, watch, helper, limits, workdir / "output")
     finally:
-        _remove(created, volume)
+        _remove(_of_run(client, run, created), volume)
 
 
 def evaluate_quantizer_container(
@@ -480,6 +480,16 @@ def _make_readable(root: Path) -> None:
         if path.is_dir():
             extra |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
         os.chmod(path, mode | extra)
+
+
+def _of_run(client: docker.DockerClient, run: str, created: list[Container]) -> list[Container]:
+    """The containers of ``run``: those created here and any the engine made for a call that
+    did not return (a create that timed out on a loaded engine still creates the container)."""
+    found = {c.id: c for c in created}
+    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+        for container in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run}"}):
+            found.setdefault(container.id, container)
+    return list(found.values())
 
 
 def _remove(containers: list[Container], *volumes: Volume) -> None:
