@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from leaderboard_fixtures import site_storage
 from test_import_nnunet import write_folder
 
 from harness.data.demo import write_demo
@@ -14,6 +15,7 @@ from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.tracks.models import ReferenceModel, Track
 
+__all__ = ["site_storage"]
 pytestmark = pytest.mark.slow
 
 

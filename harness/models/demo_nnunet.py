@@ -26,7 +26,7 @@ from harness.data.dataset import load_dataset
 from harness.data.preprocessing import read_case
 from harness.models.importers.nnunet import network_axes, to_harness_frame
 from harness.models.importers.torch_files import load_into
-from harness.models.nnunet import build_nnunet
+from harness.models.nnunet import build_nnunet_as_trained, inference_form
 from harness.models.training import TrainConfig, load_training_volumes, train
 
 CONFIGURATION = "3d_fullres"
@@ -144,7 +144,7 @@ def make(dataset_dir: Path, out: Path, progress: bool = True) -> Path:
                       ["network_class_name"], "arch_kwargs": ARCH_KWARGS, "input_channels": 1,
                       "num_classes": len(dataset.labels)}  # fmt: skip
     torch.manual_seed(TRAINING.seed)
-    write_checkpoint(out, build_nnunet(**network_kwargs).state_dict(), {"iterations": 0})
+    write_checkpoint(out, build_nnunet_as_trained(**network_kwargs).state_dict(), {"iterations": 0})
     with tempfile.TemporaryDirectory() as scratch:
         spec = import_nnunet(out, Path(scratch) / "model")
     volumes = load_training_volumes(dataset.split("train"), dataset.labels, spec.preprocessing)
@@ -156,10 +156,11 @@ def make(dataset_dir: Path, out: Path, progress: bool = True) -> Path:
         "cases": len(volumes),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    network = build_nnunet(**network_kwargs)
+    as_trained = build_nnunet_as_trained(**network_kwargs)
+    checkpoint_tensors = as_trained.state_dict(keep_vars=True)  # nnU-Net's names, shared tensors
     state = _to_network_frame(trained.state_dict(), network_axes(plans))
-    load_into(network, state, "trained weights")
-    write_checkpoint(out, network.state_dict(), record)
+    load_into(inference_form(as_trained), state, "trained weights")
+    write_checkpoint(out, {k: v.detach().clone() for k, v in checkpoint_tensors.items()}, record)
     return out
 
 

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
 from torch import nn
 
 from harness.errors import ModelSpecError
@@ -80,21 +83,53 @@ def resolve_arch_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def build_nnunet(
+#: Attributes of a ConvDropoutNormReLU that alias entries of its ``all_modules`` (what runs).
+_BLOCK_ALIASES = ("conv", "dropout", "norm", "nonlin")
+
+
+def build_nnunet_as_trained(
     *,
     network_class_name: str,
     arch_kwargs: Mapping[str, Any],
     input_channels: int,
     num_classes: int,
 ) -> nn.Module:
-    """The network nnU-Net builds for inference (``deep_supervision=False``: one full-resolution
-    output, the logits of ``num_classes`` classes)."""
+    """The network exactly as nnU-Net builds it, whose state dict is a checkpoint's
+    ``network_weights`` (every layer under all its names, every deep-supervision head)."""
     cls = resolve_network_class(network_class_name)
     kwargs = resolve_arch_kwargs(arch_kwargs)
     kwargs.pop("deep_supervision", None)
     return cls(
         input_channels=input_channels, num_classes=num_classes, deep_supervision=False, **kwargs
     )
+
+
+def inference_form(network: nn.Module) -> nn.Module:
+    """``network`` (in place) with one name per layer and only the layers inference runs.
+
+    dynamic-network-architectures registers each conv block's layers twice (``conv`` and
+    ``all_modules.0``, which ``forward`` runs) and gives the decoder a second reference to the
+    encoder; without deep supervision only the last segmentation head runs. Quantization
+    replaces and calibrates layers by name, so aliases are unregistered (kept as plain
+    attributes) and the decoder keeps its final head only (``seg_layers[-1]`` is still the one
+    ``forward`` calls). Outputs are unchanged.
+    """
+    for module in network.modules():
+        if isinstance(module, ConvDropoutNormReLU):
+            for name in _BLOCK_ALIASES:
+                if name in module._modules:
+                    object.__setattr__(module, name, module._modules.pop(name))
+        elif isinstance(module, UNetDecoder | UNetResDecoder):
+            if "encoder" in module._modules:
+                object.__setattr__(module, "encoder", module._modules.pop("encoder"))
+            module.seg_layers = nn.ModuleList([module.seg_layers[-1]])
+    return network
+
+
+def build_nnunet(**kwargs: Any) -> nn.Module:
+    """The nnU-Net v2 network the harness evaluates and quantizes: ``inference_form`` of the
+    one nnU-Net builds (``deep_supervision=False``, the logits of ``num_classes`` classes)."""
+    return inference_form(build_nnunet_as_trained(**kwargs))
 
 
 def nnunet_out_channels(kwargs: Mapping[str, Any]) -> int | None:

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -145,25 +144,10 @@ def save_reference_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path)
     """Write ``model.json`` and ``model.safetensors`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in unique_state(model).items()}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"architecture": spec.architecture})
     (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     return out_dir
-
-
-def unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with each tensor once, under its first name: networks that register
-    a layer under two names (dynamic-network-architectures keeps ``conv`` and ``all_modules.0``,
-    and the decoder a reference to the encoder) store it once, as safetensors requires."""
-    seen: set[tuple[int, int]] = set()
-    state = {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if tensor.numel() and key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor
-    return state
 
 
 def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
@@ -182,10 +166,9 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         raise ModelSpecError(f"{weights} does not fit {spec.architecture}: {err}") from None
-    missing = [k for k in unique_state(model) if k not in state]
-    if missing or result.unexpected_keys:
+    if result.missing_keys or result.unexpected_keys:
         raise ModelSpecError(
-            f"{weights} does not fit {spec.architecture}: missing {missing[:5]}, "
+            f"{weights} does not fit {spec.architecture}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
     model.eval()

@@ -55,13 +55,13 @@ def import_model(directory: Path, slug: str | None = None) -> ReferenceModel:
 
 
 def import_model_source(
-    source: Path, out_dir: Path, slug: str | None = None, **options: str | None
+    source: Path, out_dir: Path, *, slug: str, **options: str | None
 ) -> ReferenceModel:
     """Import an nnU-Net v2 folder or MONAI bundle (``harness.models.importers``) into the
     reference-model folder ``out_dir`` and register it; ``options`` are the importer's
     (``name``, ``configuration``, ``fold``, ``checkpoint``)."""
-    spec = import_source(source, out_dir, **{k: v for k, v in options.items() if v is not None})
-    return import_model(out_dir, slug=slug or slugify(spec.name))
+    import_source(source, out_dir, **{k: v for k, v in options.items() if v is not None})
+    return import_model(out_dir, slug=slug)
 
 
 def export_onnx(model: ReferenceModel) -> Path:

@@ -33,7 +33,12 @@ from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelImportError, ModelSpecError
 from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.importers.torch_files import load_checkpoint, load_into, tensor_dict
-from harness.models.nnunet import build_nnunet, resolve_network_class, short_class_name
+from harness.models.nnunet import (
+    build_nnunet_as_trained,
+    inference_form,
+    resolve_network_class,
+    short_class_name,
+)
 from harness.models.reference import ModelSpec, save_reference_model
 
 DEFAULT_CONFIGURATION = "3d_fullres"
@@ -89,7 +94,7 @@ def import_nnunet(
     path = folder / f"fold_{fold}" / (checkpoint or DEFAULT_CHECKPOINT)
     state, trainer = read_checkpoint(path)
     try:
-        network = build_nnunet(**kwargs)
+        network = build_nnunet_as_trained(**kwargs)
     except ModelSpecError as err:
         raise ModelImportError(f"plans.json: {err}") from None
     except (TypeError, ValueError, AssertionError) as err:
@@ -98,6 +103,7 @@ def import_nnunet(
             f"{short_class_name(network_class)}: {err}"
         ) from None
     load_into(network, state, f"{path.parent.name}/{path.name}")
+    inference_form(network)
 
     spec = ModelSpec(
         name=name

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand
+from django.utils.text import slugify
 
 from harness.errors import HarnessError
 from leaderboard.submissions.models import Kind
@@ -58,7 +59,11 @@ class Command(BaseCommand):
         for source in (
             sorted(p for p in sources.iterdir() if p.is_dir()) if sources.is_dir() else []
         ):
-            model = self._with_onnx(import_model_source(source, demo / "imported" / source.name))
+            model = self._with_onnx(
+                import_model_source(
+                    source, demo / "imported" / source.name, slug=slugify(source.name)
+                )
+            )
             self.stdout.write(f"imported {source.name} as {model.slug} ({model.architecture})")
             self._queue(
                 [
