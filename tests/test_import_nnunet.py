@@ -258,3 +258,19 @@ def test_a_checkpoint_holding_other_objects_is_refused_without_running_them(tmp_
     torch.save(data, path)
     with pytest.raises(ModelImportError, match="outside the allow-list of types"):
         import_model(folder, tmp_path / "model")
+
+
+def test_the_demo_nnunet_maker_writes_an_nnunet_folder_the_importer_reads(
+    tmp_path, tiny_track, case
+):
+    from harness.models.demo_nnunet import make
+    from harness.models.training import TrainConfig
+
+    folder = make(tiny_track[0], tmp_path / "nnunet", TrainConfig(iterations=2), progress=False)
+    checkpoint = load_checkpoint(folder / "fold_0/checkpoint_final.pth")
+    assert checkpoint["training"]["iterations"] == 2
+    spec = import_model(folder, tmp_path / "model")
+    assert spec.source["network_axes"] == [2, 1, 0]  # SimpleITK order: the permutation is real
+    _, network = load_reference_model(tmp_path / "model")
+    logits = predict_logits(network, preprocess(case, spec.preprocessing), spec.sliding_window)
+    assert torch.isfinite(logits).all() and logits.shape[0] == 6

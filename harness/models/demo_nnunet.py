@@ -133,7 +133,9 @@ def write_checkpoint(out: Path, state: dict[str, torch.Tensor], record: dict) ->
     )
 
 
-def make(dataset_dir: Path, out: Path, progress: bool = True) -> Path:
+def make(
+    dataset_dir: Path, out: Path, training: TrainConfig = TRAINING, progress: bool = True
+) -> Path:
     """Train the phantom PlainConvUNet and write its nnU-Net v2 folder to ``out``."""
     from harness.models.importers.nnunet import import_nnunet
 
@@ -143,14 +145,14 @@ def make(dataset_dir: Path, out: Path, progress: bool = True) -> Path:
     network_kwargs = {"network_class_name": plans["configurations"][CONFIGURATION]["architecture"]
                       ["network_class_name"], "arch_kwargs": ARCH_KWARGS, "input_channels": 1,
                       "num_classes": len(dataset.labels)}  # fmt: skip
-    torch.manual_seed(TRAINING.seed)
+    torch.manual_seed(training.seed)
     write_checkpoint(out, build_nnunet_as_trained(**network_kwargs).state_dict(), {"iterations": 0})
     with tempfile.TemporaryDirectory() as scratch:
         spec = import_nnunet(out, Path(scratch) / "model")
     volumes = load_training_volumes(dataset.split("train"), dataset.labels, spec.preprocessing)
     start = time.perf_counter()
-    trained = train(spec, volumes, TRAINING, progress=progress)
-    record = TRAINING.to_dict() | {
+    trained = train(spec, volumes, training, progress=progress)
+    record = training.to_dict() | {
         "dataset": dataset.name,
         "split": "train",
         "cases": len(volumes),
