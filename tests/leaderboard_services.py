@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,6 +18,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import requests
+
+from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,6 +164,7 @@ def live_site(dataset_dir: Path, model_dir: Path, var: Path, stack: str, quota: 
         "OMP_NUM_THREADS": "1",
         "DJANGO_DEBUG": "0",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
     }
     for key in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDQUANT_CACHE_URL"):
         env.pop(key, None)
@@ -175,3 +180,42 @@ def live_site(dataset_dir: Path, model_dir: Path, var: Path, stack: str, quota: 
         site.start(var)
         stack_.callback(site.stop)
         yield site
+
+
+def sign_up_and_create_token(site: LiveSite, username: str) -> tuple[requests.Session, str]:
+    """Sign up through the form, then create an API token on the token page."""
+    browser = requests.Session()
+    browser.get(f"{site.url}/signup/")
+    form = {"username": username, "password1": "Sup3r-secret-pw", "password2": "Sup3r-secret-pw",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}  # fmt: skip
+    response = browser.post(f"{site.url}/signup/", data=form, headers={"Referer": site.url})
+    assert response.ok and f"Log out {username}" in response.text
+    page = browser.post(
+        f"{site.url}/tokens/",
+        data={"name": "ci", "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+        headers={"Referer": site.url},
+    ).text
+    return browser, re.search(r'id="new-token">(mq_[^<]+)</pre>', page).group(1)
+
+
+def submit(site: LiveSite, token: str | None, ckpt: Path, method: str, track: str = TINY_TRACK):
+    """POST a checkpoint folder as a manifest + weights pair through the API."""
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    files = {"manifest": (MANIFEST_NAME, (ckpt / MANIFEST_NAME).read_bytes()),
+             "weights": (WEIGHTS_NAME, (ckpt / WEIGHTS_NAME).read_bytes())}  # fmt: skip
+    data = {"track": track, "kind": "checkpoint", "method": method}
+    return requests.post(f"{site.url}/api/v1/submissions/", headers=headers, data=data, files=files)
+
+
+def wait_done(site: LiveSite, token: str, submission_id: int, timeout_s: float = 180) -> dict:
+    """Poll the submission until it leaves the pending states; its API body."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = requests.get(
+            f"{site.url}/api/v1/submissions/{submission_id}/",
+            headers={"Authorization": f"Token {token}"},
+        ).json()
+        if body["status"] not in ("queued", "validating", "running", "scoring"):
+            return body
+        time.sleep(0.5)
+    raise TimeoutError(f"submission {submission_id} still {body['status']}")

@@ -15,6 +15,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from kombu.exceptions import OperationalError as BrokerError
 
 from harness.containers.sandbox import remove_orphans
+from leaderboard.config import HARD_LIMIT_MARGIN_S
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Submission
 
@@ -28,7 +29,6 @@ INFRASTRUCTURE_ERRORS = (
     requests.exceptions.ConnectionError,
 )
 CONTAINER_QUEUE = "containers"
-HARD_LIMIT_MARGIN_S = 60
 
 
 @shared_task(
