@@ -112,6 +112,14 @@ MEDQUANT_MAX_ARTIFACT_BYTES = int(os.environ.get("MEDQUANT_MAX_ARTIFACT_MB", "51
 # worker (see containers/compose.yaml).
 MEDQUANT_WORK_DIR = Path(os.environ.get("MEDQUANT_WORK_DIR", VAR_DIR / "work"))
 
+# Address space of one evaluation (RLIMIT_AS in each Celery pool child; 0: none): whatever
+# escapes verification and allocates beyond it ends `rejected: exceeds the memory limit` instead
+# of taking the worker host down. The default leaves room for the FP32 reference, the entry and
+# the real-backend runtimes (a worker child with torch and ONNX Runtime loaded maps ~1 GB).
+MEDQUANT_EVALUATION_MEMORY_BYTES = (
+    int(os.environ.get("MEDQUANT_EVALUATION_MEMORY_MB", "16384")) * 1024 * 1024
+)
+
 # Quantizer containers (the `containers` queue). Tracks accept them only when container workers
 # run (MEDQUANT_CONTAINERS=1); an uploaded `docker save` tarball has its own size limit. A
 # registry reference (name:tag or name@sha256:…) is accepted only from the configured registry

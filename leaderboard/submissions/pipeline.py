@@ -49,6 +49,23 @@ class Rejected(Exception):
     """The artifact is at fault; the message is for the submitter."""
 
 
+OUT_OF_MEMORY_MARKERS = ("bad allocation", "bad_alloc", "Failed to allocate memory")
+"""How native runtimes (ONNX Runtime, OpenVINO) report an allocation refused by the limit."""
+
+
+def memory_limit_message() -> str:
+    limit = settings.MEDQUANT_EVALUATION_MEMORY_BYTES
+    return f"exceeds the memory limit of {limit / 2**20:.0f} MiB per evaluation"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A ``MemoryError``, or a native runtime's failed allocation (under the evaluation's
+    address-space limit, see ``tasks.limit_memory``)."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OUT_OF_MEMORY_MARKERS)
+
+
 _open_tracks: OrderedDict[str, LoadedTrack] = OrderedDict()
 
 
@@ -320,6 +337,13 @@ def run(submission_id: int, *, worker: str = "") -> str:
         except (Rejected, SubmissionError) as error:
             log.append(f"rejected: {error}")
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
+            return Status.REJECTED
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            message = memory_limit_message()
+            log.append(f"rejected: {message}")
+            _advance(submission_id, Status.REJECTED, error=message, log="\n".join(log))
             return Status.REJECTED
     log.append(_verified(result["submission"]["precision"]))
     _advance(submission_id, Status.SCORING)

@@ -4,12 +4,13 @@ clean-up of quantizer containers a killed worker left behind (at worker start)."
 from __future__ import annotations
 
 import logging
+import resource
 
 import docker.errors
 import requests.exceptions
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from kombu.exceptions import OperationalError as BrokerError
@@ -90,6 +91,24 @@ def enqueue(submission: Submission) -> None:
             time_limit=limit + HARD_LIMIT_MARGIN_S,
         )
     )
+
+
+def limit_memory(limit_bytes: int) -> None:
+    """Cap this process's address space at ``limit_bytes`` (0: no cap): an allocation beyond it
+    raises ``MemoryError`` (``pipeline.run`` rejects the submission) instead of exhausting the
+    host."""
+    if limit_bytes > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit_bytes = min(limit_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, hard))
+
+
+@worker_process_init.connect
+def limit_evaluation_memory(**_) -> None:
+    """Each pool child (the process that evaluates) runs under
+    ``MEDQUANT_EVALUATION_MEMORY_BYTES``; the worker's main process is not capped."""
+    limit_memory(settings.MEDQUANT_EVALUATION_MEMORY_BYTES)
 
 
 @worker_ready.connect
