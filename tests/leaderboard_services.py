@@ -110,11 +110,13 @@ def postgres_server() -> Iterator[str]:
 
 
 class LiveSite:
-    """The site served by gunicorn with one Celery worker, sharing ``env`` (database, broker)."""
+    """The site served by gunicorn (``web_threads`` threads per worker) with one Celery worker
+    and the reconciler, sharing ``env`` (database, broker)."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], web_threads: int = 1):
         self.env = env
         self.url = ""
+        self.web_threads = web_threads
         self.procs: list[subprocess.Popen] = []
 
     def manage(self, *args: str) -> str:
@@ -134,7 +136,8 @@ class LiveSite:
             "worker": [str(bin_dir / "celery"), "-A", "leaderboard", "worker", "-Q", "cpu",
                        "-c", "1", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
             "web": [str(bin_dir / "gunicorn"), "leaderboard.wsgi", "-b", f"127.0.0.1:{port}",
-                    "-w", "2", "--access-logfile", "-"],
+                    "-w", "2", "--threads", str(self.web_threads), "--access-logfile", "-"],
+            "reconciler": [sys.executable, "manage.py", "reconcile", "--every", "5"],
         }  # fmt: skip
         for name, command in commands.items():
             log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
