@@ -33,11 +33,11 @@ INFRASTRUCTURE_ERRORS = (
 CONTAINER_QUEUE = "containers"
 
 
-RETRY_BACKOFF_MAX_S = 60
-MAX_RETRIES = 40
-"""Infrastructure retries: exponential backoff from 5 s, capped at a minute, 40 times — about 35
-minutes, longer than a realistic database or broker outage; then the reconciler's own passes
-(``reconciler.py``) take over."""
+RETRY_BACKOFF_MAX_S = 30
+MAX_RETRIES = 60
+"""Infrastructure retries: exponential backoff from 5 s, capped at 30 s (a worker retries within
+half a minute of the service's return), 60 times — about half an hour, longer than a realistic
+database or broker outage; then the reconciler's own passes (``reconciler.py``) take over."""
 
 
 @shared_task(
