@@ -15,6 +15,7 @@ import stat
 import struct
 import tarfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "hostile"
 @pytest.fixture(scope="module")
 def live(tiny_track, tmp_path_factory):
     var = tmp_path_factory.mktemp("hostile_var")
-    with live_site(*tiny_track, var, "sqla+sqlite", QUOTA) as site:
+    with live_site(*tiny_track, var, "sqla+sqlite", QUOTA, web_threads=8) as site:
         _, site.token = sign_up_and_create_token(site, "mallory")
         yield site
 
@@ -504,6 +505,39 @@ def test_every_verifier_refusal_is_a_submission_error():
 
 
 # ---- and everything still works ------------------------------------------------------------
+
+RACE_QUOTA = 5
+
+
+def _set_quota(live, quota: int) -> None:
+    live.manage("shell", "-c", "from leaderboard.tracks.models import Track; "
+                f"Track.objects.update(daily_quota={quota})")  # fmt: skip
+
+
+def test_twenty_parallel_submissions_on_the_embedded_stack_take_exactly_the_quota(
+    live, tiny_checkpoints
+):
+    """SQLite (WAL, busy timeout, IMMEDIATE transactions) under 20 concurrent writers: exactly
+    the quota accepted, the rest refused with the reason, no 'database is locked' 500."""
+    _, token = sign_up_and_create_token(live, "racer")
+    _set_quota(live, RACE_QUOTA)
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            responses = list(
+                pool.map(
+                    lambda i: submit(live, token, tiny_checkpoints["w8a8"], f"race {i}"),
+                    range(20),
+                )
+            )
+    finally:
+        _set_quota(live, QUOTA)
+    codes = [r.status_code for r in responses]
+    assert codes.count(201) == RACE_QUOTA and codes.count(400) == 20 - RACE_QUOTA, codes
+    refused = [r.json()["error"]["message"] for r in responses if r.status_code == 400]
+    assert all(m.startswith(f"track: daily quota reached: {RACE_QUOTA} of") for m in refused)
+    for response in responses:
+        if response.status_code == 201:
+            assert wait_done(live, token, response.json()["id"])["status"] == "done"
 
 
 def test_the_site_and_worker_still_evaluate_a_valid_submission_within_the_memory_budget(

@@ -41,8 +41,9 @@ EVERY_S = 10
 QUEUED_GRACE_S = 20
 """A message just sent may not be visible on the broker yet; a queued submission is judged only
 this long after it was last sent."""
-QUIET_S = 60
-"""Six missed heartbeats (``pipeline.HEARTBEAT_S``): the worker evaluating it is gone."""
+QUIET_S = 45
+"""Four and a half heartbeats (``pipeline.HEARTBEAT_S``) without one: the worker evaluating it
+is gone."""
 IN_FLIGHT = (Status.VALIDATING, Status.RUNNING, Status.SCORING)
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 
