@@ -187,3 +187,37 @@ def test_an_evaluation_over_the_memory_limit_ends_rejected_and_our_bugs_failed(
     else:
         assert "internal error (RuntimeError)" in submission.error
     assert not Evaluation.objects.filter(submission=submission).exists()
+
+
+@pytest.mark.parametrize("containers", [False, True], ids=["containers off", "containers on"])
+def test_the_submit_form_offers_a_container_only_where_the_site_runs_them(
+    client, django_user_model, tiny_tracks, settings, containers
+):
+    from django.urls import reverse
+
+    settings.MEDQUANT_CONTAINERS = containers
+    user = django_user_model.objects.create_user("form", password="pw-form-123456")
+    client.force_login(user)
+    page = client.get(reverse("submit")).content.decode()
+    assert 'value="checkpoint"' in page
+    assert ('value="container"' in page) is containers
+
+
+def test_the_admin_shows_a_submissions_state_read_only(admin_client, tiny_tracks):
+    from leaderboard.submissions.models import Submission
+
+    submission = Submission.objects.create(
+        track=tiny_tracks["w8a8"], kind="checkpoint", method="m", status="running", error="e"
+    )
+    page = admin_client.get(f"/admin/submissions/submission/{submission.pk}/change/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    for field in ("status", "track", "user", "artifact", "error", "is_baseline"):
+        assert f'name="{field}"' not in html, field
+    assert 'name="hidden"' in html and 'name="public_reason"' in html
+    admin_client.post(
+        f"/admin/submissions/submission/{submission.pk}/change/",
+        {"status": "done", "error": "", "method": "m", "public_reason": ""},
+    )
+    submission.refresh_from_db()
+    assert (submission.status, submission.error) == ("running", "e")
