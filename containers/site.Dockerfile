@@ -9,7 +9,8 @@ COPY reference_methods reference_methods
 COPY leaderboard leaderboard
 COPY templates templates
 RUN pip install . && useradd --system --uid 10001 --home /srv medquant \
-    && mkdir -p /srv/var /srv/static && python manage.py collectstatic --noinput \
+    && mkdir -p /srv/var /srv/static \
+    && DJANGO_SECRET_KEY=collectstatic-needs-no-secret python manage.py collectstatic --noinput \
     && chown -R medquant /srv/var
 USER medquant
 EXPOSE 8000

@@ -3,13 +3,27 @@
 import os
 from pathlib import Path
 
-from leaderboard.config import database_from_url, plotly_js_dir
+from leaderboard.config import (
+    database_from_url,
+    embedded_secret_key,
+    plotly_js_dir,
+    secret_key,
+    visibility_timeout_s,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("MEDQUANT_VAR_DIR", BASE_DIR / "var"))
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-development-key-change-me")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+# DEBUG only when asked for (it shows settings and tracebacks to visitors). The secret key: the
+# environment's; a production start (DATABASE_URL set) without one, or with the built-in
+# development key, refuses to run; the embedded stack keeps a random one in VAR_DIR.
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+SECRET_KEY = secret_key(
+    os.environ.get("DJANGO_SECRET_KEY"),
+    debug=DEBUG,
+    production=bool(os.environ.get("DATABASE_URL")),
+    embedded=lambda: embedded_secret_key(VAR_DIR / "secret_key"),
+)
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 
 INSTALLED_APPS = [
@@ -98,6 +112,14 @@ MEDQUANT_MAX_ARTIFACT_BYTES = int(os.environ.get("MEDQUANT_MAX_ARTIFACT_MB", "51
 # worker (see containers/compose.yaml).
 MEDQUANT_WORK_DIR = Path(os.environ.get("MEDQUANT_WORK_DIR", VAR_DIR / "work"))
 
+# Address space of one evaluation (RLIMIT_AS in each Celery pool child; 0: none): whatever
+# escapes verification and allocates beyond it ends `rejected: exceeds the memory limit` instead
+# of taking the worker host down. The default leaves room for the FP32 reference, the entry and
+# the real-backend runtimes (a worker child with torch and ONNX Runtime loaded maps ~1 GB).
+MEDQUANT_EVALUATION_MEMORY_BYTES = (
+    int(os.environ.get("MEDQUANT_EVALUATION_MEMORY_MB", "16384")) * 1024 * 1024
+)
+
 # Quantizer containers (the `containers` queue). Tracks accept them only when container workers
 # run (MEDQUANT_CONTAINERS=1); an uploaded `docker save` tarball has its own size limit. A
 # registry reference (name:tag or name@sha256:…) is accepted only from the configured registry
@@ -145,13 +167,34 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
-# Redis redelivers an unacknowledged task after the visibility timeout (longer than any track's
-# time limit); the SQLAlchemy transport takes engine options here, so it gets none.
+# The longest evaluation any track may set (Track.time_limit_s + quantizer_timeout_s are capped
+# by it); Redis redelivers an unacknowledged task after the visibility timeout, derived from it
+# (plus the hard-limit margin and slack), so a running task is never delivered twice. The
+# SQLAlchemy transport takes engine options here, so it gets none.
+MEDQUANT_LONGEST_TIME_LIMIT_S = int(os.environ.get("MEDQUANT_LONGEST_TIME_LIMIT_S", "7200"))
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "7200"))}
+    {"visibility_timeout": visibility_timeout_s(MEDQUANT_LONGEST_TIME_LIMIT_S)}
     if CELERY_BROKER_URL.startswith("redis")
     else {}
 )
+# A broker or database outage: the client retries connecting instead of giving up.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+
+# Every 500 and every internal failure is logged with its traceback, DEBUG or not (Django's
+# default sends request errors only to mail_admins when DEBUG is off).
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "leaderboard": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "harness": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

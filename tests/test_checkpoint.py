@@ -199,7 +199,7 @@ def test_missing_weights_are_refused(ckpt):
 
 def test_corrupt_manifest_is_refused(ckpt):
     (ckpt / MANIFEST_NAME).write_text("{not json")
-    assert _refusal(ckpt).startswith("manifest.json is not readable JSON")
+    assert _refusal(ckpt).startswith("manifest.json is not valid JSON")
 
 
 def test_truncated_weights_are_refused(ckpt):

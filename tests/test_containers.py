@@ -12,6 +12,7 @@ import pytest
 import torch
 from container_images.images import build_image, example_quantizer_image, script_image
 from container_images.python_base import python_base_image
+from machine import budget
 from safetensors.torch import load_file
 
 from harness.artifacts.checkpoint import WEIGHTS_NAME, save_checkpoint
@@ -37,7 +38,7 @@ from reference_methods.simulator.scheme import QuantConfig
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 LIMITS = ContainerLimits(
-    timeout_s=20,
+    timeout_s=round(budget(20)),
     memory_bytes=256 << 20,
     cpus=1.0,
     pids=64,
@@ -201,7 +202,7 @@ def test_sandbox_seen_from_inside(docker_client, track, input_dir, helper_image,
 HOSTILE = {
     "network": ("failed", "Network is unreachable", {}),
     "write_outside": ("failed", "Read-only file system", {}),
-    "fork_bomb": ("process_limit", "limit of 64 processes", {"timeout_s": 6}),
+    "fork_bomb": ("process_limit", "limit of 64 processes", {"timeout_s": round(budget(6))}),
     "memory_hog": ("out_of_memory", "memory limit of 256 MiB", {}),
     "sleeper": ("timed_out", "time limit of 3 s", {"timeout_s": 3}),
     "huge_output": ("output_too_large", "more than the 8 MiB allowed in /output", {}),
@@ -228,7 +229,7 @@ def test_hostile_container_is_contained_with_a_specific_error(
     assert outcome.status == status, outcome
     assert message in outcome.error
     assert outcome.output_dir is None
-    assert outcome.seconds < limits.timeout_s + 5
+    assert outcome.seconds < limits.timeout_s + budget(5)
     _still_serving(docker_client, track, input_dir, helper_image, tmp_path)
 
 

@@ -2,6 +2,7 @@
 package (the rest of the suite runs them on SQLite)."""
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,11 @@ SITE_TESTS = [
 
 def test_site_suite_passes_on_postgresql():
     with postgres_server() as url:
-        env = os.environ | {"DATABASE_URL": url, "OMP_NUM_THREADS": "1"}
+        env = os.environ | {
+            "DATABASE_URL": url,
+            "OMP_NUM_THREADS": "1",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        }
         vendor = subprocess.run(
             [sys.executable, "-c", "import django; django.setup(); "
              "from django.db import connection; print(connection.vendor)"],

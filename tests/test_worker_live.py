@@ -6,14 +6,11 @@ started here from Debian's packages)."""
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 from leaderboard_fixtures import tiny_checkpoints
-from leaderboard_services import TINY_TRACK, LiveSite, live_site
-
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from leaderboard_services import TINY_TRACK, live_site, sign_up_and_create_token, submit, wait_done
 
 __all__ = ["tiny_checkpoints"]
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -26,43 +23,6 @@ def live(request, tiny_track, tmp_path_factory):
     var = tmp_path_factory.mktemp("live_var")
     with live_site(*tiny_track, var, request.param, QUOTA) as site:
         yield site
-
-
-def sign_up_and_create_token(site: LiveSite, username: str) -> tuple[requests.Session, str]:
-    """Sign up through the form, then create an API token on the token page."""
-    browser = requests.Session()
-    browser.get(f"{site.url}/signup/")
-    form = {"username": username, "password1": "Sup3r-secret-pw", "password2": "Sup3r-secret-pw",
-            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}  # fmt: skip
-    response = browser.post(f"{site.url}/signup/", data=form, headers={"Referer": site.url})
-    assert response.ok and f"Log out {username}" in response.text
-    page = browser.post(
-        f"{site.url}/tokens/",
-        data={"name": "ci", "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
-        headers={"Referer": site.url},
-    ).text
-    return browser, re.search(r'id="new-token">(mq_[^<]+)</pre>', page).group(1)
-
-
-def submit(site, token, ckpt, method):
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    files = {"manifest": (MANIFEST_NAME, (ckpt / MANIFEST_NAME).read_bytes()),
-             "weights": (WEIGHTS_NAME, (ckpt / WEIGHTS_NAME).read_bytes())}  # fmt: skip
-    data = {"track": TRACK, "kind": "checkpoint", "method": method}
-    return requests.post(f"{site.url}/api/v1/submissions/", headers=headers, data=data, files=files)
-
-
-def wait_done(site, token, submission_id, timeout_s=180):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body = requests.get(
-            f"{site.url}/api/v1/submissions/{submission_id}/",
-            headers={"Authorization": f"Token {token}"},
-        ).json()
-        if body["status"] not in ("queued", "validating", "running", "scoring"):
-            return body
-        time.sleep(0.5)
-    raise TimeoutError(f"submission {submission_id} still {body['status']}")
 
 
 def test_submission_travels_from_api_through_the_worker_to_the_ranked_board(live, tiny_checkpoints):

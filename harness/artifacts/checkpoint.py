@@ -37,17 +37,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from harness.artifacts import untrusted_json
 from harness.errors import CheckpointError
 from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.layer_extras import FOLDED_INPUT_SCALES
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec, layer_kind
-from reference_methods.simulator.quantizer import MIN_BITS, bits_for_affine_code, bits_for_code
+from reference_methods.simulator.quantizer import (
+    MAX_BITS,
+    MIN_BITS,
+    bits_for_affine_code,
+    bits_for_code,
+)
 from reference_methods.simulator.scheme import quantized_layers
 from reference_methods.simulator.weight_format import to_rows
 
 FORMAT = "medquant-quantized-checkpoint"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_MAX_BYTES = 4 * 2**20
+"""Largest manifest read: ~300 bytes per quantized layer, so room for 10,000+ layers."""
 WEIGHTS_NAME = "weights.safetensors"
 FOLDED_SCALE_TENSOR = "folded_input_scale"
 """``<layer>.folded_input_scale``: the input scale a method folded into the layer's producer,
@@ -84,6 +92,20 @@ _DECLARES = {
     "act_zero_point": "static asymmetric activations",
 }
 _FLOAT32_BYTES = 4
+SUPPORTED_DTYPES = (
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+)
+"""Tensor dtypes a checkpoint may hold: those the simulator computes with (unsigned 16-64-bit
+integers and float8 formats lack the reductions verification needs)."""
 _INT32 = torch.iinfo(torch.int32)
 
 
@@ -161,8 +183,7 @@ def _read_folds(
     """The declared folded input scales {layer: (producer, s)}, their tensors taken out of
     ``tensors``; each must name a quantized layer, a module of the architecture and hold one
     positive, finite factor per input channel of the layer."""
-    manifest = json.loads((ckpt_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    declared = manifest.get("folded_input_scales", {})
+    declared = _read_manifest(ckpt_dir).get("folded_input_scales", {})
     if not isinstance(declared, dict):
         raise CheckpointError("manifest 'folded_input_scales' must map layers to producers")
     folds = {}
@@ -259,13 +280,7 @@ def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
 
 
 def _read_layer_specs(ckpt_dir: Path) -> dict[str, LayerSpec]:
-    path = ckpt_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint has no {MANIFEST_NAME}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{MANIFEST_NAME} is not readable JSON: {error}") from error
+    manifest = _read_manifest(ckpt_dir)
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{MANIFEST_NAME} must be a JSON object")
     if manifest.get("format") != FORMAT:
@@ -289,14 +304,38 @@ def _read_layer_specs(ckpt_dir: Path) -> dict[str, LayerSpec]:
     return specs
 
 
+def _read_manifest(ckpt_dir: Path) -> Any:
+    """The parsed manifest, within ``MANIFEST_MAX_BYTES`` and ``untrusted_json``'s limits."""
+    path = ckpt_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint has no {MANIFEST_NAME}")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MANIFEST_MAX_BYTES + 1)
+        return untrusted_json.loads(data, max_bytes=MANIFEST_MAX_BYTES)
+    except OSError as error:
+        raise CheckpointError(f"{MANIFEST_NAME} is not readable: {error}") from error
+    except untrusted_json.UntrustedJsonError as error:
+        raise CheckpointError(f"{MANIFEST_NAME} {error}") from None
+
+
 def _read_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file; a dtype outside ``SUPPORTED_DTYPES`` is refused."""
     path = ckpt_dir / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"checkpoint has no {WEIGHTS_NAME}")
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{WEIGHTS_NAME} is unreadable or corrupt: {error}") from error
+    for key, tensor in tensors.items():
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            supported = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+            raise CheckpointError(
+                f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, which "
+                f"checkpoints do not support (supported: {supported})"
+            )
+    return tensors
 
 
 def _checked_state(
@@ -400,7 +439,14 @@ def _verified_layer(name: str, spec: LayerSpec, tensors: dict[str, torch.Tensor]
     granularity = spec.weight_granularity
     if scale.numel() == 1 and not has_ids:
         granularity = WeightGranularity.PER_TENSOR
-    weight_bits = max(MIN_BITS, _code_bits(name, spec, codes)[0])
+    code_bits, max_code = _code_bits(name, spec, codes)
+    if code_bits > MAX_BITS:
+        magnitude = "" if spec.weight_zero_point else " in magnitude"
+        raise CheckpointError(
+            f"layer {name!r} holds weight codes up to {max_code}{magnitude}, which need "
+            f"{code_bits} bits; quantized weights take at most {MAX_BITS} bits"
+        )
+    weight_bits = max(MIN_BITS, code_bits)
     entry = LayerSpec(
         spec.kind,
         weight_bits,

@@ -23,11 +23,16 @@ from typing import Literal
 import docker
 import docker.errors
 
+from harness.artifacts import untrusted_json
 from harness.errors import SubmissionError
 
 MANIFEST = "manifest.json"
 _DROPPED = ("repositories",)  # legacy tag file: tags never come from an upload
 _CHUNK = 1 << 20
+MANIFEST_MAX_BYTES = _CHUNK
+"""Largest ``docker save`` manifest read: a few hundred bytes per layer."""
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, UnicodeError, ValueError)
+"""What reading a corrupt or truncated tar raises (``ImageError`` is raised before these)."""
 
 
 class ImageError(SubmissionError):
@@ -109,8 +114,13 @@ def _sanitized_copy(archive: Path, dest: Path) -> str:
         with tarfile.open(archive, "r:") as tar:
             members = {_checked_name(m): m for m in tar.getmembers()}
             manifest = _manifest(tar, members)
-            config = members[manifest["Config"]]
-            digest = "sha256:" + _sha256(tar, _resolve(members, config))
+            config = _resolve(members, members[manifest["Config"]])
+            if not config.isfile():
+                raise ImageError(
+                    f"image archive {MANIFEST} names Config {manifest['Config']!r}, which is not a "
+                    "file"
+                )
+            digest = "sha256:" + _sha256(tar, config)
             manifest["RepoTags"] = None
             data = json.dumps([manifest]).encode()
             with tarfile.open(dest, "w") as out:
@@ -122,7 +132,9 @@ def _sanitized_copy(archive: Path, dest: Path) -> str:
                         out.addfile(member, io.BytesIO(data))
                     else:
                         out.addfile(member, tar.extractfile(member) if member.isfile() else None)
-    except (tarfile.TarError, EOFError, OSError) as error:
+    except ImageError:
+        raise
+    except _ARCHIVE_ERRORS as error:
         raise ImageError(f"image archive is not a readable tar file: {error}") from None
     return digest
 
@@ -146,10 +158,11 @@ def _checked_name(member: tarfile.TarInfo) -> str:
 def _manifest(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo]) -> dict:
     if MANIFEST not in members or not members[MANIFEST].isfile():
         raise ImageError(f"image archive has no {MANIFEST}: is it the output of `docker save`?")
+    data = tar.extractfile(members[MANIFEST]).read(MANIFEST_MAX_BYTES + 1)
     try:
-        manifest = json.loads(tar.extractfile(members[MANIFEST]).read(_CHUNK))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ImageError(f"image archive {MANIFEST} is not valid JSON: {error}") from None
+        manifest = untrusted_json.loads(data, max_bytes=MANIFEST_MAX_BYTES)
+    except untrusted_json.UntrustedJsonError as error:
+        raise ImageError(f"image archive {MANIFEST} {error}") from None
     if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
         raise ImageError(f"image archive {MANIFEST} must describe exactly one image")
     entry = manifest[0]

@@ -50,7 +50,9 @@ RUN_LABEL = "org.medquant.run"
 WORKER_LABEL = "org.medquant.worker"
 HELPER_COMMAND = ["python", "-c", "import signal; signal.pause()"]
 _OUTPUT_SLACK_BYTES = 1 << 20  # the tmpfs is this much larger, so overflowing writes are seen
-_MAX_OUTPUT_FILES = 1000
+_MAX_OUTPUT_ENTRIES = 1000
+"""Files and folders ``/output`` may hold: a checkpoint is two files; each entry costs the runner
+memory while the tar stream is read, so folders count too."""
 _STOP_WAIT_S = 30
 _HELPER_ATTEMPTS = 3
 
@@ -387,12 +389,14 @@ class _Output:
 
     size: int = 0
     files: list[str] = field(default_factory=list)
+    entries: int = 0
     problem: str | None = None
 
 
 def _collect_output(helper: Container, dest: Path | None, limit: int) -> _Output:
     """Read ``/output`` from the helper as a tar stream: its total size (stopping once over the
-    limit) and, into ``dest``, its regular files; links and special files are refused."""
+    limit) and, into ``dest``, its regular files; links and special files are refused, and so is
+    more than ``_MAX_OUTPUT_ENTRIES`` files and folders."""
     chunks, _ = helper.get_archive("/output")
     output = _Output()
     with tarfile.open(fileobj=io.BufferedReader(_ChunkStream(chunks), 1 << 20), mode="r|") as tar:
@@ -401,14 +405,18 @@ def _collect_output(helper: Container, dest: Path | None, limit: int) -> _Output
             if output.size > limit:
                 return output
             top, _, rel = posixpath.normpath(member.name).partition("/")
-            if not rel or member.isdir():
+            if not rel:
+                continue
+            output.entries += 1
+            if output.entries > _MAX_OUTPUT_ENTRIES:
+                output.problem = f"it holds more than {_MAX_OUTPUT_ENTRIES} files and folders"
+                return output
+            if member.isdir():
                 continue
             if top != "output" or rel.startswith(("/", "../")):
                 output.problem = f"{member.name!r} lies outside /output"
             elif not member.isfile():
                 output.problem = f"{rel!r} is not a regular file or folder"
-            elif len(output.files) >= _MAX_OUTPUT_FILES:
-                output.problem = f"it holds more than {_MAX_OUTPUT_FILES} files"
             if output.problem:
                 return output
             output.files.append(rel)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -19,14 +21,31 @@ def _first_message(detail) -> str:
     return str(detail)
 
 
+logger = logging.getLogger(__name__)
+INTERNAL_ERROR_MESSAGE = (
+    "internal server error: the maintainers have the details in the server log; please retry "
+    "later or report it"
+)
+
+
 def error_body_handler(exc, context):
+    """DRF's handler with the one error body; an exception DRF does not know is an internal error:
+    logged with its traceback and answered 500 with the same body (never the HTML error page)."""
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
     response = exception_handler(exc, context)
     if response is None:
-        return None
+        request = context.get("request")
+        logger.error(
+            "internal error answering %s %s",
+            getattr(request, "method", "?"),
+            getattr(request, "path", "?"),
+            exc_info=exc,
+        )
+        body = {"status": 500, "code": "server_error", "message": INTERNAL_ERROR_MESSAGE}
+        return Response({"error": body}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
     detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
     codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
     body = {

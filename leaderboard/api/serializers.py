@@ -93,3 +93,39 @@ class SubmitSerializer(serializers.Serializer):
         max_length=300,
         help_text="container: registry reference instead of a .tar (where a registry is set up)",
     )
+
+
+def paginated(item: type[serializers.Serializer], name: str, **extra) -> type:
+    """The schema of a paginated list of ``item`` (``count``, ``next``, ``previous``,
+    ``results``) as ``PageNumberPagination`` returns it, plus ``extra`` fields."""
+    fields = {
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": item(many=True),
+        **extra,
+    }
+    return type(name, (serializers.Serializer,), fields)
+
+
+PaginatedTracks = paginated(TrackSerializer, "PaginatedTracks")
+PaginatedSubmissions = paginated(SubmissionSerializer, "PaginatedSubmissions")
+PaginatedLeaderboard = paginated(
+    LeaderboardRowSerializer,
+    "PaginatedLeaderboard",
+    reference=LeaderboardRowSerializer(allow_null=True, help_text="the unranked FP32 row"),
+)
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    status = serializers.IntegerField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                   required=False)  # fmt: skip
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error body of every API failure (``leaderboard.api.errors``)."""
+
+    error = ErrorDetailSerializer()

@@ -20,7 +20,11 @@ from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 from harness.backends import backend_names
 from leaderboard.api.renderers import CSVRenderer
 from leaderboard.api.serializers import (
+    ErrorSerializer,
     LeaderboardRowSerializer,
+    PaginatedLeaderboard,
+    PaginatedSubmissions,
+    PaginatedTracks,
     SubmissionSerializer,
     SubmitSerializer,
     TrackSerializer,
@@ -71,7 +75,7 @@ def _track(request, slug: str) -> Track:
         OpenApiParameter("weight_bits", int),
         OpenApiParameter("activation_bits", int),
     ],
-    responses=TrackSerializer(many=True),
+    responses={200: PaginatedTracks, 400: ErrorSerializer},
 )
 @api_view(["GET"])
 def track_list(request):
@@ -81,7 +85,7 @@ def track_list(request):
     return _paginated(request, tracks, TrackSerializer)
 
 
-@extend_schema(responses=TrackSerializer)
+@extend_schema(responses={200: TrackSerializer, 404: ErrorSerializer})
 @api_view(["GET"])
 def track_detail(request, slug: str):
     return Response(TrackSerializer(_track(request, slug)).data)
@@ -97,7 +101,7 @@ def track_detail(request, slug: str):
         OpenApiParameter("sort", str, description="column, '-' prefix for descending"),
         OpenApiParameter("format", str, enum=["json", "csv"], description="csv: every row"),
     ],
-    responses=LeaderboardRowSerializer(many=True),
+    responses={200: PaginatedLeaderboard, 404: ErrorSerializer},
 )
 @api_view(["GET"])
 @renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
@@ -145,9 +149,10 @@ def _visible(request, pk: int) -> Submission:
 @extend_schema(
     methods=["POST"],
     request={"multipart/form-data": SubmitSerializer},
-    responses={201: SubmissionSerializer},
-)
-@extend_schema(methods=["GET"], responses=SubmissionSerializer(many=True))
+    responses={201: SubmissionSerializer, 400: ErrorSerializer, 401: ErrorSerializer,
+               429: ErrorSerializer},
+)  # fmt: skip
+@extend_schema(methods=["GET"], responses=PaginatedSubmissions)
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FormParser])
 @throttle_classes([AnonRateThrottle, UserRateThrottle, SubmitThrottle])
@@ -177,14 +182,14 @@ def submissions(request):
     return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
 
 
-@extend_schema(responses=SubmissionSerializer)
+@extend_schema(responses={200: SubmissionSerializer, 404: ErrorSerializer})
 @api_view(["GET"])
 def submission_detail(request, pk: int):
     """Status and summary of one submission (yours, or any finished public one)."""
     return Response(SubmissionSerializer(_visible(request, pk)).data)
 
 
-@extend_schema(responses={200: dict})
+@extend_schema(responses={200: dict, 404: ErrorSerializer, 409: ErrorSerializer})
 @api_view(["GET"])
 def submission_result(request, pk: int):
     """The full result document (schema medquant-result v1) of a finished submission."""

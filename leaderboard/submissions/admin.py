@@ -12,9 +12,12 @@ class SubmissionAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["status", "kind", "is_baseline", "hidden", "disqualified", "track"]
     search_fields = ["method", "user__username", "team__name"]
+    # State is the worker's: a submission's status, track, owner, artifact, error and baseline
+    # flag change only through the actions below, which use the pipeline's transitions.
     readonly_fields = [
-        "uuid", "artifact_sha256", "image_digest", "created_at", "validating_at", "running_at",
-        "scoring_at", "finished_at", "attempts",
+        "uuid", "status", "track", "user", "team", "kind", "artifact", "artifact_sha256",
+        "image_reference", "image_digest", "error", "is_baseline", "created_at", "validating_at",
+        "running_at", "scoring_at", "finished_at", "attempts",
     ]  # fmt: skip
     actions = ["reevaluate_selected", "hide_selected", "unhide_selected"]
 
@@ -32,6 +35,11 @@ class SubmissionAdmin(admin.ModelAdmin):
     def unhide_selected(self, request, queryset):
         queryset.update(hidden=False, disqualified=False, public_reason="")
         refresh_ranks(queryset.select_related("track"))
+
+    def has_add_permission(self, request) -> bool:
+        """Submissions come through the submit form, the API or ``run_baselines``, never the
+        admin (which could not run intake's checks)."""
+        return False
 
     def save_model(self, request, obj, form, change):
         """Disqualifying or hiding in the form re-ranks the track."""

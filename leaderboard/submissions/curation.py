@@ -23,6 +23,7 @@ def reevaluate(submissions: Iterable[Submission]) -> int:
             locked.validating_at = locked.running_at = locked.scoring_at = None
             locked.finished_at = None
             locked.error = ""
+            locked.attempts = 0  # a re-evaluation is a fresh run: interruptions start over
             locked.save()
             enqueue(locked)
             tracks[locked.track_id] = locked.track

@@ -2,7 +2,7 @@
 
 from django import forms
 
-from leaderboard.submissions.intake import UPLOAD_KINDS
+from leaderboard.submissions.intake import UPLOAD_KINDS, accepted_kinds
 from leaderboard.submissions.models import Kind
 from leaderboard.tracks.models import Track
 
@@ -28,3 +28,14 @@ class SubmitForm(forms.Form):
         max_length=300,
         help_text="or, for a container: its registry reference (where a registry is configured)",
     )
+
+    def __init__(self, *args, **kwargs) -> None:
+        """The kind offers only what some public track (or the track asked for, ``?track=``)
+        takes: no quantizer containers where the site runs none."""
+        super().__init__(*args, **kwargs)
+        slug = self.initial.get("track")
+        tracks = Track.objects.public()
+        if slug:
+            tracks = tracks.filter(slug=slug)
+        taken = {kind for track in tracks for kind in accepted_kinds(track)}
+        self.fields["kind"].choices = [(k.value, k.label) for k in UPLOAD_KINDS if k in taken]

@@ -5,6 +5,7 @@ created and its evaluation enqueued after commit."""
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.db import transaction
@@ -24,6 +25,12 @@ from leaderboard.submissions.tasks import enqueue
 from leaderboard.tracks.models import Track
 
 UPLOAD_KINDS = (Kind.CHECKPOINT, Kind.ONNX, Kind.CONTAINER)
+CONTAINERS_DISABLED = (
+    "this site does not run quantizer containers: no container workers are configured. A "
+    "maintainer enables them with MEDQUANT_CONTAINERS=1 on the site and a Celery worker on the "
+    "`containers` queue with access to Docker (see the README); until then, submit the quantized "
+    "checkpoint or ONNX file your quantizer writes"
+)
 
 
 def accepted_kinds(track: Track) -> tuple[str, ...]:
@@ -38,11 +45,23 @@ def accepted_kinds(track: Track) -> tuple[str, ...]:
 
 
 def check_track(user, track: Track) -> None:
-    """Raise ValidationError unless ``user`` may submit to ``track`` now."""
+    """Raise ValidationError unless ``user`` may submit to ``track`` now (checked again under
+    the quota lock when the row is inserted, see ``_check_quota``)."""
     if not track.is_public and not user.is_staff:
         raise ValidationError({"track": "no such track"})
     if not track.is_open():
         raise ValidationError({"track": f"track {track.slug} is not open for submissions"})
+    _check_quota(user, track)
+
+
+def _lock_quota(user) -> None:
+    """Serialise the quota check and insert of one user's submissions: a row lock on the user
+    (PostgreSQL); SQLite's write transactions already run one at a time (``IMMEDIATE`` mode,
+    see ``config._sqlite``)."""
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+
+
+def _check_quota(user, track: Track) -> None:
     used = Submission.objects.counted_for_quota(user, track).count()
     if used >= track.daily_quota:
         raise ValidationError(
@@ -134,6 +153,8 @@ def accept(
 ) -> Submission:
     """Create the submission and enqueue its evaluation, or raise ValidationError by field.
     ``image`` is a quantizer container's registry reference (instead of an uploaded tarball)."""
+    if kind == Kind.CONTAINER and not settings.MEDQUANT_CONTAINERS:
+        raise ValidationError({"kind": CONTAINERS_DISABLED})
     if kind not in accepted_kinds(track):
         names = ", ".join(Kind(k).label for k in accepted_kinds(track)) or "nothing yet"
         raise ValidationError({"kind": f"this track accepts: {names}"})
@@ -142,7 +163,10 @@ def accept(
         artifact = _container(archive, image)
     else:
         artifact = _artifact(kind, archive, manifest, weights)
+    digest = sha256_of(artifact) if artifact else ""
     with transaction.atomic():
+        _lock_quota(user)
+        _check_quota(user, track)
         submission = Submission(
             track=track,
             user=user,
@@ -152,7 +176,7 @@ def accept(
             description=description,
             paper_url=paper_url,
             code_url=code_url,
-            artifact_sha256=sha256_of(artifact) if artifact else "",
+            artifact_sha256=digest,
             image_reference=image if kind == Kind.CONTAINER else "",
         )
         submission.save()

@@ -108,6 +108,12 @@ class Submission(models.Model):
         help_text="the quantizer container's stdout/stderr (size-capped; submitter only)",
     )
     attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="last sign of life: when it was (re-)enqueued, or its worker's latest beat "
+        "while evaluating (the reconciler re-enqueues a pending one that went quiet)",
+    )
 
     hidden = models.BooleanField(default=False)
     disqualified = models.BooleanField(default=False)

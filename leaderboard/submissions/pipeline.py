@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 from django.conf import settings
 from django.core.files.base import File
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
 from harness.artifacts.precision import granularity_label
 from harness.baselines import compute_baseline, compute_reference
@@ -45,8 +49,65 @@ EVALUATED_KINDS = frozenset({Kind.FP32, Kind.SCHEME, Kind.CHECKPOINT, Kind.ONNX,
 ONNX_NAME = "model.onnx"
 
 
+HEARTBEAT_S = 10
+"""How often a worker evaluating a submission writes its heartbeat (the reconciler takes a
+pending submission quiet for ``reconciler.QUIET_S`` as abandoned by a dead worker)."""
+
+
+@contextmanager
+def heartbeat(submission_id: int, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Write ``heartbeat_at`` now and every ``every_s`` seconds until the block ends (from a
+    thread with its own database connection; a failed beat is retried at the next one). Inside a
+    caller's transaction (the pipeline run in-process, as the tests do) the beats would wait on
+    the row lock that transaction holds: there only the stage writes count."""
+    if connection.in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while True:
+                try:
+                    Submission.objects.filter(pk=submission_id).update(heartbeat_at=timezone.now())
+                except DatabaseError as error:
+                    logger.warning(
+                        "heartbeat of submission %s not written: %s", submission_id, error
+                    )
+                    connection.close()
+                if stop.wait(every_s):
+                    return
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{submission_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Rejected(Exception):
     """The artifact is at fault; the message is for the submitter."""
+
+
+OUT_OF_MEMORY_MARKERS = ("bad allocation", "bad_alloc", "Failed to allocate memory")
+"""How native runtimes (ONNX Runtime, OpenVINO) report an allocation refused by the limit."""
+
+
+def memory_limit_message() -> str:
+    limit = settings.MEDQUANT_EVALUATION_MEMORY_BYTES
+    return f"exceeds the memory limit of {limit / 2**20:.0f} MiB per evaluation"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A ``MemoryError``, or a native runtime's failed allocation (under the evaluation's
+    address-space limit, see ``tasks.limit_memory``)."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OUT_OF_MEMORY_MARKERS)
 
 
 _open_tracks: OrderedDict[str, LoadedTrack] = OrderedDict()
@@ -301,11 +362,17 @@ def _verified(precision: dict) -> str:
 
 
 def run(submission_id: int, *, worker: str = "") -> str:
-    """Evaluate one submission through every stage; returns its final status. ``worker`` names
-    the Celery worker in the labels of the containers it starts (see ``remove_orphans``)."""
+    """Evaluate one submission through every stage, beating its heartbeat; returns its final
+    status. ``worker`` names the Celery worker in the labels of the containers it starts (see
+    ``remove_orphans``)."""
     submission = start(submission_id)
     if submission is None:
         return Submission.objects.get(pk=submission_id).status
+    with heartbeat(submission_id):
+        return _run(submission, submission_id, worker)
+
+
+def _run(submission: Submission, submission_id: int, worker: str) -> str:
     settings.MEDQUANT_WORK_DIR.mkdir(parents=True, exist_ok=True)
     log = [f"attempt {submission.attempts} on track {submission.track.slug}"]
     try:
@@ -320,6 +387,13 @@ def run(submission_id: int, *, worker: str = "") -> str:
         except (Rejected, SubmissionError) as error:
             log.append(f"rejected: {error}")
             _advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
+            return Status.REJECTED
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            message = memory_limit_message()
+            log.append(f"rejected: {message}")
+            _advance(submission_id, Status.REJECTED, error=message, log="\n".join(log))
             return Status.REJECTED
     log.append(_verified(result["submission"]["precision"]))
     _advance(submission_id, Status.SCORING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -172,6 +173,15 @@ class Track(models.Model):
             raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
         if not 0 <= self.max_float_mac_fraction <= 1:
             raise ValidationError({"max_float_mac_fraction": "must be a fraction in [0, 1]"})
+        longest = settings.MEDQUANT_LONGEST_TIME_LIMIT_S
+        if self.time_limit_s + self.quantizer_timeout_s > longest:
+            raise ValidationError(
+                {
+                    "time_limit_s": f"with the quantizer timeout, at most {longest} s "
+                    "(MEDQUANT_LONGEST_TIME_LIMIT_S, from which the broker's visibility timeout "
+                    "is derived)"
+                }
+            )
 
     @property
     def budget(self) -> float:

@@ -1,15 +1,17 @@
 """Verification of a submitted ONNX file before it is scored, and its verified precision.
 
 Checks, in order, each failure an ``OnnxVerificationError`` naming the tensor or node: file size;
-a parsable protobuf; no model-local functions, subgraphs or external data; allowed opset domains
-and op types (default domain + com.microsoft quantization ops); sane declared dimensions and
-initializer sizes; an acyclic graph with every input defined; the track's input/output names,
-element type and shapes; Q/DQ scale inputs present; ``onnx.checker`` (full check, with shape
-inference); static, positive, finite Q/DQ scales; every weighted op (Conv, ConvTranspose, Gemm,
-MatMul with a constant operand) takes its weight through DequantizeLinear from integer codes (an
-integer initializer, or QuantizeLinear of a float initializer as TensorRT-style tools write it)
-that need at most the track's weight bits, float weights covering at most the track's share of
-MACs; every activation quantizer at most the track's activation bits (and, with an activation
+a parsable protobuf; at most ``MAX_NODES`` nodes; no model-local functions, subgraphs or
+external data; allowed opset domains and op types (default domain + com.microsoft quantization
+ops); sane declared dimensions and initializer sizes; an acyclic graph at most
+``MAX_GRAPH_DEPTH`` deep with every input defined; the track's input/output names, element type
+and shapes; Q/DQ scale inputs present; ``onnx.checker`` (full check, with shape inference); every
+tensor's inferred size within ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the input's; static,
+positive, finite Q/DQ scales; every weighted op (Conv, ConvTranspose, Gemm, MatMul with a
+constant operand) takes its weight through DequantizeLinear from integer codes (an integer
+initializer, or QuantizeLinear of a float initializer as TensorRT-style tools write it) that need
+at most the track's weight bits, float weights covering at most the track's share of MACs; every
+activation quantizer at most the track's activation bits (and, with an activation
 limit, every quantized op's input quantized); metadata precision claims not below what is carried.
 
 Bits of a weight = min(storage bits, fewest bits spanning its code range max - min), so int8
@@ -61,6 +63,16 @@ DEFAULT_MAX_BYTES = 512 * 2**20
 MAX_DIM = 2**16  # no input/output dimension of a segmentation graph is larger
 MAX_ELEMENTS = 2**31  # no single tensor is larger
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+MAX_NODES = 50_000
+"""Most nodes a graph may have: the shipped models' Q/DQ exports have a few thousand; every node
+costs verification and session creation time (300,000 Identity nodes cost 74 s and 2 GB)."""
+MAX_GRAPH_DEPTH = 10_000
+"""Longest chain of nodes from an input to an output (the shipped exports: a few hundred)."""
+MAX_ELEMENTS_PER_INPUT_ELEMENT = 256
+"""Largest intermediate tensor, inferred shapes included, per element of the track's input (one
+sample): a segmentation network's widest tensor is its full-resolution stage at 16-64 channels,
+so 256 leaves room while a graph that ``Expand``s its logits thousands of times is refused
+before it runs."""
 ALLOWED_DOMAINS = {"": "default", "ai.onnx": "default", "com.microsoft": "com.microsoft"}
 DEFAULT_OPS = frozenset(
     [
@@ -259,6 +271,7 @@ def _verified(
     path = Path(path)
     size = _check_size(path, limits.max_bytes)
     model = _parse(path.read_bytes())
+    _check_node_count(model.graph)
     _check_containers(model)
     _check_external_data(model)
     opset = _check_domains_and_ops(model)
@@ -273,6 +286,7 @@ def _verified(
             f"onnx.checker rejects the model: {_first_line(error)}"
         ) from None
     index = GraphIndex(model, infer_shapes(model))
+    _check_inferred_sizes(index, interface)
     _check_quantizer_scales(index)
     layers = [_weighted_layer(op, index, limits) for op in weighted_ops(index)]
     _check_float_layers(layers, limits)
@@ -305,6 +319,29 @@ def _parse(data: bytes) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxVerificationError("not a valid ONNX file: it holds no graph nodes")
     return model
+
+
+def _check_node_count(graph: onnx.GraphProto) -> None:
+    if len(graph.node) > MAX_NODES:
+        raise OnnxVerificationError(
+            f"the graph has {len(graph.node)} nodes; the limit is {MAX_NODES}"
+        )
+
+
+def _check_inferred_sizes(index: GraphIndex, interface: OnnxInterface) -> None:
+    """No tensor the graph computes, by its inferred shape (batch excluded: unknown dimensions
+    count as 1), exceeds ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the track's input."""
+    limit = MAX_ELEMENTS_PER_INPUT_ELEMENT * math.prod(interface.input_shape)
+    for name, dims in index.shapes.items():
+        if name in index.constants:
+            continue
+        elements = math.prod(d for d in dims if d is not None)
+        if elements > limit:
+            raise OnnxVerificationError(
+                f"tensor {name!r} would hold {elements} elements per sample (inferred shape "
+                f"{['N' if d is None else d for d in dims]}); at most {limit} "
+                f"({MAX_ELEMENTS_PER_INPUT_ELEMENT}x the track's input) are allowed"
+            )
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -433,6 +470,7 @@ def _check_graph_structure(graph: onnx.GraphProto) -> None:
                     f"node {node.name!r} reads tensor {name!r}, which nothing defines"
                 )
     state = [0] * len(graph.node)  # 0 unvisited, 1 on the stack, 2 done
+    depth = [0] * len(graph.node)  # longest chain of nodes ending at each node
     for start in range(len(graph.node)):
         if state[start]:
             continue
@@ -443,6 +481,15 @@ def _check_graph_structure(graph: onnx.GraphProto) -> None:
             name = next(inputs, None)
             if name is None:
                 state[position] = 2
+                depth[position] = 1 + max(
+                    (depth[producers[i]] for i in graph.node[position].input if i in producers),
+                    default=0,
+                )
+                if depth[position] > MAX_GRAPH_DEPTH:
+                    raise OnnxVerificationError(
+                        f"the graph is more than {MAX_GRAPH_DEPTH} nodes deep (at node "
+                        f"{graph.node[position].name!r})"
+                    )
                 stack.pop()
                 continue
             producer = producers.get(name)

@@ -26,8 +26,9 @@ def _check_free(addrport: str) -> None:
 
 class Command(BaseCommand):
     help = (
-        "Serve the site with runserver and a Celery worker (queues cpu, containers) started as a "
-        "child process; the worker stops when the server does."
+        "Serve the site with runserver, a Celery worker (queues cpu, containers) and the "
+        "reconciler (manage.py reconcile) started as child processes; they stop when the server "
+        "does."
     )
 
     def add_arguments(self, parser):
@@ -46,10 +47,14 @@ class Command(BaseCommand):
             # this command, which then shuts the worker down as a whole (pool children too)
             start_new_session=True,
         )  # fmt: skip
+        reconciler = subprocess.Popen(
+            [sys.executable, sys.argv[0], "reconcile"], start_new_session=True
+        )
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below
         try:
             call_command("runserver", addrport, use_reloader=False)
         finally:
+            _stop(reconciler)
             _stop(worker)
 
 
