@@ -86,9 +86,11 @@ class PatchGrid:
 
     @classmethod
     def of(cls, shape: tuple[int, ...], spec: SlidingWindowSpec) -> PatchGrid:
+        """The grid MONAI's inferer uses on a volume of ``shape`` voxels, with the stream axis
+        minimising the accumulator and the patches stably ordered by their start along it."""
         roi = spec.roi_size
-        padding = tuple((max(r - n, 0) // 2, max(r - n, 0) - max(r - n, 0) // 2)
-                        for n, r in zip(shape, roi, strict=True))  # fmt: skip
+        shortfall = [max(r - n, 0) for n, r in zip(shape, roi, strict=True)]
+        padding = tuple((d // 2, d - d // 2) for d in shortfall)  # MONAI: half before
         padded = tuple(max(n, r) for n, r in zip(shape, roi, strict=True))
         # MONAI's scan interval (monai.inferers.utils._get_scan_interval)
         interval = tuple(
