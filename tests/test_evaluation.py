@@ -42,8 +42,14 @@ def test_pipelined_evaluation_equals_scoring_each_case_in_turn(tiny_track):
         )
         assert got.dsc == dice_per_class(pred, loaded.label, classes)
         assert got.nsd == nsd_per_class(pred, loaded.label, classes, loaded.spacing, 2.0)
-    assert set(run.timer.seconds) == {"io", "preprocess", "inference", "postprocess", "metrics"}
+    stages = {"io", "preprocess", "inference", "postprocess", "metrics"}
+    assert set(run.timer.seconds) == stages
     assert 0 < run.timer.seconds["inference"] <= run.wall_seconds
+    for stage in stages:  # the run's busy seconds are the sum of its cases' own
+        total = sum(c.seconds[stage] for c in run.cases)
+        assert total == pytest.approx(run.timer.seconds[stage], rel=1e-9)
+    peaks = [c.peak_rss_mb for c in run.cases]
+    assert all(p > 0 for p in peaks) and peaks == sorted(peaks)  # a high-water mark
     assert _harness_threads() == []
 
 

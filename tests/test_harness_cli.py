@@ -62,7 +62,10 @@ def test_evaluate_fp32_writes_a_valid_result(demo, tmp_path):
     assert summary["dsc_drop_pct"] == 0.0
     assert summary["dsc_ci95"][0] <= summary["mean_dsc"] <= summary["dsc_ci95"][1]
     assert len(result["cases"]) == 8 and set(result["classes"]) == {"1", "2", "3", "4", "5"}
-    assert {"io", "preprocess", "inference", "postprocess", "metrics"} <= set(result["timings"])
+    stages = {"io", "preprocess", "inference", "postprocess", "metrics"}
+    assert stages <= set(result["timings"])
+    for case in result["cases"]:
+        assert set(case["seconds"]) == stages and case["peak_rss_mb"] > 0
 
 
 @pytest.mark.slow

@@ -115,7 +115,7 @@ def test_efficiency_measures_latency_size_memory_and_kernels(track, onnx_files, 
     for key in ("per_patch", "per_batch", "per_volume"):
         assert 0 < latency[key]["median_ms"] <= latency[key]["p95_ms"]
         assert latency[key]["runs"] == 3
-    batch = first_patch_batch(volume, window, network)
+    batch = first_patch_batch(volume, window)
     assert latency["per_batch"]["batch_size"] == len(batch) <= window.sw_batch_size
     assert stats["size_bytes"] == int8.stat().st_size
     assert stats["peak_rss_mb"] > 0

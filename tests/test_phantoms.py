@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -11,8 +12,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from harness.data import phantoms as phantom_module
 from harness.data.dataset import load_dataset
-from harness.data.phantoms import PHANTOM_LABELS, make_phantom, write_phantom_dataset
+from harness.data.phantoms import (
+    CLINICAL_LABELS,
+    PHANTOM_LABELS,
+    make_phantom,
+    phantom_labels,
+    write_phantom_dataset,
+)
 
 CASES = 4
 
@@ -125,3 +133,54 @@ def test_dataset_json_is_msd_style_and_files_load_on_matching_grids(dataset: Pat
 def test_writing_no_cases_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         write_phantom_dataset(tmp_path / "empty", cases=0)
+
+
+#: sha256 of the image, label and affine bytes of ``make_phantom(0, 0)`` as first generated: the
+#: demo data, its boards and its shipped models rest on these exact arrays.
+DEMO_CASE_0_SHA256 = "46a5da853db5f224bfaa221775056e1c353c55f940c7d4a27d6c54c095520a4e"
+
+
+def test_demo_phantoms_stay_byte_identical() -> None:
+    digest = hashlib.sha256()
+    for array in make_phantom(0, 0):
+        digest.update(array.tobytes())
+    assert digest.hexdigest() == DEMO_CASE_0_SHA256
+
+
+@pytest.fixture(scope="module")
+def coarse_clinical() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A clinical-size case on a 4x coarser grid over the same field of view (the full
+    512x512x200 case takes minutes to draw): same code path, same anatomy scale."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(phantom_module, "CLINICAL_SHAPE", (128, 128, 50))
+        patch.setattr(phantom_module, "CLINICAL_SPACING_MM", (3.2, 3.2, 10.0))
+        return make_phantom(0, 0, "clinical")
+
+
+def test_clinical_phantoms_have_fourteen_classes_on_the_clinical_grid(coarse_clinical) -> None:
+    image, label, affine = coarse_clinical
+    assert len(CLINICAL_LABELS) == 14 and phantom_labels("clinical") == CLINICAL_LABELS
+    assert image.shape == label.shape == (128, 128, 50)
+    assert image.dtype == np.int16 and label.dtype == np.uint8
+    np.testing.assert_allclose(nib.affines.voxel_sizes(affine), (3.2, 3.2, 10.0))
+    assert set(np.unique(label).tolist()) == set(CLINICAL_LABELS)
+    # the body fills the wider field of view as it fills the demo's
+    demo_image = make_phantom(0, 0)[0]
+    fraction = (image > -500).mean()
+    assert abs(fraction - (demo_image > -500).mean()) < 0.1
+
+
+def test_clinical_parts_keep_left_and_right_on_the_patients_sides(coarse_clinical) -> None:
+    _, label, _ = coarse_clinical
+    name = {v: k for k, v in CLINICAL_LABELS.items()}
+    # array axis 0 runs towards the patient's left
+    x = {k: np.nonzero(label == name[k])[0].mean() for k in ("kidney_right", "kidney_left",
+         "paraspinal_right", "paraspinal_left", "liver_right_lobe", "spleen")}  # fmt: skip
+    assert x["kidney_right"] < x["kidney_left"]
+    assert x["paraspinal_right"] < x["paraspinal_left"]
+    assert x["liver_right_lobe"] < x["spleen"]
+
+
+def test_an_unknown_phantom_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown phantom size"):
+        write_phantom_dataset(tmp_path / "x", cases=1, size="huge")

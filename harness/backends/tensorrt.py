@@ -220,7 +220,7 @@ class TensorRTBackend(Backend):
     ) -> dict:
         from harness.inference.efficiency import first_patch_batch
 
-        batch = first_patch_batch(volume, window, opened.network)
+        batch = first_patch_batch(volume, window)
         report = engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
         if fp32 is not None and protocol is not None:
             engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-fp32-"))

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from harness.data.phantoms import PHANTOM_SIZES
+
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from harness.data.demo import write_demo
@@ -20,8 +22,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_make_phantoms(args: argparse.Namespace) -> None:
     from harness.data.demo import make_phantoms
 
-    out = make_phantoms(Path(args.out), args.cases, args.seed, progress=not args.quiet)
-    print(f"wrote {args.cases} phantom cases to {out}")
+    out = make_phantoms(
+        Path(args.out), args.cases, args.seed, progress=not args.quiet, size=args.size
+    )
+    print(f"wrote {args.cases} {args.size} phantom cases to {out}")
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -39,4 +43,11 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--cases", type=int, default=28)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size",
+        choices=PHANTOM_SIZES,
+        default="demo",
+        help="demo (~110x110x35 voxels, 6 classes) or clinical (512x512x200 at 0.8x0.8x2.5 mm, "
+        "14 classes)",
+    )
     p.set_defaults(func=cmd_make_phantoms)

@@ -6,20 +6,14 @@ import torch
 
 from harness.data.dataset import Case
 from harness.data.preprocessing import preprocess, read_case
+from harness.inference.sliding_window import patch_batches
 from harness.models.reference import ModelSpec
 
 
 def volume_patches(image: torch.Tensor, spec: ModelSpec) -> list[torch.Tensor]:
-    """Patch batches (B, C, *roi) of one preprocessed volume, as the inferer would cut them."""
-    batches: list[torch.Tensor] = []
-    out_channels = len(spec.labels)
-
-    def collect(batch: torch.Tensor) -> torch.Tensor:
-        batches.append(torch.as_tensor(batch).clone())
-        return torch.zeros((batch.shape[0], out_channels, *batch.shape[2:]))
-
-    spec.sliding_window.inferer()(torch.as_tensor(image)[None].float(), collect)
-    return batches
+    """Patch batches (B, C, *roi) of one preprocessed volume, as sliding-window inference cuts
+    them (copies, not views into the volume)."""
+    return [batch.clone() for _, batch in patch_batches(image, spec.sliding_window)]
 
 
 def calibration_batches(cases: tuple[Case, ...], spec: ModelSpec) -> list[torch.Tensor]:

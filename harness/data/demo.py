@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from harness.data.dataset import write_splits
-from harness.data.phantoms import write_phantom_dataset
+from harness.data.phantoms import PhantomSize, write_phantom_dataset
 
 DEMO_MODELS_DIR = Path(__file__).parents[1] / "models" / "demo_models"
 #: Shipped model folders in the layouts maintainers bring (nnU-Net v2), imported by the demo.
@@ -33,11 +33,13 @@ def phantom_splits(cases: int) -> dict[str, list[str]]:
     return {name: [f"phantom_{i:03d}" for i in r] for name, r in ranges.items()}
 
 
-def make_phantoms(out: Path, cases: int, seed: int, progress: bool = False) -> Path:
-    """Write a phantom dataset in MSD layout with its ``splits.json``."""
+def make_phantoms(
+    out: Path, cases: int, seed: int, progress: bool = False, size: PhantomSize = "demo"
+) -> Path:
+    """Write a phantom dataset of ``size`` in MSD layout with its ``splits.json``."""
     if cases < 3:
         raise ValueError("need at least 3 cases (train, calibration and test)")
-    write_phantom_dataset(out, cases=cases, seed=seed, progress=progress)
+    write_phantom_dataset(out, cases=cases, seed=seed, progress=progress, size=size)
     write_splits(out, phantom_splits(cases))
     return out
 

@@ -14,12 +14,21 @@ plus smoothed texture, a slight blur for partial-volume edges and global Gaussia
 
 Every random draw of case ``index`` comes from ``np.random.default_rng([seed, index])``, so a case
 is reproducible on its own, whatever else is generated.
+
+Two sizes (``PHANTOM_SIZES``): ``demo`` (the default: about 110×110×35 voxels of 1.5-1.8 mm ×
+4.5-5 mm drawn per case, five organ classes) and ``clinical`` (512×512×200 voxels of 0.8×0.8×2.5 mm,
+a clinical CT's grid, with 13 organ classes: the liver, kidneys and vertebra split into their
+parts, the paraspinal muscles labelled, and an inferior vena cava, gallbladder and pancreas added;
+14 classes with the background). A clinical case draws the same kind of anatomy in the same
+patient-frame millimetres, magnified by ``CLINICAL_ANATOMY_SCALE`` so that the body fills the wider
+field of view as it fills the demo's.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -34,8 +43,31 @@ PHANTOM_LABELS: dict[int, str] = {
     4: "aorta",
     5: "vertebra",
 }
+CLINICAL_LABELS: dict[int, str] = {
+    0: "background",
+    1: "liver_right_lobe",
+    2: "liver_left_lobe",
+    3: "spleen",
+    4: "kidney_right",
+    5: "kidney_left",
+    6: "aorta",
+    7: "inferior_vena_cava",
+    8: "vertebral_body",
+    9: "vertebral_arch",
+    10: "paraspinal_right",
+    11: "paraspinal_left",
+    12: "gallbladder",
+    13: "pancreas",
+}
+PhantomSize = Literal["demo", "clinical"]
+PHANTOM_SIZES: tuple[PhantomSize, ...] = ("demo", "clinical")
 FOV_INPLANE_MM = 180.0
 FOV_Z_MM = 170.0
+#: The clinical grid: 512×512 slices of 0.8 mm (a 41 cm field of view), 200 slices of 2.5 mm.
+CLINICAL_SHAPE = (512, 512, 200)
+CLINICAL_SPACING_MM = (0.8, 0.8, 2.5)
+#: Magnification of the anatomy on the clinical grid: its in-plane field of view over the demo's.
+CLINICAL_ANATOMY_SCALE = CLINICAL_SHAPE[0] * CLINICAL_SPACING_MM[0] / FOV_INPLANE_MM
 # Mean Hounsfield units (contrast-enhanced, portal-venous-like phase).
 HU = {
     "air": -1000.0,
@@ -47,6 +79,9 @@ HU = {
     "spleen": 105.0,
     "kidneys": 155.0,
     "aorta": 210.0,
+    "ivc": 150.0,
+    "gallbladder": 15.0,
+    "pancreas": 100.0,
     "bone_interior": 270.0,
     "bone_cortex": 520.0,
 }
@@ -59,6 +94,9 @@ TEXTURE_HU = {
     "spleen": 6.0,
     "kidneys": 8.0,
     "aorta": 4.0,
+    "ivc": 5.0,
+    "gallbladder": 4.0,
+    "pancreas": 8.0,
     "bone_interior": 25.0,
     "bone_cortex": 40.0,
 }
@@ -130,13 +168,20 @@ def _superellipse(u: np.ndarray, v: np.ndarray, a: float, b: float, power: float
     return (np.abs(u / a) ** power + np.abs(v / b) ** power) ** (1.0 / power)
 
 
-def _geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], np.ndarray, Grid]:
-    """Per-case grid shape, scanner-like affine and the voxel centres in patient millimetres."""
-    s_xy = float(rng.uniform(1.5, 1.8))
-    s_z = float(rng.uniform(4.5, 5.0))
-    n_xy = round(FOV_INPLANE_MM / s_xy)
-    n_z = round(FOV_Z_MM / s_z)
-    shape = (n_xy, n_xy, n_z)
+def _geometry(
+    rng: np.random.Generator, size: PhantomSize
+) -> tuple[tuple[int, int, int], np.ndarray, Grid]:
+    """Per-case grid shape, scanner-like affine and the voxel centres in patient millimetres
+    (divided by ``CLINICAL_ANATOMY_SCALE`` on the clinical grid)."""
+    if size == "clinical":
+        (s_xy, _, s_z), shape = CLINICAL_SPACING_MM, CLINICAL_SHAPE
+        n_xy, n_z = shape[0], shape[2]
+    else:
+        s_xy = float(rng.uniform(1.5, 1.8))
+        s_z = float(rng.uniform(4.5, 5.0))
+        n_xy = round(FOV_INPLANE_MM / s_xy)
+        n_z = round(FOV_Z_MM / s_z)
+        shape = (n_xy, n_xy, n_z)
     # Array axes run towards L, P, S; RAS world x and y therefore decrease along them. The field
     # of view is centred near the scanner isocentre; z is a table position.
     affine = np.diag([-s_xy, -s_xy, s_z, 1.0])
@@ -146,6 +191,8 @@ def _geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], np.ndarra
         rng.uniform(-420, -380),
     ]
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, (s_xy, s_xy, s_z), strict=True)]
+    if size == "clinical":
+        axes = [a / CLINICAL_ANATOMY_SCALE for a in axes]
     grid = (
         axes[0][:, None, None].astype(np.float32),
         axes[1][None, :, None].astype(np.float32),
@@ -154,15 +201,26 @@ def _geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], np.ndarra
     return shape, affine, grid
 
 
-def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def phantom_labels(size: PhantomSize = "demo") -> dict[int, str]:
+    """The label table of phantoms of ``size``."""
+    if size not in PHANTOM_SIZES:
+        raise ValueError(f"unknown phantom size {size!r} (expected one of: {PHANTOM_SIZES})")
+    return CLINICAL_LABELS if size == "clinical" else PHANTOM_LABELS
+
+
+def make_phantom(
+    seed: int, index: int, size: PhantomSize = "demo"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic abdominal CT case.
 
     Returns the image (int16 Hounsfield units, shape X×Y×Z), the label map (uint8, same shape,
-    values of ``PHANTOM_LABELS``) and the 4×4 float64 voxel-to-RAS affine. The same ``seed`` and
-    ``index`` always give identical arrays.
+    values of ``phantom_labels(size)``) and the 4×4 float64 voxel-to-RAS affine. The same
+    ``seed``, ``index`` and ``size`` always give identical arrays.
     """
+    value = {name: key for key, name in phantom_labels(size).items()}
+    clinical = size == "clinical"
     rng = np.random.default_rng([seed, index])
-    shape, affine, grid = _geometry(rng)
+    shape, affine, grid = _geometry(rng, size)
     u, v, w = grid
     half_z = FOV_Z_MM / 2
 
@@ -208,12 +266,14 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     vertebra = (vert_body | arch | spinous) & body
     # Paraspinal muscles either side of the posterior elements (unlabelled).
     para = rng.uniform(12, 15), rng.uniform(9, 12)
-    for side in (-1.0, 1.0):
+    for side, name in ((-1.0, "paraspinal_right"), (1.0, "paraspinal_left")):
         paraspinal = _superellipse(u - vert_u - side * 20.0, v - arch_v - 6.0, *para, 2.0) < 1.0
         paint(paraspinal & body, "muscle")
+        if clinical:
+            label[paraspinal & body] = value[name]
 
     # Liver: large right lobe plus a left lobe reaching across the midline anteriorly.
-    liver = _organ(
+    right_lobe = _organ(
         rng,
         grid,
         shape,
@@ -222,7 +282,7 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         _rotation(rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)),
         0.12,
     )
-    liver |= _organ(
+    left_lobe = _organ(
         rng,
         grid,
         shape,
@@ -231,6 +291,7 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         _rotation(rng.uniform(-20, 5)),
         0.15,
     )
+    liver = right_lobe | left_lobe
     spleen = _organ(
         rng,
         grid,
@@ -241,7 +302,7 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         0.12,
     )
     # Kidneys: bean shapes (medial hilum notch), posterior, the right one a little lower.
-    kidneys = np.zeros(shape, dtype=bool)
+    kidney_sides = []
     for side, height in ((-1.0, rng.uniform(-18, -4)), (1.0, rng.uniform(-8, 6))):
         centre_u = side * rng.uniform(36, 42)
         centre_v = vert_v + rng.uniform(-6, 0)
@@ -255,7 +316,10 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
             0.08,
         )
         hilum = (centre_u - side * 14.0, centre_v - 4.0, height)
-        kidneys |= kidney & (_ellipsoid_radius(grid, hilum, (7.0, 6.0, 12.0), np.eye(3)) > 1.0)
+        kidney_sides.append(
+            kidney & (_ellipsoid_radius(grid, hilum, (7.0, 6.0, 12.0), np.eye(3)) > 1.0)
+        )
+    kidneys = kidney_sides[0] | kidney_sides[1]
     # Aorta: tube left of the midline, anterior to the vertebral body, ending at the bifurcation.
     aorta_r = rng.uniform(8, 10.5) * (
         1.0 + 0.07 * np.sin(2 * np.pi * w / rng.uniform(80, 140) + rng.uniform(0, 2 * np.pi))
@@ -267,23 +331,30 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     # Painting order (later overwrites earlier, in image and label alike): the kidneys lie in the
     # liver's renal impression, the spleen wraps the left kidney's upper pole, and the aorta and
-    # the vertebra keep their whole tube and bone shapes.
-    organs = {
-        "liver": liver & cavity,
-        "kidneys": kidneys & cavity,
-        "spleen": spleen & cavity,
-        "aorta": aorta & cavity,
-        "vertebra": vertebra,
-    }
-    value = {name: key for key, name in PHANTOM_LABELS.items()}
-    for name, mask in organs.items():
-        if name == "vertebra":
+    # the vertebra keep their whole tube and bone shapes. Each organ is (tissue, {label: mask}).
+    if clinical:
+        organs = _clinical_organs(
+            rng, grid, shape, (right_lobe, left_lobe), kidney_sides, spleen, aorta, cavity,
+            (vert_body, arch | spinous, body), (vert_u, vert_v, vert_r, aorta_r, bifurcation),
+        )  # fmt: skip
+    else:
+        organs = [
+            ("liver", {"liver": liver & cavity}),
+            ("kidneys", {"kidneys": kidneys & cavity}),
+            ("spleen", {"spleen": spleen & cavity}),
+            ("aorta", {"aorta": aorta & cavity}),
+            ("vertebra", {"vertebra": vertebra}),
+        ]
+    for tissue, parts in organs:
+        mask = np.logical_or.reduce(list(parts.values()))
+        if tissue == "vertebra":
             interior = ndimage.binary_erosion(mask, structure=np.ones((3, 3, 1), dtype=bool))
             paint(mask, "bone_cortex")
             paint(interior, "bone_interior")
         else:
-            paint(mask, name)
-        label[mask] = value[name]
+            paint(mask, tissue)
+        for name, part in parts.items():
+            label[part] = value[name]
 
     # Partial volume at edges, per-case calibration offset, scanner noise.
     image = ndimage.gaussian_filter(image, sigma=(0.6, 0.6, 0.3))
@@ -292,22 +363,85 @@ def make_phantom(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return image, label, affine
 
 
-def _dataset_json(cases: int) -> dict:
-    """MSD-style dataset description for ``cases`` training cases."""
+def _clinical_organs(
+    rng: np.random.Generator,
+    grid: Grid,
+    shape: tuple[int, int, int],
+    lobes: tuple[np.ndarray, np.ndarray],
+    kidney_sides: list[np.ndarray],
+    spleen: np.ndarray,
+    aorta: np.ndarray,
+    cavity: np.ndarray,
+    spine: tuple[np.ndarray, np.ndarray, np.ndarray],
+    anchors: tuple[float, float, tuple[float, float], np.ndarray, float],
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The clinical size's organs in painting order, as (tissue, {label name: mask}): the demo's
+    organs split into parts, plus an inferior vena cava (a tube right of the spine, anterior to
+    it, up to the liver), a gallbladder (under the right lobe) and a pancreas (across the midline,
+    anterior to the aorta), painted after the liver so they sit in it."""
+    u, v, w = grid
+    vert_body, vert_arch, body = spine
+    vert_u, vert_v, vert_r, aorta_r, bifurcation = anchors
+    right_lobe, left_lobe = lobes
+    ivc_r = rng.uniform(8, 11)
+    ivc_u = vert_u - rng.uniform(18, 24)
+    ivc_v = vert_v - vert_r[1] - ivc_r - rng.uniform(0.5, 2.5)
+    ivc = (np.hypot(u - ivc_u, v - ivc_v) < ivc_r) & (w > bifurcation) & (w < rng.uniform(40, 60))
+    gallbladder = _organ(
+        rng,
+        grid,
+        shape,
+        (rng.uniform(-34, -26), rng.uniform(-30, -22), rng.uniform(5, 15)),
+        (rng.uniform(11, 14), rng.uniform(13, 17), rng.uniform(22, 28)),
+        _rotation(rng.uniform(-20, 20), rng.uniform(-10, 10)),
+        0.06,
+    )
+    pancreas = _organ(
+        rng,
+        grid,
+        shape,
+        (rng.uniform(8, 16), vert_v - vert_r[1] - 2 * float(aorta_r.max()) - rng.uniform(8, 12),
+         rng.uniform(0, 10)),
+        (rng.uniform(38, 46), rng.uniform(7, 10), rng.uniform(9, 12)),
+        _rotation(rng.uniform(-20, -5)),
+        0.10,
+    )  # fmt: skip
+    return [
+        ("liver", {"liver_right_lobe": right_lobe & cavity,
+                   "liver_left_lobe": left_lobe & ~right_lobe & cavity}),
+        ("kidneys", {"kidney_right": kidney_sides[0] & cavity,
+                     "kidney_left": kidney_sides[1] & cavity}),
+        ("spleen", {"spleen": spleen & cavity}),
+        ("gallbladder", {"gallbladder": gallbladder & cavity}),
+        ("pancreas", {"pancreas": pancreas & cavity}),
+        ("ivc", {"inferior_vena_cava": ivc & cavity}),
+        ("aorta", {"aorta": aorta & cavity}),
+        ("vertebra", {"vertebral_body": vert_body & body, "vertebral_arch": vert_arch & body}),
+    ]  # fmt: skip
+
+
+def _dataset_json(cases: int, size: PhantomSize = "demo") -> dict:
+    """MSD-style dataset description for ``cases`` training cases of ``size``."""
     ids = [f"phantom_{i:03d}" for i in range(cases)]
+    labels = phantom_labels(size)
+    if size == "demo":
+        name, organs = "AbdomenPhantom", "liver, spleen, kidneys, aorta and vertebra"
+    else:
+        name = "AbdomenPhantomClinical"
+        organs = ", ".join(label for key, label in labels.items() if key)
+        organs = f"{organs} on a clinical 512x512x200 grid of 0.8x0.8x2.5 mm"
     return {
-        "name": "AbdomenPhantom",
+        "name": name,
         "description": (
-            "Synthetic abdominal CT phantoms (not patient data): perturbed-ellipsoid liver, "
-            "spleen, kidneys, aorta and vertebra in Hounsfield units, generated by "
-            "harness.data.phantoms for demos and tests."
+            f"Synthetic abdominal CT phantoms (not patient data): perturbed-ellipsoid {organs} "
+            "in Hounsfield units, generated by harness.data.phantoms for demos and tests."
         ),
         "reference": "Generated by harness/data/phantoms.py (medquant-leaderboard)",
         "licence": "CC0-1.0",
         "release": "1.0",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
-        "labels": {str(k): v for k, v in PHANTOM_LABELS.items()},
+        "labels": {str(k): v for k, v in labels.items()},
         "numTraining": cases,
         "numTest": 0,
         "training": [
@@ -328,21 +462,24 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def write_phantom_dataset(out: Path, cases: int, seed: int = 0, progress: bool = False) -> Path:
+def write_phantom_dataset(
+    out: Path, cases: int, seed: int = 0, progress: bool = False, size: PhantomSize = "demo"
+) -> Path:
     """Write ``cases`` phantoms as an MSD dataset under ``out`` and return ``out``.
 
     Creates ``out/dataset.json``, ``out/imagesTr/phantom_XXX.nii.gz`` (int16 HU) and
-    ``out/labelsTr/phantom_XXX.nii.gz`` (uint8). Case ``i`` is ``make_phantom(seed, i)``.
+    ``out/labelsTr/phantom_XXX.nii.gz`` (uint8). Case ``i`` is ``make_phantom(seed, i, size)``.
     """
+    phantom_labels(size)  # refuses an unknown size before anything is written
     if cases < 1:
         raise ValueError(f"cases must be at least 1, got {cases}")
     out = Path(out)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     for index in tqdm(range(cases), desc="phantoms", unit="case", disable=not progress):
-        image, label, affine = make_phantom(seed, index)
+        image, label, affine = make_phantom(seed, index, size)
         cid = f"phantom_{index:03d}"
         _save_nifti(image, affine, out / "imagesTr" / f"{cid}.nii.gz")
         _save_nifti(label, affine, out / "labelsTr" / f"{cid}.nii.gz")
-    (out / "dataset.json").write_text(json.dumps(_dataset_json(cases), indent=2) + "\n")
+    (out / "dataset.json").write_text(json.dumps(_dataset_json(cases, size), indent=2) + "\n")
     return out

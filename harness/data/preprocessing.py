@@ -283,23 +283,36 @@ def preprocess(case: LoadedCase, spec: PreprocessSpec, *, with_label: bool = Fal
 def restore_to_original(
     prediction: torch.Tensor, preprocessed: MetaTensor, original: MetaTensor
 ) -> np.ndarray:
-    """Resample a label map (x, y, z) from the preprocessed grid onto the original image grid
-    (nearest neighbour through both affines: j = round(A_pre⁻¹ · A_orig · i), border-clamped),
-    as the label map metrics are computed on."""
+    """Resample a label map (x, y, z) from the preprocessed grid onto the original image grid,
+    as the label map metrics are computed on (see ``restore_to_grid``)."""
+    return restore_to_grid(
+        prediction, preprocessed.affine, original.affine, tuple(original.shape[1:])
+    )
+
+
+def restore_to_grid(
+    prediction: torch.Tensor,
+    source_affine: torch.Tensor | np.ndarray,
+    target_affine: torch.Tensor | np.ndarray,
+    target_shape: tuple[int, int, int],
+) -> np.ndarray:
+    """Resample an integer label map (x, y, z) on ``source_affine``'s grid onto the grid of
+    ``target_shape`` voxels at ``target_affine``, as int16: nearest neighbour through both
+    affines, j = round(A_src⁻¹ · A_dst · i), border-clamped. Axis-aligned grids (the usual case)
+    are an index gather of the labels themselves; any other takes one float32 copy of the map."""
     plain = (
         prediction.as_tensor()
         if isinstance(prediction, MetaTensor)
         else torch.as_tensor(prediction)
     )
-    to_moving = np.linalg.inv(np.asarray(preprocessed.affine, dtype=np.float64)) @ np.asarray(
-        original.affine, dtype=np.float64
-    )
+    source = np.asarray(source_affine, dtype=np.float64)
+    to_moving = np.linalg.inv(source) @ np.asarray(target_affine, dtype=np.float64)
     linear = to_moving[:3, :3]
     if np.count_nonzero(np.abs(linear) > 1e-9 * np.abs(linear).max()) == 3:
-        return _gather_axis_aligned(plain.numpy(), to_moving, tuple(original.shape[1:]))
-    moving = MetaTensor(plain[None].float(), affine=preprocessed.affine)
+        return _gather_axis_aligned(plain.numpy(), to_moving, tuple(target_shape))
+    moving = MetaTensor(plain[None].float(), affine=torch.as_tensor(source))
     restored = SpatialResample(mode="nearest", padding_mode="border", dtype=torch.float32)(
-        moving, dst_affine=original.affine, spatial_size=original.shape[1:]
+        moving, dst_affine=torch.as_tensor(target_affine), spatial_size=target_shape
     )
     return restored.as_tensor()[0].round().to(torch.int16).numpy()
 

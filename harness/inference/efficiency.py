@@ -13,7 +13,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.inference.latency import LatencyProtocol, latency_stats, time_calls, torch_threads
-from harness.inference.sliding_window import SlidingWindowSpec, predict_labels
+from harness.inference.sliding_window import SlidingWindowSpec, patch_batches, predict_labels
 
 DEFAULT_WARMUP = 1
 DEFAULT_RUNS = 5
@@ -25,21 +25,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def first_patch_batch(
-    volume: torch.Tensor, window: SlidingWindowSpec, network: nn.Module
-) -> torch.Tensor:
-    """The first batch of patches the inferer cuts from ``volume`` (C, x, y, z)."""
-    captured: list[torch.Tensor] = []
-
-    def capture(batch: torch.Tensor) -> torch.Tensor:
-        if not captured:
-            captured.append(torch.as_tensor(batch).clone())
-            captured.append(network(captured[0]))
-        return torch.zeros((len(batch), *captured[1].shape[1:]))
-
-    with torch.no_grad():
-        window.inferer()(torch.as_tensor(volume)[None].float(), capture)
-    return captured[0]
+def first_patch_batch(volume: torch.Tensor, window: SlidingWindowSpec) -> torch.Tensor:
+    """The first batch of patches sliding-window inference cuts from ``volume`` (C, x, y, z)."""
+    return next(patch_batches(volume, window))[1].clone()
 
 
 def measure_network(
@@ -60,7 +48,7 @@ def measure_network(
     if runs < 1 or warmup < 0:
         raise HarnessError("latency needs runs >= 1 and warmup >= 0")
     threads = protocol.threads if protocol is not None else torch.get_num_threads()
-    batch = first_patch_batch(volume, window, network)
+    batch = first_patch_batch(volume, window)
     with torch.no_grad(), torch_threads(threads):
         batch_times = time_calls(lambda: network(batch), warmup, runs)
         volume_times = time_calls(lambda: predict_labels(network, volume, window), warmup, runs)

@@ -6,7 +6,16 @@ reads and preprocesses case i+1 and another restores and scores case i-1. Torch,
 scipy's KDTree release the GIL, so on a machine with a core to spare the wall-clock cost of
 everything but inference mostly disappears. At most ``PIPELINE_DEPTH`` cases are held in memory
 beyond the one being inferred. Results do not depend on the overlap: each stage is a pure function
-of its inputs."""
+of its inputs.
+
+Memory per case: a case read ahead holds its preprocessed image (float32, 4 bytes a voxel of the
+network's grid) and its label (int16, 2 bytes a voxel of the original grid); the original image is
+dropped once preprocessed, since restoring needs only its grid. Inference streams (see
+``harness.inference.sliding_window``): a slab accumulator of K · roi_a · (voxels / n_a) floats and
+a uint8 label map, never the K full-volume logits. A case being scored holds the label, the
+prediction and its restored int16 copy. For a 512×512×200 CT case inferred on its own grid that
+is ~0.3 GB per case held, ahead or behind, which ``PIPELINE_DEPTH`` bounds.
+Each case reports its seconds per stage and the process's peak RSS when it was scored."""
 
 from __future__ import annotations
 
@@ -18,12 +27,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from harness.data.dataset import Case
-from harness.data.preprocessing import LoadedCase, preprocess, read_case, restore_to_original
+from harness.data.preprocessing import preprocess, read_case, restore_to_grid
+from harness.inference.efficiency import peak_rss_mb
 from harness.inference.sliding_window import predict_labels
 from harness.models.reference import ModelSpec
 from harness.scoring.metrics import (
@@ -45,24 +56,32 @@ class StageTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
 
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[name] += seconds
+
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, *also: StageTimer) -> Iterator[None]:
+        """Time the block as ``name`` here and in each timer of ``also``."""
         start = time.perf_counter()
         try:
             yield
         finally:
             elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[name] += elapsed
+            for timer in (self, *also):
+                timer.add(name, elapsed)
 
 
 @dataclass
 class CaseMetrics:
-    """Per-class DSC and NSD of one case (class id → value)."""
+    """Per-class DSC and NSD of one case (class id → value); the seconds of each of its stages
+    and the process's peak resident set size (MiB, high-water mark) once it was scored."""
 
     case_id: str
     dsc: dict[int, float]
     nsd: dict[int, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
 
     @property
     def mean_dsc(self) -> float:
@@ -71,6 +90,20 @@ class CaseMetrics:
     @property
     def mean_nsd(self) -> float:
         return mean_over_classes(self.nsd)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What scoring a case needs once it is preprocessed: its reference label and spacing, the
+    grids to restore the prediction between, and the timer of its own stages."""
+
+    case_id: str
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    network_affine: torch.Tensor
+    label_affine: torch.Tensor
+    label_shape: tuple[int, int, int]
+    timer: StageTimer
 
 
 @dataclass
@@ -100,21 +133,26 @@ def evaluate_cases(
     model.eval()
     start = time.perf_counter()
 
-    def load(case: Case) -> tuple[LoadedCase, torch.Tensor]:
-        with timer.stage("io"):
+    def load(case: Case) -> tuple[_Scoring, torch.Tensor]:
+        own = StageTimer()
+        with timer.stage("io", own):
             loaded = read_case(case, labels)
-        with timer.stage("preprocess"):
-            return loaded, preprocess(loaded, spec.preprocessing)
+        with timer.stage("preprocess", own):
+            image = preprocess(loaded, spec.preprocessing)
+        grid = (image.affine, loaded.image.affine, tuple(loaded.image.shape[1:]))
+        return _Scoring(loaded.case_id, loaded.label, loaded.spacing, *grid, own), image
 
-    def score(loaded: LoadedCase, image: torch.Tensor, prediction: torch.Tensor) -> CaseMetrics:
-        with timer.stage("postprocess"):
-            restored = restore_to_original(prediction, image, loaded.image)
-        with timer.stage("metrics"):
-            dsc = dice_per_class(restored, loaded.label, classes)
-            nsd = nsd_per_class(
-                restored, loaded.label, classes, loaded.spacing, nsd_tolerance_mm, nsd_definition
+    def score(case: _Scoring, prediction: torch.Tensor) -> CaseMetrics:
+        with timer.stage("postprocess", case.timer):
+            restored = restore_to_grid(
+                prediction, case.network_affine, case.label_affine, case.label_shape
             )
-            return CaseMetrics(loaded.case_id, dsc, nsd)
+        with timer.stage("metrics", case.timer):
+            dsc = dice_per_class(restored, case.label, classes)
+            nsd = nsd_per_class(
+                restored, case.label, classes, case.spacing, nsd_tolerance_mm, nsd_definition
+            )
+        return CaseMetrics(case.case_id, dsc, nsd, dict(case.timer.seconds), peak_rss_mb())
 
     with (
         ThreadPoolExecutor(1, thread_name_prefix="harness-load") as loader,
@@ -124,15 +162,16 @@ def evaluate_cases(
         scored: list[Future] = []
         try:
             for i in tqdm(range(len(cases)), desc=desc, disable=not progress, leave=False):
-                loaded, image = ahead.popleft().result()
+                case, image = ahead.popleft().result()
                 if i + PIPELINE_DEPTH < len(cases):
                     ahead.append(loader.submit(load, cases[i + PIPELINE_DEPTH]))
                 if len(scored) > PIPELINE_DEPTH:
                     scored[-PIPELINE_DEPTH - 1].result()  # bound the cases waiting to be scored
-                with timer.stage("inference"):
+                with timer.stage("inference", case.timer):
                     prediction = predict_labels(model, image, spec.sliding_window)
-                scored.append(scorer.submit(score, loaded, image, prediction))
-                del loaded, image, prediction
+                del image
+                scored.append(scorer.submit(score, case, prediction))
+                del case, prediction
             results = [f.result() for f in scored]
         except BaseException:
             for future in (*ahead, *scored):
