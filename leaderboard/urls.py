@@ -6,6 +6,7 @@ from django.urls import include, path
 
 from leaderboard.accounts import views as accounts
 from leaderboard.submissions import views as submissions
+from leaderboard.tracks import study_views
 from leaderboard.tracks import views as tracks
 
 urlpatterns = [
@@ -17,6 +18,9 @@ urlpatterns = [
         tracks.calibration_case,
         name="calibration-case",
     ),
+    path("study/", study_views.cross_model_study, name="study"),
+    path("study/<slug:slug>/", study_views.model_study, name="study-model"),
+    path("methods/<str:name>/", study_views.method_page, name="method"),
     path("submit/", submissions.submit, name="submit"),
     path("submissions/", submissions.my_submissions, name="my-submissions"),
     path("submissions/<int:pk>/", submissions.submission_detail, name="submission"),

@@ -61,7 +61,10 @@ def _activation_grid(submission: dict) -> str:
     return "none" if config.activation_bits is None else config.activation_quantizer
 
 
-def _row(result: dict) -> dict:
+def study_row(result: dict) -> dict:
+    """One row of the study table from a result document: scheme, precision label, granularity,
+    activation grid, mean DSC / NSD with their ↓Δ% vs FP32, DSC CI, gate, bits per weight (and
+    the method, when the result records one)."""
     submission = result["submission"]
     summary, precision = result["summary"], submission["precision"]
     bits_w, bits_a = precision["weight_bits"], precision["activation_bits"]
@@ -139,9 +142,14 @@ def run_study(
         ]
     return {
         "track": fp32_result["track"],
-        "rows": [_row(r) for r in results],
+        "rows": [study_row(r) for r in results],
         "results": results,
     }
+
+
+def format_metric(value: float, drop_pct: float) -> str:
+    """A table cell as the study prints it: ``0.874 (↓1.2%)``."""
+    return f"{value:.3f} (↓{drop_pct:.1f}%)"
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
@@ -161,7 +169,7 @@ def format_table(rows: list[dict], title: str = "") -> str:
     for r in rows:
         lead = f"{r.get('method', '-'):<{width}} " if methods else ""
         grid = f"{r.get('activation_quantizer', '-'):<12} " if grids else ""
-        dsc = f"{r['mean_dsc']:.3f} (↓{r['dsc_drop_pct']:.1f}%)"
-        nsd = f"{r['mean_nsd']:.3f} (↓{r['nsd_drop_pct']:.1f}%)"
+        dsc = format_metric(r["mean_dsc"], r["dsc_drop_pct"])
+        nsd = format_metric(r["mean_nsd"], r["nsd_drop_pct"])
         lines.append(f"{lead}{r['precision']:<10} {r['granularity']:<13} {grid}{dsc:>17} {nsd:>17}")
     return "\n".join(lines)
