@@ -12,6 +12,7 @@ from leaderboard.tracks import views as tracks
 urlpatterns = [
     path("", tracks.home, name="home"),
     path("tracks/<slug:slug>/", tracks.track_detail, name="track"),
+    path("tracks/<slug:slug>/compare/", tracks.compare_entries, name="compare"),
     path("tracks/<slug:slug>/model/<str:name>", tracks.model_file, name="model-file"),
     path(
         "tracks/<slug:slug>/calibration/<str:case_id>.nii.gz",

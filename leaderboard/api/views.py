@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Q
 from django.http import Http404
+from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -27,7 +28,7 @@ from leaderboard.api.serializers import (
 )
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.models import Status, Submission
-from leaderboard.tracks import ranking
+from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.views import leaderboard_options
 
@@ -123,11 +124,32 @@ def leaderboard(request, slug: str):
                 LeaderboardRowSerializer(page, many=True).data
             ).data
             data["reference"] = fp32[0] if fp32 else None
+            data["compare"] = reverse("api-compare", args=[track.slug]) + "?ids=ID&ids=ID"
         cache.set(key, data, settings.BOARD_CACHE_SECONDS)
     response = Response(data)
     if csv:
         response["Content-Disposition"] = f'attachment; filename="{track.slug}.csv"'
     return response
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter(
+            "ids", int, many=True, required=True,
+            description=f"{compare.MIN_ENTRIES} to {compare.MAX_ENTRIES} submission ids; the "
+            "first is the reference of the differences",
+        )
+    ],
+    responses={200: dict},
+)  # fmt: skip
+@api_view(["GET"])
+def compare_entries(request, slug: str):
+    """Per-class and per-case DSC/NSD of two to four entries side by side, differences to the
+    first, and the paired-bootstrap 95% CI of each mean-DSC difference over the test cases
+    (``resolved`` when it excludes 0)."""
+    track = _track(request, slug)
+    ids = compare.parse_ids(request.query_params.getlist("ids"))
+    return Response(compare.comparison(track, compare.comparable(track, ids, request.user)))
 
 
 def _visible(request, pk: int) -> Submission:

@@ -7,6 +7,7 @@ from itertools import groupby
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
@@ -16,7 +17,7 @@ from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from leaderboard.submissions.intake import accepted_kinds
 from leaderboard.submissions.models import Evaluation, Kind
-from leaderboard.tracks import charts, ranking
+from leaderboard.tracks import charts, compare, ranking
 from leaderboard.tracks.models import Track
 
 PAGE_SIZE = 100
@@ -117,6 +118,31 @@ def track_detail(request, slug: str):
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
     return render(request, "tracks/track.html", context)
+
+
+def compare_entries(request, slug: str):
+    """Two to four entries of a track side by side (``?ids=1&ids=2``; see
+    ``leaderboard.tracks.compare``); a bad selection is a 400 page saying what is wrong."""
+    track = public_track(request, slug)
+    try:
+        ids = compare.parse_ids(request.GET.getlist("ids"))
+        data = compare.comparison(track, compare.comparable(track, ids, request.user))
+    except ValidationError as error:
+        message = " ".join(m for ms in error.message_dict.values() for m in ms)
+        return render(
+            request, "tracks/compare.html", {"track": track, "error": message}, status=400
+        )
+    summary = [
+        {"entry": e, "difference": d}
+        for e, d in zip(data["entries"], data["mean_dsc_difference"], strict=True)
+    ]
+    for row in data["per_class"]:
+        row["cells"] = list(zip(row["dsc"], row["nsd"], row["dsc_difference"], strict=True))
+    for row in data["per_case"]:
+        row["cells"] = list(zip(row["dsc"], row["nsd"], strict=True))
+    return render(
+        request, "tracks/compare.html", {"track": track, "data": data, "summary": summary}
+    )
 
 
 SORT_COLUMNS = {
