@@ -30,7 +30,7 @@ from leaderboard.submissions.intake import accept
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
-from leaderboard.tracks.views import leaderboard_options
+from leaderboard.tracks.views import leaderboard_options, parse_as_of
 
 
 class TrackFilter(filters.FilterSet):
@@ -97,6 +97,9 @@ def track_detail(request, slug: str):
         OpenApiParameter("gate", str, enum=["pass"], description="pass: passing entries only"),
         OpenApiParameter("sort", str, description="column, '-' prefix for descending"),
         OpenApiParameter("format", str, enum=["json", "csv"], description="csv: every row"),
+        OpenApiParameter(
+            "as_of", str, description="the board as it stood then: YYYY-MM-DD or ISO date-time"
+        ),
     ],
     responses=LeaderboardRowSerializer(many=True),
 )
@@ -110,8 +113,13 @@ def leaderboard(request, slug: str):
     key = ranking.cache_key(track, "csv" if csv else "api", request.query_params)
     data = cache.get(key)
     if data is None:
-        rows = ranking.board(track, **leaderboard_options(request.query_params))
-        reference = ranking.reference_row(track)
+        options = leaderboard_options(request.query_params)
+        as_of = parse_as_of(request.query_params.get("as_of", ""))
+        if as_of is None:
+            rows, reference = ranking.board(track, **options), ranking.reference_row(track)
+        else:
+            rows = ranking.board_as_of(track, as_of, **options)
+            reference = ranking.reference_row_as_of(track, as_of)
         if reference is not None:
             reference.rank = reference.same_as = None
         fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db.models.fields.json import KeyTextTransform
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -58,11 +59,15 @@ def visible_submission(request, pk: int) -> tuple[Submission, bool]:
 def submission_detail(request, pk: int):
     submission, owner = visible_submission(request, pk)
     evaluation = getattr(submission, "evaluation", None)
-    return render(
-        request,
-        "submissions/detail.html",
-        {"submission": submission, "owner": owner, "evaluation": evaluation},
-    )
+    versions = list(
+        submission.versions.order_by("version").values(
+            "version", "created_at", "mean_dsc", "mean_nsd", "dsc_drop_pct", "gate_passed",
+            harness_version=KeyTextTransform("harness_version", "result__environment"),
+        )
+    )  # fmt: skip
+    context = {"submission": submission, "owner": owner, "evaluation": evaluation,
+               "versions": versions}  # fmt: skip
+    return render(request, "submissions/detail.html", context)
 
 
 def submission_status(request, pk: int):

@@ -3,20 +3,23 @@ files a participant quantizes offline (FP32 model, unlabeled calibration cases).
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time
 from itertools import groupby
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
+from django.utils.html import format_html
 
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from leaderboard.submissions.intake import accepted_kinds
-from leaderboard.submissions.models import Evaluation, Kind
+from leaderboard.submissions.models import Evaluation, Kind, Submission
 from leaderboard.tracks import charts, compare, ranking
 from leaderboard.tracks.models import Track
 
@@ -64,8 +67,43 @@ def leaderboard_options(params) -> dict:
     }
 
 
+def parse_as_of(text: str) -> datetime | None:
+    """The moment of ``?as_of=``: a date (the end of that day, UTC) or an ISO date-time (UTC
+    unless it names its zone); None when empty; a ValidationError says what is accepted."""
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return datetime.combine(day, time.max, tzinfo=UTC)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            {"as_of": f"{text!r} is not a date (YYYY-MM-DD) or an ISO date-time"}
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def board_context(track: Track, params) -> dict:
-    """Everything the ranked table and the charts show (rendered once per ranking version)."""
+    """Everything the ranked table and the charts show (rendered once per ranking version); with
+    ``as_of``, the table as it stood then (no charts)."""
+    as_of = parse_as_of(params.get("as_of", ""))
+    if as_of is not None:
+        rows = ranking.board_as_of(track, as_of, **leaderboard_options(params))
+        return {
+            "track": track,
+            "as_of": as_of,
+            "page": Paginator(rows, PAGE_SIZE).get_page(params.get("page")),
+            "reference": ranking.reference_row_as_of(track, as_of),
+            "gate_percent": round(track.accuracy_gate * 100, 2),
+            "granularities": sorted({r.granularity for r in rows}),
+            "query": params,
+            "sort_links": sort_links(params.get("sort", "")),
+            "charts": {},
+        }
     rows = ranking.board(track, **leaderboard_options(params))
     page = Paginator(rows, PAGE_SIZE).get_page(params.get("page"))
     plotted = ranking.chart_rows(track, CHART_POINTS)
@@ -98,13 +136,30 @@ def board_context(track: Track, params) -> dict:
     }
 
 
+def off_board(request, track: Track) -> list[Submission]:
+    """Hidden and disqualified entries of ``track`` the viewer may see with the reason: their
+    own, or all of them for maintainers."""
+    if not request.user.is_authenticated:
+        return []
+    rows = Submission.objects.filter(Q(hidden=True) | Q(disqualified=True), track=track)
+    if not request.user.is_staff:
+        rows = rows.filter(user=request.user)
+    return list(rows.select_related("evaluation", "user", "team"))
+
+
 def track_detail(request, slug: str):
     track = public_track(request, slug)
     key = ranking.cache_key(track, "page", request.GET, with_siblings=True)
-    board = cache.get(key)
+    board, status = cache.get(key), 200
     if board is None:
-        board = render_to_string("tracks/board.html", board_context(track, request.GET), request)
-        cache.set(key, board, settings.BOARD_CACHE_SECONDS)
+        try:
+            context = board_context(track, request.GET)
+        except ValidationError as error:
+            message = " ".join(m for ms in error.message_dict.values() for m in ms)
+            board, status = format_html('<p class="bad" id="board-error">{}</p>', message), 400
+        else:
+            board = render_to_string("tracks/board.html", context, request)
+            cache.set(key, board, settings.BOARD_CACHE_SECONDS)
     fp32 = Evaluation.objects.filter(track=track).values_list("fp32_mean_dsc", flat=True).first()
     context = {
         "track": track,
@@ -115,9 +170,10 @@ def track_detail(request, slug: str):
             lambda: calibration_case_ids(track),
         ),
         "model_files": track.reference_model.files(),
+        "off_board": off_board(request, track),
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
-    return render(request, "tracks/track.html", context)
+    return render(request, "tracks/track.html", context, status=status)
 
 
 def compare_entries(request, slug: str):
