@@ -112,3 +112,27 @@ def test_method_page_lists_the_methods_baselines_on_every_precision(client, rtn_
     page = client.get(reverse("method", args=["rtn"])).content.decode()
     assert page.count("<tr>") == 9  # header + 8 entries
     assert client.get(reverse("method", args=["no-such-method"])).status_code == 404
+
+
+def test_home_shows_entries_leader_fp32_and_activity_and_filters_by_model_and_precision(
+    client, rtn_baselines
+):
+    track = rtn_baselines["w4a4"]
+    page = client.get(reverse("home")).content.decode()
+    row = page[page.index(f'data-track="{track.slug}"') :]
+    row = row[: row.index("</tr>")]
+    ranked = track.evaluations.filter(rank_all__isnull=False)
+    leader = track.evaluations.get(rank_best=1)
+    fp32 = track.evaluations.get(submission__kind="fp32")
+    assert f'class="num entries">{ranked.count()}<' in row and ranked.count() == 4
+    assert leader.submission.method in row and f"{fp32.mean_dsc:.4f}" in row
+    newest = Submission.objects.filter(track=track).latest("created_at").created_at
+    assert newest.strftime("%Y-%m-%d %H:%M") in row
+    w8 = rtn_baselines["w8a8"].slug
+    filtered = client.get(reverse("home"), {"precision": "W4A4"}).content.decode()
+    assert f'data-track="{track.slug}"' in filtered and f'data-track="{w8}"' not in filtered
+    slug = track.reference_model.slug
+    by_model = client.get(reverse("home"), {"model": slug, "backend": "simulated"}).content.decode()
+    assert f'data-track="{w8}"' in by_model
+    nothing = client.get(reverse("home"), {"dataset": "no-such-dataset"}).content.decode()
+    assert "No tracks match these filters" in nothing

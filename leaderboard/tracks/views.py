@@ -3,6 +3,8 @@ files a participant quantizes offline (FP32 model, unlabeled calibration cases).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from datetime import UTC, date, datetime, time
 from itertools import groupby
 
@@ -10,7 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -28,24 +30,106 @@ COMPARED_ENTRIES = 5
 CHART_POINTS = 1000
 
 
-def home(request):
+HOME_FILTERS = ("dataset", "model", "precision", "backend", "bits")
+
+
+def _latest(rows, field: str):
+    """Subquery: ``field`` of the newest of ``rows`` (filtered by the outer track)."""
+    return Subquery(rows.filter(track=OuterRef("pk")).order_by("-pk").values(field)[:1])
+
+
+def home_tracks(params) -> list[Track]:
+    """Public tracks filtered by ``dataset`` / ``model`` (slugs), ``precision`` (``W4A4``,
+    ``W8A16``: weight-only), ``backend`` and ``bits`` (weight bits), each annotated with
+    ``entries`` (ranked), the leader (``leader_method``, ``leader_dsc``, ``leader_id``: rank 1
+    best per team), ``fp32_dsc`` and ``last_activity`` (newest submission)."""
     tracks = Track.objects.public().select_related("dataset", "reference_model")
-    bits = request.GET.get("bits", "")
+    if params.get("dataset"):
+        tracks = tracks.filter(dataset__slug=params["dataset"])
+    if params.get("model"):
+        tracks = tracks.filter(reference_model__slug=params["model"])
+    if params.get("backend"):
+        tracks = tracks.filter(backend=params["backend"])
+    bits = params.get("bits", "")
     if bits.isdigit():
         tracks = tracks.filter(weight_bits=int(bits))
-    groups = [
-        (
-            dataset,
-            [(model, list(ts)) for model, ts in groupby(items, key=lambda t: t.reference_model)],
+    precision = PRECISION.fullmatch(params.get("precision", "").upper())
+    if precision:
+        weights, activations = int(precision[1]), int(precision[2])
+        tracks = tracks.filter(weight_bits=weights)
+        tracks = tracks.filter(activation_bits=None if activations >= FLOAT_BITS else activations)
+    leaders = Evaluation.objects.filter(rank_best=1)
+    fp32 = Evaluation.objects.filter(submission__kind=Kind.FP32)
+    return list(
+        tracks.annotate(
+            entries=Subquery(
+                Evaluation.objects.filter(track=OuterRef("pk"), rank_all__isnull=False)
+                .order_by()
+                .values("track")
+                .annotate(n=Count("pk"))
+                .values("n")[:1]
+            ),
+            leader_method=_latest(leaders, "submission__method"),
+            leader_dsc=_latest(leaders, "mean_dsc"),
+            leader_id=_latest(leaders, "submission_id"),
+            fp32_dsc=_latest(fp32, "mean_dsc"),
+            last_activity=Subquery(
+                Submission.objects.filter(track=OuterRef("pk"))
+                .order_by("-created_at")
+                .values("created_at")[:1]
+            ),
         )
-        for dataset, items in groupby(tracks, key=lambda t: t.dataset)
-    ]
-    all_bits = sorted(
-        set(Track.objects.public().values_list("weight_bits", flat=True)), reverse=True
     )
-    return render(
-        request, "tracks/home.html", {"groups": groups, "bits": bits, "all_bits": all_bits}
+
+
+PRECISION = re.compile(r"W(\d+)A(\d+)")
+FLOAT_BITS = 16
+"""``A16`` in a precision label means float activations (a weight-only track)."""
+
+
+def home(request):
+    """Tracks grouped by dataset and model with their entry count, leader, FP32 DSC and last
+    activity; filters by dataset, model, precision, backend (and weight bits). Cached until a
+    track is re-ranked or a submission arrives."""
+    params = {k: request.GET.get(k, "") for k in HOME_FILTERS}
+    public = Track.objects.public()
+    stamp = public.aggregate(ranked=Max("ranked_at"), newest=Max("pk"))
+    newest = Submission.objects.aggregate(newest=Max("pk"))["newest"]
+    key = (
+        "home:" + hashlib.sha256(repr((sorted(params.items()), stamp, newest)).encode()).hexdigest()
     )
+
+    def build() -> dict:
+        tracks = home_tracks(params)
+        groups = [
+            (
+                dataset,
+                [
+                    (model, list(ts))
+                    for model, ts in groupby(items, key=lambda t: t.reference_model)
+                ],
+            )
+            for dataset, items in groupby(tracks, key=lambda t: t.dataset)
+        ]
+        everything = list(public.select_related("dataset", "reference_model"))
+        return {
+            "groups": groups,
+            "options": {
+                "dataset": sorted({(t.dataset.slug, t.dataset.name) for t in everything}),
+                "model": sorted(
+                    {(t.reference_model.slug, t.reference_model.name) for t in everything}
+                ),
+                "precision": sorted(
+                    {(t.precision_label, t.precision_label) for t in everything},
+                    key=lambda p: [-int(x) for x in PRECISION.fullmatch(p[0]).groups()],
+                ),
+                "backend": sorted({(t.backend, t.get_backend_display()) for t in everything}),
+            },
+        }
+
+    context = cache.get_or_set(key, build, settings.BOARD_CACHE_SECONDS)
+    filters = [(name, choices, params[name]) for name, choices in context["options"].items()]
+    return render(request, "tracks/home.html", context | {"filters": filters})
 
 
 def public_track(request, slug: str) -> Track:
