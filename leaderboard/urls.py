@@ -13,6 +13,11 @@ urlpatterns = [
     path("", tracks.home, name="home"),
     path("tracks/<slug:slug>/", tracks.track_detail, name="track"),
     path("tracks/<slug:slug>/compare/", tracks.compare_entries, name="compare"),
+    path(
+        "tracks/<slug:slug>/calibration-bundle.zip",
+        tracks.calibration_bundle,
+        name="calibration-bundle",
+    ),
     path("tracks/<slug:slug>/model/<str:name>", tracks.model_file, name="model-file"),
     path(
         "tracks/<slug:slug>/calibration/<str:case_id>.nii.gz",
@@ -25,6 +30,7 @@ urlpatterns = [
     path("submit/", submissions.submit, name="submit"),
     path("submissions/", submissions.my_submissions, name="my-submissions"),
     path("submissions/<int:pk>/", submissions.submission_detail, name="submission"),
+    path("submissions/<int:pk>/artifact", submissions.baseline_artifact, name="baseline-artifact"),
     path("submissions/<int:pk>/status", submissions.submission_status, name="submission-status"),
     path("tokens/", accounts.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke", accounts.revoke_token, name="revoke-token"),

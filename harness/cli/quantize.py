@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.cli.common import add_track_args, open_track
@@ -49,6 +50,51 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     }
     save_checkpoint(model, Path(args.out), reference)
     print(f"{args.method} {scheme.name} in {seconds:.1f} s → {args.out}")
+
+
+SCHEME_FLAGS = (
+    ("activation_scales", "--activation-scales"),
+    ("activation_quantizer", "--activation-quantizer"),
+    ("activation_calibration", "--activation-calibration"),
+    ("activation_percentile", "--activation-percentile"),
+    ("weight_group_size", "--group-size"),
+)
+"""Scheme settings beyond bits and granularity, and their flags (written when not the default)."""
+
+
+def quantize_command(
+    method: str,
+    scheme: str,
+    options: Mapping | None = None,
+    *,
+    dataset: str = "DATASET",
+    model: str = "MODEL",
+    out: str = "CKPT",
+) -> list[str]:
+    """The ``harness quantize`` command line (as argv) that quantizes like ``method`` under
+    ``scheme`` with ``options``: what a baseline ran, to be re-run offline on the track's
+    calibration bundle (``dataset``) and FP32 model folder (``model``)."""
+    from reference_methods.simulator.scheme import QuantConfig
+
+    config = QuantConfig.from_scheme(scheme)
+    default = QuantConfig(config.weight_bits, config.activation_bits, config.granularity)
+    argv = ["harness", "quantize", "--dataset", dataset, "--model", model, "--method", method,
+            "--wbits", str(config.weight_bits)]  # fmt: skip
+    if config.activation_bits is not None:
+        argv += ["--abits", str(config.activation_bits)]
+    argv += ["--granularity", str(config.granularity)]
+    for field, flag in SCHEME_FLAGS:
+        if getattr(config, field) != getattr(default, field):
+            argv += [flag, str(getattr(config, field))]
+    if config.skip:
+        argv += ["--skip", ",".join(config.skip)]
+    for name, value in sorted((options or {}).items()):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, ",".join(value) if isinstance(value, list | tuple) else str(value)]
+    return [*argv, "--out", out]
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:

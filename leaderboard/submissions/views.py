@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import shlex
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db.models.fields.json import KeyTextTransform
-from django.http import Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
+from harness.cli.quantize import quantize_command
 from leaderboard.submissions.forms import SubmitForm
 from leaderboard.submissions.intake import accept
-from leaderboard.submissions.models import Status, Submission
+from leaderboard.submissions.models import Kind, Status, Submission
+from leaderboard.tracks.views import bundle_folder
 
 
 @login_required
@@ -66,8 +70,46 @@ def submission_detail(request, pk: int):
         )
     )  # fmt: skip
     context = {"submission": submission, "owner": owner, "evaluation": evaluation,
-               "versions": versions}  # fmt: skip
+               "versions": versions, "reproduction": reproduction(submission)}  # fmt: skip
     return render(request, "submissions/detail.html", context)
+
+
+def reproduction(submission: Submission) -> dict | None:
+    """How to reproduce a baseline offline: the ``harness quantize`` command that makes its
+    artifact from the track's calibration bundle and FP32 model folder, the harness version
+    that made it and the artifact's digest; None for what is not a quantized-checkpoint
+    baseline."""
+    if not (submission.is_baseline and submission.kind == Kind.SCHEME):
+        return None
+    if not submission.track.takes_checkpoints:
+        return None
+    evaluation = getattr(submission, "evaluation", None)
+    result = evaluation.result if evaluation else {}
+    folder = bundle_folder(submission.track)
+    argv = quantize_command(
+        submission.reference_method or "rtn",
+        submission.scheme,
+        None,  # baselines run with the method's default options (``seeding.queue_baselines``)
+        dataset=folder,
+        model="model",
+        out="checkpoint",
+    )
+    return {
+        "command": shlex.join(argv),
+        "argv": argv,
+        "bundle": folder,
+        "harness_version": result.get("environment", {}).get("harness_version"),
+        "digest": evaluation.artifact_digest if evaluation else "",
+    }
+
+
+def baseline_artifact(request, pk: int):
+    """The stored artifact a baseline was scored as (a checkpoint zip or an ONNX file)."""
+    submission = get_object_or_404(Submission, pk=pk, is_baseline=True, status=Status.DONE)
+    if not submission.artifact:
+        raise Http404("this baseline keeps no artifact (it is the FP32 reference model)")
+    name = submission.artifact.name.rsplit("/", 1)[-1]
+    return FileResponse(submission.artifact.open("rb"), as_attachment=True, filename=name)
 
 
 def submission_status(request, pk: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from datetime import UTC, date, datetime, time
 from itertools import groupby
 
@@ -18,6 +19,7 @@ from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils.html import format_html
 
+from harness.data.bundle import write_calibration_bundle
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from leaderboard.submissions.intake import accepted_kinds
@@ -26,6 +28,8 @@ from leaderboard.tracks import charts, compare, ranking
 from leaderboard.tracks.models import Track
 
 PAGE_SIZE = 100
+BUNDLE_IN_MEMORY_BYTES = 64 * 2**20
+"""A calibration bundle up to this size is zipped in memory, a larger one in a temporary file."""
 COMPARED_ENTRIES = 5
 CHART_POINTS = 1000
 
@@ -317,6 +321,27 @@ def model_file(request, slug: str, name: str):
     if name not in files:
         raise Http404("no such file")
     return FileResponse(open(files[name], "rb"), as_attachment=True, filename=name)
+
+
+def bundle_folder(track: Track) -> str:
+    """Top folder of a track's calibration bundle (the ``--dataset`` of its commands)."""
+    return f"{track.slug}-calibration"
+
+
+def calibration_bundle(request, slug: str):
+    """The track's calibration cases as one MSD-layout dataset folder, zipped (images,
+    ``dataset.json``, ``splits.json``; never a label or a test case)."""
+    track = public_track(request, slug)
+    buffer = tempfile.SpooledTemporaryFile(max_size=BUNDLE_IN_MEMORY_BYTES)  # noqa: SIM115
+    try:
+        dataset = load_dataset(track.dataset.path)
+        write_calibration_bundle(dataset, track.calibration_split, buffer, bundle_folder(track))
+    except HarnessError as error:
+        buffer.close()
+        raise Http404(f"no calibration bundle for this track: {error}") from error
+    buffer.seek(0)
+    name = f"{bundle_folder(track)}.zip"
+    return FileResponse(buffer, as_attachment=True, filename=name, content_type="application/zip")
 
 
 def calibration_case(request, slug: str, case_id: str):
