@@ -27,6 +27,7 @@ from leaderboard.api.serializers import (
     TrackSerializer,
 )
 from leaderboard.submissions.intake import accept
+from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
@@ -203,6 +204,7 @@ def submissions(request):
         manifest=data.get("manifest"),
         weights=data.get("weights"),
         image=data["image"],
+        metadata=metadata(data["hyperparameters"], data["calibration_cases"]),
     )
     return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
 

@@ -131,9 +131,11 @@ def accept(
     manifest: File | None = None,
     weights: File | None = None,
     image: str = "",
+    metadata: dict | None = None,
 ) -> Submission:
     """Create the submission and enqueue its evaluation, or raise ValidationError by field.
-    ``image`` is a quantizer container's registry reference (instead of an uploaded tarball)."""
+    ``image`` is a quantizer container's registry reference (instead of an uploaded tarball);
+    ``metadata`` the checked structured fields (``metadata.metadata``)."""
     if kind not in accepted_kinds(track):
         names = ", ".join(Kind(k).label for k in accepted_kinds(track)) or "nothing yet"
         raise ValidationError({"kind": f"this track accepts: {names}"})
@@ -154,6 +156,7 @@ def accept(
             code_url=code_url,
             artifact_sha256=sha256_of(artifact) if artifact else "",
             image_reference=image if kind == Kind.CONTAINER else "",
+            **(metadata or {}),
         )
         submission.save()
         if artifact:

@@ -93,6 +93,12 @@ class Submission(models.Model):
     description = models.TextField(blank=True)
     paper_url = models.URLField(blank=True)
     code_url = models.URLField(blank=True)
+    hyperparameters = models.JSONField(
+        default=dict, blank=True, help_text="the method's settings, as the submitter states them"
+    )
+    calibration_cases = models.PositiveIntegerField(
+        null=True, blank=True, help_text="calibration cases the method used; empty = not stated"
+    )
     is_baseline = models.BooleanField(default=False)
 
     status = models.CharField(max_length=12, choices=Status, default=Status.QUEUED, db_index=True)

@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from harness.cli.quantize import quantize_command
 from leaderboard.submissions.forms import SubmitForm
 from leaderboard.submissions.intake import accept
+from leaderboard.submissions.metadata import metadata, method_names
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.tracks.views import bundle_folder
 
@@ -36,6 +37,7 @@ def submit(request):
                 manifest=data["manifest"],
                 weights=data["weights"],
                 image=data["image"],
+                metadata=metadata(data["hyperparameters"], data["calibration_cases"]),
             )
         except ValidationError as error:
             for field, problems in error.message_dict.items():
@@ -43,7 +45,8 @@ def submit(request):
         else:
             messages.success(request, f"submission #{submission.pk} queued for evaluation")
             return redirect("submission", pk=submission.pk)
-    return render(request, "submissions/submit.html", {"form": form})
+    context = {"form": form, "method_names": method_names()}
+    return render(request, "submissions/submit.html", context)
 
 
 def visible_submission(request, pk: int) -> tuple[Submission, bool]:

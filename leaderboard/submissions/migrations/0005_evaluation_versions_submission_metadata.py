@@ -32,6 +32,24 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name="submission",
+            name="calibration_cases",
+            field=models.PositiveIntegerField(
+                blank=True,
+                help_text="calibration cases the method used; empty = not stated",
+                null=True,
+            ),
+        ),
+        migrations.AddField(
+            model_name="submission",
+            name="hyperparameters",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="the method's settings, as the submitter states them",
+            ),
+        ),
         migrations.AlterField(
             model_name="evaluation",
             name="created_at",
