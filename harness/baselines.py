@@ -78,7 +78,7 @@ class Baseline:
     description: str
 
 
-def reference_methods() -> dict[str, tuple[str, str]]:
+def ptq_methods() -> dict[str, tuple[str, str]]:
     """The registered reference PTQ methods, name → (label, summary), for front ends that list
     them (the site's method pages and its submit form)."""
     return {name: (m.label, m.summary) for name, m in sorted(METHODS.items())}

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from harness.baselines import compute_baseline
 from harness.inference.evaluation import EvaluationRun
 from harness.submission import Submission, evaluate_submission
@@ -125,21 +127,23 @@ def run_study(
         name, options = parse_method(method)
         for config in configs:
             method_config(name, config, options)
-    fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
-    results = [fp32_result]
-    if methods:
-        results += [
-            evaluate_method(track, method, scheme, fp32_run, progress)
-            for method in methods
-            for scheme in schemes
-        ]
-    else:
-        results += [
-            evaluate_submission(
-                track, Submission("scheme", scheme=scheme), fp32=fp32_run, progress=progress
-            )[0]
-            for scheme in schemes
-        ]
+    rows = tqdm(total=1 + len(schemes) * max(1, len(methods)), desc="study rows",
+                unit="row", disable=not progress)  # fmt: skip
+    with rows:
+        fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
+        results = [fp32_result]
+        rows.update()
+        for method in methods or [None]:
+            for scheme in schemes:
+                rows.set_postfix_str(f"{method} {scheme}" if method else scheme)
+                if method:
+                    results.append(evaluate_method(track, method, scheme, fp32_run, progress))
+                else:
+                    submission = Submission("scheme", scheme=scheme)
+                    results.append(
+                        evaluate_submission(track, submission, fp32=fp32_run, progress=progress)[0]
+                    )
+                rows.update()
     return {
         "track": fp32_result["track"],
         "rows": [study_row(r) for r in results],

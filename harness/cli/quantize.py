@@ -13,6 +13,7 @@ from harness.cli.common import add_track_args, open_track
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from harness.artifacts.checkpoint import save_checkpoint
+    from harness.cli.progress import quantization_bars
     from harness.models.reference import weights_sha256
     from reference_methods.methods import all_options, method_config, quantize_with
     from reference_methods.simulator.scheme import QuantConfig
@@ -38,7 +39,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     method_config(args.method, scheme, options)  # refuse bad options before reading any data
     track = open_track(args)
     start = time.perf_counter()
-    model = quantize_with(args.method, track.model, scheme, track.calibration, options)
+    with quantization_bars(not args.quiet):
+        model = quantize_with(args.method, track.model, scheme, track.calibration, options)
     seconds = time.perf_counter() - start
     reference = {
         "model": track.model_spec.name,

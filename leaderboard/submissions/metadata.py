@@ -9,7 +9,7 @@ import json
 
 from django.core.exceptions import ValidationError
 
-from harness.baselines import reference_methods
+from harness.baselines import ptq_methods
 
 MAX_HYPERPARAMETERS_BYTES = 8192
 """A method's settings fit in a few hundred bytes; more is not metadata."""
@@ -19,7 +19,7 @@ MAX_CALIBRATION_CASES = 100_000
 def method_names() -> list[str]:
     """Names offered for the method field (free text is accepted too): the reference methods'
     labels."""
-    return [label for label, _ in reference_methods().values()]
+    return [label for label, _ in ptq_methods().values()]
 
 
 def parse_hyperparameters(value: str | dict | None) -> dict:

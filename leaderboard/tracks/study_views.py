@@ -9,7 +9,7 @@ import io
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
-from harness.baselines import reference_methods
+from harness.baselines import ptq_methods
 from leaderboard.tracks import study
 from leaderboard.tracks.models import ReferenceModel
 
@@ -84,7 +84,7 @@ def cross_model_study(request):
 def method_page(request, name: str):
     """A reference method's baselines across every model, dataset, precision and backend."""
     fmt = _format(request)
-    methods = reference_methods()
+    methods = ptq_methods()
     if name not in methods:
         raise Http404(f"no reference method {name!r}")
     entries = study.method_entries(name)
