@@ -149,12 +149,8 @@ class LiveSite:
 TINY_TRACK = "tiny-unet-tiny-w8a8-simulated"
 
 
-@contextmanager
-def live_site(dataset_dir: Path, model_dir: Path, var: Path, stack: str, quota: int):
-    """The tiny W8A8 track served live. ``stack``: ``sqla+sqlite`` (the embedded default) or
-    ``redis+postgres`` (both started here)."""
-    var.mkdir(parents=True, exist_ok=True)
-    model_dir = shutil.copytree(model_dir, var / "model")  # create_track adds model.onnx
+def site_env(var: Path) -> dict[str, str]:
+    """Environment of a live site on the embedded stack with its state in ``var``."""
     env = os.environ | {
         "MEDQUANT_VAR_DIR": str(var),
         "OMP_NUM_THREADS": "1",
@@ -163,6 +159,16 @@ def live_site(dataset_dir: Path, model_dir: Path, var: Path, stack: str, quota: 
     }
     for key in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDQUANT_CACHE_URL"):
         env.pop(key, None)
+    return env
+
+
+@contextmanager
+def live_site(dataset_dir: Path, model_dir: Path, var: Path, stack: str, quota: int):
+    """The tiny W8A8 track served live. ``stack``: ``sqla+sqlite`` (the embedded default) or
+    ``redis+postgres`` (both started here)."""
+    var.mkdir(parents=True, exist_ok=True)
+    model_dir = shutil.copytree(model_dir, var / "model")  # create_track adds model.onnx
+    env = site_env(var)
     with ExitStack() as stack_:
         if stack == "redis+postgres":
             env["CELERY_BROKER_URL"] = stack_.enter_context(redis_server())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -108,34 +108,49 @@ def track_detail(request, slug: str):
 @renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
 def leaderboard(request, slug: str):
     """Ranked entries of a track (JSON, paginated, with the unranked FP32 ``reference`` row; or
-    CSV, the FP32 reference row first, then all ranked rows)."""
+    CSV, the FP32 reference row first, then all ranked rows). JSON and CSV bodies are cached as
+    rendered bytes until the ranks change."""
     track = _track(request, slug)
-    csv = request.accepted_renderer.format == "csv"
-    key = ranking.cache_key(track, "csv" if csv else "api", request.query_params)
-    data = cache.get(key)
-    if data is None:
-        options = leaderboard_options(request.query_params)
-        as_of = parse_as_of(request.query_params.get("as_of", ""))
-        if as_of is None:
-            rows, reference = ranking.board(track, **options), ranking.reference_row(track)
-        else:
-            rows = ranking.board_as_of(track, as_of, **options)
-            reference = ranking.reference_row_as_of(track, as_of)
-        if reference is not None:
-            reference.rank = reference.same_as = None
-        fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]
-        if csv:
-            data = fp32 + list(LeaderboardRowSerializer(rows, many=True).data)
-        else:
-            paginator = PageNumberPagination()
-            page = paginator.paginate_queryset(rows, request)
-            data = paginator.get_paginated_response(
-                LeaderboardRowSerializer(page, many=True).data
-            ).data
-            data["reference"] = fp32[0] if fp32 else None
-            data["compare"] = reverse("api-compare", args=[track.slug]) + "?ids=ID&ids=ID"
-        cache.set(key, data, settings.BOARD_CACHE_SECONDS)
-    response = Response(data)
+    renderer = request.accepted_renderer
+    csv = renderer.format == "csv"
+    exported = renderer.format in EXPORTED_FORMATS
+    params = request.query_params
+    key = ranking.cache_key(track, f"api:{renderer.format}:{request.get_host()}", params)
+    cached = cache.get(key) if exported else None
+    if cached is not None:
+        return _exported(cached, renderer, track, csv)
+    options = leaderboard_options(params)
+    as_of = parse_as_of(params.get("as_of", ""))
+    if as_of is None:
+        rows, reference = ranking.board(track, **options), ranking.reference_row(track)
+    else:
+        rows = ranking.board_as_of(track, as_of, **options)
+        reference = ranking.reference_row_as_of(track, as_of)
+    if reference is not None:
+        reference.rank = reference.same_as = None
+    fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]
+    if csv:
+        data = fp32 + list(LeaderboardRowSerializer(rows, many=True).data)
+    else:
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(rows, request)
+        data = paginator.get_paginated_response(LeaderboardRowSerializer(page, many=True).data).data
+        data["reference"] = fp32[0] if fp32 else None
+        data["compare"] = reverse("api-compare", args=[track.slug]) + "?ids=ID&ids=ID"
+    if not exported:
+        return Response(data)
+    content = renderer.render(data, renderer.media_type, {"request": request})
+    content = content.encode() if isinstance(content, str) else content
+    cache.set(key, content, settings.BOARD_CACHE_SECONDS)
+    return _exported(content, renderer, track, csv)
+
+
+EXPORTED_FORMATS = ("json", "csv")
+"""Formats whose rendered bytes are cached (the browsable API is rendered per request)."""
+
+
+def _exported(content: bytes, renderer, track: Track, csv: bool) -> HttpResponse:
+    response = HttpResponse(content, content_type=f"{renderer.media_type}; charset=utf-8")
     if csv:
         response["Content-Disposition"] = f'attachment; filename="{track.slug}.csv"'
     return response

@@ -7,14 +7,16 @@ import hashlib
 import re
 import tempfile
 from datetime import UTC, date, datetime, time
+from http import HTTPStatus
 from itertools import groupby
 
 from django.conf import settings
+from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, OuterRef, Q, Subquery
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils.html import format_html
@@ -236,7 +238,15 @@ def off_board(request, track: Track) -> list[Submission]:
 
 
 def track_detail(request, slug: str):
+    """A track's page; for visitors without an account (and no pending message) the whole page
+    is cached until the ranks change (it holds nothing personal), for others the board is."""
     track = public_track(request, slug)
+    anonymous = not request.user.is_authenticated and not get_messages(request)
+    page_key = ranking.cache_key(
+        track, f"anonymous-page:{request.get_host()}", request.GET, with_siblings=True
+    )
+    if anonymous and (page := cache.get(page_key)) is not None:
+        return HttpResponse(page)
     key = ranking.cache_key(track, "page", request.GET, with_siblings=True)
     board, status = cache.get(key), 200
     if board is None:
@@ -261,7 +271,10 @@ def track_detail(request, slug: str):
         "off_board": off_board(request, track),
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
-    return render(request, "tracks/track.html", context, status=status)
+    response = render(request, "tracks/track.html", context, status=status)
+    if anonymous and status == HTTPStatus.OK:
+        cache.set(page_key, response.content, settings.BOARD_CACHE_SECONDS)
+    return response
 
 
 def compare_entries(request, slug: str):
