@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,10 +134,13 @@ def free_port() -> int:
 
 
 def ab(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    out = subprocess.run(
+    done = subprocess.run(
         ["ab", "-q", "-l", "-n", str(requests), "-c", str(concurrency), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ab failed on {url}:\n{done.stdout}\n{done.stderr}")
+    out = done.stdout
     failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
     non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
     if failed or non_2xx:
@@ -169,6 +173,7 @@ def main() -> None:
         "DJANGO_STATIC_ROOT": str(var / "static"),
     }  # fmt: skip
     os.environ.update(env)
+    (var / "static").mkdir()
     import django
 
     django.setup()
@@ -184,9 +189,7 @@ def main() -> None:
     queries = queries_per_request(paths)
     from django.test import Client
 
-    static = Path(env["DJANGO_STATIC_ROOT"])
-    static.mkdir(parents=True, exist_ok=True)
-    (static / "floor.html").write_bytes(Client().get(paths["track page"]).content)
+    (var / "static" / "floor.html").write_bytes(Client().get(paths["track page"]).content)
     paths[FLOOR] = "/static/floor.html"
 
     port = free_port()
@@ -197,10 +200,11 @@ def main() -> None:
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
+        for _ in range(300):  # until a worker answers (the master binds before they boot)
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                with urllib.request.urlopen(base + paths[FLOOR], timeout=5) as reply:
+                    if reply.status == 200:
+                        break
             except OSError:
                 time.sleep(0.2)
         for path in paths.values():

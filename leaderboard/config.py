@@ -7,6 +7,10 @@ from urllib.parse import unquote, urlsplit
 
 import plotly
 
+PERSISTENT = {"CONN_MAX_AGE": 60}
+"""Connections are kept for a minute across requests: opening one (and, on SQLite, setting it up)
+costs more than serving a cached page."""
+
 
 def database_from_url(url: str | None, sqlite_path: Path) -> dict:
     """Django ``DATABASES['default']`` from ``postgres://user:pass@host:port/name`` (or SQLite).
@@ -15,10 +19,11 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict:
     A ``host`` query parameter (``?host=/run/postgresql``) selects a Unix socket directory.
     """
     if not url:
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite_path}
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite_path} | PERSISTENT
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parts.path[1:] or sqlite_path}
+        path = parts.path[1:] or sqlite_path
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": path} | PERSISTENT
     if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError(
             f"DATABASE_URL scheme {parts.scheme!r} is not supported (postgres, sqlite)"
@@ -31,8 +36,7 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": unquote(query.get("host", parts.hostname or "")),
         "PORT": str(parts.port or ""),
-        "CONN_MAX_AGE": 60,
-    }
+    } | PERSISTENT
 
 
 def plotly_js_dir() -> Path:

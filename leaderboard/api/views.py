@@ -31,7 +31,7 @@ from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
-from leaderboard.tracks.views import leaderboard_options, parse_as_of
+from leaderboard.tracks.views import leaderboard_options, parse_as_of, query_digest
 
 
 class TrackFilter(filters.FilterSet):
@@ -110,15 +110,16 @@ def leaderboard(request, slug: str):
     """Ranked entries of a track (JSON, paginated, with the unranked FP32 ``reference`` row; or
     CSV, the FP32 reference row first, then all ranked rows). JSON and CSV bodies are cached as
     rendered bytes until the ranks change."""
-    track = _track(request, slug)
     renderer = request.accepted_renderer
     csv = renderer.format == "csv"
     exported = renderer.format in EXPORTED_FORMATS
     params = request.query_params
-    key = ranking.cache_key(track, f"api:{renderer.format}:{request.get_host()}", params)
-    cached = cache.get(key) if exported else None
+    version = ranking.board_version(slug) if exported else None
+    key = f"api:{renderer.format}:{request.get_host()}:{version}:{query_digest(params)}"
+    cached = cache.get(key) if version is not None else None
     if cached is not None:
-        return _exported(cached, renderer, track, csv)
+        return _exported(cached, renderer, slug, csv)
+    track = _track(request, slug)
     options = leaderboard_options(params)
     as_of = parse_as_of(params.get("as_of", ""))
     if as_of is None:
@@ -141,18 +142,19 @@ def leaderboard(request, slug: str):
         return Response(data)
     content = renderer.render(data, renderer.media_type, {"request": request})
     content = content.encode() if isinstance(content, str) else content
-    cache.set(key, content, settings.BOARD_CACHE_SECONDS)
-    return _exported(content, renderer, track, csv)
+    if version is not None:
+        cache.set(key, content, settings.BOARD_CACHE_SECONDS)
+    return _exported(content, renderer, track.slug, csv)
 
 
 EXPORTED_FORMATS = ("json", "csv")
 """Formats whose rendered bytes are cached (the browsable API is rendered per request)."""
 
 
-def _exported(content: bytes, renderer, track: Track, csv: bool) -> HttpResponse:
+def _exported(content: bytes, renderer, slug: str, csv: bool) -> HttpResponse:
     response = HttpResponse(content, content_type=f"{renderer.media_type}; charset=utf-8")
     if csv:
-        response["Content-Disposition"] = f'attachment; filename="{track.slug}.csv"'
+        response["Content-Disposition"] = f'attachment; filename="{slug}.csv"'
     return response
 
 

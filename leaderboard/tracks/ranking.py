@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Max, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
@@ -152,6 +152,28 @@ def cache_key(track: Track, scope: str, params, *, with_siblings: bool = False) 
     version = f"{track.created_at.timestamp()}:{ranked_at.timestamp() if ranked_at else 0}"
     query = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
     return f"board:{scope}:{track.pk}:{version}:{hashlib.sha256(query.encode()).hexdigest()}"
+
+
+BOARD_VERSION_SQL = """
+    SELECT MAX(s.ranked_at), MAX(s.created_at), COUNT(s.id)
+    FROM {track} t JOIN {track} s ON s.id = t.id OR (%s AND s.reference_model_id =
+        t.reference_model_id AND s.dataset_id = t.dataset_id AND s.backend = t.backend)
+    WHERE t.slug = %s AND t.is_public
+"""
+
+
+def board_version(slug: str, *, with_siblings: bool = False) -> str | None:
+    """The ranking version ``cache_key`` keys on, for a public track named by ``slug``, in one
+    plain query (no ORM compilation: it decides whether a cached page can be served at all);
+    None when there is no such public track. It changes whenever the track (and, with
+    ``with_siblings``, one of the same model, dataset and backend) is re-ranked or created."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            BOARD_VERSION_SQL.format(track=connection.ops.quote_name(Track._meta.db_table)),
+            [with_siblings, slug],
+        )
+        ranked, created, count = cursor.fetchone()
+    return None if not count else f"{slug}:{ranked}:{created}:{count}:{with_siblings}"
 
 
 def board(

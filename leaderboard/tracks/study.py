@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Max
 
 from harness.analysis.study import STUDY_GRANULARITIES, format_metric
-from leaderboard.submissions.models import Evaluation, Kind, Status
+from leaderboard.submissions.models import Evaluation, Kind
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
+from leaderboard.tracks.ranking import RANKED_STATUSES
 
 STUDY_BACKEND = "simulated"
 """The study quantizes in simulation (exact integer arithmetic, any bits and granularity)."""
@@ -55,6 +57,28 @@ def cached(name: str, tracks, build):
     return cache.get_or_set(f"study:{digest}", build, CACHE_SECONDS)
 
 
+MODEL_VERSION_SQL = """
+    SELECT MAX(t.ranked_at), MAX(t.id), COUNT(t.id) FROM {track} t JOIN {model} m
+        ON m.id = t.reference_model_id
+    WHERE m.slug = %s AND t.is_public
+"""
+
+
+def model_version(slug: str) -> str | None:
+    """Version of what is derived from the ranks of model ``slug``'s public tracks, in one plain
+    query (it decides whether a cached page can be served); None when it has none."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            MODEL_VERSION_SQL.format(
+                track=connection.ops.quote_name(Track._meta.db_table),
+                model=connection.ops.quote_name(ReferenceModel._meta.db_table),
+            ),
+            [slug],
+        )
+        ranked, newest, count = cursor.fetchone()
+    return None if not count else f"{slug}:{ranked}:{newest}:{count}"
+
+
 def precision_of(weight_bits: int, activation_bits: int | None) -> tuple[str, str]:
     """(scheme prefix, label) of a precision: ``("w4a4", "W4A4")``; weight-only is ``a16``."""
     prefix = f"w{weight_bits}a{activation_bits or 16}"
@@ -83,8 +107,9 @@ def study_tracks(model: ReferenceModel, dataset: Dataset):
 
 
 def _visible_done():
+    """Shown entries with a result (one being re-evaluated keeps its latest, as on the board)."""
     return {
-        "submission__status": Status.DONE,
+        "submission__status__in": RANKED_STATUSES,
         "submission__hidden": False,
         "submission__disqualified": False,
     }

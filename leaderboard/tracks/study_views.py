@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 
+from django.contrib.messages import get_messages
+from django.core.cache import cache
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
@@ -40,8 +42,15 @@ def _cell_values(cell: dict | None) -> list:
 
 
 def model_study(request, slug: str):
-    """The study table (Table 1 layout) of one reference model, per dataset."""
+    """The study table (Table 1 layout) of one reference model, per dataset; as HTML for
+    visitors without an account, the whole page is cached until one of its tracks is
+    re-ranked."""
     fmt = _format(request)
+    anonymous = fmt == "html" and not request.user.is_authenticated and not get_messages(request)
+    version = study.model_version(slug) if anonymous else None
+    page_key = f"study-page:{request.get_host()}:{version}"
+    if version is not None and (page := cache.get(page_key)) is not None:
+        return HttpResponse(page)
     model = get_object_or_404(ReferenceModel, slug=slug)
     tables = study.model_tables(model)
     if fmt == "json":
@@ -56,7 +65,10 @@ def model_study(request, slug: str):
                              *_cell_values(row["cell"])])  # fmt: skip
         header = ["dataset", "precision", "granularity", "scheme", *CELL_COLUMNS]
         return _csv(f"study-{slug}.csv", header, rows)
-    return render(request, "tracks/study_model.html", {"model": model, "tables": tables})
+    response = render(request, "tracks/study_model.html", {"model": model, "tables": tables})
+    if version is not None:
+        cache.set(page_key, response.content, study.CACHE_SECONDS)
+    return response
 
 
 def cross_model_study(request):

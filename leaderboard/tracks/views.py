@@ -226,6 +226,12 @@ def board_context(track: Track, params) -> dict:
     }
 
 
+def query_digest(params) -> str:
+    """A short fixed-length name of a query string's parameters (order-free)."""
+    query = "&".join(f"{k}={v}" for k, v in sorted(params.lists()))
+    return hashlib.sha256(query.encode()).hexdigest()
+
+
 def off_board(request, track: Track) -> list[Submission]:
     """Hidden and disqualified entries of ``track`` the viewer may see with the reason: their
     own, or all of them for maintainers."""
@@ -240,13 +246,12 @@ def off_board(request, track: Track) -> list[Submission]:
 def track_detail(request, slug: str):
     """A track's page; for visitors without an account (and no pending message) the whole page
     is cached until the ranks change (it holds nothing personal), for others the board is."""
-    track = public_track(request, slug)
     anonymous = not request.user.is_authenticated and not get_messages(request)
-    page_key = ranking.cache_key(
-        track, f"anonymous-page:{request.get_host()}", request.GET, with_siblings=True
-    )
-    if anonymous and (page := cache.get(page_key)) is not None:
+    version = ranking.board_version(slug, with_siblings=True) if anonymous else None
+    page_key = f"anonymous-page:{request.get_host()}:{version}:{query_digest(request.GET)}"
+    if version is not None and (page := cache.get(page_key)) is not None:
         return HttpResponse(page)
+    track = public_track(request, slug)
     key = ranking.cache_key(track, "page", request.GET, with_siblings=True)
     board, status = cache.get(key), 200
     if board is None:
@@ -272,7 +277,7 @@ def track_detail(request, slug: str):
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
     response = render(request, "tracks/track.html", context, status=status)
-    if anonymous and status == HTTPStatus.OK:
+    if version is not None and status == HTTPStatus.OK:
         cache.set(page_key, response.content, settings.BOARD_CACHE_SECONDS)
     return response
 
