@@ -115,7 +115,9 @@ def leaderboard(request, slug: str):
     exported = renderer.format in EXPORTED_FORMATS
     params = request.query_params
     version = ranking.board_version(slug) if exported else None
-    key = f"api:{renderer.format}:{request.get_host()}:{version}:{query_digest(params)}"
+    key = ranking.versioned_key(
+        f"api:{renderer.format}", request.get_host(), version, query_digest(params)
+    )
     cached = cache.get(key) if version is not None else None
     if cached is not None:
         return _exported(cached, renderer, slug, csv)

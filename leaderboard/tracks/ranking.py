@@ -162,6 +162,12 @@ BOARD_VERSION_SQL = """
 """
 
 
+def versioned_key(scope: str, *parts: object) -> str:
+    """A cache key of ``scope`` for ``parts`` (versions, host, query digest): fixed length and
+    safe for every cache backend."""
+    return f"{scope}:{hashlib.sha256(repr(parts).encode()).hexdigest()}"
+
+
 def board_version(slug: str, *, with_siblings: bool = False) -> str | None:
     """The ranking version ``cache_key`` keys on, for a public track named by ``slug``, in one
     plain query (no ORM compilation: it decides whether a cached page can be served at all);

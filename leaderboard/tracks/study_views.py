@@ -12,7 +12,7 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from harness.baselines import ptq_methods
-from leaderboard.tracks import study
+from leaderboard.tracks import ranking, study
 from leaderboard.tracks.models import ReferenceModel
 
 CELL_COLUMNS = ["mean_dsc", "dsc_drop_pct", "mean_nsd", "nsd_drop_pct", "submission", "track"]
@@ -48,7 +48,7 @@ def model_study(request, slug: str):
     fmt = _format(request)
     anonymous = fmt == "html" and not request.user.is_authenticated and not get_messages(request)
     version = study.model_version(slug) if anonymous else None
-    page_key = f"study-page:{request.get_host()}:{version}"
+    page_key = ranking.versioned_key("study-page", request.get_host(), version)
     if version is not None and (page := cache.get(page_key)) is not None:
         return HttpResponse(page)
     model = get_object_or_404(ReferenceModel, slug=slug)

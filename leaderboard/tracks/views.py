@@ -248,7 +248,9 @@ def track_detail(request, slug: str):
     is cached until the ranks change (it holds nothing personal), for others the board is."""
     anonymous = not request.user.is_authenticated and not get_messages(request)
     version = ranking.board_version(slug, with_siblings=True) if anonymous else None
-    page_key = f"anonymous-page:{request.get_host()}:{version}:{query_digest(request.GET)}"
+    page_key = ranking.versioned_key(
+        "anonymous-page", request.get_host(), version, query_digest(request.GET)
+    )
     if version is not None and (page := cache.get(page_key)) is not None:
         return HttpResponse(page)
     track = public_track(request, slug)
