@@ -2,13 +2,18 @@
 concurrent clients with ApacheBench (``ab``, Debian's apache2-utils).
 
 Measured side by side in one run, on one track: the track page (``/tracks/<slug>/``, first page
-of the ranked table + charts) and its JSON API (``/api/v1/tracks/<slug>/leaderboard/``), each
-with ``--requests`` requests at concurrency ``--concurrency`` after a warm-up; printed: p50 and
-p95 latency (ms), requests per second, and the database queries one request makes (counted
+of the ranked table + charts), the model's study page (``/study/<model>/``), the leaderboard JSON
+(``/api/v1/tracks/<slug>/leaderboard/``) and CSV (``?format=csv``, every row), and a floor: the
+track page's own bytes as a static file served by the same gunicorn and middleware (whitenoise,
+from ``DJANGO_STATIC_ROOT``), i.e. what serving those bytes costs with no view at all. Each gets
+``--requests`` requests at concurrency ``--concurrency`` after a warm-up; printed: p50 and p95
+latency (ms), requests per second, and the database queries one request makes (counted
 in-process with Django's CaptureQueriesContext), both on a cold cache (ranks just recomputed)
-and a warm one, and the time of that cold request. Target: p95 ≤ 100 ms. Rendered boards are
-cached per ranking version (recomputed when a result is stored or an entry curated), so the
-load phase measures the cached path; the cold column shows the cost of the first rendering.
+and a warm one, and the time of that cold request. Targets: p95 ≤ 100 ms for the track page,
+the study page and the JSON, ≤ 150 ms for the CSV. What is derived from ranks (boards, the whole
+page for visitors without an account, the JSON and CSV bodies, study tables) is cached until the
+ranks change, so the load phase measures the cached path; the cold column shows the cost of the
+first rendering.
 
 The seeded results are synthetic (deterministic pseudo-random metrics, seed 0): this measures
 the site, not the harness. Everything runs in a temporary folder with its own SQLite database.
@@ -27,10 +32,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK = "demo-unet-phantom-w4a4-simulated"
+MODEL = "demo-unet"
+TARGETS_MS = {"track page": 100, "study page": 100, "leaderboard JSON": 100, "leaderboard CSV": 150}
+FLOOR = "static floor"
+STUDY_ROWS = 4
+"""The first seeded entries are the study's rows on this track: FP32, then RTN at each
+granularity."""
 
 
 def seed(results: int, demo: Path) -> None:
@@ -61,9 +73,12 @@ def seed(results: int, demo: Path) -> None:
         [
             Submission(
                 track=track, user=users[i % len(users)],
-                team=teams[i % len(teams)] if i % 2 else None, kind=Kind.CHECKPOINT,
+                team=teams[i % len(teams)] if i % 2 else None,
                 method=f"method {i % 50} {grans[i % 3]}", status=Status.DONE, created_at=now,
-                finished_at=now, is_baseline=i < 3,
+                finished_at=now, is_baseline=i < STUDY_ROWS,
+                kind=(Kind.FP32 if i == 0 else Kind.SCHEME) if i < STUDY_ROWS else Kind.CHECKPOINT,
+                reference_method="rtn" if 0 < i < STUDY_ROWS else "",
+                scheme=("fp32" if i == 0 else f"w4a4-{grans[i - 1]}") if i < STUDY_ROWS else "",
             )
             for i in range(results)
         ],
@@ -82,7 +97,8 @@ def seed(results: int, demo: Path) -> None:
                 dsc_ci_high=dsc + 0.01, fp32_mean_dsc=0.9, gate_passed=dsc >= 0.891,
                 weight_bits=4, activation_bits=4, granularity=grans[i % 3],
                 size_mb=float(rng.uniform(0.2, 1.2)), latency_ms=float(rng.uniform(50, 120)),
-                result={"per_class": per_class, "summary": {"mean_dsc": dsc}},
+                result={"per_class": per_class,
+                        "summary": {"mean_dsc": dsc, "nsd_drop_pct": (0.8 - dsc) / 0.8 * 100}},
             )
         )  # fmt: skip
     Evaluation.objects.bulk_create(evaluations, batch_size=1000)
@@ -118,10 +134,13 @@ def free_port() -> int:
 
 
 def ab(url: str, requests: int, concurrency: int) -> dict[str, float]:
-    out = subprocess.run(
+    done = subprocess.run(
         ["ab", "-q", "-l", "-n", str(requests), "-c", str(concurrency), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"ab failed on {url}:\n{done.stdout}\n{done.stderr}")
+    out = done.stdout
     failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
     non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
     if failed or non_2xx:
@@ -151,8 +170,10 @@ def main() -> None:
         "MEDQUANT_RATE_ANON": "100000000/min", "MEDQUANT_RATE_USER": "100000000/min",
         "OMP_NUM_THREADS": "1",
         "DJANGO_SETTINGS_MODULE": "leaderboard.settings",
+        "DJANGO_STATIC_ROOT": str(var / "static"),
     }  # fmt: skip
     os.environ.update(env)
+    (var / "static").mkdir()
     import django
 
     django.setup()
@@ -161,9 +182,15 @@ def main() -> None:
     print(f"seeded {args.results} results on {TRACK} in {time.perf_counter() - start:.1f} s")
     paths = {
         "track page": f"/tracks/{TRACK}/",
+        "study page": f"/study/{MODEL}/",
         "leaderboard JSON": f"/api/v1/tracks/{TRACK}/leaderboard/",
+        "leaderboard CSV": f"/api/v1/tracks/{TRACK}/leaderboard/?format=csv",
     }
     queries = queries_per_request(paths)
+    from django.test import Client
+
+    (var / "static" / "floor.html").write_bytes(Client().get(paths["track page"]).content)
+    paths[FLOOR] = "/static/floor.html"
 
     port = free_port()
     server = subprocess.Popen(
@@ -173,10 +200,11 @@ def main() -> None:
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
+        for _ in range(300):  # until a worker answers (the master binds before they boot)
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                with urllib.request.urlopen(base + paths[FLOOR], timeout=5) as reply:
+                    if reply.status == 200:
+                        break
             except OSError:
                 time.sleep(0.2)
         for path in paths.values():
@@ -185,14 +213,18 @@ def main() -> None:
               f"gunicorn -w {args.workers}, {os.cpu_count()} CPUs")  # fmt: skip
         print(f"{'path':<18} {'p50 ms':>7} {'p95 ms':>7} {'req/s':>8} {'queries cold/warm':>18} "
               f"{'cold ms':>8}")  # fmt: skip
-        worst = 0.0
+        p95 = {}
         for name, path in paths.items():
             stats = ab(base + path, args.requests, args.concurrency)
-            worst = max(worst, stats["p95"])
-            cold, warm, cold_ms = queries[name]
+            p95[name] = stats["p95"]
+            cold, warm, cold_ms = queries.get(name, ("-", "-", float("nan")))
             print(f"{name:<18} {stats['p50']:>7.0f} {stats['p95']:>7.0f} {stats['rps']:>8.1f} "
                   f"{cold:>13}/{warm:<4} {cold_ms:>8.0f}")  # fmt: skip
-        print(f"\np95 target ≤ 100 ms: {'met' if worst <= 100 else 'NOT met'} (worst {worst:.0f})")
+        print()
+        for name, target in TARGETS_MS.items():
+            verdict = "met" if p95[name] <= target else "NOT met"
+            print(f"{name:<18} p95 {p95[name]:>4.0f} ms (floor {p95[FLOOR]:.0f}), "
+                  f"target ≤ {target} ms: {verdict}")  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=30)

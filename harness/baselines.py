@@ -78,6 +78,12 @@ class Baseline:
     description: str
 
 
+def ptq_methods() -> dict[str, tuple[str, str]]:
+    """The registered reference PTQ methods, name → (label, summary), for front ends that list
+    them (the site's method pages and its submit form)."""
+    return {name: (m.label, m.summary) for name, m in sorted(METHODS.items())}
+
+
 @dataclass(frozen=True)
 class BaselineResult:
     """The baseline's result document and the artifact it was scored as (kept for download;

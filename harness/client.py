@@ -79,11 +79,32 @@ def artifact_files(path: Path) -> tuple[str, dict[str, Path]]:
 
 
 def submit(
-    url: str, token: str, track: str, method: str, artifact: Path, description: str = ""
+    url: str,
+    token: str,
+    track: str,
+    method: str,
+    artifact: Path,
+    description: str = "",
+    *,
+    hyperparameters: str = "",
+    calibration_cases: int | None = None,
+    paper_url: str = "",
+    code_url: str = "",
 ) -> dict:
-    """Upload one submission; returns its status document (with ``id``)."""
+    """Upload one submission with its metadata (``hyperparameters``: a JSON object as text);
+    returns its status document (with ``id``)."""
     kind, files = artifact_files(artifact)
-    fields = {"track": track, "kind": kind, "method": method, "description": description}
+    fields = {
+        "track": track,
+        "kind": kind,
+        "method": method,
+        "description": description,
+        "hyperparameters": hyperparameters,
+        "paper_url": paper_url,
+        "code_url": code_url,
+    }
+    if calibration_cases is not None:
+        fields["calibration_cases"] = str(calibration_cases)
     body, content_type = _multipart(fields, files)
     return _request(f"{url.rstrip('/')}/api/v1/submissions/", token, body, content_type)
 

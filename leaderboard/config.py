@@ -11,6 +11,10 @@ from urllib.parse import unquote, urlsplit
 
 import plotly
 
+PERSISTENT = {"CONN_MAX_AGE": 60}
+"""Connections are kept for a minute across requests: opening one (and, on SQLite, setting it up)
+costs more than serving a cached page."""
+
 
 def database_from_url(url: str | None, sqlite_path: Path) -> dict:
     """Django ``DATABASES['default']`` from ``postgres://user:pass@host:port/name`` (or SQLite).
@@ -35,11 +39,10 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": unquote(query.get("host", parts.hostname or "")),
         "PORT": str(parts.port or ""),
-        "CONN_MAX_AGE": 60,
         # a persistent connection is checked before reuse: after a PostgreSQL restart a request
         # reconnects instead of failing on the stale connection
         "CONN_HEALTH_CHECKS": True,
-    }
+    } | PERSISTENT
 
 
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -59,7 +62,7 @@ def _sqlite(path) -> dict:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
-    }
+    } | PERSISTENT
 
 
 DEVELOPMENT_SECRET_KEY = "insecure-development-key-change-me"

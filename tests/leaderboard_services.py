@@ -180,6 +180,20 @@ class LiveSite:
 TINY_TRACK = "tiny-unet-tiny-w8a8-simulated"
 
 
+def site_env(var: Path) -> dict[str, str]:
+    """Environment of a live site on the embedded stack with its state in ``var``."""
+    env = os.environ | {
+        "MEDQUANT_VAR_DIR": str(var),
+        "OMP_NUM_THREADS": "1",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+    }
+    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDQUANT_CACHE_URL"):
+        env.pop(key, None)
+    return env
+
+
 @contextmanager
 def live_site(
     dataset_dir: Path,
@@ -196,15 +210,7 @@ def live_site(
     ``site_options`` go to ``LiveSite``."""
     var.mkdir(parents=True, exist_ok=True)
     model_dir = shutil.copytree(model_dir, var / "model")  # create_track adds model.onnx
-    env = os.environ | {
-        "MEDQUANT_VAR_DIR": str(var),
-        "OMP_NUM_THREADS": "1",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-    }
-    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "MEDQUANT_CACHE_URL"):
-        env.pop(key, None)
+    env = site_env(var)
     with ExitStack() as stack_:
         if stack == "redis+postgres" and servers:
             env["CELERY_BROKER_URL"], env["DATABASE_URL"] = (server.url for server in servers)

@@ -80,11 +80,16 @@ def test_admin_reevaluate_requeues_and_the_worker_recomputes_the_same_numbers(
     # RTN at 3 granularities, RTN with asymmetric activations, SmoothQuant (8-bit)
     assert len(callbacks) == len(before) == 5
     assert set(Submission.objects.values_list("status", flat=True)) == {Status.QUEUED}
-    assert list(ranking.board(ranked_baselines)) == []
+    # the results stay, and stay ranked, until the new ones exist
+    assert {e.submission_id for e in ranking.board(ranked_baselines, best_per_team=False)} == set(
+        before
+    )
+    assert set(Submission.objects.values_list("attempts", flat=True)) == {0}
     for pk in before:
         pipeline.run(pk)
     after = {s.pk: s.evaluation.mean_dsc for s in Submission.objects.filter(track=ranked_baselines)}
     assert after == before
+    assert {s.versions.count() for s in Submission.objects.filter(track=ranked_baselines)} == {2}
 
 
 def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from harness.baselines import compute_baseline
 from harness.inference.evaluation import EvaluationRun
 from harness.submission import Submission, evaluate_submission
@@ -61,7 +63,10 @@ def _activation_grid(submission: dict) -> str:
     return "none" if config.activation_bits is None else config.activation_quantizer
 
 
-def _row(result: dict) -> dict:
+def study_row(result: dict) -> dict:
+    """One row of the study table from a result document: scheme, precision label, granularity,
+    activation grid, mean DSC / NSD with their ↓Δ% vs FP32, DSC CI, gate, bits per weight (and
+    the method, when the result records one)."""
     submission = result["submission"]
     summary, precision = result["summary"], submission["precision"]
     bits_w, bits_a = precision["weight_bits"], precision["activation_bits"]
@@ -122,26 +127,33 @@ def run_study(
         name, options = parse_method(method)
         for config in configs:
             method_config(name, config, options)
-    fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
-    results = [fp32_result]
-    if methods:
-        results += [
-            evaluate_method(track, method, scheme, fp32_run, progress)
-            for method in methods
-            for scheme in schemes
-        ]
-    else:
-        results += [
-            evaluate_submission(
-                track, Submission("scheme", scheme=scheme), fp32=fp32_run, progress=progress
-            )[0]
-            for scheme in schemes
-        ]
+    rows = tqdm(total=1 + len(schemes) * max(1, len(methods)), desc="study rows",
+                unit="row", disable=not progress)  # fmt: skip
+    with rows:
+        fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
+        results = [fp32_result]
+        rows.update()
+        for method in methods or [None]:
+            for scheme in schemes:
+                rows.set_postfix_str(f"{method} {scheme}" if method else scheme)
+                if method:
+                    results.append(evaluate_method(track, method, scheme, fp32_run, progress))
+                else:
+                    submission = Submission("scheme", scheme=scheme)
+                    results.append(
+                        evaluate_submission(track, submission, fp32=fp32_run, progress=progress)[0]
+                    )
+                rows.update()
     return {
         "track": fp32_result["track"],
-        "rows": [_row(r) for r in results],
+        "rows": [study_row(r) for r in results],
         "results": results,
     }
+
+
+def format_metric(value: float, drop_pct: float) -> str:
+    """A table cell as the study prints it: ``0.874 (↓1.2%)``."""
+    return f"{value:.3f} (↓{drop_pct:.1f}%)"
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
@@ -161,7 +173,7 @@ def format_table(rows: list[dict], title: str = "") -> str:
     for r in rows:
         lead = f"{r.get('method', '-'):<{width}} " if methods else ""
         grid = f"{r.get('activation_quantizer', '-'):<12} " if grids else ""
-        dsc = f"{r['mean_dsc']:.3f} (↓{r['dsc_drop_pct']:.1f}%)"
-        nsd = f"{r['mean_nsd']:.3f} (↓{r['nsd_drop_pct']:.1f}%)"
+        dsc = format_metric(r["mean_dsc"], r["dsc_drop_pct"])
+        nsd = format_metric(r["mean_nsd"], r["nsd_drop_pct"])
         lines.append(f"{lead}{r['precision']:<10} {r['granularity']:<13} {grid}{dsc:>17} {nsd:>17}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from harness.cli.common import add_track_args, open_track
 
 def cmd_study(args: argparse.Namespace) -> None:
     from harness.analysis.study import format_table, run_study, study_schemes
+    from harness.cli.progress import quantization_bars
     from harness.scoring.result import write_result
 
     track = open_track(args)
@@ -19,7 +20,8 @@ def cmd_study(args: argparse.Namespace) -> None:
         args.activation_quantizers.split(","),
     )
     methods = args.methods.split(",") if args.methods else ()
-    study = run_study(track, schemes, progress=not args.quiet, methods=methods)
+    with quantization_bars(not args.quiet):
+        study = run_study(track, schemes, progress=not args.quiet, methods=methods)
     write_result(study, args.out)
     title = f"{track.model_spec.name} ({track.model_spec.architecture}) on {track.dataset.name}"
     print(format_table(study["rows"], title=title))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.cli.common import add_track_args, open_track
@@ -12,6 +13,7 @@ from harness.cli.common import add_track_args, open_track
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from harness.artifacts.checkpoint import save_checkpoint
+    from harness.cli.progress import quantization_bars
     from harness.models.reference import weights_sha256
     from reference_methods.methods import all_options, method_config, quantize_with
     from reference_methods.simulator.scheme import QuantConfig
@@ -37,7 +39,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     method_config(args.method, scheme, options)  # refuse bad options before reading any data
     track = open_track(args)
     start = time.perf_counter()
-    model = quantize_with(args.method, track.model, scheme, track.calibration, options)
+    with quantization_bars(not args.quiet):
+        model = quantize_with(args.method, track.model, scheme, track.calibration, options)
     seconds = time.perf_counter() - start
     reference = {
         "model": track.model_spec.name,
@@ -49,6 +52,51 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     }
     save_checkpoint(model, Path(args.out), reference)
     print(f"{args.method} {scheme.name} in {seconds:.1f} s → {args.out}")
+
+
+SCHEME_FLAGS = (
+    ("activation_scales", "--activation-scales"),
+    ("activation_quantizer", "--activation-quantizer"),
+    ("activation_calibration", "--activation-calibration"),
+    ("activation_percentile", "--activation-percentile"),
+    ("weight_group_size", "--group-size"),
+)
+"""Scheme settings beyond bits and granularity, and their flags (written when not the default)."""
+
+
+def quantize_command(
+    method: str,
+    scheme: str,
+    options: Mapping | None = None,
+    *,
+    dataset: str = "DATASET",
+    model: str = "MODEL",
+    out: str = "CKPT",
+) -> list[str]:
+    """The ``harness quantize`` command line (as argv) that quantizes like ``method`` under
+    ``scheme`` with ``options``: what a baseline ran, to be re-run offline on the track's
+    calibration bundle (``dataset``) and FP32 model folder (``model``)."""
+    from reference_methods.simulator.scheme import QuantConfig
+
+    config = QuantConfig.from_scheme(scheme)
+    default = QuantConfig(config.weight_bits, config.activation_bits, config.granularity)
+    argv = ["harness", "quantize", "--dataset", dataset, "--model", model, "--method", method,
+            "--wbits", str(config.weight_bits)]  # fmt: skip
+    if config.activation_bits is not None:
+        argv += ["--abits", str(config.activation_bits)]
+    argv += ["--granularity", str(config.granularity)]
+    for field, flag in SCHEME_FLAGS:
+        if getattr(config, field) != getattr(default, field):
+            argv += [flag, str(getattr(config, field))]
+    if config.skip:
+        argv += ["--skip", ",".join(config.skip)]
+    for name, value in sorted((options or {}).items()):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, ",".join(value) if isinstance(value, list | tuple) else str(value)]
+    return [*argv, "--out", out]
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:

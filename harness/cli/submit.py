@@ -16,7 +16,16 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if not token:
         raise HarnessError("an API token is needed: --token or MEDQUANT_TOKEN")
     created = submit(
-        args.url, token, args.track, args.method, Path(args.artifact), args.description
+        args.url,
+        token,
+        args.track,
+        args.method,
+        Path(args.artifact),
+        args.description,
+        hyperparameters=args.hyperparameters,
+        calibration_cases=args.calibration_cases,
+        paper_url=args.paper_url,
+        code_url=args.code_url,
     )
     print(f"submission {created['id']} {created['status']} on {created['track']}")
     if args.wait:
@@ -38,6 +47,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--track", required=True, help="track slug")
     p.add_argument("--method", required=True, help="method name shown on the leaderboard")
     p.add_argument("--description", default="")
+    p.add_argument(
+        "--hyperparameters",
+        default="",
+        help="the method's settings as a JSON object, e.g. '{\"damp\": 0.01}'",
+    )
+    p.add_argument("--calibration-cases", type=int, help="number of calibration cases used")
+    p.add_argument("--paper-url", default="", help="the method's paper")
+    p.add_argument("--code-url", default="", help="the method's code")
     p.add_argument(
         "--checkpoint",
         dest="artifact",

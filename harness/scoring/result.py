@@ -30,6 +30,20 @@ def bootstrap_ci(values: list[float], seed: int, samples: int = BOOTSTRAP_SAMPLE
     return [float(low), float(high)]
 
 
+def paired_bootstrap_ci(
+    values: list[float], reference: list[float], seed: int, samples: int = BOOTSTRAP_SAMPLES
+) -> list[float]:
+    """Percentile bootstrap 95% CI of mean(values − reference) over paired cases: the same
+    resampled cases (with replacement) for both sides, so that what the cases share (an easy or
+    a hard case) cancels and only the difference between the two is resampled. ``seed`` fixes
+    the resamples."""
+    a = np.asarray(values, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired values need equal, non-empty lengths ({a.shape} vs {b.shape})")
+    return bootstrap_ci(list(a - b), seed, samples)
+
+
 def relative_drop_pct(value: float, reference: float) -> float:
     """(reference − value) / reference · 100; positive when ``value`` is worse."""
     return 0.0 if reference == 0 else float((reference - value) / reference * 100.0)

@@ -68,7 +68,8 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "id", "track", "kind", "method", "entrant", "is_baseline", "status", "error",
             "created_at", "validating_at", "running_at", "scoring_at", "finished_at",
             "mean_dsc", "mean_nsd", "gate_passed", "disqualified", "public_reason",
-            "image_reference", "image_digest",
+            "image_reference", "image_digest", "description", "hyperparameters",
+            "calibration_cases", "paper_url", "code_url",
         ]  # fmt: skip
 
 
@@ -77,8 +78,17 @@ class SubmitSerializer(serializers.Serializer):
 
     track = serializers.SlugRelatedField(slug_field="slug", queryset=Track.objects.all())
     kind = serializers.ChoiceField(choices=[k.value for k in UPLOAD_KINDS], default="checkpoint")
-    method = serializers.CharField(max_length=80)
+    method = serializers.CharField(
+        max_length=80, help_text="a reference method's name (see the submit form) or your own"
+    )
     description = serializers.CharField(required=False, allow_blank=True, default="")
+    hyperparameters = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="JSON object of the settings"
+    )
+    calibration_cases = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=0,
+        help_text="number of calibration cases the method used",
+    )  # fmt: skip
     paper_url = serializers.URLField(required=False, allow_blank=True, default="")
     code_url = serializers.URLField(required=False, allow_blank=True, default="")
     artifact = serializers.FileField(

@@ -7,6 +7,7 @@ urlpatterns = [
     path("v1/tracks/", views.track_list, name="api-tracks"),
     path("v1/tracks/<slug:slug>/", views.track_detail, name="api-track"),
     path("v1/tracks/<slug:slug>/leaderboard/", views.leaderboard, name="api-leaderboard"),
+    path("v1/tracks/<slug:slug>/compare/", views.compare_entries, name="api-compare"),
     path("v1/submissions/", views.submissions, name="api-submissions"),
     path("v1/submissions/<int:pk>/", views.submission_detail, name="api-submission"),
     path("v1/submissions/<int:pk>/result/", views.submission_result, name="api-result"),

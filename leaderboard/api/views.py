@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, HttpResponse
+from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -30,10 +31,11 @@ from leaderboard.api.serializers import (
     TrackSerializer,
 )
 from leaderboard.submissions.intake import accept
+from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
-from leaderboard.tracks import ranking
+from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
-from leaderboard.tracks.views import leaderboard_options
+from leaderboard.tracks.views import leaderboard_options, parse_as_of, query_digest
 
 
 class TrackFilter(filters.FilterSet):
@@ -100,6 +102,9 @@ def track_detail(request, slug: str):
         OpenApiParameter("gate", str, enum=["pass"], description="pass: passing entries only"),
         OpenApiParameter("sort", str, description="column, '-' prefix for descending"),
         OpenApiParameter("format", str, enum=["json", "csv"], description="csv: every row"),
+        OpenApiParameter(
+            "as_of", str, description="the board as it stood then: YYYY-MM-DD or ISO date-time"
+        ),
     ],
     responses={200: PaginatedLeaderboard, 404: ErrorSerializer},
 )
@@ -107,31 +112,76 @@ def track_detail(request, slug: str):
 @renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
 def leaderboard(request, slug: str):
     """Ranked entries of a track (JSON, paginated, with the unranked FP32 ``reference`` row; or
-    CSV, the FP32 reference row first, then all ranked rows)."""
+    CSV, the FP32 reference row first, then all ranked rows). JSON and CSV bodies are cached as
+    rendered bytes until the ranks change."""
+    renderer = request.accepted_renderer
+    csv = renderer.format == "csv"
+    exported = renderer.format in EXPORTED_FORMATS
+    params = request.query_params
+    version = ranking.board_version(slug) if exported else None
+    key = ranking.versioned_key(
+        f"api:{renderer.format}", request.get_host(), version, query_digest(params)
+    )
+    cached = cache.get(key) if version is not None else None
+    if cached is not None:
+        return _exported(cached, renderer, slug, csv)
     track = _track(request, slug)
-    csv = request.accepted_renderer.format == "csv"
-    key = ranking.cache_key(track, "csv" if csv else "api", request.query_params)
-    data = cache.get(key)
-    if data is None:
-        rows = ranking.board(track, **leaderboard_options(request.query_params))
-        reference = ranking.reference_row(track)
-        if reference is not None:
-            reference.rank = reference.same_as = None
-        fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]
-        if csv:
-            data = fp32 + list(LeaderboardRowSerializer(rows, many=True).data)
-        else:
-            paginator = PageNumberPagination()
-            page = paginator.paginate_queryset(rows, request)
-            data = paginator.get_paginated_response(
-                LeaderboardRowSerializer(page, many=True).data
-            ).data
-            data["reference"] = fp32[0] if fp32 else None
-        cache.set(key, data, settings.BOARD_CACHE_SECONDS)
-    response = Response(data)
+    options = leaderboard_options(params)
+    as_of = parse_as_of(params.get("as_of", ""))
+    if as_of is None:
+        rows, reference = ranking.board(track, **options), ranking.reference_row(track)
+    else:
+        rows = ranking.board_as_of(track, as_of, **options)
+        reference = ranking.reference_row_as_of(track, as_of)
+    if reference is not None:
+        reference.rank = reference.same_as = None
+    fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]
     if csv:
-        response["Content-Disposition"] = f'attachment; filename="{track.slug}.csv"'
+        data = fp32 + list(LeaderboardRowSerializer(rows, many=True).data)
+    else:
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(rows, request)
+        data = paginator.get_paginated_response(LeaderboardRowSerializer(page, many=True).data).data
+        data["reference"] = fp32[0] if fp32 else None
+        data["compare"] = reverse("api-compare", args=[track.slug]) + "?ids=ID&ids=ID"
+    if not exported:
+        return Response(data)
+    content = renderer.render(data, renderer.media_type, {"request": request})
+    content = content.encode() if isinstance(content, str) else content
+    if version is not None:
+        cache.set(key, content, settings.BOARD_CACHE_SECONDS)
+    return _exported(content, renderer, track.slug, csv)
+
+
+EXPORTED_FORMATS = ("json", "csv")
+"""Formats whose rendered bytes are cached (the browsable API is rendered per request)."""
+
+
+def _exported(content: bytes, renderer, slug: str, csv: bool) -> HttpResponse:
+    response = HttpResponse(content, content_type=f"{renderer.media_type}; charset=utf-8")
+    if csv:
+        response["Content-Disposition"] = f'attachment; filename="{slug}.csv"'
     return response
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter(
+            "ids", int, many=True, required=True,
+            description=f"{compare.MIN_ENTRIES} to {compare.MAX_ENTRIES} submission ids; the "
+            "first is the reference of the differences",
+        )
+    ],
+    responses={200: dict},
+)  # fmt: skip
+@api_view(["GET"])
+def compare_entries(request, slug: str):
+    """Per-class and per-case DSC/NSD of two to four entries side by side, differences to the
+    first, and the paired-bootstrap 95% CI of each mean-DSC difference over the test cases
+    (``resolved`` when it excludes 0)."""
+    track = _track(request, slug)
+    ids = compare.parse_ids(request.query_params.getlist("ids"))
+    return Response(compare.comparison(track, compare.comparable(track, ids, request.user)))
 
 
 def _visible(request, pk: int) -> Submission:
@@ -178,6 +228,7 @@ def submissions(request):
         manifest=data.get("manifest"),
         weights=data.get("weights"),
         image=data["image"],
+        metadata=metadata(data["hyperparameters"], data["calibration_cases"]),
     )
     return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
 

@@ -1,5 +1,6 @@
-"""Maintainer actions on submissions: re-evaluate one or many (the old result is replaced), and
-re-rank after curation."""
+"""Maintainer actions on submissions: re-evaluate one or many (the new result is added as the
+next version; the old one stays, and stays on the board, until the new one exists), and re-rank
+after curation."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
-from leaderboard.submissions.models import Evaluation, Status, Submission
+from leaderboard.submissions.models import Status, Submission
 from leaderboard.submissions.tasks import enqueue
 from leaderboard.tracks import ranking
 
 
 def reevaluate(submissions: Iterable[Submission]) -> int:
-    """Reset each submission to ``queued`` (dropping its Evaluation) and enqueue it again."""
+    """Reset each submission to ``queued`` with a fresh count of attempts and enqueue it again;
+    its results are kept (the board ranks the latest while the new one is computed)."""
     count, tracks = 0, {}
     with transaction.atomic():
         for submission in submissions:
             locked = Submission.objects.select_for_update().get(pk=submission.pk)
-            Evaluation.objects.filter(submission=locked).delete()
             locked.status = Status.QUEUED
             locked.validating_at = locked.running_at = locked.scoring_at = None
             locked.finished_at = None

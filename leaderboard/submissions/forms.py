@@ -12,8 +12,20 @@ class SubmitForm(forms.Form):
     kind = forms.ChoiceField(
         choices=[(k.value, k.label) for k in UPLOAD_KINDS], initial=Kind.CHECKPOINT
     )
-    method = forms.CharField(max_length=80, help_text="method name shown on the leaderboard")
+    method = forms.CharField(
+        max_length=80,
+        widget=forms.TextInput(attrs={"list": "method-names"}),
+        help_text="method name shown on the leaderboard: a reference method's, or your own",
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    hyperparameters = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        help_text='JSON object of the method\'s settings, e.g. {"damp": 0.01, "block_size": 128}',
+    )
+    calibration_cases = forms.IntegerField(
+        required=False, min_value=0, help_text="number of calibration cases the method used"
+    )
     paper_url = forms.URLField(required=False, assume_scheme="https")
     code_url = forms.URLField(required=False, assume_scheme="https")
     artifact = forms.FileField(

@@ -150,9 +150,11 @@ def accept(
     manifest: File | None = None,
     weights: File | None = None,
     image: str = "",
+    metadata: dict | None = None,
 ) -> Submission:
     """Create the submission and enqueue its evaluation, or raise ValidationError by field.
-    ``image`` is a quantizer container's registry reference (instead of an uploaded tarball)."""
+    ``image`` is a quantizer container's registry reference (instead of an uploaded tarball);
+    ``metadata`` the checked structured fields (``metadata.metadata``)."""
     if kind == Kind.CONTAINER and not settings.MEDQUANT_CONTAINERS:
         raise ValidationError({"kind": CONTAINERS_DISABLED})
     if kind not in accepted_kinds(track):
@@ -178,6 +180,7 @@ def accept(
             code_url=code_url,
             artifact_sha256=digest,
             image_reference=image if kind == Kind.CONTAINER else "",
+            **(metadata or {}),
         )
         submission.save()
         if artifact:

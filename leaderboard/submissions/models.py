@@ -93,6 +93,12 @@ class Submission(models.Model):
     description = models.TextField(blank=True)
     paper_url = models.URLField(blank=True)
     code_url = models.URLField(blank=True)
+    hyperparameters = models.JSONField(
+        default=dict, blank=True, help_text="the method's settings, as the submitter states them"
+    )
+    calibration_cases = models.PositiveIntegerField(
+        null=True, blank=True, help_text="calibration cases the method used; empty = not stated"
+    )
     is_baseline = models.BooleanField(default=False)
 
     status = models.CharField(max_length=12, choices=Status, default=Status.QUEUED, db_index=True)
@@ -159,13 +165,10 @@ class Submission(models.Model):
         self.save()
 
 
-class Evaluation(models.Model):
-    """The harness result of one submission (at most one: re-running never duplicates it)."""
+class Scores(models.Model):
+    """The harness result document of one evaluation and the summary columns read from it (what
+    the board shows and ranks)."""
 
-    submission = models.OneToOneField(
-        Submission, on_delete=models.CASCADE, related_name="evaluation"
-    )
-    track = models.ForeignKey(Track, on_delete=models.CASCADE, related_name="evaluations")
     result = models.JSONField()
     mean_dsc = models.FloatField()
     mean_nsd = models.FloatField()
@@ -197,6 +200,20 @@ class Evaluation(models.Model):
     artifact_digest = models.CharField(
         max_length=64, blank=True, help_text="sha256 of the verified weights (duplicates share it)"
     )
+    created_at = models.DateTimeField(default=timezone.now, help_text="when it was evaluated")
+
+    class Meta:
+        abstract = True
+
+
+class Evaluation(Scores):
+    """The latest result of one submission (the board ranks it); every result, this one
+    included, is also kept as an ``EvaluationVersion``."""
+
+    submission = models.OneToOneField(
+        Submission, on_delete=models.CASCADE, related_name="evaluation"
+    )
+    track = models.ForeignKey(Track, on_delete=models.CASCADE, related_name="evaluations")
     duplicate_of = models.ForeignKey(
         "self",
         on_delete=models.SET_NULL,
@@ -205,7 +222,6 @@ class Evaluation(models.Model):
         related_name="duplicates",
         help_text="the earlier-ranked entry with the same verified weights",
     )
-    created_at = models.DateTimeField(default=timezone.now)
     rank_all = models.PositiveIntegerField(
         null=True, blank=True, help_text="rank among all entries; empty = not ranked"
     )
@@ -221,3 +237,23 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"evaluation of {self.submission}"
+
+
+class EvaluationVersion(Scores):
+    """One evaluation of a submission, kept for good: version 1 is its first result, a
+    re-evaluation adds the next (the newest is also the ``Evaluation`` the board ranks). Boards
+    as they stood at a date (``ranking.board_as_of``) are ranked from these."""
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="versions")
+    track = models.ForeignKey(Track, on_delete=models.CASCADE, related_name="evaluation_versions")
+    version = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["submission", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["submission", "version"], name="one_result_per_version")
+        ]
+        indexes = [models.Index(fields=["track", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"version {self.version} of {self.submission}"

@@ -9,7 +9,8 @@ Stages are written to the row under ``select_for_update``. The harness verifies 
 fault) ends the run ``rejected`` with the harness's message; any other error ends it ``failed`` (not
 counted in the quota; the traceback is logged for the maintainers); infrastructure errors (database,
 broker, storage) propagate so that the Celery task retries. Running it again on a finished
-submission does nothing; the Evaluation is one row per submission."""
+submission does nothing. Every stored result is kept as the submission's next
+``EvaluationVersion``; its ``Evaluation`` (one row per submission) is the latest, the one ranked."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import docker
 from django.conf import settings
 from django.core.files.base import File
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from harness.artifacts.precision import granularity_label
@@ -37,7 +39,14 @@ from harness.submission import Submission as HarnessSubmission
 from harness.submission import evaluate_submission
 from harness.track.loaded import LoadedTrack
 from leaderboard.submissions.artifacts import ArtifactError, unpack_checkpoint
-from leaderboard.submissions.models import FINISHED, Evaluation, Kind, Status, Submission
+from leaderboard.submissions.models import (
+    FINISHED,
+    Evaluation,
+    EvaluationVersion,
+    Kind,
+    Status,
+    Submission,
+)
 from leaderboard.tracks import ranking
 from leaderboard.tracks.models import Track
 
@@ -141,10 +150,7 @@ def start(submission_id: int) -> Submission | None:
         submission = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
         )
-        if (
-            submission.status in FINISHED
-            or Evaluation.objects.filter(submission=submission).exists()
-        ):
+        if submission.status in FINISHED:  # a result is stored in the transaction that ends it
             return None
         if submission.attempts >= MAX_ATTEMPTS:
             message = f"evaluation failed: it was interrupted {submission.attempts} times"
@@ -315,38 +321,40 @@ def _speedup(result: dict) -> dict:
 
 
 def store_evaluation(submission: Submission, result: dict) -> Evaluation:
-    """Write (or overwrite) the one Evaluation row of ``submission`` from a result document."""
+    """Store a result document as the next version of ``submission`` and as its latest
+    Evaluation (the caller holds the submission's row lock)."""
     summary = result["summary"]
     precision = result["submission"]["precision"]
     size = precision.get("size_bytes")
     compression = result.get("compression", {})
     speedup = _speedup(result)
     low, high = speedup.get("ci95", (None, None))
-    evaluation, _ = Evaluation.objects.update_or_create(
-        submission=submission,
-        defaults={
-            "track": submission.track,
-            "result": result,
-            "mean_dsc": summary["mean_dsc"],
-            "mean_nsd": summary["mean_nsd"],
-            "dsc_drop_pct": summary["dsc_drop_pct"],
-            "dsc_ci_low": summary["dsc_ci95"][0],
-            "dsc_ci_high": summary["dsc_ci95"][1],
-            "fp32_mean_dsc": summary["fp32_mean_dsc"],
-            "gate_passed": summary["accuracy_gate"]["passed"],
-            "weight_bits": precision.get("weight_bits"),
-            "activation_bits": precision.get("activation_bits"),
-            "granularity": granularity_label(precision),
-            "size_mb": size / 1e6 if size else None,
-            "latency_ms": _latency_ms(result),
-            "bits_per_weight": precision.get("bits_per_weight"),
-            "x_smaller": compression.get("x_smaller"),
-            "x_faster": speedup.get("median"),
-            "x_faster_ci_low": low,
-            "x_faster_ci_high": high,
-            "artifact_digest": precision.get("artifact_sha256", ""),
-        },
-    )
+    scores = {
+        "track": submission.track,
+        "result": result,
+        "mean_dsc": summary["mean_dsc"],
+        "mean_nsd": summary["mean_nsd"],
+        "dsc_drop_pct": summary["dsc_drop_pct"],
+        "dsc_ci_low": summary["dsc_ci95"][0],
+        "dsc_ci_high": summary["dsc_ci95"][1],
+        "fp32_mean_dsc": summary["fp32_mean_dsc"],
+        "gate_passed": summary["accuracy_gate"]["passed"],
+        "weight_bits": precision.get("weight_bits"),
+        "activation_bits": precision.get("activation_bits"),
+        "granularity": granularity_label(precision),
+        "size_mb": size / 1e6 if size else None,
+        "latency_ms": _latency_ms(result),
+        "bits_per_weight": precision.get("bits_per_weight"),
+        "x_smaller": compression.get("x_smaller"),
+        "x_faster": speedup.get("median"),
+        "x_faster_ci_low": low,
+        "x_faster_ci_high": high,
+        "artifact_digest": precision.get("artifact_sha256", ""),
+        "created_at": timezone.now(),
+    }
+    latest = submission.versions.aggregate(latest=Max("version"))["latest"] or 0
+    EvaluationVersion.objects.create(submission=submission, version=latest + 1, **scores)
+    evaluation, _ = Evaluation.objects.update_or_create(submission=submission, defaults=scores)
     return evaluation
 
 

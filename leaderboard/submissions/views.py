@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, JsonResponse
+from django.db.models.fields.json import KeyTextTransform
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
+from harness.cli.quantize import quantize_command
 from leaderboard.submissions.forms import SubmitForm
 from leaderboard.submissions.intake import accept
-from leaderboard.submissions.models import Status, Submission
+from leaderboard.submissions.metadata import metadata, method_names
+from leaderboard.submissions.models import Kind, Status, Submission
+from leaderboard.tracks.views import bundle_folder
 
 
 @login_required
@@ -31,6 +37,7 @@ def submit(request):
                 manifest=data["manifest"],
                 weights=data["weights"],
                 image=data["image"],
+                metadata=metadata(data["hyperparameters"], data["calibration_cases"]),
             )
         except ValidationError as error:
             for field, problems in error.message_dict.items():
@@ -38,7 +45,8 @@ def submit(request):
         else:
             messages.success(request, f"submission #{submission.pk} queued for evaluation")
             return redirect("submission", pk=submission.pk)
-    return render(request, "submissions/submit.html", {"form": form})
+    context = {"form": form, "method_names": method_names()}
+    return render(request, "submissions/submit.html", context)
 
 
 def visible_submission(request, pk: int) -> tuple[Submission, bool]:
@@ -58,11 +66,53 @@ def visible_submission(request, pk: int) -> tuple[Submission, bool]:
 def submission_detail(request, pk: int):
     submission, owner = visible_submission(request, pk)
     evaluation = getattr(submission, "evaluation", None)
-    return render(
-        request,
-        "submissions/detail.html",
-        {"submission": submission, "owner": owner, "evaluation": evaluation},
+    versions = list(
+        submission.versions.order_by("version").values(
+            "version", "created_at", "mean_dsc", "mean_nsd", "dsc_drop_pct", "gate_passed",
+            harness_version=KeyTextTransform("harness_version", "result__environment"),
+        )
+    )  # fmt: skip
+    context = {"submission": submission, "owner": owner, "evaluation": evaluation,
+               "versions": versions, "reproduction": reproduction(submission)}  # fmt: skip
+    return render(request, "submissions/detail.html", context)
+
+
+def reproduction(submission: Submission) -> dict | None:
+    """How to reproduce a baseline offline: the ``harness quantize`` command that makes its
+    artifact from the track's calibration bundle and FP32 model folder, the harness version
+    that made it and the artifact's digest; None for what is not a quantized-checkpoint
+    baseline."""
+    if not (submission.is_baseline and submission.kind == Kind.SCHEME):
+        return None
+    if not submission.track.takes_checkpoints:
+        return None
+    evaluation = getattr(submission, "evaluation", None)
+    result = evaluation.result if evaluation else {}
+    folder = bundle_folder(submission.track)
+    argv = quantize_command(
+        submission.reference_method or "rtn",
+        submission.scheme,
+        None,  # baselines run with the method's default options (``seeding.queue_baselines``)
+        dataset=folder,
+        model="model",
+        out="checkpoint",
     )
+    return {
+        "command": shlex.join(argv),
+        "argv": argv,
+        "bundle": folder,
+        "harness_version": result.get("environment", {}).get("harness_version"),
+        "digest": evaluation.artifact_digest if evaluation else "",
+    }
+
+
+def baseline_artifact(request, pk: int):
+    """The stored artifact a baseline was scored as (a checkpoint zip or an ONNX file)."""
+    submission = get_object_or_404(Submission, pk=pk, is_baseline=True, status=Status.DONE)
+    if not submission.artifact:
+        raise Http404("this baseline keeps no artifact (it is the FP32 reference model)")
+    name = submission.artifact.name.rsplit("/", 1)[-1]
+    return FileResponse(submission.artifact.open("rb"), as_attachment=True, filename=name)
 
 
 def submission_status(request, pk: int):

@@ -1,6 +1,7 @@
 """The ranked leaderboard of a track.
 
-Only finished (``done``), verified, visible entries are ranked; the FP32 reference row is shown
+Only verified, visible entries with a result are ranked: finished (``done``) ones, and those being
+re-evaluated, with their latest result until the new one is stored; the FP32 reference row is shown
 beside them, never ranked. Order: the track's primary metric in its natural direction, then its
 tie-breakers; entries equal on every key share a rank (competition ranking: 1, 1, 3), and so do
 entries with the same verified weights (artifact digest): a later one is marked "same as" the
@@ -8,17 +9,21 @@ first. Best-per-team ranks each team's (or user's) top entry; every
 baseline is its own entrant. Ranks are computed when a result is stored or an entry is curated
 (``refresh``) and kept on the Evaluation rows, so that reading a page of the board is one indexed
 query; filters select rows after ranking, so ranks never depend on them.
+
+``board_as_of`` ranks a board as it stood at a moment from the kept results
+(``EvaluationVersion``): each entry submitted by then with its latest result by then, under the
+same rules; hiding and disqualification apply as they are now (their history is not kept).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from django.db import transaction
-from django.db.models import F, Max, QuerySet
+from django.db import connection, transaction
+from django.db.models import F, Max, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
-from leaderboard.submissions.models import Evaluation, Kind, Status
+from leaderboard.submissions.models import PENDING, Evaluation, EvaluationVersion, Kind, Status
 from leaderboard.tracks.models import Track
 
 COLUMN_FIELDS = {"created_at": "submission__created_at"}
@@ -27,24 +32,33 @@ SORTABLE = {
     "latency_ms", "bits_per_weight", "x_smaller", "x_faster", "created_at",
 }  # fmt: skip
 SORT_FIELDS = {"method": "submission__method", "created_at": "submission__created_at"}
+RANKED_STATUSES = (Status.DONE, *PENDING)
+"""A pending entry with a result is being re-evaluated: its latest result stands meanwhile."""
+IDENTITY_FIELDS = (
+    "pk", "submission_id", "submission__is_baseline", "submission__team_id",
+    "submission__user_id", "artifact_digest",
+)  # fmt: skip
 
 
-def rankable(track: Track) -> QuerySet[Evaluation]:
-    """Evaluations of ``track`` that may be ranked, in ranking order."""
+def _order(track: Track) -> list:
     order = []
     for column, descending in track.ranking_keys():
         expr = F(COLUMN_FIELDS.get(column, column))
         order.append(expr.desc(nulls_last=True) if descending else expr.asc(nulls_last=True))
-    return (
-        Evaluation.objects.filter(
-            track=track,
-            submission__status=Status.DONE,
-            submission__hidden=False,
-            submission__disqualified=False,
-        )
-        .exclude(submission__kind=Kind.FP32)
-        .order_by(*order, "pk")
-    )
+    return order
+
+
+def _visible(rows: QuerySet) -> QuerySet:
+    return rows.filter(
+        submission__status__in=RANKED_STATUSES,
+        submission__hidden=False,
+        submission__disqualified=False,
+    ).exclude(submission__kind=Kind.FP32)
+
+
+def rankable(track: Track) -> QuerySet[Evaluation]:
+    """Evaluations of ``track`` that may be ranked, in ranking order."""
+    return _visible(Evaluation.objects.filter(track=track)).order_by(*_order(track), "pk")
 
 
 def reference_row(track: Track) -> Evaluation | None:
@@ -61,10 +75,12 @@ def compute(track: Track) -> dict[int, tuple[int, int | None, int | None]]:
     """Evaluation pk → (rank among all entries, rank among best-per-entrant entries or None, pk
     of the earlier entry with the same verified weights or None)."""
     keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
-    rows = rankable(track).values_list(
-        "pk", "submission_id", "submission__is_baseline", "submission__team_id",
-        "submission__user_id", "artifact_digest", *keys,
-    )  # fmt: skip
+    return assign_ranks(rankable(track).values_list(*IDENTITY_FIELDS, *keys))
+
+
+def assign_ranks(rows) -> dict[int, tuple[int, int | None, int | None]]:
+    """Ranks of ``rows`` — (pk, submission id, is baseline, team id, user id, artifact digest,
+    *ranking key values) in ranking order — as ``compute`` returns them."""
     ranks: dict[int, tuple[int, int | None, int | None]] = {}
     seen: set[tuple] = set()
     first_with: dict[str, tuple[int, int, int | None]] = {}  # digest → (pk, rank, best rank)
@@ -138,6 +154,34 @@ def cache_key(track: Track, scope: str, params, *, with_siblings: bool = False) 
     return f"board:{scope}:{track.pk}:{version}:{hashlib.sha256(query.encode()).hexdigest()}"
 
 
+BOARD_VERSION_SQL = """
+    SELECT MAX(s.ranked_at), MAX(s.created_at), COUNT(s.id)
+    FROM {track} t JOIN {track} s ON s.id = t.id OR (%s AND s.reference_model_id =
+        t.reference_model_id AND s.dataset_id = t.dataset_id AND s.backend = t.backend)
+    WHERE t.slug = %s AND t.is_public
+"""
+
+
+def versioned_key(scope: str, *parts: object) -> str:
+    """A cache key of ``scope`` for ``parts`` (versions, host, query digest): fixed length and
+    safe for every cache backend."""
+    return f"{scope}:{hashlib.sha256(repr(parts).encode()).hexdigest()}"
+
+
+def board_version(slug: str, *, with_siblings: bool = False) -> str | None:
+    """The ranking version ``cache_key`` keys on, for a public track named by ``slug``, in one
+    plain query (no ORM compilation: it decides whether a cached page can be served at all);
+    None when there is no such public track. It changes whenever the track (and, with
+    ``with_siblings``, one of the same model, dataset and backend) is re-ranked or created."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            BOARD_VERSION_SQL.format(track=connection.ops.quote_name(Track._meta.db_table)),
+            [with_siblings, slug],
+        )
+        ranked, created, count = cursor.fetchone()
+    return None if not count else f"{slug}:{ranked}:{created}:{count}:{with_siblings}"
+
+
 def board(
     track: Track,
     *,
@@ -156,6 +200,71 @@ def board(
     rows = Evaluation.objects.filter(track=track, **{f"{field}__isnull": False})
     rows = rows.annotate(rank=F(field), same_as=F(f"duplicate_of__{field}"))
     rows = rows.select_related("submission__team", "submission__user")
+    rows = _filtered(rows, granularity, method, baselines, gate)
+    column = sort.lstrip("-")
+    if column in SORTABLE:
+        expr = F(SORT_FIELDS.get(column, "rank" if column == "rank" else column))
+        order = expr.desc(nulls_last=True) if sort.startswith("-") else expr.asc(nulls_last=True)
+        return rows.order_by(order, "rank", "pk").defer("result")
+    return rows.order_by("rank", "pk").defer("result")
+
+
+def board_as_of(
+    track: Track,
+    when,
+    *,
+    best_per_team: bool = True,
+    granularity: str = "",
+    method: str = "",
+    baselines: str = "include",
+    gate: str = "",
+    sort: str = "",
+) -> list[EvaluationVersion]:
+    """The board of ``track`` as it stood at ``when``: the latest result by then of each entry
+    submitted by then (``EvaluationVersion`` rows, each with ``.rank`` and ``.same_as``), ranked
+    as ``compute`` ranks and filtered as ``board`` filters, in rank order (``sort`` is not
+    applied: a past board is shown as it was ranked)."""
+    newest = (
+        EvaluationVersion.objects.filter(submission=OuterRef("submission"), created_at__lte=when)
+        .order_by("-version")
+        .values("pk")[:1]
+    )
+    versions = _visible(
+        EvaluationVersion.objects.filter(
+            track=track, created_at__lte=when, submission__created_at__lte=when
+        )
+    ).filter(pk=Subquery(newest))
+    keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
+    ordered = versions.order_by(*_order(track), "pk")
+    ranks = assign_ranks(ordered.values_list(*IDENTITY_FIELDS, *keys))
+    mode = 1 if best_per_team else 0
+    shown = _filtered(ordered, granularity, method, baselines, gate)
+    rows = []
+    for version in shown.select_related("submission__team", "submission__user").defer("result"):
+        rank = ranks[version.pk][mode]
+        if rank is None:
+            continue
+        original = ranks[version.pk][2]
+        version.rank = rank
+        version.same_as = ranks[original][mode] if original is not None else None
+        rows.append(version)
+    return sorted(rows, key=lambda v: v.rank)
+
+
+def reference_row_as_of(track: Track, when) -> EvaluationVersion | None:
+    """The FP32 reference row of ``track`` as it stood at ``when``."""
+    return (
+        EvaluationVersion.objects.filter(
+            track=track, submission__kind=Kind.FP32, created_at__lte=when
+        )
+        .select_related("submission")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def _filtered(rows: QuerySet, granularity: str, method: str, baselines: str, gate: str):
+    """``rows`` restricted by the board's filters (see ``board``)."""
     if granularity:
         rows = rows.filter(granularity=granularity)
     if method:
@@ -166,12 +275,7 @@ def board(
         rows = rows.filter(submission__is_baseline=True)
     if gate == "pass":
         rows = rows.filter(gate_passed=True)
-    column = sort.lstrip("-")
-    if column in SORTABLE:
-        expr = F(SORT_FIELDS.get(column, "rank" if column == "rank" else column))
-        order = expr.desc(nulls_last=True) if sort.startswith("-") else expr.asc(nulls_last=True)
-        return rows.order_by(order, "rank", "pk").defer("result")
-    return rows.order_by("rank", "pk").defer("result")
+    return rows
 
 
 def chart_rows(track: Track, limit: int) -> list[dict]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -145,18 +146,25 @@ def queue_reference(track: Track, *, force: bool = False) -> Submission | None:
         return reference
 
 
-def queue_track_rows(track: Track, *, force: bool = False) -> list[Submission]:
-    """Queue what a board starts with: its FP32 reference row, then its baselines."""
+def queue_track_rows(
+    track: Track, *, force: bool = False, methods: Collection[str] = ()
+) -> list[Submission]:
+    """Queue what a board starts with: its FP32 reference row, then its baselines (only those of
+    ``methods`` when given)."""
     reference = queue_reference(track, force=force)
-    return ([reference] if reference else []) + queue_baselines(track, force=force)
+    return ([reference] if reference else []) + queue_baselines(track, force=force, methods=methods)
 
 
-def queue_baselines(track: Track, *, force: bool = False) -> list[Submission]:
-    """Queue the track's reference baselines; existing ones are kept unless ``force`` (then
-    they are replaced)."""
+def queue_baselines(
+    track: Track, *, force: bool = False, methods: Collection[str] = ()
+) -> list[Submission]:
+    """Queue the track's reference baselines (only those of ``methods`` when given); existing
+    ones are kept unless ``force`` (then they are replaced)."""
     queued = []
     with transaction.atomic():
         for baseline in baseline_schemes(track):
+            if methods and baseline.method not in methods:
+                continue
             existing = Submission.objects.filter(
                 track=track,
                 is_baseline=True,

@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from reference_methods.simulator.progress import report
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec, layer_kind
 from reference_methods.simulator.scheme import QuantConfig, layer_spec, quantize, target_layers
 from reference_methods.simulator.weight_format import QuantizedWeight, from_rows, to_rows
 from reference_methods.statistics.gram import collect_grams
 
+FIT_STAGE = "fit layers"
 SEQUENTIAL_HELP = "fit each layer on the partially quantized model's inputs, not the FP32 model's"
 
 Solver = Callable[[torch.Tensor, torch.Tensor, LayerSpec], QuantizedWeight]
@@ -37,17 +39,18 @@ def fit_layers(
     """Quantized weights of the scheme's target layers, by name; ``model`` is left untouched."""
     work = copy.deepcopy(model).eval()
     layers = target_layers(work, scheme)
+    weights = {}
     if not sequential:
         grams = collect_grams(work, layers, calibration)
-        return {
-            name: _fit(name, layer, grams[name], layer_spec(layer, scheme), solve)
-            for name, layer in layers.items()
-        }
-    weights = {}
-    for name in _execution_order(work, layers, calibration[0]):
+        for done, (name, layer) in enumerate(layers.items(), 1):
+            weights[name] = _fit(name, layer, grams[name], layer_spec(layer, scheme), solve)
+            report(FIT_STAGE, name, done, len(layers))
+        return weights
+    for done, name in enumerate(_execution_order(work, layers, calibration[0]), 1):
         layer = layers[name]
         gram = collect_grams(work, {name: layer}, calibration)[name]
         weights[name] = weight = _fit(name, layer, gram, layer_spec(layer, scheme), solve)
+        report(FIT_STAGE, name, done, len(layers))
         with torch.no_grad():
             layer.weight.copy_(from_rows(weight.dequantize(), layer.weight.shape, _axis(layer)))
     return weights

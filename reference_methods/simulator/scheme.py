@@ -24,6 +24,7 @@ from reference_methods.simulator.calibration import (
 )
 from reference_methods.simulator.granularity import Granularity, WeightGranularity, scale_rule
 from reference_methods.simulator.layer_extras import LayerExtras
+from reference_methods.simulator.progress import report
 from reference_methods.simulator.quantized_layers import (
     QUANT_LAYER_TYPES,
     LayerSpec,
@@ -38,6 +39,8 @@ _SCHEME = re.compile(
     r"(-dynamic)?"
 )
 _WEIGHT_ONLY_BITS = 16
+QUANTIZE_STAGE = "quantize layers"
+CALIBRATE_STAGE = "calibrate activations"
 ActivationQuantizer = Literal["symmetric", "asymmetric"]
 ACTIVATION_QUANTIZERS: tuple[str, ...] = ("symmetric", "asymmetric")
 
@@ -243,7 +246,7 @@ def quantize(
         unknown = sorted(named.keys() - targets.keys())
         if unknown:
             raise ValueError(f"{what} for layers that are not quantized: {unknown}")
-    for name, layer in targets.items():
+    for done, (name, layer) in enumerate(targets.items(), 1):
         cls = QUANT_LAYER_TYPES[layer_kind(layer)]
         spec = layer_spec(layer, config)
         try:
@@ -258,6 +261,7 @@ def quantize(
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from error
         quantized.set_submodule(name, module)
+        report(QUANTIZE_STAGE, name, done, len(targets))
     _calibrate(quantized, calibration, config)
     return quantized
 
@@ -279,9 +283,11 @@ def _calibrate(model: nn.Module, calibration: Iterable[torch.Tensor], config: Qu
         calibration = list(calibration)  # read twice
     batches = 0
     with torch.no_grad():
+        total = len(calibration) if isinstance(calibration, Sequence) else 0
         for batch in calibration:
             model(batch)
             batches += 1
+            report(CALIBRATE_STAGE, f"batch {batches}", batches, total)
         if batches == 0:
             raise ValueError("static activation scales need at least one calibration batch")
         if needs_histogram:

@@ -10,9 +10,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("tracks", nargs="*", help="track slugs")
         parser.add_argument("--force", action="store_true", help="replace existing baselines")
+        parser.add_argument(
+            "--methods", default="", help="comma-separated reference methods (default: all)"
+        )
 
-    def handle(self, *args, tracks, force, **options):
+    def handle(self, *args, tracks, force, methods, **options):
         selected = Track.objects.filter(slug__in=tracks) if tracks else Track.objects.all()
+        chosen = [m for m in methods.split(",") if m]
         for track in selected:
-            queued = queue_track_rows(track, force=force)
+            queued = queue_track_rows(track, force=force, methods=chosen)
             self.stdout.write(f"{track.slug}: {len(queued)} baseline(s) queued")
