@@ -64,7 +64,8 @@ def test_evaluate_fp32_writes_a_valid_result(demo, tmp_path):
     assert len(result["cases"]) == 8 and set(result["classes"]) == {"1", "2", "3", "4", "5"}
     stages = {"io", "preprocess", "inference", "postprocess", "metrics"}
     assert stages <= set(result["timings"])
-    for case in result["cases"]:
+    assert [c["case_id"] for c in result["case_costs"]] == [c["case_id"] for c in result["cases"]]
+    for case in result["case_costs"]:
         assert set(case["seconds"]) == stages and case["peak_rss_mb"] > 0
 
 

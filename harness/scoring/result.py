@@ -109,6 +109,12 @@ def build_result(
                 "nsd": {str(k): v for k, v in c.nsd.items()},
                 "mean_dsc": c.mean_dsc,
                 "mean_nsd": c.mean_nsd,
+            }
+            for c in run.cases
+        ],
+        "case_costs": [
+            {
+                "case_id": c.case_id,
                 "seconds": {k: round(v, 4) for k, v in c.seconds.items()},
                 "peak_rss_mb": c.peak_rss_mb,
             }
