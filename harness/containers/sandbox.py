@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import os
 import posixpath
@@ -55,6 +56,10 @@ _MAX_OUTPUT_ENTRIES = 1000
 memory while the tar stream is read, so folders count too."""
 _STOP_WAIT_S = 30
 _HELPER_ATTEMPTS = 3
+logger = logging.getLogger(__name__)
+# Removing a volume just after its containers can be refused while their mounts are released.
+_VOLUME_REMOVE_ATTEMPTS = 10
+_VOLUME_REMOVE_WAIT_S = 0.5
 
 Status = Literal[
     "succeeded",
@@ -501,13 +506,25 @@ def _of_run(client: docker.DockerClient, run: str, created: list[Container]) -> 
 
 
 def _remove(containers: list[Container], *volumes: Volume) -> None:
-    """Force-remove containers (with anonymous volumes), then the volumes."""
+    """Force-remove containers (with anonymous volumes), then the volumes. A volume is removed
+    without ``force`` (which lets the engine drop an error) and retried while the engine still
+    refuses (a removed container's mount being released); one it never lets go is logged and
+    left to ``remove_orphans`` at the next worker start, rather than failing the evaluation."""
     for container in containers:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True, v=True)
     for volume in volumes:
-        with contextlib.suppress(docker.errors.NotFound):
-            volume.remove(force=True)
+        for attempt in range(1, _VOLUME_REMOVE_ATTEMPTS + 1):
+            try:
+                volume.remove()
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as error:
+                if attempt == _VOLUME_REMOVE_ATTEMPTS:
+                    logger.warning("volume %s not removed: %s", volume.name, error)
+                    break
+                time.sleep(_VOLUME_REMOVE_WAIT_S)
 
 
 class _Watch(threading.Thread):

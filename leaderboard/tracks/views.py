@@ -249,7 +249,11 @@ def track_detail(request, slug: str):
     anonymous = not request.user.is_authenticated and not get_messages(request)
     version = ranking.board_version(slug, with_siblings=True) if anonymous else None
     page_key = ranking.versioned_key(
-        "anonymous-page", request.get_host(), version, query_digest(request.GET)
+        "anonymous-page",
+        request.get_host(),
+        version,
+        query_digest(request.GET),
+        settings.MEDQUANT_CONTAINERS,  # the submit form offers container uploads only if on
     )
     if version is not None and (page := cache.get(page_key)) is not None:
         return HttpResponse(page)
