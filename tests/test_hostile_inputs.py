@@ -49,6 +49,7 @@ from harness.errors import SubmissionError
 __all__ = ["tiny_checkpoints"]
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 QUOTA = 100  # rejected entries count against the quota; every hostile one must get through
+SUBMIT_RATE_PER_HOUR = 1000
 WEB_PEAK_RSS_LIMIT = 600 * 2**20
 GOOD_WEIGHTS = b"\x02\x00\x00\x00\x00\x00\x00\x00{}"
 GOOD_MANIFEST = b'{"layers": {}}'
@@ -58,9 +59,13 @@ RESULTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "hostile"
 @pytest.fixture(scope="module")
 def live(tiny_track, tmp_path_factory):
     var = tmp_path_factory.mktemp("hostile_var")
-    with live_site(*tiny_track, var, "sqla+sqlite", QUOTA, web_threads=8) as site:
-        _, site.token = sign_up_and_create_token(site, "mallory")
-        yield site
+    with pytest.MonkeyPatch.context() as patch:
+        # every hostile upload is a submission request: more than the default 30 per hour from
+        # one user, which would throttle the valid submission that closes the suite
+        patch.setenv("MEDQUANT_RATE_SUBMIT", f"{SUBMIT_RATE_PER_HOUR}/hour")
+        with live_site(*tiny_track, var, "sqla+sqlite", QUOTA, web_threads=8) as site:
+            _, site.token = sign_up_and_create_token(site, "mallory")
+            yield site
 
 
 # ---- zip surgery ---------------------------------------------------------------------------
