@@ -17,6 +17,7 @@ own reading; any other transform is reported in the spec's ``source`` as not app
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -257,7 +258,7 @@ def _locate(target: str, where: str = "network_def") -> type:
         module_name, _, attr = target.rpartition(".")
         modules = [module_name]
     else:
-        found = ComponentLocator().get_component_module_name(target)
+        found = _locator().get_component_module_name(target)
         modules = found if isinstance(found, list) else [found] if found else []
         attr = target
     outside = [
@@ -272,6 +273,12 @@ def _locate(target: str, where: str = "network_def") -> type:
         return getattr(importlib.import_module(modules[0]), attr)
     except (ImportError, AttributeError):
         raise ModelImportError(f"{where}::_target_ {target!r} does not exist") from None
+
+
+@functools.cache
+def _locator() -> ComponentLocator:
+    """One locator per process: it indexes every MONAI module the first time it is asked."""
+    return ComponentLocator()
 
 
 def _lookup(config: Mapping[str, Any], ref: str, where: str) -> Any:
