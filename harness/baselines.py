@@ -7,7 +7,9 @@ one read back from it. On a backend that scores ONNX it is the standard INT8 dep
 RTN 8-bit weights, static per-tensor 8-bit activations) exported as Q/DQ ONNX in the placement the
 backend's engine fuses best; where the backend profiles layers and the track allows float MACs,
 also that export with the layers the engine runs slower in integer kept in float; and the engine
-vendor's own PTQ tool where the backend has one (NNCF for OpenVINO).
+vendor's own PTQ tool where the backend has one (NNCF for OpenVINO). A reference that is an ONNX
+graph (no torch network) gets the same INT8 scheme applied to its graph by ONNX Runtime's
+quantizer (``harness.artifacts.onnx.graph_ptq``), and the engine's PTQ tool.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import onnx
 import torch
 
 from harness.artifacts.checkpoint import save_checkpoint
-from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
+from harness.artifacts.onnx.graph_ptq import TOOL as GRAPH_PTQ_TOOL
+from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
 from harness.backends import get_backend
 from harness.inference.evaluation import EvaluationRun
+from harness.models.reference import read_spec
 from harness.submission import StageCallback, Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
@@ -57,6 +62,10 @@ standard export to use a placement. Measured on OpenVINO 2026.4: 0.026-0.044 for
 and SegResNet in either placement, 0.021 for UNETR in ORT's and 0.04 for the untrained test UNet;
 0.16 for UNETR in OpenVINO's placement, which then loses 7% of its mean DSC where ORT running the
 same file loses 1%."""
+INT8_QDQ_GRAPH_DESCRIPTION = (
+    "per-channel RTN 8-bit weights, static per-tensor 8-bit activations calibrated by max|x|, "
+    "applied to the FP32 ONNX graph by ONNX Runtime's quantize_static (Q/DQ)"
+)
 INT8_QDQ_PROFILED = "int8-qdq-profiled"
 """Scheme name of the standard INT8 export with the layers the backend runs slower in integer
 than in float (profiled on the backend) kept in float, within the track's float-MAC allowance."""
@@ -126,14 +135,17 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
     otherwise (when the track allows that granularity). On an ONNX backend, when the track allows
     8 bits: the standard INT8 Q/DQ export; with a float-MAC allowance on a backend that profiles
     layers, also that export with its slower integer layers in float; and the backend's engine
-    PTQ tool, if any."""
+    PTQ tool, if any. An ONNX graph reference: the INT8 scheme on its graph and the engine's
+    PTQ tool."""
     bits_w, bits_a = spec.weight_bits or 8, spec.activation_bits
     backend = get_backend(spec.backend)
     if not backend.scores("checkpoint"):
         if bits_w < 8 or (bits_a or 8) < 8:
             return []
-        baselines = [Baseline("rtn", INT8_QDQ, "RTN INT8 Q/DQ", INT8_QDQ_DESCRIPTION)]
-        if backend.profiles_layers and spec.max_float_mac_fraction > 0:
+        graph = not read_spec(spec.model_dir).has_torch_network
+        description = INT8_QDQ_GRAPH_DESCRIPTION if graph else INT8_QDQ_DESCRIPTION
+        baselines = [Baseline("rtn", INT8_QDQ, "RTN INT8 Q/DQ", description)]
+        if backend.profiles_layers and spec.max_float_mac_fraction > 0 and not graph:
             label = "RTN INT8 Q/DQ, slower layers float"
             baselines.append(
                 Baseline("rtn", INT8_QDQ_PROFILED, label, INT8_QDQ_PROFILED_DESCRIPTION)
@@ -185,19 +197,23 @@ def compute_baseline(
     start = time.perf_counter()
     backend = track.backend
     extra: dict = {}
-    if scheme in (INT8_QDQ, INT8_QDQ_PROFILED):
+    if scheme == INT8_QDQ and not track.model_spec.has_torch_network:
+        path = quantize_graph_int8(track.fp32_onnx, track.calibration, workdir / "model.onnx")
+        extra["export"] = {"tool": GRAPH_PTQ_TOOL}
+        submission = Submission("onnx", onnx=path)
+    elif scheme in (INT8_QDQ, INT8_QDQ_PROFILED):
         skip = ()
         if scheme == INT8_QDQ_PROFILED:
             skip, extra["float_layers_profiled"] = _slower_layers_within_allowance(track, workdir)
         path, extra["export"] = _int8_export(track, workdir / "model.onnx", skip)
         submission = Submission("onnx", onnx=path)
     elif backend.engine_ptq is not None and scheme == backend.engine_ptq.scheme:
-        fp32_path = export_fp32(track.model, track.model_spec, workdir / "fp32.onnx")
-        path = backend.engine_quantize(fp32_path, track.calibration, workdir / "model.onnx")
+        path = backend.engine_quantize(track.fp32_onnx, track.calibration, workdir / "model.onnx")
         submission = Submission("onnx", onnx=path)
     else:
         config = QuantConfig.from_scheme(scheme)
-        model = quantize_with(method, track.model, config, track.calibration, options)
+        reference = track.torch_model(METHODS[method].label if method in METHODS else method)
+        model = quantize_with(method, reference, config, track.calibration, options)
         reference = {"method": method, "scheme": scheme}
         if options:
             reference["options"] = dict(options)
@@ -221,7 +237,7 @@ def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> 
     the backend's placements that its engine runs faithfully (logits within ``ENGINE_DEVIATION``
     of ONNX Runtime's on the same file; the closest one if none is), with the placement chosen
     and each deviation measured."""
-    model = int8_model(track.model, track.calibration, skip=skip)
+    model = int8_model(track.torch_model("the harness's INT8 export"), track.calibration, skip=skip)
     placements = track.backend.qdq_placements
     if len(placements) == 1:
         export_qdq(model, track.model_spec, track.calibration, path, placement=placements[0])
@@ -267,7 +283,7 @@ def _slower_layers_within_allowance(
     """The layers (module names) to keep in float: those the backend runs slower in integer than
     in float on a patch batch of the track, the largest slowdown first, while the float-weight
     MACs stay within the track's ``max_float_mac_fraction``; with their profiled times."""
-    fp32_path = export_fp32(track.model, track.model_spec, workdir / "fp32.onnx")
+    fp32_path = track.fp32_onnx
     int8_path, _ = _int8_export(track, workdir / "int8-all.onnx")
     window = track.model_spec.sliding_window
     batch = torch.cat(track.calibration)[: window.sw_batch_size]
@@ -276,7 +292,7 @@ def _slower_layers_within_allowance(
     )
     macs = _weight_macs(fp32_path)
     total = sum(macs.values()) or 1
-    modules = dict(track.model.named_modules())
+    modules = dict(track.torch_model("layer profiling").named_modules())
     chosen: dict[str, dict[str, float]] = {}
     budget = track.spec.max_float_mac_fraction * total
     for weight, times in sorted(

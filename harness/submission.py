@@ -67,7 +67,7 @@ def open_submission(
         config = QuantConfig.from_scheme(submission.scheme)
         calibration = track.calibration
         with timer.stage("quantize"):
-            network = quantize(track.model, config, calibration)
+            network = quantize(track.torch_model("a simulated scheme"), config, calibration)
         opened = OpenedArtifact(
             network,
             {

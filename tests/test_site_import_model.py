@@ -5,12 +5,15 @@ tracks through it, whose FP32 row and baselines the worker computes."""
 from __future__ import annotations
 
 import pytest
+import torch
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from leaderboard_fixtures import site_storage
 from test_import_nnunet import write_folder
 
 from harness.data.demo import write_demo
+from harness.errors import HarnessError
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.tracks.models import ReferenceModel, Track
@@ -70,3 +73,40 @@ def test_demo_seed_imports_the_nnunet_folder_and_bundle_and_their_boards_fill(
 
     page = client.get(reverse("track", args=[track.slug])).content.decode()
     assert f"{fp32.evaluation.mean_dsc:.4f}" in page and f"{rtn.evaluation.mean_dsc:.4f}" in page
+
+
+def test_an_imported_onnx_graph_gets_onnx_backend_tracks_whose_rows_compute(
+    db, tmp_path, site_storage, client
+):
+    from test_import_onnx import GatedNet, write_source
+
+    from harness.data.demo import make_phantoms
+    from leaderboard.tracks.seeding import create_track, import_dataset, queue_track_rows
+
+    torch.manual_seed(3)
+    source = write_source(tmp_path / "gated", GatedNet())
+    call_command("import_model", str(source), "--slug", "gated", "--out", str(tmp_path / "model"))
+    model = ReferenceModel.objects.get(slug="gated")
+    assert (model.architecture, model.family) == ("ONNX", "cnn")
+    assert set(model.files()) == {"model.json", "model.onnx"}
+    dataset = import_dataset(make_phantoms(tmp_path / "dataset", cases=4, seed=1))
+
+    with pytest.raises(HarnessError, match="evaluated on ONNX backends, not simulated"):
+        create_track(dataset, model, weight_bits=8, activation_bits=8)
+    assert not Track.objects.exists()
+    track = create_track(dataset, model, weight_bits=8, activation_bits=8,
+                         backend="onnxruntime-cpu")  # fmt: skip
+    track.backend = "simulated"
+    with pytest.raises(ValidationError, match="evaluated on ONNX backends"):
+        track.full_clean()
+    track.refresh_from_db()
+
+    rows = queue_track_rows(track)
+    assert [(r.kind, r.scheme) for r in rows] == [(Kind.FP32, "fp32"), (Kind.SCHEME, "int8-qdq")]
+    for row in rows:
+        assert pipeline.run(row.pk) == Status.DONE
+        row.refresh_from_db()
+    fp32, int8 = (row.evaluation for row in rows)
+    assert int8.weight_bits == 8 and fp32.weight_bits == 32
+    page = client.get(reverse("track", args=[track.slug])).content.decode()
+    assert f"{fp32.mean_dsc:.4f}" in page and f"{int8.mean_dsc:.4f}" in page

@@ -30,7 +30,7 @@ def activation_report(track: LoadedTrack, threshold: float = OUTLIER_THRESHOLD) 
     if threshold <= 1:
         raise ValueError(f"the outlier threshold is a ratio to the median, > 1; got {threshold}")
     batches = track.calibration
-    layers = analyse_activations(track.model, batches)
+    layers = analyse_activations(track.torch_model("activation analysis"), batches)
     return {
         "track": track.track_info(),
         "calibration_batches": len(batches),

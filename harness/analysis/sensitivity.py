@@ -77,7 +77,8 @@ def run_sensitivity(
         raise HarnessError(f"--top-k must be at least 0, got {top_k}")
     start = time.perf_counter()
     config = QuantConfig.from_scheme(scheme)
-    groups = layer_groups(track.model, by)
+    reference = track.torch_model("sensitivity analysis")
+    groups = layer_groups(reference, by)
     chosen = scored_cases(track, cases)
     calibration = track.calibration
     ks = range(1, min(top_k, len(groups)) + 1)
@@ -90,8 +91,8 @@ def run_sensitivity(
         return value
 
     try:
-        analysis = incremental_dequantization(track.model, config, groups, score, calibration)
-        top = keep_most_sensitive(track.model, analysis, ks, score, calibration)
+        analysis = incremental_dequantization(reference, config, groups, score, calibration)
+        top = keep_most_sensitive(reference, analysis, ks, score, calibration)
     finally:
         bar.close()
     return {

@@ -76,12 +76,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     if args.checkpoint and args.int8:
         raise HarnessError("give --checkpoint or --int8, not both")
     track = open_track(args)
+    reference = track.torch_model("export-onnx")
     if args.checkpoint or args.int8:
         calibration = track.calibration
         if args.checkpoint:
-            model = load_checkpoint(Path(args.checkpoint), track.model)
+            model = load_checkpoint(Path(args.checkpoint), reference)
         else:
-            model = int8_model(track.model, calibration)
+            model = int8_model(reference, calibration)
         path = export_qdq(model, track.model_spec, calibration, args.out)
         difference = relative_difference(model, path, calibration[0])
         print(
@@ -89,8 +90,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
             f"batch {difference:.3g}"
         )
         return
-    path = export_fp32(track.model, track.model_spec, args.out)
-    difference = relative_difference(track.model, path, track.calibration[0])
+    path = export_fp32(reference, track.model_spec, args.out)
+    difference = relative_difference(reference, path, track.calibration[0])
     if difference > FP32_TOLERANCE:
         raise HarnessError(
             f"the exported graph differs from PyTorch by {difference:.3g} of the logit range "

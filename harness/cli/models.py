@@ -1,5 +1,5 @@
-"""``harness import-model``: a reference-model folder from an nnU-Net v2 trained-model folder or a
-MONAI bundle."""
+"""``harness import-model``: a reference-model folder from an nnU-Net v2 trained-model folder, a
+MONAI bundle or an FP32 ONNX graph."""
 
 from __future__ import annotations
 
@@ -28,9 +28,14 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "import-model",
         parents=[common],
-        help="write a reference-model folder from an nnU-Net v2 folder or a MONAI bundle",
+        help="write a reference-model folder from an nnU-Net v2 folder, a MONAI bundle or an "
+        "FP32 ONNX graph",
     )
-    p.add_argument("source", help="nnU-Net v2 trained-model folder or MONAI bundle folder")
+    p.add_argument(
+        "source",
+        help="nnU-Net v2 trained-model folder, MONAI bundle folder, or a folder with model.onnx "
+        "and reference.json (labels, preprocessing, sliding window)",
+    )
     p.add_argument("--out", required=True, help="reference-model folder to write")
     p.add_argument("--kind", choices=SOURCE_KINDS, help="default: detected from the files")
     p.add_argument("--name", help="model name (default: from the source)")

@@ -40,7 +40,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     track = open_track(args)
     start = time.perf_counter()
     with quantization_bars(not args.quiet):
-        model = quantize_with(args.method, track.model, scheme, track.calibration, options)
+        network = track.torch_model(args.method)
+        model = quantize_with(args.method, network, scheme, track.calibration, options)
     seconds = time.perf_counter() - start
     reference = {
         "model": track.model_spec.name,

@@ -1,9 +1,9 @@
 """The read-only ``/input`` folder a quantizer container gets (protocol: ``containers/README.md``).
 
     model.json             architecture, preprocessing and sliding-window spec (as in the track)
-    model.safetensors      FP32 weights
+    model.safetensors      FP32 weights (absent for an ONNX reference, whose graph is model.onnx)
     model.onnx             FP32 ONNX export (``harness.artifacts.onnx.export``: input image,
-                           output logits)
+                           output logits), or an ONNX reference's own graph
     calibration/<id>.safetensors   one preprocessed, unlabeled volume each: tensor "image" (C,D,H,W)
     track.json             what the output must satisfy: bits, granularities, the output format
                            (a quantized checkpoint on simulated tracks, Q/DQ ONNX on the real
@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import save_file
 
 from harness.artifacts.kinds import CHECKPOINT, ONNX, ArtifactKind
-from harness.artifacts.onnx.export import export_fp32
 from harness.backends import get_backend
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import SubmissionError
@@ -44,7 +43,7 @@ def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
     """Write the ``/input`` folder of ``track`` into ``dest`` (created; must not exist yet)."""
     dest = Path(dest)
     dest.mkdir(parents=True)
-    for name in (SPEC_FILE, WEIGHTS_FILE):
+    for name in {SPEC_FILE, track.model_spec.weights_file} - {ONNX_FILE}:
         shutil.copyfile(track.spec.model_dir / name, dest / name)
     calibration = dest / CALIBRATION_DIR
     calibration.mkdir()
@@ -52,7 +51,7 @@ def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
         image = preprocess(read_case(case, with_label=False), track.model_spec.preprocessing)
         tensor = torch.as_tensor(image).detach().to(torch.float32).contiguous().clone()
         save_file({CALIBRATION_TENSOR: tensor}, calibration / f"{case.case_id}.safetensors")
-    export_fp32(track.model, track.model_spec, dest / ONNX_FILE)
+    shutil.copyfile(track.fp32_onnx, dest / ONNX_FILE)
     (dest / TRACK_FILE).write_text(json.dumps(track_description(track), indent=2) + "\n")
     return dest
 
@@ -106,7 +105,7 @@ def track_description(track: LoadedTrack) -> dict:
         "calibration_cases": [case.case_id for case in track.calibration_cases],
         "files": {
             "model_spec": SPEC_FILE,
-            "weights": WEIGHTS_FILE,
+            "weights": WEIGHTS_FILE if track.model_spec.has_torch_network else None,
             "onnx": ONNX_FILE,
             "calibration": f"{CALIBRATION_DIR}/<case>.safetensors:{CALIBRATION_TENSOR}",
         },

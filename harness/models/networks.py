@@ -1,6 +1,7 @@
 """Registry of segmentation architectures buildable from a JSON spec: MONAI networks, nnU-Net v2
-networks (``harness.models.nnunet``) and a plain ``Sequential`` layer list
-(``harness.models.sequential``)."""
+networks (``harness.models.nnunet``), a plain ``Sequential`` layer list
+(``harness.models.sequential``), and an FP32 ONNX graph (``harness.models.onnx_graph``), which
+has no torch network."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from torch import nn
 
 from harness.errors import ModelSpecError
 from harness.models.nnunet import build_nnunet, nnunet_in_channels, nnunet_out_channels
+from harness.models.onnx_graph import (
+    ONNX_ARCHITECTURE,
+    graph_in_channels,
+    graph_out_channels,
+    no_torch_network,
+)
 from harness.models.sequential import (
     build_sequential,
     sequential_out_channels,
@@ -34,20 +41,22 @@ def kwarg_in_channels(kwargs: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A network constructor and its family (CNN, or hybrid CNN + transformer).
+    """A network constructor and its family (CNN, or hybrid CNN + transformer; None: read from
+    the kwargs' ``family``, for a graph whose family was read at import).
 
     ``out_channels`` and ``in_channels`` read the number of logits and input channels from the
-    kwargs; ``receptive_field``,
-    where known, the voxels along each axis one output voxel sees (None: not computed).
+    kwargs; ``receptive_field``, where known, the voxels along each axis one output voxel sees
+    (None: not computed); ``torch_network`` whether ``build`` gives a torch network.
     """
 
     name: str
-    family: Family
+    family: Family | None
     build: Callable[..., nn.Module]
     needs_img_size: bool = False
     out_channels: Callable[[Mapping[str, Any]], int | None] = kwarg_out_channels
     in_channels: Callable[[Mapping[str, Any]], int] = kwarg_in_channels
     receptive_field: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
+    torch_network: bool = True
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -71,6 +80,14 @@ ARCHITECTURES: dict[str, Architecture] = {
             build_sequential,
             out_channels=sequential_out_channels,
             receptive_field=sequential_receptive_field,
+        ),
+        Architecture(
+            ONNX_ARCHITECTURE,
+            None,
+            no_torch_network,
+            out_channels=graph_out_channels,
+            in_channels=graph_in_channels,
+            torch_network=False,
         ),
     )
 }

@@ -1,5 +1,6 @@
 """A reference model on disk: ``model.json`` (architecture, preprocessing, sliding window, labels)
-plus FP32 weights in ``model.safetensors``. Never pickled."""
+plus FP32 weights in ``model.safetensors``, or, for an ONNX reference
+(``harness.models.onnx_graph``), the FP32 graph in ``model.onnx``. Never pickled."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -16,6 +18,7 @@ from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelSpecError
 from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.networks import ARCHITECTURES, Family, build_network
+from harness.models.onnx_graph import GRAPH_FILE
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -51,7 +54,15 @@ class ModelSpec:
                 f"{self.architecture} img_size {self.kwargs.get('img_size')} must equal the "
                 f"sliding-window roi_size {list(self.sliding_window.roi_size)}"
             )
-        out_channels = arch.out_channels(self.kwargs)
+        if arch.family is None and self.kwargs.get("family") not in get_args(Family):
+            raise ModelSpecError(
+                f"{self.architecture} kwargs need a family ({' or '.join(get_args(Family))}), "
+                f"not {self.kwargs.get('family')!r}"
+            )
+        try:
+            out_channels = arch.out_channels(self.kwargs)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelSpecError(f"{self.architecture} kwargs lack the channels: {err}") from None
         if out_channels != len(self.labels):
             raise ModelSpecError(
                 f"out_channels {out_channels} must equal the number of labels ({len(self.labels)})"
@@ -59,7 +70,17 @@ class ModelSpec:
 
     @property
     def family(self) -> Family:
-        return ARCHITECTURES[self.architecture].family
+        return ARCHITECTURES[self.architecture].family or self.kwargs["family"]
+
+    @property
+    def has_torch_network(self) -> bool:
+        """False for an ONNX reference, whose network exists only as its graph."""
+        return ARCHITECTURES[self.architecture].torch_network
+
+    @property
+    def weights_file(self) -> str:
+        """The file in the model folder holding the FP32 weights."""
+        return WEIGHTS_FILE if self.has_torch_network else GRAPH_FILE
 
     @property
     def receptive_field(self) -> tuple[int, ...] | None:
@@ -151,9 +172,12 @@ def save_reference_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path)
 
 
 def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
-    """Rebuild the network from its spec and load its FP32 weights (strictly, no missing keys)."""
+    """Rebuild the network from its spec and load its FP32 weights (strictly, no missing keys);
+    an ONNX reference's network is its graph in an ONNX Runtime session."""
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)
+    if not spec.has_torch_network:
+        return spec, _graph_network(model_dir / GRAPH_FILE)
     model = spec.build()
     weights = model_dir / WEIGHTS_FILE
     try:
@@ -175,6 +199,24 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
     return spec, model
 
 
+def _graph_network(path: Path) -> nn.Module:
+    """The FP32 graph of an ONNX reference run by ONNX Runtime (ONNX semantics' reference
+    executor), with as many threads as torch would use."""
+    import torch
+
+    from harness.backends.onnxruntime import OrtNetwork, create_session
+    from harness.errors import SubmissionError
+
+    if not path.is_file():
+        raise ModelSpecError(f"missing ONNX graph {path}")
+    try:
+        return OrtNetwork(create_session(path, threads=torch.get_num_threads())).eval()
+    except SubmissionError as err:  # the trusted side's graph: a model-spec problem
+        raise ModelSpecError(f"{path}: {err}") from None
+
+
 def weights_sha256(model_dir: str | Path) -> str:
-    """SHA-256 of the FP32 weights file, recorded in results and quantized checkpoints."""
-    return hashlib.sha256((Path(model_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    """SHA-256 of the FP32 weights file (an ONNX reference's graph), recorded in results and
+    quantized checkpoints."""
+    model_dir = Path(model_dir)
+    return hashlib.sha256((model_dir / read_spec(model_dir).weights_file).read_bytes()).hexdigest()

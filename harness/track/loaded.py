@@ -13,8 +13,9 @@ from torch import nn
 from harness.backends import Backend, get_backend
 from harness.data.calibration import calibration_batches
 from harness.data.dataset import Case, Dataset, load_dataset
-from harness.errors import DatasetError
+from harness.errors import DatasetError, ModelSpecError
 from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.models.onnx_graph import graph_backend_refusal
 from harness.models.reference import ModelSpec, load_reference_model, weights_sha256
 from harness.track.spec import TrackSpec
 
@@ -36,7 +37,18 @@ class LoadedTrack:
         with timer.stage("load"):
             dataset = load_dataset(spec.dataset_dir)
             model_spec, model = load_reference_model(spec.model_dir)
+        check_backend_runs(model_spec, get_backend(spec.backend))
         return cls(spec, dataset, model_spec, model, timer)
+
+    def torch_model(self, purpose: str) -> nn.Module:
+        """The reference as a torch network, for ``purpose`` (say, "RTN"), which needs one; an
+        ONNX reference has none."""
+        if not self.model_spec.has_torch_network:
+            raise ModelSpecError(
+                f"{purpose} needs a torch network; the reference model "
+                f"{self.model_spec.name!r} is an ONNX graph, quantized on its ONNX backend only"
+            )
+        return self.model
 
     @property
     def backend(self) -> Backend:
@@ -79,7 +91,8 @@ class LoadedTrack:
         """Serialized size of the FP32 reference in the form the track's backend runs: its ONNX
         export on ONNX backends, its float32 tensors on the simulator."""
         if self.backend.scores("checkpoint"):
-            return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            state = self.torch_model("the FP32 size on the simulator").state_dict()
+            return sum(t.numel() * t.element_size() for t in state.values())
         return self.fp32_onnx.stat().st_size
 
     @property
@@ -114,3 +127,10 @@ class LoadedTrack:
             desc=desc,
             nsd_definition=self.spec.nsd_definition,
         )
+
+
+def check_backend_runs(model_spec: ModelSpec, backend: Backend) -> None:
+    """An ONNX reference runs on ONNX backends only."""
+    refusal = None if model_spec.has_torch_network else graph_backend_refusal(backend)
+    if refusal is not None:
+        raise ModelSpecError(f"{model_spec.name!r}: {refusal}")

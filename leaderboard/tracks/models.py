@@ -10,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
+from harness.models.onnx_graph import ONNX_ARCHITECTURE, graph_backend_refusal
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec
 
@@ -65,7 +66,8 @@ class Dataset(models.Model):
 
 class ReferenceModel(models.Model):
     """An FP32 reference network folder: ``model.json`` (architecture spec) +
-    ``model.safetensors``, optionally ``model.onnx`` (its ONNX export)."""
+    ``model.safetensors``, optionally ``model.onnx`` (its ONNX export); or, for an ONNX-graph
+    reference (architecture ``ONNX``), ``model.json`` + ``model.onnx`` only."""
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=120)
@@ -84,6 +86,13 @@ class ReferenceModel(models.Model):
         """Downloadable files that exist, by name."""
         names = ("model.json", "model.safetensors", "model.onnx")
         return {n: self.path / n for n in names if (self.path / n).is_file()}
+
+    def backend_refusal(self, backend: str) -> str | None:
+        """Why a track of this model cannot run on ``backend`` (None: it can, or the backend is
+        unknown, which the track's own check reports)."""
+        if self.architecture != ONNX_ARCHITECTURE or backend not in backend_names():
+            return None
+        return graph_backend_refusal(get_backend(backend))
 
 
 class TrackQuerySet(models.QuerySet):
@@ -169,6 +178,9 @@ class Track(models.Model):
 
     def clean(self) -> None:
         check_ranking_keys([self.ranking_metric, *self.tie_breakers])
+        refusal = self.reference_model_id and self.reference_model.backend_refusal(self.backend)
+        if refusal:
+            raise ValidationError({"backend": refusal})
         if not 0 < self.accuracy_gate <= 1:
             raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
         if not 0 <= self.max_float_mac_fraction <= 1:

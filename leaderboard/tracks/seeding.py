@@ -38,11 +38,12 @@ def import_dataset(root: Path, slug: str | None = None, description: str = "") -
 
 
 def import_model(directory: Path, slug: str | None = None) -> ReferenceModel:
-    """Register (or update) a reference-model folder (model.json + model.safetensors)."""
+    """Register (or update) a reference-model folder (model.json + model.safetensors, or
+    model.onnx for an ONNX graph)."""
     directory = Path(directory).resolve()
     spec = read_spec(directory / "model.json")
-    if not (directory / "model.safetensors").is_file():
-        raise HarnessError(f"{directory} has no model.safetensors")
+    if not (directory / spec.weights_file).is_file():
+        raise HarnessError(f"{directory} has no {spec.weights_file}")
     obj, _ = ReferenceModel.objects.update_or_create(
         slug=slug or slugify(spec.name),
         defaults={
@@ -90,6 +91,9 @@ def create_track(
     **fields,
 ) -> Track:
     """Create (or update) the track of ``model`` on ``dataset`` at the given precision."""
+    refusal = model.backend_refusal(backend)
+    if refusal is not None:
+        raise HarnessError(refusal)
     precision = f"w{weight_bits}a{activation_bits or 16}"
     slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
     title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"

@@ -78,8 +78,10 @@ def reference_onnx(model: nn.Module, spec: ModelSpec, model_dir: str | Path) -> 
     """``export_fp32`` of a track's reference network, written once per process and weights
     (``model_dir`` and its weights' digest) into a temporary folder removed at exit: what an ONNX
     upload is matched against, the FP32 row of an ONNX board, and what a backend times an entry
-    against."""
+    against. An ONNX reference's graph is its own file."""
     global _REFERENCE_FOLDER
+    if not spec.has_torch_network:
+        return Path(model_dir) / spec.weights_file
     key = (str(Path(model_dir).resolve()), weights_sha256(model_dir))
     if key not in _REFERENCE_EXPORTS or not _REFERENCE_EXPORTS[key].is_file():
         if _REFERENCE_FOLDER is None:

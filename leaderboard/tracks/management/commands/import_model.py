@@ -17,7 +17,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("source", help="nnU-Net v2 folder or MONAI bundle folder")
+        parser.add_argument(
+            "source",
+            help="nnU-Net v2 folder, MONAI bundle folder, or a folder with model.onnx and "
+            "reference.json",
+        )
         parser.add_argument("--slug", help="default: from the model's name")
         parser.add_argument("--name", help="default: from the source")
         parser.add_argument("--kind", choices=SOURCE_KINDS, help="default: detected")
