@@ -239,3 +239,18 @@ def test_a_dynamic_graph_needs_its_roi(network, tmp_path):
         import_model(source, tmp_path / "model")
     fixed = write_source(tmp_path / "fixed", network, reference, dynamic_spatial=False)
     assert import_model(fixed, tmp_path / "model").sliding_window.roi_size == tuple(ROI)
+
+
+def test_a_quantizer_container_of_a_graph_track_gets_the_graph_and_no_weights_file(
+    imported, tmp_path
+):
+    from harness.containers.protocol import build_container_input
+
+    track = graph_track(imported)
+    folder = build_container_input(track, tmp_path / "input")
+    assert {p.name for p in folder.iterdir()} == {"model.json", "model.onnx", "calibration",
+                                                   "track.json"}  # fmt: skip
+    assert (folder / "model.onnx").read_bytes() == (imported[1] / "model.onnx").read_bytes()
+    description = json.loads((folder / "track.json").read_text())
+    assert description["architecture"] == "ONNX" and description["files"]["weights"] is None
+    assert description["output"]["format"] == "onnx-qdq"
