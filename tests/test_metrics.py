@@ -167,6 +167,24 @@ def test_dice_and_nsd_equal_monai_on_random_blobs(seed, shape, spacing, tau, cla
     assert any(0.0 < v < 1.0 for v in nsd.values())
 
 
+@pytest.mark.parametrize("definition", list(NsdDefinition))
+def test_nsd_of_maps_embedded_in_background_is_unchanged(definition):
+    """NSD is computed on the box holding the requested classes: background around it changes no
+    value, for masks inside the volume and for masks that touched the border of the smaller one."""
+    rng = np.random.default_rng(7)
+    label = random_blob_labels(rng, (20, 18, 10), 4)
+    pred = perturbed(rng, label, 4)
+    ids, spacing = [1, 2, 3, 4, 5], (0.8, 1.1, 2.5)  # 5 is in neither
+    expected = nsd_per_class(pred, label, ids, spacing, 2.0, definition)
+    embedded = []
+    for x in (pred, label):
+        big = np.zeros((61, 50, 33), dtype=x.dtype)
+        big[13:33, 7:25, 21:31] = x
+        embedded.append(big)
+    assert nsd_per_class(*embedded, ids, spacing, 2.0, definition) == expected
+    assert any(0.0 < v < 1.0 for v in expected.values())
+
+
 def test_nsd_counts_distance_equal_to_tolerance_as_within_like_monai():
     # The leading face moves 3 voxels = 3 * 0.8 mm, which is 2.4000000000000004 in float64 but
     # equals 2.4 in float32, the precision MONAI compares in: every voxel is within tolerance.

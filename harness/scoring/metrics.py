@@ -50,7 +50,11 @@ volume border or a face neighbour has another label, which is exactly MONAI's
 distances with the same ``scipy.spatial.KDTree`` nearest-neighbour query over surface-voxel
 coordinates (scaled by spacing, in MONAI's crop frame) that MONAI 1.6.1 uses on CPU. Cost per class
 scales with surface size, not with the bounding box, so a stray false-positive voxel far away (which
-blows up a crop and a dense distance transform) costs nothing extra.
+blows up a crop and a dense distance transform) costs nothing extra. Before either NSD pass both
+maps are cut (as views) to the bounding box of the requested classes' voxels in either map, found
+in slabs of ``_CHUNK`` voxels: the values are unchanged (see ``_crop_to_classes``), and on a CT
+volume, where the organs fill part of the field of view, the pass's time and transient memory
+shrink with the box (a 512×512×200, 13-class case: 310 → 182 MiB and 1.3 → 0.43 s subvoxel).
 
 Labels must be non-negative integers (integral floats and bools are accepted and converted);
 torch tensors are accepted and converted to numpy. Bad input raises ``MetricInputError``.
@@ -102,6 +106,8 @@ DEFAULT_NSD_DEFINITION = NsdDefinition.SUBVOXEL
 
 # Voxels processed per chunk in the counting passes: bounds temporary memory on large volumes.
 _CHUNK = 1 << 22
+# Largest value range np.isin looks up in a table (bytes of table); beyond it, it sorts.
+_TABLE_SPAN = 1 << 20
 # KDTree leaf size as in MONAI (monai.metrics.utils.get_surface_distance). Tree shape options only
 # change speed: the nearest distance and its float arithmetic are the same for any tree.
 _KDTREE_LEAFSIZE = 32
@@ -153,6 +159,7 @@ def nsd_per_class(
     kind = _check_definition(definition)
     if not ids:
         return {}
+    pred_a, label_a = _crop_to_classes(pred_a, label_a, ids)
     if kind is NsdDefinition.SUBVOXEL:
         return _subvoxel_nsd(pred_a, label_a, ids, spacing_a, tau)
 
@@ -187,6 +194,47 @@ def mean_over_classes(values: Mapping[int, float]) -> float:
 
 # --------------------------------------------------------------------------------------------
 # internals
+
+
+def _crop_to_classes(
+    pred: np.ndarray, label: np.ndarray, ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps cut to the bounding box of the voxels of any class in ``ids`` in either map
+    (views, no copy). NSD is unchanged: a surfel or edge voxel of class c lies within c's own
+    box; a voxel cut away is no class in ``ids``, just as the outside of the volume is; and every
+    distance is computed from coordinate differences, which the shift leaves exactly as they
+    were. Both maps free of every class: nothing to cut. Read in slabs along axis 0 of about
+    ``_CHUNK`` voxels, so the masks it forms stay small whatever the volume."""
+    wanted = np.unique(np.asarray(ids, dtype=np.int64))
+    rows = np.zeros(pred.shape[0], dtype=bool)  # axis-0 indices holding a wanted voxel
+    plane = np.zeros(pred.shape[1:], dtype=bool)  # the same, projected along axis 0
+    step = max(1, _CHUNK // max(1, plane.size))
+    for start in range(0, pred.shape[0], step):
+        slab = slice(start, start + step)
+        present = _isin(pred[slab], wanted) | _isin(label[slab], wanted)
+        rows[slab] = present.reshape(len(present), -1).any(axis=1)
+        plane |= present.any(axis=0)
+    if not rows.any():
+        return pred, label
+    box = [_span(rows)]
+    for axis in range(plane.ndim):
+        others = tuple(a for a in range(plane.ndim) if a != axis)
+        box.append(_span(plane.any(axis=others)))
+    return pred[tuple(box)], label[tuple(box)]
+
+
+def _span(hit: np.ndarray) -> slice:
+    """The slice from the first to the last True of a non-empty boolean line."""
+    where = np.flatnonzero(hit)
+    return slice(int(where[0]), int(where[-1]) + 1)
+
+
+def _isin(x: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin`` by a lookup table over the value range (one O(voxels) pass), or by sorting
+    where the values span more than ``_TABLE_SPAN``."""
+    low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    kind = "table" if high - low <= _TABLE_SPAN else "sort"
+    return np.isin(x, wanted, kind=kind)
 
 
 def _edge_map(x: np.ndarray) -> np.ndarray:
