@@ -52,15 +52,28 @@ def test_demo_seed_imports_the_nnunet_folder_and_bundle_and_their_boards_fill(
     assert {p.name for p in (demo / "sources").iterdir()} == {
         "nnunet_phantom",
         "monai_bundle_unet",
+        "onnx_graph_segresnet",
     }
     call_command("seed_demo", "--demo", str(demo))
 
     imported = {m.architecture: m for m in ReferenceModel.objects.filter(
         directory__startswith=str(demo / "imported"))}  # fmt: skip
-    assert set(imported) == {"nnUNet", "UNet"}
+    assert set(imported) == {"nnUNet", "UNet", "ONNX"}
+    graph = imported.pop("ONNX")
     for model in imported.values():
         tracks = Track.objects.filter(reference_model=model)
         assert sorted((t.weight_bits, t.activation_bits) for t in tracks) == [(4, 4), (8, 8)]
+    graph_tracks = Track.objects.filter(reference_model=graph)
+    assert {(t.backend, t.weight_bits, t.activation_bits) for t in graph_tracks} == {
+        ("onnxruntime-cpu", 8, 8), ("openvino-cpu", 8, 8)}  # fmt: skip
+    ort = graph_tracks.get(backend="onnxruntime-cpu")
+    rows = [Submission.objects.get(track=ort, kind=Kind.FP32),
+            Submission.objects.get(track=ort, scheme="int8-qdq")]  # fmt: skip
+    for row in rows:
+        assert pipeline.run(row.pk) == Status.DONE
+        row.refresh_from_db()
+    assert rows[0].evaluation.mean_dsc > 0.5  # the shipped SegResNet's graph, trained
+    assert abs(rows[1].evaluation.mean_dsc - rows[0].evaluation.mean_dsc) < 0.05
 
     track = Track.objects.get(reference_model=imported["nnUNet"], weight_bits=8)
     fp32 = Submission.objects.get(track=track, kind=Kind.FP32)

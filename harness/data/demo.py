@@ -13,6 +13,8 @@ DEMO_MODELS_DIR = Path(__file__).parents[1] / "models" / "demo_models"
 DEMO_SOURCES_DIR = Path(__file__).parents[1] / "models" / "demo_sources"
 #: The shipped MONAI model the demo repackages as a MONAI bundle.
 DEMO_BUNDLE_MODEL = "unet"
+#: The shipped model the demo repackages as an FP32 ONNX source (imported as an ONNX graph).
+DEMO_GRAPH_MODEL = "segresnet"
 DEMO_SEED = 0
 DEMO_CASES = 28
 DEMO_SPLITS = {"train": range(0, 16), "calibration": range(16, 20), "test": range(20, 28)}
@@ -55,8 +57,8 @@ def shipped_models() -> dict[str, Path]:
 
 def write_demo(out: Path, progress: bool = False) -> dict[str, Path]:
     """Write ``out/dataset`` (phantoms, fixed seed and splits), ``out/models/<name>`` (reference
-    folders) and ``out/sources/<name>`` (an nnU-Net v2 folder and a MONAI bundle, for
-    ``harness import-model``)."""
+    folders) and ``out/sources/<name>`` (an nnU-Net v2 folder, a MONAI bundle and an FP32 ONNX
+    graph, for ``harness import-model``)."""
     make_phantoms(out / "dataset", DEMO_CASES, DEMO_SEED, progress)
     models = {}
     for name, src in shipped_models().items():
@@ -69,8 +71,10 @@ def write_demo(out: Path, progress: bool = False) -> dict[str, Path]:
 
 
 def write_demo_sources(out: Path) -> dict[str, Path]:
-    """The shipped nnU-Net v2 folder(s) and the MONAI bundle of ``DEMO_BUNDLE_MODEL``."""
+    """The shipped nnU-Net v2 folder(s), the MONAI bundle of ``DEMO_BUNDLE_MODEL`` and the ONNX
+    source of ``DEMO_GRAPH_MODEL``."""
     from harness.models.bundle_export import write_monai_bundle
+    from harness.models.graph_export import write_onnx_source
 
     sources = {}
     for src in sorted(p for p in DEMO_SOURCES_DIR.iterdir() if (p / "plans.json").is_file()):
@@ -78,4 +82,6 @@ def write_demo_sources(out: Path) -> dict[str, Path]:
         sources[src.name] = out / src.name
     name = f"monai_bundle_{DEMO_BUNDLE_MODEL}"
     sources[name] = write_monai_bundle(DEMO_MODELS_DIR / DEMO_BUNDLE_MODEL, out / name)
+    name = f"onnx_graph_{DEMO_GRAPH_MODEL}"
+    sources[name] = write_onnx_source(DEMO_MODELS_DIR / DEMO_GRAPH_MODEL, out / name)
     return sources

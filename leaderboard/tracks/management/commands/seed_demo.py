@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 from django.utils.text import slugify
 
 from harness.errors import HarnessError
+from harness.models.onnx_graph import ONNX_ARCHITECTURE
 from leaderboard.submissions.models import Kind
 from leaderboard.submissions.pipeline import EVALUATED_KINDS
 from leaderboard.tracks.seeding import (
@@ -28,7 +29,8 @@ class Command(BaseCommand):
         "Register the demo bundle written by `harness demo`: the phantom dataset, each shipped "
         "model at W8A8 and W4A4 (simulated) and, when available, W8A8 on ONNX Runtime CPU and "
         "OpenVINO CPU; the nnU-Net v2 folder and MONAI bundle imported with `import_model` at "
-        "W8A8 and W4A4 (simulated); queue their baselines."
+        "W8A8 and W4A4 (simulated), the ONNX graph at W8A8 on those CPU backends; queue their "
+        "baselines."
     )
 
     def add_arguments(self, parser):
@@ -65,12 +67,18 @@ class Command(BaseCommand):
                 )
             )
             self.stdout.write(f"imported {source.name} as {model.slug} ({model.architecture})")
-            self._queue(
-                [
+            if model.architecture == ONNX_ARCHITECTURE:  # a graph: real-INT8 tracks only
+                tracks = [
+                    create_track(dataset, model, weight_bits=8, activation_bits=8, backend=b)
+                    for b in REAL_INT8_BACKENDS
+                    if backend_available(b) and Kind.ONNX in EVALUATED_KINDS
+                ]
+            else:
+                tracks = [
                     create_track(dataset, model, weight_bits=w, activation_bits=a)
                     for w, a in DEMO_PRECISIONS
-                ]  # fmt: skip
-            )
+                ]
+            self._queue(tracks)
 
     def _with_onnx(self, model):
         try:
