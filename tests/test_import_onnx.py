@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from harness.backends.onnxruntime import graph_reference
 from harness.baselines import INT8_QDQ, baselines_for, compute_baseline, compute_reference
 from harness.cli import main
 from harness.data.demo import make_phantoms
@@ -94,7 +95,8 @@ def graph_track(imported, backend: str = "onnxruntime-cpu") -> LoadedTrack:
 
 def test_imported_graph_predicts_what_the_network_predicts(network, imported):
     _, model_dir = imported
-    spec, reference = load_reference_model(model_dir)
+    spec = read_spec(model_dir)
+    reference = graph_reference(model_dir / "model.onnx")
     assert (spec.architecture, spec.family, spec.in_channels) == ("ONNX", "cnn", 1)
     assert spec.sliding_window.roi_size == tuple(ROI) and len(spec.labels) == 6
     assert spec.source["input"] == "input.1" and spec.source["output"] == "out"
@@ -155,6 +157,8 @@ def test_openvino_track_of_a_graph_reference_gets_nncf_and_the_int8_graph(import
 
 def test_a_graph_reference_is_not_evaluated_on_the_simulator(imported):
     dataset, model_dir = imported
+    with pytest.raises(ModelSpecError, match="has no torch network"):
+        load_reference_model(model_dir)
     with pytest.raises(ModelSpecError, match="evaluated on ONNX backends, not simulated"):
         LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=dataset, weight_bits=8))
 

@@ -28,7 +28,7 @@ from harness.artifacts.kinds import ONNX
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
 from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends.base import Backend, OpenedArtifact
-from harness.errors import SubmissionError
+from harness.errors import ModelSpecError, SubmissionError
 from harness.inference.efficiency import (
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
@@ -144,6 +144,17 @@ class OrtNetwork(nn.Module):
                 raise SubmissionError(f"ONNX Runtime failed to run the model: {error}") from error
             outputs.append(out[:rows])
         return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
+
+
+def graph_reference(path: Path) -> OrtNetwork:
+    """The FP32 graph of an ONNX reference model as its network, run by ONNX Runtime (the
+    reference executor of ONNX semantics) on as many threads as torch uses."""
+    if not path.is_file():
+        raise ModelSpecError(f"missing ONNX graph {path}")
+    try:
+        return OrtNetwork(create_session(path, threads=torch.get_num_threads())).eval()
+    except SubmissionError as err:  # the trusted side's graph: a model-spec problem
+        raise ModelSpecError(f"{path}: {err}") from None
 
 
 def kernel_report(model_path: str | Path, threads: int = 1) -> dict:

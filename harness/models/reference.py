@@ -173,11 +173,10 @@ def save_reference_model(model: nn.Module, spec: ModelSpec, out_dir: str | Path)
 
 def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
     """Rebuild the network from its spec and load its FP32 weights (strictly, no missing keys);
-    an ONNX reference's network is its graph in an ONNX Runtime session."""
+    an ONNX reference has no torch network to rebuild (``ModelSpecError``: its graph is opened by
+    ``harness.backends.onnxruntime.graph_reference``)."""
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)
-    if not spec.has_torch_network:
-        return spec, _graph_network(model_dir / GRAPH_FILE)
     model = spec.build()
     weights = model_dir / WEIGHTS_FILE
     try:
@@ -197,22 +196,6 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
         )
     model.eval()
     return spec, model
-
-
-def _graph_network(path: Path) -> nn.Module:
-    """The FP32 graph of an ONNX reference run by ONNX Runtime (ONNX semantics' reference
-    executor), with as many threads as torch would use."""
-    import torch
-
-    from harness.backends.onnxruntime import OrtNetwork, create_session
-    from harness.errors import SubmissionError
-
-    if not path.is_file():
-        raise ModelSpecError(f"missing ONNX graph {path}")
-    try:
-        return OrtNetwork(create_session(path, threads=torch.get_num_threads())).eval()
-    except SubmissionError as err:  # the trusted side's graph: a model-spec problem
-        raise ModelSpecError(f"{path}: {err}") from None
 
 
 def weights_sha256(model_dir: str | Path) -> str:

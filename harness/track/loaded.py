@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from harness.backends import Backend, get_backend
+from harness.backends.onnxruntime import graph_reference
 from harness.data.calibration import calibration_batches
 from harness.data.dataset import Case, Dataset, load_dataset
 from harness.errors import DatasetError, ModelSpecError
 from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.models.onnx_graph import graph_backend_refusal
-from harness.models.reference import ModelSpec, load_reference_model, weights_sha256
+from harness.models.reference import ModelSpec, load_reference_model, read_spec, weights_sha256
 from harness.track.spec import TrackSpec
 
 
@@ -36,7 +37,11 @@ class LoadedTrack:
         timer = StageTimer()
         with timer.stage("load"):
             dataset = load_dataset(spec.dataset_dir)
-            model_spec, model = load_reference_model(spec.model_dir)
+            model_spec = read_spec(spec.model_dir)
+            if model_spec.has_torch_network:
+                _, model = load_reference_model(spec.model_dir)
+            else:
+                model = graph_reference(spec.model_dir / model_spec.weights_file)
         check_backend_runs(model_spec, get_backend(spec.backend))
         return cls(spec, dataset, model_spec, model, timer)
 
