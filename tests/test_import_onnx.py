@@ -222,9 +222,15 @@ def _quantized(folder: Path) -> None:
             ),
             "numbered 0..1",
         ),
+        (
+            lambda f: (f / "reference.json").write_text(
+                json.dumps(REFERENCE | {"sliding_window": {"roi_size": [16, 16]}})
+            ),
+            "roi_size must be 3 positive integers",
+        ),
         (_quantized, "already quantized"),
     ],
-    ids=["no-reference", "corrupt", "bad-json", "label-count", "label-ids", "quantized"],
+    ids=["no-reference", "corrupt", "bad-json", "label-count", "label-ids", "roi", "quantized"],
 )
 def test_a_graph_that_cannot_be_a_reference_is_refused_with_the_reason(
     network, tmp_path, break_it, message

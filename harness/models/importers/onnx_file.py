@@ -82,7 +82,11 @@ def import_onnx(source: str | Path, out_dir: str | Path, *, name: str | None = N
                 "sliding_window.roi_size in reference.json"
             )
         window["roi_size"] = static_roi
-    roi = [int(r) for r in window["roi_size"]]
+    roi = window["roi_size"]
+    if not (
+        isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi)
+    ):
+        raise ModelImportError(f"sliding_window.roi_size must be 3 positive integers, not {roi!r}")
     for axis, (dim, size) in enumerate(zip(in_dims[2:], roi, strict=True), start=2):
         if isinstance(dim, int) and dim > 0 and dim != size:
             raise ModelImportError(
@@ -122,7 +126,7 @@ def import_onnx(source: str | Path, out_dir: str | Path, *, name: str | None = N
             }
             | names,
         )
-    except (TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ModelImportError(f"{reference_path}: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
