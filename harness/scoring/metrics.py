@@ -52,9 +52,10 @@ coordinates (scaled by spacing, in MONAI's crop frame) that MONAI 1.6.1 uses on 
 scales with surface size, not with the bounding box, so a stray false-positive voxel far away (which
 blows up a crop and a dense distance transform) costs nothing extra. Before either NSD pass both
 maps are cut (as views) to the bounding box of the requested classes' voxels in either map, found
-in slabs of ``_CHUNK`` voxels: the values are unchanged (see ``_crop_to_classes``), and on a CT
-volume, where the organs fill part of the field of view, the pass's time and transient memory
-shrink with the box (a 512×512×200, 13-class case: 310 → 182 MiB and 1.3 → 0.43 s subvoxel).
+in slabs of ``_CHUNK`` voxels: the values are unchanged (see ``_crop_to_classes``), and the
+O(voxels) part of the pass shrinks with the box, which a stray voxel far from the organs widens
+(``benchmarks/nsd_crop.py``: on the clinical phantom, whose body fills most of the field of view,
+the transient memory drops 286 → 262 MiB subvoxel and 154 → 99 MiB voxel).
 
 Labels must be non-negative integers (integral floats and bools are accepted and converted);
 torch tensors are accepted and converted to numpy. Bad input raises ``MetricInputError``.
