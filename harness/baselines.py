@@ -212,8 +212,8 @@ def compute_baseline(
         submission = Submission("onnx", onnx=path)
     else:
         config = QuantConfig.from_scheme(scheme)
-        reference = track.torch_model(METHODS[method].label if method in METHODS else method)
-        model = quantize_with(method, reference, config, track.calibration, options)
+        network = track.torch_model(method)
+        model = quantize_with(method, network, config, track.calibration, options)
         reference = {"method": method, "scheme": scheme}
         if options:
             reference["options"] = dict(options)

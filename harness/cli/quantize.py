@@ -14,7 +14,6 @@ from harness.cli.common import add_track_args, open_track
 def cmd_quantize(args: argparse.Namespace) -> None:
     from harness.artifacts.checkpoint import save_checkpoint
     from harness.cli.progress import quantization_bars
-    from harness.models.reference import weights_sha256
     from reference_methods.methods import all_options, method_config, quantize_with
     from reference_methods.simulator.scheme import QuantConfig
 
@@ -45,7 +44,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     reference = {
         "model": track.model_spec.name,
-        "weights_sha256": weights_sha256(track.spec.model_dir),
+        "weights_sha256": track.weights_sha256,
         "method": args.method,
         "scheme": scheme.name,
         "options": options,

@@ -25,7 +25,7 @@ from harness.artifacts.kinds import CHECKPOINT, ONNX, ArtifactKind
 from harness.backends import get_backend
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import SubmissionError
-from harness.models.reference import SPEC_FILE, WEIGHTS_FILE, weights_sha256
+from harness.models.reference import SPEC_FILE, WEIGHTS_FILE
 from harness.submission import Submission
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.granularity import Granularity, WeightGranularity
@@ -43,7 +43,8 @@ def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
     """Write the ``/input`` folder of ``track`` into ``dest`` (created; must not exist yet)."""
     dest = Path(dest)
     dest.mkdir(parents=True)
-    for name in {SPEC_FILE, track.model_spec.weights_file} - {ONNX_FILE}:
+    weights = [WEIGHTS_FILE] if track.model_spec.has_torch_network else []  # a graph: model.onnx
+    for name in (SPEC_FILE, *weights):
         shutil.copyfile(track.spec.model_dir / name, dest / name)
     calibration = dest / CALIBRATION_DIR
     calibration.mkdir()
@@ -94,7 +95,7 @@ def track_description(track: LoadedTrack) -> dict:
         "protocol_version": PROTOCOL_VERSION,
         "model": track.model_spec.name,
         "architecture": track.model_spec.architecture,
-        "weights_sha256": weights_sha256(spec.model_dir),
+        "weights_sha256": track.weights_sha256,
         "backend": spec.backend,
         "max_weight_bits": spec.weight_bits,
         "max_activation_bits": spec.activation_bits,

@@ -26,7 +26,7 @@ from harness.data.dataset import load_dataset
 from harness.data.preprocessing import read_case
 from harness.models.importers.nnunet import network_axes, to_harness_frame
 from harness.models.importers.torch_files import load_into
-from harness.models.nnunet import build_nnunet_as_trained, inference_form
+from harness.models.nnunet import DEFAULT_3D_LAYERS, build_nnunet_as_trained, inference_form
 from harness.models.training import TrainConfig, load_training_volumes, train
 
 CONFIGURATION = "3d_fullres"
@@ -36,19 +36,11 @@ TRAINER = "harness.models.training (DiceCE, AdamW, cosine)"
 ARCH_KWARGS = {
     "n_stages": 4,
     "features_per_stage": [8, 16, 32, 64],
-    "conv_op": "torch.nn.modules.conv.Conv3d",
     "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
     "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
     "n_conv_per_stage": [2, 2, 2, 2],
     "n_conv_per_stage_decoder": [2, 2, 2],
-    "conv_bias": True,
-    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-    "dropout_op": None,
-    "dropout_op_kwargs": None,
-    "nonlin": "torch.nn.LeakyReLU",
-    "nonlin_kwargs": {"inplace": True},
-}
+} | DEFAULT_3D_LAYERS
 PATCH_SIZE = [32, 64, 64]
 SPACING = [5.5, 3.0, 3.0]
 TRAINING = TrainConfig(iterations=800, batch_size=2, learning_rate=2e-3)

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from harness.artifacts.onnx.export import export_fp32
-from harness.models.importers.onnx_file import REFERENCE_FILE, SOURCE_GRAPH
+from harness.models.importers.onnx_file import REFERENCE_FILE
+from harness.models.onnx_graph import GRAPH_FILE
 from harness.models.reference import load_reference_model
 
 
@@ -17,7 +18,7 @@ def write_onnx_source(model_dir: str | Path, out: str | Path) -> Path:
     export and what the graph does not say (name, labels, preprocessing, sliding window)."""
     spec, network = load_reference_model(model_dir)
     out = Path(out)
-    export_fp32(network, spec, out / SOURCE_GRAPH)
+    export_fp32(network, spec, out / GRAPH_FILE)
     reference = {
         "name": f"{spec.name} (ONNX graph)",
         "labels": {str(k): v for k, v in sorted(spec.labels.items())},

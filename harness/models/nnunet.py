@@ -24,6 +24,19 @@ NETWORK_CLASSES: dict[str, type[nn.Module]] = {
     f"dynamic_network_architectures.architectures.unet.{cls.__name__}": cls
     for cls in (PlainConvUNet, ResidualEncoderUNet)
 }
+#: The 3D layer settings nnU-Net v2's planner writes into ``arch_kwargs`` (and implied by the plans
+#: of nnU-Net < 2.4, which did not record them): biased Conv3d, affine InstanceNorm3d, no dropout,
+#: in-place LeakyReLU.
+DEFAULT_3D_LAYERS: dict[str, Any] = {
+    "conv_op": "torch.nn.modules.conv.Conv3d",
+    "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None,
+    "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.LeakyReLU",
+    "nonlin_kwargs": {"inplace": True},
+}
 #: Layer classes a plans file may name for ``conv_op``, ``norm_op``, ``dropout_op``, ``nonlin``,
 #: under the import paths nnU-Net writes (``torch.nn.modules.<module>.<Class>``) or ``torch.nn``.
 LAYER_CLASSES: dict[str, type[nn.Module]] = {

@@ -177,8 +177,13 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
     ``harness.backends.onnxruntime.graph_reference``)."""
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)
+    return spec, load_network(spec, model_dir)
+
+
+def load_network(spec: ModelSpec, model_dir: str | Path) -> nn.Module:
+    """The torch network of ``spec`` with the FP32 weights of ``model_dir`` (strictly)."""
     model = spec.build()
-    weights = model_dir / WEIGHTS_FILE
+    weights = Path(model_dir) / WEIGHTS_FILE
     try:
         state = load_file(str(weights))
     except FileNotFoundError:
@@ -194,8 +199,7 @@ def load_reference_model(model_dir: str | Path) -> tuple[ModelSpec, nn.Module]:
             f"{weights} does not fit {spec.architecture}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )
-    model.eval()
-    return spec, model
+    return model.eval()
 
 
 def weights_sha256(model_dir: str | Path) -> str:

@@ -107,8 +107,6 @@ DEFAULT_NSD_DEFINITION = NsdDefinition.SUBVOXEL
 
 # Voxels processed per chunk in the counting passes: bounds temporary memory on large volumes.
 _CHUNK = 1 << 22
-# Largest value range np.isin looks up in a table (bytes of table); beyond it, it sorts.
-_TABLE_SPAN = 1 << 20
 # KDTree leaf size as in MONAI (monai.metrics.utils.get_surface_distance). Tree shape options only
 # change speed: the nearest distance and its float arithmetic are the same for any tree.
 _KDTREE_LEAFSIZE = 32
@@ -212,7 +210,7 @@ def _crop_to_classes(
     step = max(1, _CHUNK // max(1, plane.size))
     for start in range(0, pred.shape[0], step):
         slab = slice(start, start + step)
-        present = _isin(pred[slab], wanted) | _isin(label[slab], wanted)
+        present = np.isin(pred[slab], wanted) | np.isin(label[slab], wanted)
         rows[slab] = present.reshape(len(present), -1).any(axis=1)
         plane |= present.any(axis=0)
     if not rows.any():
@@ -228,14 +226,6 @@ def _span(hit: np.ndarray) -> slice:
     """The slice from the first to the last True of a non-empty boolean line."""
     where = np.flatnonzero(hit)
     return slice(int(where[0]), int(where[-1]) + 1)
-
-
-def _isin(x: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin`` by a lookup table over the value range (one O(voxels) pass), or by sorting
-    where the values span more than ``_TABLE_SPAN``."""
-    low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    kind = "table" if high - low <= _TABLE_SPAN else "sort"
-    return np.isin(x, wanted, kind=kind)
 
 
 def _edge_map(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from harness.data.dataset import Case, Dataset, load_dataset
 from harness.errors import DatasetError, ModelSpecError
 from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.models.onnx_graph import graph_backend_refusal
-from harness.models.reference import ModelSpec, load_reference_model, read_spec, weights_sha256
+from harness.models.reference import ModelSpec, load_network, read_spec, weights_sha256
 from harness.track.spec import TrackSpec
 
 
@@ -38,11 +38,11 @@ class LoadedTrack:
         with timer.stage("load"):
             dataset = load_dataset(spec.dataset_dir)
             model_spec = read_spec(spec.model_dir)
+            check_backend_runs(model_spec, get_backend(spec.backend))
             if model_spec.has_torch_network:
-                _, model = load_reference_model(spec.model_dir)
+                model = load_network(model_spec, spec.model_dir)
             else:
                 model = graph_reference(spec.model_dir / model_spec.weights_file)
-        check_backend_runs(model_spec, get_backend(spec.backend))
         return cls(spec, dataset, model_spec, model, timer)
 
     def torch_model(self, purpose: str) -> nn.Module:

@@ -7,6 +7,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -90,16 +91,14 @@ def create_track(
     backend: str = "simulated",
     **fields,
 ) -> Track:
-    """Create (or update) the track of ``model`` on ``dataset`` at the given precision."""
-    refusal = model.backend_refusal(backend)
-    if refusal is not None:
-        raise HarnessError(refusal)
+    """Create (or update) the track of ``model`` on ``dataset`` at the given precision; a track
+    its own checks refuse (``Track.clean``) is not saved and raises ``HarnessError``."""
     precision = f"w{weight_bits}a{activation_bits or 16}"
     slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
     title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"
-    track, _ = Track.objects.update_or_create(
-        slug=slug,
-        defaults={
+    track = Track.objects.filter(slug=slug).first() or Track(slug=slug)
+    values = (
+        {
             "title": title,
             "dataset": dataset,
             "reference_model": model,
@@ -108,9 +107,15 @@ def create_track(
             "activation_bits": activation_bits,
             "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
         }
-        | fields,
+        | fields
     )
-    track.full_clean()
+    for name, value in values.items():
+        setattr(track, name, value)
+    try:
+        track.full_clean()
+    except ValidationError as error:
+        raise HarnessError(f"track {slug}: {'; '.join(error.messages)}") from None
+    track.save()
     return track
 
 

@@ -34,6 +34,7 @@ from harness.errors import ModelImportError, ModelSpecError
 from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.importers.torch_files import load_checkpoint, load_into, tensor_dict
 from harness.models.nnunet import (
+    DEFAULT_3D_LAYERS,
     build_nnunet_as_trained,
     inference_form,
     resolve_network_class,
@@ -249,19 +250,11 @@ def _legacy_architecture(
                 min(config["UNet_base_num_features"] * 2**i, config["unet_max_num_features"])
                 for i in range(n_stages)
             ],
-            "conv_op": "torch.nn.modules.conv.Conv3d",
             "kernel_sizes": kernels,
             "strides": config["pool_op_kernel_sizes"],
             "n_conv_per_stage": config["n_conv_per_stage_encoder"],
             "n_conv_per_stage_decoder": config["n_conv_per_stage_decoder"],
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        }
+        } | DEFAULT_3D_LAYERS
     except KeyError as err:
         raise ModelImportError(
             f"configuration {configuration!r} has neither an architecture entry nor the key "

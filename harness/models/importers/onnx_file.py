@@ -30,7 +30,6 @@ from harness.models.onnx_graph import GRAPH_FILE, HYBRID_OPS, ONNX_ARCHITECTURE
 from harness.models.reference import SPEC_FILE, ModelSpec
 
 REFERENCE_FILE = "reference.json"
-SOURCE_GRAPH = GRAPH_FILE
 QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -52,7 +51,7 @@ BATCH_DIM = "N"
 def graph_paths(source: str | Path) -> tuple[Path, Path]:
     """(the graph, its ``reference.json``) of a source folder or ``.onnx`` file."""
     source = Path(source)
-    graph = source / SOURCE_GRAPH if source.is_dir() else source
+    graph = source / GRAPH_FILE if source.is_dir() else source
     return graph, graph.with_name(REFERENCE_FILE)
 
 
@@ -96,14 +95,14 @@ def import_onnx(source: str | Path, out_dir: str | Path, *, name: str | None = N
     names = {"input": graph_input.name, "output": graph_output.name}
     _rename(graph, names["input"], INPUT_NAME)
     _rename(graph, names["output"], OUTPUT_NAME)
-    _set_shape(graph.input[_input_position(graph)], [BATCH_DIM, channels, *roi])
+    _set_shape(graph_input, [BATCH_DIM, channels, *roi])
     classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
     classes = _run_once(model, channels, roi, classes)
     if classes != len(labels):
         raise ModelImportError(
             f"the graph outputs {classes} channels; reference.json names {len(labels)} labels"
         )
-    _set_shape(graph.output[0], [BATCH_DIM, classes, *roi])
+    _set_shape(graph_output, [BATCH_DIM, classes, *roi])
     ops = {node.op_type for node in graph.node}
     try:
         spec = ModelSpec(
@@ -192,16 +191,13 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _input_position(graph: onnx.GraphProto) -> int:
-    initializers = {t.name for t in graph.initializer}
-    return next(i for i, v in enumerate(graph.input) if v.name not in initializers)
-
-
 def _single(graph: onnx.GraphProto, role: str) -> onnx.ValueInfoProto:
-    """The graph's one (non-initializer) input or one output, a float tensor."""
+    """The graph's one (non-initializer) input or one output, a float tensor (the graph's own
+    entry: changing it changes the graph)."""
     initializers = {t.name for t in graph.initializer}
-    values = [v for v in (graph.input if role == "input" else graph.output)]
-    values = [v for v in values if v.name not in initializers]
+    values = [
+        v for v in (graph.input if role == "input" else graph.output) if v.name not in initializers
+    ]
     if len(values) != 1:
         names = [v.name for v in values]
         raise ModelImportError(f"the graph has {len(values)} {role}s {names}; it needs exactly one")
