@@ -39,11 +39,11 @@ import numpy as np
 import onnx
 import torch
 
-from harness.backends.onnxruntime import create_session
 from harness.backends.openvino import compile_config, read_onnx, runtime_report
-from harness.baselines import INT8_QDQ, INT8_QDQ_PROFILED, compute_baseline
-from harness.data.demo import write_demo
+from harness.demo import write_demo
+from harness.entry.baseline import INT8_QDQ, INT8_QDQ_PROFILED, compute_baseline
 from harness.inference.latency import speedup_interval, spread_stats
+from harness.onnxruntime_session import create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 

@@ -11,7 +11,7 @@ Two overheads are printed, both as a fraction of the time spent in ``inference``
   beyond the network itself;
 - busy: the sum of every other stage's own time, as if nothing overlapped (I/O, preprocessing,
   postprocessing and metrics run on background threads while the network runs, see
-  ``harness/inference/evaluation.py``; their busy time includes slow-down from sharing the CPU).
+  ``harness/scoring/evaluation.py``; their busy time includes slow-down from sharing the CPU).
 Torch runs with ``--threads`` intra-op threads (default 1, leaving this 2-core machine's second
 core to the pipeline's background threads).
 
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from harness.artifacts.checkpoint import save_checkpoint
-from harness.data.demo import write_demo
-from harness.inference.evaluation import StageTimer, evaluate_cases
-from harness.submission import Submission
+from harness.demo import write_demo
+from harness.entry.upload import Submission
+from harness.scoring.evaluation import StageTimer, evaluate_cases
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize

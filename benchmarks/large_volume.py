@@ -64,8 +64,8 @@ def prepare(work: Path, coarsen: int) -> None:
     from harness.artifacts.checkpoint import save_checkpoint
     from harness.data import phantoms
     from harness.data.dataset import load_dataset
-    from harness.data.demo import DEMO_MODELS_DIR
     from harness.data.preprocessing import preprocess, read_case
+    from harness.demo import DEMO_MODELS_DIR
     from harness.inference.sliding_window import patch_batches
     from harness.models.reference import ModelSpec, read_spec, save_reference_model
     from harness.models.training import TrainConfig, load_training_volumes, train
@@ -112,8 +112,8 @@ def measure(work: Path, path: str, precision: str, threads: int) -> dict:
     from harness.artifacts.checkpoint import load_checkpoint
     from harness.data.dataset import load_dataset
     from harness.data.preprocessing import preprocess, read_case, restore_to_original
-    from harness.inference.evaluation import StageTimer, evaluate_cases
     from harness.models.reference import load_reference_model
+    from harness.scoring.evaluation import StageTimer, evaluate_cases
     from harness.scoring.metrics import dice_per_class, nsd_per_class
 
     torch.set_num_threads(threads)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.baselines import baselines_for, compute_baseline
-from harness.data.demo import write_demo
-from harness.submission import Submission, evaluate_submission
+from harness.demo import write_demo
+from harness.entry.baseline import baselines_for, compute_baseline
+from harness.entry.upload import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -64,7 +64,7 @@ def main() -> None:
     speedups = []
     for attempt in range(1, args.times + 1):
         track = LoadedTrack.open(spec)
-        result, _ = evaluate_submission(track, Submission("onnx", onnx=artifact))
+        result = evaluate_submission(track, Submission("onnx", onnx=artifact)).result
         protocol = result["efficiency"]["latency_protocol"]
         speedup = protocol["speedup"]
         speedups.append(speedup["median"])

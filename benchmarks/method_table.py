@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from harness.analysis.study import run_study
-from harness.data.demo import shipped_models, write_demo
+from harness.demo import shipped_models, write_demo
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 

@@ -34,13 +34,14 @@ import onnxruntime as ort
 import torch
 
 from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
-from harness.artifacts.onnx.interface import INPUT_NAME
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
-from harness.backends.onnxruntime import OrtNetwork, create_session, kernel_report
-from harness.data.demo import write_demo
+from harness.backends.onnxruntime import kernel_report
 from harness.data.preprocessing import preprocess, read_case
+from harness.demo import write_demo
 from harness.inference.latency import latency_stats
 from harness.inference.sliding_window import predict_labels
+from harness.models.interface import INPUT_NAME
+from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from harness.data.demo import shipped_models, write_demo
+from harness.demo import shipped_models, write_demo
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import rtn

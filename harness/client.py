@@ -3,6 +3,8 @@
 ``submit`` uploads a quantized checkpoint folder (manifest.json + weights.safetensors), a
 checkpoint zip or an ONNX file in one multipart call authenticated by a personal token;
 ``wait`` polls the submission until it finishes.
+
+Depends on: ``harness.artifacts`` (the files an artifact kind consists of).
 """
 
 from __future__ import annotations

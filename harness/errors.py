@@ -5,6 +5,8 @@ image or its output) is at fault; the message is shown to the submitter verbatim
 submission ends ``rejected``. Every other ``HarnessError`` is a problem on the trusted side (a
 track's dataset or reference model, a backend that cannot run here): the submission ends
 ``failed``, is not counted against the submitter, and the details go to the maintainers' log.
+
+Depends on: nothing.
 """
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME, save_checkpoint
-from harness.data.calibration import calibration_batches
 from harness.data.dataset import load_dataset
+from harness.models.calibration import calibration_batches
 from harness.models.reference import load_reference_model
 from reference_methods.simulator.scheme import QuantConfig, quantize
 

@@ -356,7 +356,7 @@ def test_onnx_export_carries_the_asymmetric_zero_points_and_the_verifier_reports
 def test_tracks_that_quantize_activations_get_an_rtn_baseline_with_asymmetric_activations(
     tmp_path,
 ):
-    from harness.baselines import baselines_for
+    from harness.entry.baseline import baselines_for
 
     def schemes(**limits) -> list[str]:
         spec = TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, **limits)

@@ -5,21 +5,26 @@ registry line is offered everywhere backends are listed."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from harness import backends
-from harness.backends import BACKEND_MODULES, Backend, OpenedArtifact, backend_names, get_backend
+from harness.artifacts.checks import VerifiedArtifact
+from harness.backends import BACKEND_MODULES, Backend, backend_names, get_backend
 from harness.cli import build_parser
 from harness.errors import HarnessError
 from harness.track.spec import TrackSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "reference_methods", "leaderboard")
+ROOTS = ("harness", "reference_methods")
+"""Root packages whose sub-packages are the layers."""
 
 
 def _module_name(path: Path) -> str:
@@ -36,25 +41,14 @@ def _modules() -> dict[str, Path]:
     }
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Project modules ``name`` imports anywhere (functions included, ``TYPE_CHECKING`` blocks
-    excluded); ``from package import submodule`` counts as importing the submodule."""
+    """Project modules ``name`` imports anywhere: at module level, inside functions and under
+    ``TYPE_CHECKING`` alike (a type-only import is a dependency too); ``from package import
+    submodule`` counts as importing the submodule."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,10 +59,6 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 found.add(submodule if submodule in known else base)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
     return {module for module in found if module in known and module != name}
 
 
@@ -79,55 +69,103 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _imports(path, name, known) for name, path in modules.items()}
 
 
-def test_no_import_circles_among_the_projects_modules(import_graph):
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every back edge of a depth-first walk, as the circle it closes."""
     cycles, state = [], {}
 
-    def walk(module: str, stack: list[str]) -> None:
-        state[module] = "open"
-        for target in sorted(import_graph[module]):
+    def walk(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
                 cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 walk(target, [*stack, target])
-        state[module] = "done"
+        state[node] = "done"
 
-    for module in sorted(import_graph):
-        if module not in state:
-            walk(module, [module])
-    assert cycles == []
-
-
-def _violations(import_graph, source: str, forbidden: tuple[str, ...], allowed=()) -> list[str]:
-    return sorted(
-        f"{module} imports {target}"
-        for module, targets in import_graph.items()
-        if module == source or module.startswith(source + ".")
-        for target in targets
-        if target.startswith(forbidden) and not target.startswith(allowed)
-    )
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    return cycles
 
 
-@pytest.mark.parametrize(
-    ("source", "forbidden", "allowed"),
-    [
-        ("leaderboard", ("reference_methods",), ()),
-        ("harness", ("leaderboard",), ()),
-        ("reference_methods", ("harness", "leaderboard"), ()),
-        ("harness.scoring", ("reference_methods",), ("reference_methods.simulator",)),
-        ("harness.artifacts", ("reference_methods",), ("reference_methods.simulator",)),
-        ("harness.backends", ("reference_methods",), ("reference_methods.simulator",)),
-        ("harness.inference", ("reference_methods",), ("reference_methods.simulator",)),
-        ("harness.submission", ("reference_methods",), ("reference_methods.simulator",)),
-        (
-            "reference_methods.simulator",
-            ("reference_methods.statistics", "reference_methods.methods"),
-            (),
-        ),
-        ("reference_methods.statistics", ("reference_methods.methods",), ()),
-    ],
-)
-def test_dependency_rules_hold(import_graph, source, forbidden, allowed):
-    assert _violations(import_graph, source, forbidden, allowed) == []
+def test_no_import_circles_among_the_projects_modules(import_graph):
+    assert _cycles(import_graph) == []
+
+
+# ---- layers: the rules are the "Depends on:" paragraphs of the package docstrings ----
+
+DEPENDS_ON = re.compile(r"^Depends on:(.*?)(?:\n\s*\n|\Z)", re.S | re.M)
+EVERY_PACKAGE_MAY_IMPORT = re.compile(r"^Every package may import:(.*?)(?:\n\s*\n|\Z)", re.S | re.M)
+NAMED = re.compile(r"``([a-z_][a-z0-9_.]*)``")
+
+
+def _layer_of(module: str, layers: set[str]) -> str:
+    """The layer a module belongs to: the longest layer name that is it or a prefix of it."""
+    matches = [layer for layer in layers if module == layer or module.startswith(layer + ".")]
+    return max(matches, key=len)
+
+
+def _layers() -> dict[str, Path]:
+    """Layer name → the file whose docstring declares it: each sub-package of ``harness`` and
+    ``reference_methods``, each top-level module of ``harness``, and ``leaderboard`` as one."""
+    layers = {"leaderboard": ROOT / "leaderboard" / "__init__.py"}
+    for top in ("harness", "reference_methods"):
+        for path in sorted((ROOT / top).iterdir()):
+            if (path / "__init__.py").is_file():
+                layers[f"{top}.{path.name}"] = path / "__init__.py"
+            elif top == "harness" and path.suffix == ".py" and path.stem != "__init__":
+                layers[f"{top}.{path.stem}"] = path
+    return layers
+
+
+def _declared(path: Path, pattern: re.Pattern = DEPENDS_ON) -> tuple[str, ...] | None:
+    """The modules or packages named (``like.this``) in the docstring paragraph ``pattern``
+    finds; None when the docstring has no such paragraph."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    found = pattern.search(doc)
+    return None if found is None else tuple(NAMED.findall(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def layer_rules() -> dict[str, tuple[str, ...]]:
+    return {name: _declared(path) for name, path in _layers().items()}
+
+
+def _layer_violations(import_graph, rules) -> list[str]:
+    shared = _declared(ROOT / "harness" / "__init__.py", EVERY_PACKAGE_MAY_IMPORT) or ()
+    layers = set(rules) | set(ROOTS)
+    found = []
+    for module, targets in import_graph.items():
+        layer = _layer_of(module, layers)
+        if layer in ROOTS:
+            continue  # a root package's own __init__: the version, the package docstring
+        allowed = (*(rules[layer] or ()), *shared)
+        for target in sorted(targets):
+            other = _layer_of(target, layers)
+            if other == layer or target in ROOTS:  # a root's __init__: the version only
+                continue
+            if not any(target == a or target.startswith(a + ".") or other == a for a in allowed):
+                found.append(f"{module} imports {target} ({layer} may import: {allowed})")
+    return found
+
+
+def test_every_layer_declares_what_it_may_import(layer_rules):
+    assert [name for name, rule in layer_rules.items() if rule is None] == []
+
+
+def test_every_import_keeps_to_the_layers_its_docstring_names(import_graph, layer_rules):
+    assert _layer_violations(import_graph, layer_rules) == []
+
+
+def test_no_import_circles_among_the_layers(import_graph, layer_rules):
+    layers = set(layer_rules) | set(ROOTS)
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph.items():
+        source = _layer_of(module, layers)
+        graph.setdefault(source, set()).update(
+            other for other in (_layer_of(t, layers) for t in targets) if other != source
+        )
+    assert _cycles(graph) == []
 
 
 def test_leaderboard_mentions_nothing_of_reference_methods():
@@ -161,10 +199,11 @@ class ToyBackend(Backend):
     label = "toy backend"
     queue = "toys"
 
-    def open(self, artifact, *, spec, model_spec, reference) -> OpenedArtifact:
-        return get_backend("simulated").open(
-            artifact, spec=spec, model_spec=model_spec, reference=reference
-        )
+    def verify(self, artifact, checks) -> VerifiedArtifact:
+        return get_backend("simulated").verify(artifact, checks)
+
+    def load(self, verified, checks) -> nn.Module:
+        return get_backend("simulated").load(verified, checks)
 
 
 @pytest.fixture

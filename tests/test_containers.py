@@ -17,19 +17,18 @@ from safetensors.torch import load_file
 
 from harness.artifacts.checkpoint import WEIGHTS_NAME, save_checkpoint
 from harness.containers.images import PinnedImage
-from harness.containers.protocol import build_container_input
+from harness.containers.protocol import build_container_input, output_artifact
 from harness.containers.sandbox import (
     LABEL,
     WORKER_LABEL,
     ContainerLimits,
-    evaluate_quantizer_container,
-    output_submission,
     remove_orphans,
     run_quantizer_container,
 )
+from harness.entry.container import QuantizerRejected, evaluate_quantizer_container
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import HarnessError
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import quantize_with
@@ -110,23 +109,22 @@ def test_example_quantizer_container_yields_a_scored_submission(
         client=docker_client,
         input_dir=input_dir,
     )
-    assert evaluation.error is None, evaluation.outcome.logs
     result = evaluation.result
     jsonschema.validate(result, json.loads(Path(SCHEMA_PATH).read_text()))
     assert result["submission"]["container"]["image"] == image
     assert result["submission"]["precision"]["weight_bits"] == 8
     assert result["submission"]["precision"]["activation_bits"] is None
-    assert "rtn w8a16-per-channel" in evaluation.outcome.logs
+    assert "rtn w8a16-per-channel" in evaluation.container.logs
 
     # the same method run here on the same /input gives the same checkpoint and the same scores
     calibration = track.calibration
     host = quantize_with("rtn", track.model, QuantConfig(8, None, "per-channel"), calibration)
     host_dir = save_checkpoint(host, tmp_path / "host")
-    container = load_file(evaluation.outcome.output_dir / WEIGHTS_NAME)
+    container = load_file(evaluation.container.output_dir / WEIGHTS_NAME)
     expected = load_file(host_dir / WEIGHTS_NAME)
     assert container.keys() == expected.keys()
     assert all(torch.equal(container[k], expected[k]) for k in expected)
-    host_result, _ = evaluate_submission(track, Submission("checkpoint", checkpoint=host_dir))
+    host_result = evaluate_submission(track, Submission("checkpoint", checkpoint=host_dir)).result
     assert result["cases"] == host_result["cases"]
 
 
@@ -149,8 +147,7 @@ def test_example_quantizer_writes_scored_qdq_onnx_on_an_onnxruntime_track(
         limits=QUANTIZER_LIMITS,
         client=docker_client,
     )
-    assert evaluation.error is None, evaluation.outcome.logs
-    assert "int8 Q/DQ ONNX" in evaluation.outcome.logs
+    assert "int8 Q/DQ ONNX" in evaluation.container.logs
     result = evaluation.result
     jsonschema.validate(result, json.loads(Path(SCHEMA_PATH).read_text()))
     assert result["submission"]["kind"] == "onnx"
@@ -246,19 +243,20 @@ def test_reading_test_labels_finds_nothing(docker_client, track, input_dir, help
 def test_malformed_artifact_is_rejected_like_an_upload(
     docker_client, track, input_dir, helper_image, tmp_path
 ):
-    evaluation = evaluate_quantizer_container(
-        image=pinned(script_image(docker_client, "malformed")),
-        track=track,
-        workdir=tmp_path / "run",
-        helper_image=helper_image,
-        limits=LIMITS,
-        client=docker_client,
-        input_dir=input_dir,
-    )
-    assert evaluation.outcome.ok
-    assert evaluation.result is None
-    assert evaluation.error.startswith("the quantizer's output was rejected: ")
-    assert "unknown checkpoint format 'my-own-format'" in evaluation.error
+    with pytest.raises(QuantizerRejected) as rejected:
+        evaluate_quantizer_container(
+            image=pinned(script_image(docker_client, "malformed")),
+            track=track,
+            workdir=tmp_path / "run",
+            helper_image=helper_image,
+            limits=LIMITS,
+            client=docker_client,
+            input_dir=input_dir,
+        )
+    assert rejected.value.outcome.ok
+    message = str(rejected.value)
+    assert message.startswith("the quantizer's output was rejected: ")
+    assert "unknown checkpoint format 'my-own-format'" in message
     _still_serving(docker_client, track, input_dir, helper_image, tmp_path)
 
 
@@ -356,4 +354,4 @@ def test_output_must_be_exactly_the_tracks_artifact(tmp_path, backend, files, me
     for name in files:
         (tmp_path / name).write_text("x")
     with pytest.raises(HarnessError, match=message):
-        output_submission(tmp_path, backend)
+        output_artifact(tmp_path, backend)

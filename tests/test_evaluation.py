@@ -9,13 +9,13 @@ import torch
 from harness.data.dataset import load_dataset
 from harness.data.preprocessing import preprocess, read_case, restore_to_original
 from harness.errors import DatasetError
-from harness.inference.evaluation import PIPELINE_DEPTH, evaluate_cases
 from harness.inference.sliding_window import (
     SlidingWindowSpec,
     predict_labels,
     predict_probabilities,
 )
 from harness.models.reference import load_reference_model
+from harness.scoring.evaluation import PIPELINE_DEPTH, evaluate_cases
 from harness.scoring.metrics import dice_per_class, nsd_per_class
 
 
@@ -81,8 +81,8 @@ def test_labels_are_the_argmax_of_the_probabilities():
 def test_a_track_scores_nsd_by_its_definition_and_names_it_in_the_result(tiny_track):
     from dataclasses import replace
 
+    from harness.entry.upload import Submission, evaluate_submission
     from harness.scoring.metrics import NsdDefinition
-    from harness.submission import Submission, evaluate_submission
     from harness.track.loaded import LoadedTrack
     from harness.track.spec import TrackSpec
 
@@ -97,7 +97,8 @@ def test_a_track_scores_nsd_by_its_definition_and_names_it_in_the_result(tiny_tr
     )
     results = {}
     for track in (default, voxel):
-        result, run = evaluate_submission(track, Submission("fp32"))
+        evaluated = evaluate_submission(track, Submission("fp32"))
+        result, run = evaluated.result, evaluated.run
         assert result["track"]["nsd_definition"] == track.spec.nsd_definition
         case = track.test_cases[0]
         loaded = read_case(case, track.dataset.labels)
@@ -116,7 +117,7 @@ def test_empty_calibration_split_serves_weight_only_schemes_and_an_empty_test_sp
     tiny_track, tmp_path
 ):
     from harness.data.dataset import write_splits
-    from harness.submission import Submission, evaluate_submission
+    from harness.entry.upload import Submission, evaluate_submission
     from harness.track.loaded import LoadedTrack
     from harness.track.spec import TrackSpec
 
@@ -126,7 +127,7 @@ def test_empty_calibration_split_serves_weight_only_schemes_and_an_empty_test_sp
     write_splits(copy, {"train": cases[:2], "calibration": [], "test": cases[2:3], "none": []})
     track = LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=copy))
     assert track.calibration_cases == () and track.calibration == []
-    result, _ = evaluate_submission(track, Submission("scheme", scheme="w8a16-per-channel"))
+    result = evaluate_submission(track, Submission("scheme", scheme="w8a16-per-channel")).result
     assert result["track"]["calibration_cases"] == []
     with pytest.raises(ValueError, match="static activation scales need at least one calibration"):
         evaluate_submission(track, Submission("scheme", scheme="w8a8-per-channel"))

@@ -7,7 +7,8 @@ import pytest
 
 from harness.artifacts.checkpoint import save_checkpoint
 from harness.cli import main
-from harness.data.demo import DEMO_CASES, shipped_models
+from harness.data.demo import DEMO_CASES
+from harness.demo import shipped_models
 from harness.models.reference import load_reference_model
 from harness.scoring.result import SCHEMA_PATH
 from harness.track.loaded import LoadedTrack

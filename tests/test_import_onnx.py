@@ -16,15 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from harness.backends.onnxruntime import graph_reference
-from harness.baselines import INT8_QDQ, baselines_for, compute_baseline, compute_reference
 from harness.cli import main
 from harness.data.demo import make_phantoms
+from harness.entry.baseline import INT8_QDQ, baselines_for, compute_baseline, compute_reference
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import ModelImportError, ModelSpecError, SubmissionError
-from harness.inference.evaluation import evaluate_cases
 from harness.models.importers import import_model
 from harness.models.reference import load_reference_model, read_spec
-from harness.submission import Submission, evaluate_submission
+from harness.onnxruntime_session import graph_reference
+from harness.scoring.evaluation import evaluate_cases
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -136,7 +136,7 @@ def test_int8_baseline_of_a_graph_reference_quantizes_the_graph_and_verifies(imp
     assert result["submission"]["export"]["tool"] == "onnxruntime.quantization.quantize_static"
     assert result["efficiency"]["kernels"]["integer_ops"]["QLinearConv"] >= 1
     # the same scheme as the harness's export: 8-bit codes close to the float logits
-    from harness.backends.onnxruntime import OrtNetwork, create_session
+    from harness.onnxruntime_session import OrtNetwork, create_session
 
     int8 = OrtNetwork(create_session(baseline.artifact))
     batch = track.calibration[0]
@@ -178,7 +178,7 @@ def test_another_network_uploaded_to_a_graph_track_is_not_its_network(imported, 
     import_model(other, tmp_path / "other-model")
     with pytest.raises(SubmissionError, match="not the track's reference: it has 1 weighted"):
         evaluate_submission(track, Submission("onnx", onnx=tmp_path / "other-model/model.onnx"))
-    result, _ = evaluate_submission(track, Submission("onnx", onnx=imported[1] / "model.onnx"))
+    result = evaluate_submission(track, Submission("onnx", onnx=imported[1] / "model.onnx")).result
     assert result["submission"]["precision"]["reference_network"] == "matched"
 
 

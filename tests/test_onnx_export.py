@@ -17,12 +17,8 @@ from harness.artifacts.onnx.export import (
     export_qdq,
     int8_model,
 )
-from harness.backends.onnxruntime import (
-    OrtNetwork,
-    create_session,
-    kernel_report,
-    relative_difference,
-)
+from harness.backends.onnxruntime import kernel_report, relative_difference
+from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers

@@ -18,12 +18,12 @@ from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
 from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT
 from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends import backend_names, get_backend
-from harness.baselines import INT8_QDQ, baselines_for, compute_baseline
 from harness.cli import build_parser
+from harness.entry.baseline import INT8_QDQ, baselines_for, compute_baseline
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import HarnessError, SubmissionError
 from harness.inference.sliding_window import predict_probabilities
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -100,7 +100,7 @@ def test_the_registry_offers_openvino_to_trackspec_and_the_cli(capsys):
 
 
 def test_an_upload_is_verified_then_runs_under_the_inferer_as_its_graph_says(track, files, volume):
-    from harness.backends.onnxruntime import OrtNetwork, create_session
+    from harness.onnxruntime_session import OrtNetwork, create_session
 
     backend = get_backend("openvino-cpu")
     opened = backend.open(
@@ -168,7 +168,7 @@ def test_inference_precision_is_pinned_to_f32_and_no_node_runs_bf16(files):
 
 
 def test_evaluation_reports_efficiency_with_the_latency_protocol(track, files):
-    result, _ = evaluate_submission(track, Submission("onnx", onnx=files["int8"]))
+    result = evaluate_submission(track, Submission("onnx", onnx=files["int8"])).result
     jsonschema.validate(result, SCHEMA)
     efficiency = result["efficiency"]
     assert efficiency["backend"] == "openvino-cpu"

@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
-from harness.backends.onnxruntime import OrtNetwork, create_session, measure_efficiency
+from harness.backends.onnxruntime import measure_efficiency
 from harness.cli import main
 from harness.data.preprocessing import preprocess, read_case
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import CheckpointError, HarnessError
 from harness.inference.efficiency import first_patch_batch
 from harness.inference.latency import latency_stats, time_calls
 from harness.inference.sliding_window import predict_probabilities
+from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -131,9 +132,8 @@ def test_onnx_submission_scores_like_the_fp32_reference(track, onnx_files):
         track.model,
     )
     reference = open_track.run(track.model, False, "fp32")
-    result, run = evaluate_submission(
-        open_track, Submission("onnx", onnx=fp32_onnx), fp32=reference
-    )
+    evaluated = evaluate_submission(open_track, Submission("onnx", onnx=fp32_onnx), fp32=reference)
+    result, run = evaluated.result, evaluated.run
     jsonschema.validate(result, SCHEMA)
     for ours, theirs in zip(run.cases, reference.cases, strict=True):
         assert ours.mean_dsc == pytest.approx(theirs.mean_dsc, abs=1e-3)
@@ -178,7 +178,7 @@ def test_peer_quantize_static_upload_runs_integer_kernels(track, onnx_files, tmp
         activation_type=QuantType.QInt8,  # S8S8: fused only with session.qdqisint8allowed
         weight_type=QuantType.QInt8,
     )
-    result, _ = evaluate_submission(track, Submission("onnx", onnx=peer))
+    result = evaluate_submission(track, Submission("onnx", onnx=peer)).result
     jsonschema.validate(result, SCHEMA)
     assert result["submission"]["precision"]["activation_bits"] == 8
     kernels = result["efficiency"]["kernels"]
@@ -226,7 +226,7 @@ def test_profiling_finds_layers_whose_integer_kernel_is_slower(track, onnx_files
 
 
 def test_the_profiled_baseline_keeps_slower_layers_float_within_the_allowance(track, tmp_path):
-    from harness.baselines import INT8_QDQ, INT8_QDQ_PROFILED, baselines_for, compute_baseline
+    from harness.entry.baseline import INT8_QDQ, INT8_QDQ_PROFILED, baselines_for, compute_baseline
 
     assert [b.scheme for b in baselines_for(track.spec)] == [INT8_QDQ]
     allowed = replace(track.spec, max_float_mac_fraction=0.5)

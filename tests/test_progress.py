@@ -3,8 +3,8 @@ calibration batch; ``harness quantize`` and ``harness study`` draw them as bars 
 ``--quiet``)."""
 
 from harness.cli import main
-from harness.data.calibration import calibration_batches
 from harness.data.dataset import load_dataset
+from harness.models.calibration import calibration_batches
 from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.progress import reporting

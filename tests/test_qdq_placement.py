@@ -16,9 +16,9 @@ from harness.artifacts.onnx.placement import (
     ORT_PLACEMENT,
     QdqPlacement,
 )
-from harness.backends.onnxruntime import create_session
 from harness.errors import HarnessError
 from harness.models.reference import ModelSpec
+from harness.onnxruntime_session import create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 

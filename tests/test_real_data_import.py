@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from harness.baselines import compute_baseline, compute_reference
-from harness.data.demo import DEMO_SOURCES_DIR
 from harness.data.phantoms import PHANTOM_LABELS
+from harness.demo import DEMO_SOURCES_DIR
+from harness.entry.baseline import compute_baseline, compute_reference
 from harness.models.importers import import_model
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness.data.demo import DEMO_MODELS_DIR
+from harness.demo import DEMO_MODELS_DIR
 from harness.errors import ModelSpecError
 from harness.models.networks import ARCHITECTURES, build_network
 from harness.models.reference import (

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import ModelSpecError
 from harness.models.reference import ModelSpec, save_reference_model
 from harness.scoring.result import SCHEMA_PATH
-from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -109,17 +109,17 @@ def _track(tmp_path, dataset, layers, roi) -> LoadedTrack:
 def test_a_receptive_field_beyond_the_roi_is_a_warning_in_the_result(tmp_path, dataset):
     schema = json.loads(SCHEMA_PATH.read_text())
     wide = _track(tmp_path, dataset, dilated_layers([1, 4, 8]), roi=16)  # field 27 > roi 16
-    result, _ = evaluate_submission(wide, Submission("fp32"))
+    result = evaluate_submission(wide, Submission("fp32")).result
     jsonschema.validate(result, schema)
     assert len(result["warnings"]) == 1
     assert (
         "receptive field [27, 27, 27] voxels exceeds the sliding-window roi [16, 16, 16]"
         in (result["warnings"][0])
     )
-    quantized, _ = evaluate_submission(wide, Submission("scheme", scheme="w8a8-per-channel"))
+    quantized = evaluate_submission(wide, Submission("scheme", scheme="w8a8-per-channel")).result
     assert quantized["warnings"] == result["warnings"]
 
     narrow = _track(tmp_path, dataset, dilated_layers([1, 2]), roi=16)  # field 7 <= roi 16
-    result, _ = evaluate_submission(narrow, Submission("fp32"))
+    result = evaluate_submission(narrow, Submission("fp32")).result
     jsonschema.validate(result, schema)
     assert "warnings" not in result

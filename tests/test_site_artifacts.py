@@ -8,8 +8,8 @@ import pytest
 from leaderboard_fixtures import checkpoint_zip, tiny_checkpoints, zip_bytes
 
 from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.uploads import UploadError
 from leaderboard.submissions.artifacts import (
-    ArtifactError,
     check_checkpoint_zip,
     unpack_checkpoint,
 )
@@ -37,7 +37,7 @@ def check(data: bytes) -> None:
     ],
 )
 def test_malformed_checkpoint_zips_are_refused_with_the_reason(members, message):
-    with pytest.raises(ArtifactError, match=message):
+    with pytest.raises(UploadError, match=message):
         check(zip_bytes(members))
 
 
@@ -48,18 +48,18 @@ def test_symbolic_link_members_are_refused():
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         archive.writestr(link, "/etc/passwd")
         archive.writestr(WEIGHTS_NAME, GOOD_WEIGHTS)
-    with pytest.raises(ArtifactError, match="symbolic link"):
+    with pytest.raises(UploadError, match="symbolic link"):
         check(buffer.getvalue())
 
 
 def test_uploads_over_the_size_limit_are_refused(settings):
     settings.MEDQUANT_MAX_ARTIFACT_BYTES = 100
-    with pytest.raises(ArtifactError, match="the limit is"):
+    with pytest.raises(UploadError, match="the limit is"):
         check(zip_bytes({MANIFEST_NAME: GOOD_MANIFEST, WEIGHTS_NAME: GOOD_WEIGHTS * 20}))
 
 
 def test_non_zip_upload_is_refused():
-    with pytest.raises(ArtifactError, match="not a zip file"):
+    with pytest.raises(UploadError, match="not a zip file"):
         check(b"PK but not really a zip file")
 
 

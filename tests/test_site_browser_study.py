@@ -23,7 +23,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_site_browser import ARTIFACTS, browser
 
 from harness.analysis.study import study_schemes
-from harness.data.demo import DEMO_MODELS_DIR, make_phantoms
+from harness.data.demo import make_phantoms
+from harness.demo import DEMO_MODELS_DIR
 
 __all__ = ["browser"]
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -16,6 +16,7 @@ from leaderboard_fixtures import checkpoint_zip, site_storage, tiny_checkpoints,
 
 from leaderboard.api.errors import INTERNAL_ERROR_MESSAGE
 from leaderboard.config import DEVELOPMENT_SECRET_KEY, InsecureSecretKey, secret_key
+from leaderboard.submissions.worker import memory_limit_message
 
 __all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_an_evaluation_over_the_memory_limit_ends_rejected_and_our_bugs_failed(
     submission.refresh_from_db()
     assert submission.status == status
     if status == "rejected":
-        assert submission.error == pipeline.memory_limit_message()
+        assert submission.error == memory_limit_message()
         assert submission.error.startswith("exceeds the memory limit of 16384 MiB")
     else:
         assert "internal error (RuntimeError)" in submission.error

@@ -12,7 +12,7 @@ from django.urls import reverse
 from leaderboard_fixtures import site_storage
 from test_import_nnunet import write_folder
 
-from harness.data.demo import write_demo
+from harness.demo import write_demo
 from harness.errors import HarnessError
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Status, Submission

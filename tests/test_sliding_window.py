@@ -123,8 +123,8 @@ def test_label_maps_use_the_smallest_integer_type(model):
 
 def test_demo_volumes_get_monais_labels_from_the_shipped_unet():
     """On a demo case in the shipped UNet's preprocessing, logits and labels are MONAI's."""
-    from harness.data.demo import DEMO_MODELS_DIR
     from harness.data.preprocessing import LoadedCase, preprocess
+    from harness.demo import DEMO_MODELS_DIR
     from harness.models.reference import load_reference_model
 
     spec, model = load_reference_model(DEMO_MODELS_DIR / "unet")

@@ -22,7 +22,7 @@ from harness.backends.tensorrt import (
     unavailable_reason,
 )
 from harness.cli import main
-from harness.submission import Submission, evaluate_submission
+from harness.entry.upload import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -92,7 +92,8 @@ def test_modelopt_upload_is_verified_with_its_float_layers_named(track, modelopt
 
 def test_modelopt_upload_is_evaluated_on_onnxruntime(track, modelopt_onnx):
     fp32 = track.run(track.model, False, "fp32")
-    result, run = evaluate_submission(track, Submission("onnx", onnx=modelopt_onnx), fp32=fp32)
+    evaluated = evaluate_submission(track, Submission("onnx", onnx=modelopt_onnx), fp32=fp32)
+    result, run = evaluated.result, evaluated.run
     assert result["submission"]["precision"]["weight_bits"] == 8
     assert 16 < result["submission"]["precision"]["bits_per_weight"] <= 16.5
     assert result["efficiency"]["size_bytes"] == modelopt_onnx.stat().st_size
@@ -138,8 +139,8 @@ def test_cli_prints_backend_unavailable(
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_engine_builds_and_matches_onnxruntime(track, modelopt_onnx, tmp_path):
-    from harness.backends.onnxruntime import OrtNetwork, create_session
     from harness.backends.tensorrt import TrtNetwork, build_engine, engine_efficiency
+    from harness.onnxruntime_session import OrtNetwork, create_session
 
     engine = build_engine(modelopt_onnx, tmp_path / "model.engine", max_batch=2)
     network = TrtNetwork(engine)

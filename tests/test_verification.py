@@ -18,9 +18,9 @@ from harness.artifacts.checkpoint import describe_checkpoint, save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.post_training import REACH_STEPS, reach_in_steps
 from harness.cli import main
-from harness.data.demo import write_demo
+from harness.demo import write_demo
+from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import SubmissionError
-from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import quantize_with
@@ -91,9 +91,9 @@ def test_per_weight_group_ids_exceed_the_budget_and_are_rejected_with_both_numbe
     assert "this track's budget is 2.50 bits per weight" in message
 
     column = quantize_with("permutation-comq", tiny.model, scheme, track.calibration)
-    result, _ = evaluate_submission(
+    result = evaluate_submission(
         track, Submission("checkpoint", checkpoint=_checkpoint(column, tmp_path / "column"))
-    )
+    ).result
     assert result["submission"]["precision"]["bits_per_weight"] <= 2.5
 
 
@@ -103,7 +103,7 @@ def test_a_raised_budget_admits_what_the_default_refuses(tiny, tmp_path):
     model = quantize_with("permutation-comq", tiny.model, scheme, tiny.calibration, options)
     ckpt = _checkpoint(model, tmp_path)
     track = _on(tiny, weight_bits=2, bits_per_weight_budget=8.0)
-    result, _ = evaluate_submission(track, Submission("checkpoint", checkpoint=ckpt))
+    result = evaluate_submission(track, Submission("checkpoint", checkpoint=ckpt)).result
     assert result["submission"]["precision"]["bits_per_weight"] > 2.5
 
 
@@ -111,7 +111,7 @@ def test_onnx_bits_per_weight_count_codes_scales_and_zero_points(tiny, tmp_path)
     track = _on(tiny, backend="onnxruntime-cpu", activation_bits=8)
     model = int8_model(track.model, track.calibration)
     path = export_qdq(model, track.model_spec, track.calibration, tmp_path / "int8.onnx")
-    result, _ = evaluate_submission(track, Submission("onnx", onnx=path))
+    result = evaluate_submission(track, Submission("onnx", onnx=path)).result
     precision = result["submission"]["precision"]
     layers = [layer for layer in precision["layers"] if layer["weight_granularity"] != "none"]
     assert precision["bits_per_weight"] == pytest.approx(
@@ -225,7 +225,7 @@ def test_every_reference_method_stays_within_the_quantizers_reach(tiny, tmp_path
         ckpt = _checkpoint(model, tmp_path / method)
         bits = config.weight_bits
         track = _on(tiny, weight_bits=bits, bits_per_weight_budget=64.0)
-        result, _ = evaluate_submission(track, Submission("checkpoint", checkpoint=ckpt))
+        result = evaluate_submission(track, Submission("checkpoint", checkpoint=ckpt)).result
         assert result["submission"]["precision"]["division"] == "closed", method
         loaded = track.backend.open(
             ckpt, spec=track.spec, model_spec=track.model_spec, reference=track.model
@@ -247,9 +247,9 @@ def test_a_fine_tuned_checkpoint_is_rejected_on_a_closed_track_and_accepted_on_a
         SubmissionError, match=r"quantization steps \(RMS\) from the FP32 reference"
     ):
         evaluate_submission(tiny, Submission("checkpoint", checkpoint=ckpt))
-    result, _ = evaluate_submission(
+    result = evaluate_submission(
         _on(tiny, division="open"), Submission("checkpoint", checkpoint=ckpt)
-    )
+    ).result
     assert result["submission"]["precision"]["division"] == "open"
 
 
@@ -278,5 +278,5 @@ def test_a_fine_tuned_onnx_is_rejected_on_a_closed_track_and_accepted_on_an_open
     )
     with pytest.raises(SubmissionError, match=r"quantization steps \(RMS\) from the FP32"):
         evaluate_submission(track, Submission("onnx", onnx=path))
-    result, _ = evaluate_submission(_on(track, division="open"), Submission("onnx", onnx=path))
+    result = evaluate_submission(_on(track, division="open"), Submission("onnx", onnx=path)).result
     assert result["submission"]["precision"]["division"] == "open"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from harness.artifacts.checkpoint import save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
-from harness.data.calibration import volume_patches
+from harness.models.calibration import volume_patches
 from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.scheme import QuantConfig

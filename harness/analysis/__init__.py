@@ -1,5 +1,9 @@
 """Analysis: MedQuanBench-style studies, layer sensitivity and activation reports.
 
 The only harness package besides the CLI and the baselines that runs PTQ methods: depends on
-``harness.submission``, ``reference_methods.methods`` and ``reference_methods.statistics``.
+``harness.entry.upload``, ``reference_methods.methods`` and ``reference_methods.statistics``.
+
+Depends on: ``harness.entry``, ``harness.track``, ``harness.scoring``, ``harness.inference``,
+``harness.models``, ``harness.data``, ``reference_methods.methods``,
+``reference_methods.statistics``, ``reference_methods.simulator``.
 """

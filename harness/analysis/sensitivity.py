@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from harness.data.dataset import Case
 from harness.errors import HarnessError
-from harness.inference.evaluation import evaluate_cases
+from harness.scoring.evaluation import evaluate_cases
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.scheme import QuantConfig
 from reference_methods.statistics.sensitivity import (

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.baselines import compute_baseline
-from harness.inference.evaluation import EvaluationRun
-from harness.submission import Submission, evaluate_submission
+from harness.entry.baseline import compute_baseline
+from harness.entry.upload import Submission, evaluate_submission
+from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
 from reference_methods.methods import method_config, parse_method
 from reference_methods.simulator.scheme import ACTIVATION_QUANTIZERS, QuantConfig
@@ -97,8 +97,8 @@ def evaluate_method(
     progress: bool = False,
 ) -> dict:
     """Result of ``scheme`` quantized by ``method`` (a name, or ``name[option=value,...]``),
-    evaluated as the quantized checkpoint it saves to (see ``harness.baselines.compute_baseline``);
-    the result records ``method`` as given."""
+    evaluated as the quantized checkpoint it saves to (see
+    ``harness.entry.baseline.compute_baseline``); the result records ``method`` as given."""
     name, options = parse_method(method)
     with tempfile.TemporaryDirectory() as tmp:
         return compute_baseline(
@@ -130,7 +130,8 @@ def run_study(
     rows = tqdm(total=1 + len(schemes) * max(1, len(methods)), desc="study rows",
                 unit="row", disable=not progress)  # fmt: skip
     with rows:
-        fp32_result, fp32_run = evaluate_submission(track, Submission("fp32"), progress=progress)
+        evaluated = evaluate_submission(track, Submission("fp32"), progress=progress)
+        fp32_result, fp32_run = evaluated.result, evaluated.run
         results = [fp32_result]
         rows.update()
         for method in methods or [None]:
@@ -141,7 +142,9 @@ def run_study(
                 else:
                     submission = Submission("scheme", scheme=scheme)
                     results.append(
-                        evaluate_submission(track, submission, fp32=fp32_run, progress=progress)[0]
+                        evaluate_submission(
+                            track, submission, fp32=fp32_run, progress=progress
+                        ).result
                     )
                 rows.update()
     return {

@@ -10,8 +10,8 @@ from pathlib import Path
 from harness.artifacts.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
 from harness.artifacts.checkpoint import VERSION as CHECKPOINT_VERSION
+from harness.models.interface import ONNX_FILE
 
-ONNX_FILE = "model.onnx"
 DIGEST_BLOCK_BYTES = 1 << 20
 
 

@@ -1,10 +1,14 @@
-"""The one precision check: what an artifact really uses (read from it by its verifier) against
-what the track allows — weight bits, activation bits and granularity."""
+"""The one precision check: what an artifact really uses (read from it by its verifier, which
+measures and decides nothing) against what the track allows — weight bits, activation bits,
+granularity, effective bits per weight and, for ONNX files, layer by layer (so the message names
+the node): codes within the weight limit, quantized inputs under an activation limit, float
+weights within the float-MAC allowance."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from harness.artifacts.checks import TrackChecks
 from harness.errors import SubmissionError
 
 FLOAT_ACTIVATION_BITS = 32
@@ -40,6 +44,18 @@ def granularity_label(precision: dict) -> str:
     return "+".join(sorted(weights | acts))
 
 
+def check_for_track(precision: dict, checks: TrackChecks) -> None:
+    """``check_precision`` against everything a track allows."""
+    check_precision(
+        precision,
+        weight_bits=checks.limits.weight_bits,
+        activation_bits=checks.limits.activation_bits,
+        granularities=checks.granularities,
+        bits_per_weight_budget=checks.bits_per_weight_budget,
+        max_float_mac_fraction=checks.limits.max_float_mac_fraction,
+    )
+
+
 def check_precision(
     precision: dict,
     *,
@@ -47,11 +63,16 @@ def check_precision(
     activation_bits: int | None,
     granularities: Sequence[str] = (),
     bits_per_weight_budget: float | None = None,
+    max_float_mac_fraction: float = 0.0,
 ) -> None:
     """SubmissionError unless ``precision`` (a verifier's report) fits the limits: at most
     ``weight_bits`` / ``activation_bits`` (None: no limit / weight-only tracks admit float
     activations), one of ``granularities`` (empty: any) and at most ``bits_per_weight_budget``
-    effective bits per weight (when the report has them: artifacts do, named schemes do not)."""
+    effective bits per weight (when the report has them: artifacts do, named schemes do not);
+    an ONNX report's layers and activation quantizers first, each against the limits, with
+    float weights covering at most ``max_float_mac_fraction`` of the weighted MACs."""
+    if isinstance(precision.get("layers"), list):
+        _check_onnx_layers(precision, weight_bits, activation_bits, max_float_mac_fraction)
     used_w, used_a = precision.get("weight_bits"), precision.get("activation_bits")
     if weight_bits is not None and (used_w is None or used_w > weight_bits):
         raise SubmissionError(
@@ -76,4 +97,79 @@ def check_precision(
         raise SubmissionError(
             f"granularity {label!r} is not allowed on this track; "
             f"allowed: {', '.join(granularities)}"
+        )
+
+
+def _float_admitted(bits: int, limit: int | None) -> bool:
+    """Whether a float tensor of ``bits`` fits a bit limit as it is (None: no limit): a 32-bit
+    limit admits float32, as an FP32 model on an FP32 track."""
+    return limit is None or bits <= limit
+
+
+def _check_onnx_layers(
+    precision: dict,
+    weight_bits: int | None,
+    activation_bits: int | None,
+    max_float_mac_fraction: float,
+) -> None:
+    """The per-layer limits of an ONNX report, the first offending node named."""
+    layers = precision["layers"]
+    for layer in layers:
+        what = f"{layer['op']} node {layer['node']!r}"
+        if layer["weight_granularity"] == "none":
+            if (
+                not _float_admitted(layer["weight_bits"], weight_bits)
+                and not max_float_mac_fraction
+            ):
+                raise SubmissionError(
+                    f"{what}: weight {layer['weight']!r} is a {layer['weight_dtype']} "
+                    "initializer, not DequantizeLinear of an integer initializer; the track "
+                    f"allows at most {weight_bits}-bit weights"
+                )
+            continue
+        if weight_bits is not None and layer["weight_bits"] > weight_bits:
+            raise SubmissionError(
+                f"{what}: weight {layer['weight']!r} carries {layer['weight_bits']}-bit codes "
+                f"({layer['weight_dtype']} in [{layer['code_min']}, {layer['code_max']}]); the "
+                f"track allows at most {weight_bits}-bit weights"
+            )
+        float_input = layer["activation_bits"] is None
+        if float_input and not _float_admitted(FLOAT_ACTIVATION_BITS, activation_bits):
+            raise SubmissionError(
+                f"{what}: its input {layer['input']!r} is not quantized; the track requires "
+                f"activations of at most {activation_bits} bits"
+            )
+    _check_float_layers(layers, weight_bits, max_float_mac_fraction)
+    for quantizer in precision.get("activation_quantizer_nodes", []):
+        if activation_bits is not None and quantizer["bits"] > activation_bits:
+            raise SubmissionError(
+                f"{quantizer['op']} node {quantizer['node']!r} quantizes activations to "
+                f"{quantizer['bits']} bits ({quantizer['dtype']}); the track allows at most "
+                f"{activation_bits}"
+            )
+
+
+def _check_float_layers(
+    layers: list[dict], weight_bits: int | None, max_float_mac_fraction: float
+) -> None:
+    """Under a weight limit, float-weight layers may cover at most ``max_float_mac_fraction``
+    of the MACs; the largest offender is named."""
+    if weight_bits is None:
+        return
+    floats = [
+        layer
+        for layer in layers
+        if layer["weight_granularity"] == "none" and layer["weight_bits"] > weight_bits
+    ]
+    if not floats:
+        return
+    total = sum(layer["macs"] or 0 for layer in layers) or 1
+    fraction = sum(layer["macs"] or 0 for layer in floats) / total
+    if fraction > max_float_mac_fraction:
+        worst = max(floats, key=lambda layer: layer["macs"] or 0)
+        raise SubmissionError(
+            f"{worst['op']} node {worst['node']!r}: weight {worst['weight']!r} is a "
+            f"{worst['weight_dtype']} initializer, not DequantizeLinear of an integer "
+            f"initializer; float weights cover {fraction:.1%} of the weighted MACs and the track "
+            f"allows {max_float_mac_fraction:.1%}"
         )

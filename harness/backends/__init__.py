@@ -4,6 +4,9 @@ submission kinds, the quantizer container's output).
 
 A module is imported only when its backend is asked for, so listing names costs nothing. Adding a
 backend is one module with a ``Backend`` subclass named ``BACKEND`` plus one line here.
+
+Depends on: ``harness.artifacts``, ``harness.inference``, ``harness.models`` and
+``reference_methods.simulator``.
 """
 
 from __future__ import annotations

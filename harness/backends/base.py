@@ -1,8 +1,11 @@
 """The backend protocol: how a track's artifacts are opened into a network the sliding-window
 inferer runs, and how their efficiency is measured, on one execution engine.
 
-A backend receives narrow arguments (the track spec, the reference model's spec and network, the
-artifact path), never a loaded track, so it can be used and tested on its own.
+A backend receives narrow arguments (``TrackChecks``: what the track asks of an artifact; the
+artifact path), never a loaded track or a track spec, so it can be used and tested on its own.
+``Backend.open`` is a template: it checks that the engine is available, verifies the artifact once
+(``verify``) and hands the ``VerifiedArtifact`` to the engine (``load``); what is measured later
+(efficiency, kernel reports) reuses it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.onnx.placement import ORT_PLACEMENT, QdqPlacement
+from harness.artifacts.precision import check_for_track
 from harness.errors import BackendUnavailable, HarnessError
 
 if TYPE_CHECKING:
@@ -22,17 +27,22 @@ if TYPE_CHECKING:
     from harness.artifacts.kinds import ArtifactKind
     from harness.inference.latency import LatencyProtocol
     from harness.inference.sliding_window import SlidingWindowSpec
-    from harness.models.reference import ModelSpec
-    from harness.track.spec import TrackSpec
 
 
 @dataclass(frozen=True)
 class OpenedArtifact:
     """An artifact ready to run: ``network`` maps a (B, C, *roi) patch batch to logits;
-    ``precision`` is what its verifier read from it (bits, granularity, size)."""
+    ``precision`` is what its verifier read from it (bits, granularity, size); ``verified`` the
+    verification it came from (None for the FP32 reference and a named scheme, which are no
+    uploaded file)."""
 
     network: nn.Module
     precision: dict
+    verified: VerifiedArtifact | None = None
+
+    @classmethod
+    def of(cls, network: nn.Module, verified: VerifiedArtifact) -> OpenedArtifact:
+        return cls(network, verified.precision, verified)
 
 
 @dataclass(frozen=True)
@@ -78,24 +88,43 @@ class Backend(ABC):
     def scores(self, kind: str) -> bool:
         return any(k.name == kind for k in self.artifact_kinds)
 
+    def open(self, artifact: Path, checks: TrackChecks) -> OpenedArtifact:
+        """Verify ``artifact`` (once), check its precision against the track and open it on this
+        engine;
+        ``BackendUnavailable`` when the engine cannot run here, ``SubmissionError`` when the
+        artifact is at fault."""
+        self.require_available()
+        verified = self.verify(artifact, checks)
+        check_for_track(verified.precision, checks)
+        return OpenedArtifact.of(self.load(verified, checks), verified)
+
+    def open_trusted(self, artifact: Path, checks: TrackChecks) -> nn.Module:
+        """A file the harness wrote itself (a candidate export) on this engine, unverified: what
+        is finally scored is opened (and verified) by ``open``."""
+        self.require_available()
+        return self.load(VerifiedArtifact(self.artifact_kinds[0].name, artifact, "", {}), checks)
+
+    def verify(self, artifact: Path, checks: TrackChecks) -> VerifiedArtifact:
+        """Read, check and measure ``artifact`` (default: an ONNX file, by the ONNX verifier)."""
+        from harness.artifacts.onnx.verify import verify_for_track
+
+        return verify_for_track(artifact, checks)
+
     @abstractmethod
-    def open(
-        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
-    ) -> OpenedArtifact:
-        """Verify ``artifact`` against the track and open it; ``SubmissionError`` when it is at
-        fault."""
+    def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
+        """The verified artifact as a network on this engine: (B, C, *roi) → logits."""
 
     def measure_efficiency(
         self,
         opened: OpenedArtifact,
-        artifact: Path,
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
         fp32: Path | None = None,
         protocol: LatencyProtocol | None = None,
     ) -> dict | None:
-        """Latency, size and memory of ``opened`` on one preprocessed test ``volume``; None where
+        """Latency, size and memory of ``opened`` (its verified file: ``opened.verified``) on one
+        preprocessed test ``volume``; None where
         the backend measures nothing. ``fp32`` is the reference network exported as FP32 ONNX:
         a backend that runs ONNX opens it on its own engine, with the same settings, and times it
         interleaved with the entry under ``protocol`` (the result's ``latency_protocol``)."""

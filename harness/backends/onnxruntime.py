@@ -21,14 +21,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from torch import nn
 
+from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import ONNX
-from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
-from harness.artifacts.onnx.verify import verify_for_track
+from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, weighted_ops
 from harness.backends.base import Backend, OpenedArtifact
-from harness.errors import ModelSpecError, SubmissionError
 from harness.inference.efficiency import (
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
@@ -36,8 +34,7 @@ from harness.inference.efficiency import (
 )
 from harness.inference.latency import LatencyProtocol
 from harness.inference.sliding_window import SlidingWindowSpec
-from harness.models.reference import ModelSpec
-from harness.track.spec import TrackSpec
+from harness.onnxruntime_session import OrtNetwork, create_session
 
 PROFILE_RUNS = 3
 """Profiled runs per graph when choosing layers (after one warm-up run): per-layer times of a
@@ -73,103 +70,22 @@ FLOAT_WEIGHTED_OPS = frozenset(
     {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
 )
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-ORT_ERRORS = tuple(
-    getattr(_ort_state, name)
-    for name in (
-        "Fail",
-        "InvalidArgument",
-        "NoSuchFile",
-        "NoModel",
-        "EngineError",
-        "RuntimeException",
-        "InvalidProtobuf",
-        "ModelLoaded",
-        "NotImplemented",
-        "InvalidGraph",
-        "EPFail",
-    )
-    if hasattr(_ort_state, name)
-)
 
 
-def create_session(
-    path: str | Path, threads: int = 1, optimized_path: str | Path | None = None
-) -> ort.InferenceSession:
-    """CPU session with full graph optimisation, ``threads`` intra-op threads, 1 inter-op thread;
-    the optimised graph is written to ``optimized_path`` when given."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
-    options.log_severity_level = 3
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except ORT_ERRORS as error:
-        raise SubmissionError(f"ONNX Runtime cannot load the model: {error}") from error
-
-
-class OrtNetwork(nn.Module):
-    """An ORT session as a network: (B, C, *roi) float tensor → (B, K, *roi) logits.
-
-    A graph with a fixed batch size b gets the patches in chunks of b, the last one zero-padded
-    (padding rows are dropped from the output), so the inferer's semantics are unchanged.
-    """
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        super().__init__()
-        self.session = session
-        (graph_input,) = session.get_inputs()
-        (graph_output,) = session.get_outputs()
-        self.input_name, self.output_name = graph_input.name, graph_output.name
-        batch = graph_input.shape[0]
-        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        step = self.fixed_batch or len(array)
-        outputs = []
-        for start in range(0, len(array), step):
-            chunk = array[start : start + step]
-            rows = len(chunk)
-            if rows < step:
-                pad = np.zeros((step - rows, *chunk.shape[1:]), np.float32)
-                chunk = np.concatenate([chunk, pad])
-            try:
-                out = self.session.run([self.output_name], {self.input_name: chunk})[0]
-            except ORT_ERRORS as error:
-                raise SubmissionError(f"ONNX Runtime failed to run the model: {error}") from error
-            outputs.append(out[:rows])
-        return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
-
-
-def graph_reference(path: Path) -> OrtNetwork:
-    """The FP32 graph of an ONNX reference model as its network, run by ONNX Runtime (the
-    reference executor of ONNX semantics) on as many threads as torch uses."""
-    if not path.is_file():
-        raise ModelSpecError(f"missing ONNX graph {path}")
-    try:
-        return OrtNetwork(create_session(path, threads=torch.get_num_threads())).eval()
-    except SubmissionError as err:  # the trusted side's graph: a model-spec problem
-        raise ModelSpecError(f"{path}: {err}") from None
-
-
-def kernel_report(model_path: str | Path, threads: int = 1) -> dict:
+def kernel_report(verified: VerifiedArtifact, threads: int = 1) -> dict:
     """Which weighted ops ORT runs as integer kernels after graph optimisation.
 
-    Each Conv/ConvTranspose/Gemm/MatMul of the submitted graph counts as integer when an integer
+    Each Conv/ConvTranspose/Gemm/MatMul of the verified graph counts as integer when an integer
     op of the optimised graph consumes its weight (the integer initializer or its dequantized
-    tensor); ``int8_mac_fraction`` weighs that by MACs per sample. ``float_ops`` lists the
-    floating-point compute ops left in the optimised graph (Q/DQ and layout ops excluded).
+    tensor); ``int8_mac_fraction`` weighs that by MACs per sample (the verifier's per-layer
+    count). ``float_ops`` lists the floating-point compute ops left in the optimised graph (Q/DQ
+    and layout ops excluded).
     """
-    model = onnx.load(str(model_path), load_external_data=False)
-    index = GraphIndex(model, infer_shapes(model))
+    index = verified.graph
+    layer_macs = {layer["node"]: layer["macs"] or 0 for layer in verified.precision["layers"]}
     with tempfile.TemporaryDirectory() as tmp:
         optimized_path = Path(tmp) / "optimized.onnx"
-        create_session(model_path, threads, optimized_path)
+        create_session(verified.path, threads, optimized_path)
         optimized = onnx.load(str(optimized_path), load_external_data=False)
     integer_inputs = set()
     op_counts: Counter[str] = Counter()
@@ -183,8 +99,7 @@ def kernel_report(model_path: str | Path, threads: int = 1) -> dict:
         _, producer = index.follow(op.weight)
         if producer is not None and producer.op_type == "DequantizeLinear":
             names.update((producer.input[0], producer.output[0]))
-        source, _ = index.follow(op.weight)
-        macs = macs_per_sample(op, index, index.shapes.get(source) or [1]) or 0
+        macs = layer_macs.get(op.name, 0)
         runs_integer = bool(names & integer_inputs)
         total += macs
         integer += macs if runs_integer else 0
@@ -209,7 +124,7 @@ def kernel_report(model_path: str | Path, threads: int = 1) -> dict:
 
 def measure_efficiency(
     network: OrtNetwork,
-    model_path: str | Path,
+    verified: VerifiedArtifact,
     volume: torch.Tensor,
     window: SlidingWindowSpec,
     *,
@@ -220,12 +135,12 @@ def measure_efficiency(
     protocol: LatencyProtocol | None = None,
 ) -> dict:
     """Latency per patch, per patch batch and per volume (``measure_network``), the latency
-    protocol against ``fp32`` when given, serialized size, peak RSS and the kernel report of
-    ``model_path``."""
+    protocol against ``fp32`` when given, serialized size, peak RSS and the kernel report of the
+    verified file."""
     measured = measure_network(
         network, volume, window, fp32=fp32, protocol=protocol, warmup=warmup, runs=runs
     )
-    size = Path(model_path).stat().st_size
+    size = verified.precision["size_bytes"]
     return {
         "backend": "onnxruntime-cpu",
         "provider": "CPUExecutionProvider",
@@ -233,7 +148,7 @@ def measure_efficiency(
         **measured,
         "size_bytes": size,
         "size_mb": size / 1e6,
-        "kernels": kernel_report(model_path, threads),
+        "kernels": kernel_report(verified, threads),
     }
 
 
@@ -316,17 +231,12 @@ class OnnxRuntimeBackend(Backend):
     artifact_kinds = (ONNX,)
     profiles_layers = True
 
-    def open(
-        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
-    ) -> OpenedArtifact:
-        precision = verify_for_track(artifact, spec, model_spec, reference)
-        network = OrtNetwork(create_session(artifact, spec.latency_threads))
-        return OpenedArtifact(network, precision)
+    def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
+        return OrtNetwork(create_session(verified.path, checks.threads))
 
     def measure_efficiency(
         self,
         opened: OpenedArtifact,
-        artifact: Path,
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
@@ -336,7 +246,7 @@ class OnnxRuntimeBackend(Backend):
         threads = protocol.threads if protocol is not None else 1
         reference = None if fp32 is None else OrtNetwork(create_session(fp32, threads))
         return measure_efficiency(
-            opened.network, artifact, volume, window, threads=threads, fp32=reference,
+            opened.network, opened.verified, volume, window, threads=threads, fp32=reference,
             protocol=protocol,
         )  # fmt: skip
 

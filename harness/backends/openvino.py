@@ -22,16 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import ONNX
 from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT, ORT_PLACEMENT
-from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends.base import Backend, EnginePtq, OpenedArtifact
 from harness.errors import HarnessError, SubmissionError
 from harness.inference.efficiency import measure_network
 from harness.inference.latency import LatencyProtocol
 from harness.inference.sliding_window import SlidingWindowSpec
-from harness.models.reference import ModelSpec
-from harness.track.spec import TrackSpec
 
 DEVICE = "CPU"
 INFERENCE_PRECISION = "f32"
@@ -215,18 +213,9 @@ def runtime_report(compiled, source_nodes: frozenset[str] = frozenset()) -> dict
     }
 
 
-def _weighted_node_names(path: str | Path) -> frozenset[str]:
-    import onnx
-
-    from harness.artifacts.onnx.graph import GraphIndex, weighted_ops
-
-    model = onnx.load(str(path), load_external_data=False)
-    return frozenset(op.name for op in weighted_ops(GraphIndex(model)))
-
-
 def measure_efficiency(
     network: OpenVinoNetwork,
-    model_path: str | Path,
+    verified: VerifiedArtifact,
     volume: torch.Tensor,
     window: SlidingWindowSpec,
     *,
@@ -238,7 +227,8 @@ def measure_efficiency(
     import openvino as ov
 
     measured = measure_network(network, volume, window, fp32=fp32, protocol=protocol)
-    size = Path(model_path).stat().st_size
+    size = verified.precision["size_bytes"]
+    weighted = frozenset(layer["node"] for layer in verified.precision["layers"])
     return {
         "backend": "openvino-cpu",
         "device": DEVICE,
@@ -247,7 +237,7 @@ def measure_efficiency(
         **measured,
         "size_bytes": size,
         "size_mb": size / 1e6,
-        "kernels": runtime_report(network.any_compiled(), _weighted_node_names(model_path)),
+        "kernels": runtime_report(network.any_compiled(), weighted),
     }
 
 
@@ -312,19 +302,14 @@ class OpenVinoBackend(Backend):
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
 
-    def open(
-        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
-    ) -> OpenedArtifact:
-        self.require_available()
-        precision = verify_for_track(artifact, spec, model_spec, reference)
-        network = OpenVinoNetwork(artifact, spec.latency_threads)
-        network.compiled(model_spec.sliding_window.sw_batch_size)  # compile errors surface here
-        return OpenedArtifact(network, precision)
+    def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
+        network = OpenVinoNetwork(verified.path, checks.threads)
+        network.compiled(checks.sw_batch_size)  # compile errors surface here
+        return network
 
     def measure_efficiency(
         self,
         opened: OpenedArtifact,
-        artifact: Path,
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
@@ -334,7 +319,7 @@ class OpenVinoBackend(Backend):
         threads = protocol.threads if protocol is not None else opened.network.threads
         reference = None if fp32 is None else OpenVinoNetwork(fp32, threads)
         return measure_efficiency(
-            opened.network, artifact, volume, window, fp32=reference, protocol=protocol
+            opened.network, opened.verified, volume, window, fp32=reference, protocol=protocol
         )
 
     def engine_quantize(self, fp32: Path, calibration: list[torch.Tensor], out: Path) -> Path:

@@ -8,14 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import CHECKPOINT
-from harness.backends.base import Backend, OpenedArtifact
+from harness.backends.base import Backend
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from harness.models.reference import ModelSpec
-    from harness.track.spec import TrackSpec
 
 
 class SimulatedBackend(Backend):
@@ -24,17 +22,24 @@ class SimulatedBackend(Backend):
     artifact_kinds = (CHECKPOINT,)
     measures_latency = False
 
-    def open(
-        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
-    ) -> OpenedArtifact:
+    def verify(self, artifact: Path, checks: TrackChecks) -> VerifiedArtifact:
+        """The checkpoint read once: its tensors checked and applied to the reference network
+        (which is then that network by construction), its precision described, and on a closed
+        track its weights checked to be post-training quantized from FP32. The network built is
+        kept on the verified artifact for ``load``."""
         from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
         from harness.artifacts.post_training import check_post_training
 
-        network = load_checkpoint(artifact, reference)
+        network = load_checkpoint(artifact, checks.reference_network)
         precision = describe_checkpoint(artifact)
-        if spec.division == "closed":
-            check_post_training(network, reference)
-        return OpenedArtifact(network, precision | {"division": spec.division})
+        if checks.closed:
+            check_post_training(network, checks.reference_network)
+        digest = CHECKPOINT.digest(artifact)
+        precision = precision | {"division": checks.division}
+        return VerifiedArtifact("checkpoint", Path(artifact), digest, precision, network=network)
+
+    def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
+        return verified.network
 
 
 BACKEND = SimulatedBackend()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import ONNX
-from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends.base import Backend, OpenedArtifact
 from harness.errors import BackendUnavailable, HarnessError
 from harness.inference.latency import latency_stats, time_calls
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from harness.inference.latency import LatencyProtocol
     from harness.inference.sliding_window import SlidingWindowSpec
     from harness.models.reference import ModelSpec
-    from harness.track.spec import TrackSpec
 
 LATENCY_WARMUP = 1
 LATENCY_RUNS = 5
@@ -94,7 +93,7 @@ def modelopt_baseline(
     """The track's ModelOpt INT8 entry: FP32 export → ModelOpt PTQ calibrated on the track's
     calibration patches (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
     from harness.artifacts.onnx.export import export_fp32
-    from harness.artifacts.onnx.interface import INPUT_NAME
+    from harness.models.interface import INPUT_NAME
 
     out_dir = Path(out_dir)
     fp32 = export_fp32(model, model_spec, out_dir / "fp32.onnx")
@@ -138,15 +137,18 @@ def build_engine(
 
 
 class TrtNetwork(nn.Module):
-    """A TensorRT engine as a network: (B, C, *roi) tensor → (B, K, *roi) logits on the CPU."""
+    """A TensorRT engine as a network: (B, C, *roi) tensor → (B, K, *roi) logits on the CPU.
+    The serialized engine is read once (its file may be removed afterwards); ``size_bytes`` is
+    its size."""
 
     def __init__(self, engine_path: str | Path) -> None:
         super().__init__()
         trt = require_tensorrt()
-        self.engine_path = Path(engine_path)
+        serialized = Path(engine_path).read_bytes()
+        self.size_bytes = len(serialized)
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
             raise HarnessError(f"TensorRT cannot deserialize {engine_path}")
         self.context = self.engine.create_execution_context()
@@ -172,7 +174,7 @@ class TrtNetwork(nn.Module):
 def engine_efficiency(network: TrtNetwork, batch: torch.Tensor, warmup: int, runs: int) -> dict:
     """Engine size and per-batch / per-patch latency (median, p95) of one patch batch."""
     seconds = time_calls(lambda: network(batch), warmup, runs)
-    size = network.engine_path.stat().st_size
+    size = network.size_bytes
     return {
         "backend": "tensorrt",
         "device": torch.cuda.get_device_name(),
@@ -197,21 +199,16 @@ class TensorRTBackend(Backend):
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
 
-    def open(
-        self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
-    ) -> OpenedArtifact:
-        self.require_available()
-        precision = verify_for_track(artifact, spec, model_spec, reference)
-        engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-"))
-        engine = build_engine(
-            artifact, engine_dir / "model.engine", model_spec.sliding_window.sw_batch_size
-        )
-        return OpenedArtifact(TrtNetwork(engine), precision)
+    def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
+        with tempfile.TemporaryDirectory(prefix="medquant-engine-") as engine_dir:
+            engine = build_engine(
+                verified.path, Path(engine_dir) / "model.engine", checks.sw_batch_size
+            )
+            return TrtNetwork(engine)
 
     def measure_efficiency(
         self,
         opened: OpenedArtifact,
-        artifact: Path,
         *,
         volume: torch.Tensor,
         window: SlidingWindowSpec,
@@ -223,9 +220,9 @@ class TensorRTBackend(Backend):
         batch = first_patch_batch(volume, window)
         report = engine_efficiency(opened.network, batch, LATENCY_WARMUP, LATENCY_RUNS)
         if fp32 is not None and protocol is not None:
-            engine_dir = Path(tempfile.mkdtemp(prefix="medquant-engine-fp32-"))
-            engine = build_engine(fp32, engine_dir / "fp32.engine", len(batch), int8=False)
-            reference = TrtNetwork(engine)
+            with tempfile.TemporaryDirectory(prefix="medquant-engine-fp32-") as engine_dir:
+                engine_path = Path(engine_dir) / "fp32.engine"
+                reference = TrtNetwork(build_engine(fp32, engine_path, len(batch), int8=False))
             paired = replace(protocol, unit="per_patch_batch")
             report["latency_protocol"] = paired.measure(
                 lambda: reference(batch), lambda: opened.network(batch)

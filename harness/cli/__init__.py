@@ -3,6 +3,11 @@ MedQuanBench-style studies, layer sensitivity and activation analysis.
 
 One module per command group; each registers its sub-commands and imports what it runs only
 when it runs, so ``harness --help`` starts without torch.
+
+Depends on: ``harness.analysis``, ``harness.entry``, ``harness.containers``, ``harness.track``,
+``harness.backends``, ``harness.artifacts``, ``harness.scoring``, ``harness.models``,
+``harness.inference``, ``harness.data``, ``harness.demo``, ``harness.client``,
+``reference_methods.methods``, ``reference_methods.simulator``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from harness.data.phantoms import PHANTOM_SIZES
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from harness.data.demo import write_demo
+    from harness.demo import write_demo
 
     start = time.perf_counter()
     paths = write_demo(Path(args.out), progress=not args.quiet)

@@ -11,8 +11,8 @@ from harness.errors import HarnessError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from harness.entry.upload import Submission, evaluate_submission
     from harness.scoring.result import write_result
-    from harness.submission import Submission, evaluate_submission
 
     if sum(bool(x) for x in (args.scheme, args.checkpoint, args.onnx)) > 1:
         raise HarnessError("give one of --scheme, --checkpoint or --onnx")
@@ -25,7 +25,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         submission = Submission("fp32")
     track = open_track(args)
-    result, _ = evaluate_submission(track, submission, progress=not args.quiet)
+    result = evaluate_submission(track, submission, progress=not args.quiet).result
     write_result(result, args.out)
     s = result["summary"]
     print(

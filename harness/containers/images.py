@@ -17,8 +17,8 @@ import posixpath
 import tarfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
 
 import docker
 import docker.errors
@@ -48,6 +48,18 @@ class PinnedImage:
     source: Literal["registry", "archive"]
 
 
+def repository(reference: str) -> str:
+    """The repository of an image reference (``registry:5000/name:tag@sha256:…`` →
+    ``registry:5000/name``): a tag is a colon after the last slash, a port one before it."""
+    name = reference.partition("@")[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def pinned_reference(reference: str, digest: str | None) -> str:
+    """``reference`` pinned to ``digest`` (the one recorded at its first run), or as it is."""
+    return f"{repository(reference)}@{digest}" if digest else reference
+
+
 def pin_registry_image(
     client: docker.DockerClient, reference: str, *, pull: bool = True
 ) -> PinnedImage:
@@ -70,7 +82,7 @@ def pin_registry_image(
         raise ImageError(f"image {reference!r} does not exist") from None
     except docker.errors.APIError as error:
         raise ImageError(f"image {reference!r} could not be pulled: {error.explanation}") from None
-    repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    repo = repository(reference)
     digests = [d for d in image.attrs.get("RepoDigests") or [] if d.startswith(f"{repo}@")]
     if at and reference not in digests and f"{repo}@{wanted}" not in digests:
         raise ImageError(f"image {reference!r} resolved to a different digest ({digests})")
@@ -78,6 +90,32 @@ def pin_registry_image(
         raise ImageError(f"image {reference!r} has no registry digest to pin it by")
     pinned = f"{repo}@{wanted}" if at else digests[0]
     return PinnedImage(pinned, pinned.partition("@")[2], "registry")
+
+
+def check_image_upload(upload: BinaryIO, size: int, max_bytes: int) -> None:
+    """A quantizer image upload is the output of ``docker save``: an uncompressed tar holding a
+    ``manifest.json``, within ``max_bytes``. The worker checks it fully (paths, manifest, config
+    digest, ``load_image_archive``) before Docker loads it."""
+    if size > max_bytes:
+        size_mb, limit_mb = size / 2**20, max_bytes / 2**20
+        raise ImageError(f"the image archive is {size_mb:.1f} MB; the limit is {limit_mb:.0f} MB")
+    if size == 0:
+        raise ImageError("the image archive is empty")
+    upload.seek(0)
+    try:
+        with tarfile.open(fileobj=upload, mode="r:") as tar:
+            has_manifest = any(
+                PurePosixPath(member.name) == PurePosixPath(MANIFEST) for member in tar
+            )
+    except _ARCHIVE_ERRORS as error:
+        raise ImageError(
+            "the image archive is not an uncompressed tar file (make it with "
+            f"`docker save -o quantizer.tar IMAGE`): {error}"
+        ) from error
+    finally:
+        upload.seek(0)
+    if not has_manifest:
+        raise ImageError(f"the image archive has no {MANIFEST}: is it the output of `docker save`?")
 
 
 def load_image_archive(

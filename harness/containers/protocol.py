@@ -25,15 +25,13 @@ from harness.artifacts.kinds import CHECKPOINT, ONNX, ArtifactKind
 from harness.backends import get_backend
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import SubmissionError
-from harness.models.reference import SPEC_FILE, WEIGHTS_FILE
-from harness.submission import Submission
+from harness.models.interface import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.granularity import Granularity, WeightGranularity
 
 PROTOCOL_VERSION = 1
 TRACK_FILE = "track.json"
 CALIBRATION_DIR = "calibration"
-ONNX_FILE = "model.onnx"
 OUTPUT_CHECKPOINT_FILES = CHECKPOINT.files
 (OUTPUT_ONNX_FILE,) = ONNX.files
 CALIBRATION_TENSOR = "image"
@@ -63,16 +61,14 @@ def output_kind(backend: str) -> ArtifactKind:
     return get_backend(backend).artifact_kinds[0]
 
 
-def output_submission(output: Path, backend: str) -> Submission:
-    """What ``/output`` holds, as the harness submission it stands for: exactly the files of the
-    artifact kind the track's backend scores (a quantized checkpoint on ``simulated``, a Q/DQ
-    ``model.onnx`` on the real backends)."""
+def output_artifact(output: Path, backend: str) -> tuple[ArtifactKind, Path]:
+    """What ``/output`` holds: exactly the files of the artifact kind the track's backend scores
+    (a quantized checkpoint folder on ``simulated``, a Q/DQ ``model.onnx`` on the real backends),
+    as that kind and the artifact's path."""
     kind = output_kind(backend)
     files = {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()}
     if files == kind.files:
-        if kind.name == "checkpoint":
-            return Submission("checkpoint", checkpoint=output)
-        return Submission("onnx", onnx=output / OUTPUT_ONNX_FILE)
+        return kind, output if kind.name == "checkpoint" else output / OUTPUT_ONNX_FILE
     missing, extra = sorted(kind.files - files), sorted(files - kind.files)
     found = "; ".join(
         part

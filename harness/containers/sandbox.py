@@ -26,7 +26,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,10 +39,7 @@ from docker.models.volumes import Volume
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from harness.containers.images import PinnedImage
-from harness.containers.protocol import build_container_input, output_submission
-from harness.errors import SubmissionError
-from harness.inference.evaluation import EvaluationRun
-from harness.submission import evaluate_submission
+from harness.containers.protocol import build_container_input
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -131,15 +128,6 @@ class ContainerOutcome:
         }
 
 
-@dataclass(frozen=True)
-class ContainerEvaluation:
-    """A quantizer run and, if its output verified, the result document of that output."""
-
-    outcome: ContainerOutcome
-    result: dict | None
-    error: str | None
-
-
 def run_quantizer_container(
     *,
     image: PinnedImage,
@@ -199,50 +187,6 @@ def run_quantizer_container(
         return _run(image, quantizer, watch, helper, limits, workdir / "output")
     finally:
         _remove(_of_run(client, run, created), volume)
-
-
-def evaluate_quantizer_container(
-    *,
-    image: PinnedImage,
-    track: LoadedTrack,
-    workdir: str | Path,
-    helper_image: str,
-    limits: ContainerLimits | None = None,
-    gpu: bool = False,
-    worker: str = "",
-    client: docker.DockerClient | None = None,
-    input_dir: str | Path | None = None,
-    fp32: EvaluationRun | None = None,
-    about: Mapping | None = None,
-) -> ContainerEvaluation:
-    """Run the quantizer, verify its output exactly like an upload of the track's kind
-    (checkpoint or ONNX, see ``output_submission``) and evaluate it: the harness entry point for
-    a quantizer container. ``about`` is submission metadata for the result document (its
-    ``scheme`` defaults to the pinned image). A quantizer or output at fault comes back as the
-    evaluation's ``error``; anything else raises."""
-    outcome = run_quantizer_container(
-        image=image,
-        track=track,
-        workdir=workdir,
-        helper_image=helper_image,
-        limits=limits,
-        gpu=gpu,
-        worker=worker,
-        client=client,
-        input_dir=input_dir,
-    )
-    if not outcome.ok:
-        return ContainerEvaluation(outcome, None, outcome.error)
-    entry = {"scheme": f"container {image.digest}"} | dict(about or {})
-    entry["container"] = outcome.result_entry(image)
-    try:
-        submission = output_submission(outcome.output_dir, track.spec.backend)
-        result, _ = evaluate_submission(
-            track, submission, fp32=fp32, about=entry, timings={"container": outcome.seconds}
-        )
-    except SubmissionError as error:
-        return ContainerEvaluation(outcome, None, f"the quantizer's output was rejected: {error}")
-    return ContainerEvaluation(outcome, result, None)
 
 
 def remove_orphans(client: docker.DockerClient | None = None, *, worker: str = "") -> int:

@@ -221,23 +221,9 @@ def make_phantom(
     clinical = size == "clinical"
     rng = np.random.default_rng([seed, index])
     shape, affine, grid = _geometry(rng, size)
-    u, v, w = grid
-    half_z = FOV_Z_MM / 2
+    u, v, _ = grid
 
-    # Body wall: skin-to-muscle fat, then muscle, then the abdominal cavity; parallel outlines.
-    a, b = rng.uniform(76, 84), rng.uniform(57, 65)
-    bu, bv = rng.uniform(-4, 4), rng.uniform(-4, 4)
-    power = rng.uniform(2.0, 2.5)
-    wall = 0.03 * _smooth_field(rng, shape, (6, 6, 4))
-    taper = 1.0 + rng.uniform(-0.04, 0.04) * w / half_z
-    fat_mm, muscle_mm = rng.uniform(5, 11), rng.uniform(5, 8)
-    bu_, bv_ = u - bu, v - bv
-    body = _superellipse(bu_, bv_, a * taper, b * taper, power) < 1.0 + wall
-    inner_a, inner_b = a - fat_mm, b - fat_mm
-    muscle = _superellipse(bu_, bv_, inner_a * taper, inner_b * taper, power) < 1.0 + wall
-    cavity_a, cavity_b = inner_a - muscle_mm, inner_b - muscle_mm
-    cavity = _superellipse(bu_, bv_, cavity_a * taper, cavity_b * taper, power) < 1.0 + wall
-
+    body, muscle, cavity, bv, cavity_b = _body_wall(rng, shape, grid)
     texture = _smooth_field(rng, shape, (shape[0] // 6, shape[1] // 6, shape[2] // 3))
     image = np.full(shape, HU["air"], dtype=np.float32)
     label = np.zeros(shape, dtype=np.uint8)
@@ -254,15 +240,7 @@ def make_phantom(
     gas = _smooth_field(rng, shape, (shape[0] // 8, shape[1] // 8, shape[2] // 3))
     image[cavity & (loops > 0.6) & (gas > 1.8)] = HU["gas"]
 
-    # Vertebral column: body plus posterior elements, slightly curved, present in every slice.
-    vert_r = (rng.uniform(15, 18), rng.uniform(12, 15))
-    vert_u = rng.uniform(-2, 2)
-    vert_v = bv + cavity_b - vert_r[1] - rng.uniform(6, 10) + rng.uniform(-3, 3) * (w / half_z) ** 2
-    vert_body = _superellipse(u - vert_u, v - vert_v, vert_r[0], vert_r[1], 2.0) < 1.0
-    arch_v = vert_v + vert_r[1] + 3.0
-    arch = _superellipse(u - vert_u, v - arch_v, rng.uniform(14, 18), 4.0, 2.0) < 1.0
-    spine_half = rng.uniform(5, 7)
-    spinous = _superellipse(u - vert_u, v - (arch_v + spine_half), 3.5, spine_half, 2.0) < 1.0
+    (vert_body, arch, spinous), (vert_u, vert_v, vert_r, arch_v) = _spine(rng, grid, bv, cavity_b)
     vertebra = (vert_body | arch | spinous) & body
     # Paraspinal muscles either side of the posterior elements (unlabelled).
     para = rng.uniform(12, 15), rng.uniform(9, 12)
@@ -272,62 +250,10 @@ def make_phantom(
         if clinical:
             label[paraspinal & body] = value[name]
 
-    # Liver: large right lobe plus a left lobe reaching across the midline anteriorly.
-    right_lobe = _organ(
-        rng,
-        grid,
-        shape,
-        (rng.uniform(-42, -34), rng.uniform(-6, 2), rng.uniform(30, 45)),
-        (rng.uniform(36, 44), rng.uniform(40, 48), rng.uniform(55, 70)),
-        _rotation(rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)),
-        0.12,
-    )
-    left_lobe = _organ(
-        rng,
-        grid,
-        shape,
-        (rng.uniform(0, 12), rng.uniform(-30, -22), rng.uniform(40, 55)),
-        (rng.uniform(26, 34), rng.uniform(12, 17), rng.uniform(28, 38)),
-        _rotation(rng.uniform(-20, 5)),
-        0.15,
-    )
+    right_lobe, left_lobe, spleen, kidney_sides = _solid_organs(rng, grid, shape, vert_v)
     liver = right_lobe | left_lobe
-    spleen = _organ(
-        rng,
-        grid,
-        shape,
-        (rng.uniform(44, 52), rng.uniform(12, 22), rng.uniform(28, 42)),
-        (rng.uniform(13, 17), rng.uniform(30, 38), rng.uniform(30, 40)),
-        _rotation(rng.uniform(-45, -25), rng.uniform(-10, 10), rng.uniform(-10, 10)),
-        0.12,
-    )
-    # Kidneys: bean shapes (medial hilum notch), posterior, the right one a little lower.
-    kidney_sides = []
-    for side, height in ((-1.0, rng.uniform(-18, -4)), (1.0, rng.uniform(-8, 6))):
-        centre_u = side * rng.uniform(36, 42)
-        centre_v = vert_v + rng.uniform(-6, 0)
-        kidney = _organ(
-            rng,
-            grid,
-            shape,
-            (centre_u, centre_v, height),
-            (rng.uniform(11, 14), rng.uniform(17, 20), rng.uniform(36, 44)),
-            _rotation(side * rng.uniform(25, 40), 0.0, side * rng.uniform(-12, -4)),
-            0.08,
-        )
-        hilum = (centre_u - side * 14.0, centre_v - 4.0, height)
-        kidney_sides.append(
-            kidney & (_ellipsoid_radius(grid, hilum, (7.0, 6.0, 12.0), np.eye(3)) > 1.0)
-        )
     kidneys = kidney_sides[0] | kidney_sides[1]
-    # Aorta: tube left of the midline, anterior to the vertebral body, ending at the bifurcation.
-    aorta_r = rng.uniform(8, 10.5) * (
-        1.0 + 0.07 * np.sin(2 * np.pi * w / rng.uniform(80, 140) + rng.uniform(0, 2 * np.pi))
-    )
-    aorta_u = rng.uniform(4, 9) + rng.uniform(-3, 3) * w / half_z
-    aorta_v = vert_v - vert_r[1] - aorta_r - rng.uniform(1.5, 3.5)
-    bifurcation = rng.uniform(-half_z + 5, -half_z + 25)
-    aorta = (np.hypot(u - aorta_u, v - aorta_v) < aorta_r) & (w > bifurcation)
+    aorta, aorta_r, bifurcation = _aorta(rng, grid, vert_v, vert_r)
 
     # Painting order (later overwrites earlier, in image and label alike): the kidneys lie in the
     # liver's renal impression, the spleen wraps the left kidney's upper pole, and the aorta and
@@ -361,6 +287,112 @@ def make_phantom(
     image += rng.uniform(-3, 3) + rng.uniform(10, 15) * rng.standard_normal(shape, dtype=np.float32)
     image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     return image, label, affine
+
+
+def _body_wall(rng: np.random.Generator, shape: tuple[int, ...], grid: tuple[np.ndarray, ...]):
+    """Body, muscle and abdominal-cavity masks (skin-to-muscle fat, then muscle, then the
+    cavity: parallel outlines), with the body's anterior-posterior offset and the cavity's
+    half-depth."""
+    u, v, w = grid
+    half_z = FOV_Z_MM / 2
+    a, b = rng.uniform(76, 84), rng.uniform(57, 65)
+    bu, bv = rng.uniform(-4, 4), rng.uniform(-4, 4)
+    power = rng.uniform(2.0, 2.5)
+    wall = 0.03 * _smooth_field(rng, shape, (6, 6, 4))
+    taper = 1.0 + rng.uniform(-0.04, 0.04) * w / half_z
+    fat_mm, muscle_mm = rng.uniform(5, 11), rng.uniform(5, 8)
+    bu_, bv_ = u - bu, v - bv
+    body = _superellipse(bu_, bv_, a * taper, b * taper, power) < 1.0 + wall
+    inner_a, inner_b = a - fat_mm, b - fat_mm
+    muscle = _superellipse(bu_, bv_, inner_a * taper, inner_b * taper, power) < 1.0 + wall
+    cavity_a, cavity_b = inner_a - muscle_mm, inner_b - muscle_mm
+    cavity = _superellipse(bu_, bv_, cavity_a * taper, cavity_b * taper, power) < 1.0 + wall
+
+    return body, muscle, cavity, bv, cavity_b
+
+
+def _spine(rng: np.random.Generator, grid: tuple[np.ndarray, ...], bv: float, cavity_b: float):
+    """Vertebral body, arch and spinous process masks (slightly curved, present in every slice),
+    and the column's position and radii."""
+    u, v, w = grid
+    half_z = FOV_Z_MM / 2
+    vert_r = (rng.uniform(15, 18), rng.uniform(12, 15))
+    vert_u = rng.uniform(-2, 2)
+    vert_v = bv + cavity_b - vert_r[1] - rng.uniform(6, 10) + rng.uniform(-3, 3) * (w / half_z) ** 2
+    vert_body = _superellipse(u - vert_u, v - vert_v, vert_r[0], vert_r[1], 2.0) < 1.0
+    arch_v = vert_v + vert_r[1] + 3.0
+    arch = _superellipse(u - vert_u, v - arch_v, rng.uniform(14, 18), 4.0, 2.0) < 1.0
+    spine_half = rng.uniform(5, 7)
+    spinous = _superellipse(u - vert_u, v - (arch_v + spine_half), 3.5, spine_half, 2.0) < 1.0
+    return (vert_body, arch, spinous), (vert_u, vert_v, vert_r, arch_v)
+
+
+def _solid_organs(
+    rng: np.random.Generator, grid: tuple[np.ndarray, ...], shape: tuple[int, ...], vert_v
+):
+    """Liver lobes (a large right lobe plus a left lobe reaching across the midline
+    anteriorly), spleen, and the kidneys (bean shapes with a medial hilum notch, posterior, the
+    right one a little lower)."""
+    right_lobe = _organ(
+        rng,
+        grid,
+        shape,
+        (rng.uniform(-42, -34), rng.uniform(-6, 2), rng.uniform(30, 45)),
+        (rng.uniform(36, 44), rng.uniform(40, 48), rng.uniform(55, 70)),
+        _rotation(rng.uniform(-15, 15), rng.uniform(-8, 8), rng.uniform(-8, 8)),
+        0.12,
+    )
+    left_lobe = _organ(
+        rng,
+        grid,
+        shape,
+        (rng.uniform(0, 12), rng.uniform(-30, -22), rng.uniform(40, 55)),
+        (rng.uniform(26, 34), rng.uniform(12, 17), rng.uniform(28, 38)),
+        _rotation(rng.uniform(-20, 5)),
+        0.15,
+    )
+    spleen = _organ(
+        rng,
+        grid,
+        shape,
+        (rng.uniform(44, 52), rng.uniform(12, 22), rng.uniform(28, 42)),
+        (rng.uniform(13, 17), rng.uniform(30, 38), rng.uniform(30, 40)),
+        _rotation(rng.uniform(-45, -25), rng.uniform(-10, 10), rng.uniform(-10, 10)),
+        0.12,
+    )
+    kidney_sides = []
+    for side, height in ((-1.0, rng.uniform(-18, -4)), (1.0, rng.uniform(-8, 6))):
+        centre_u = side * rng.uniform(36, 42)
+        centre_v = vert_v + rng.uniform(-6, 0)
+        kidney = _organ(
+            rng,
+            grid,
+            shape,
+            (centre_u, centre_v, height),
+            (rng.uniform(11, 14), rng.uniform(17, 20), rng.uniform(36, 44)),
+            _rotation(side * rng.uniform(25, 40), 0.0, side * rng.uniform(-12, -4)),
+            0.08,
+        )
+        hilum = (centre_u - side * 14.0, centre_v - 4.0, height)
+        kidney_sides.append(
+            kidney & (_ellipsoid_radius(grid, hilum, (7.0, 6.0, 12.0), np.eye(3)) > 1.0)
+        )
+    return right_lobe, left_lobe, spleen, kidney_sides
+
+
+def _aorta(rng: np.random.Generator, grid: tuple[np.ndarray, ...], vert_v, vert_r):
+    """Aorta: a tube left of the midline, anterior to the vertebral body, ending at the
+    bifurcation; with its radius profile and the bifurcation's height."""
+    u, v, w = grid
+    half_z = FOV_Z_MM / 2
+    aorta_r = rng.uniform(8, 10.5) * (
+        1.0 + 0.07 * np.sin(2 * np.pi * w / rng.uniform(80, 140) + rng.uniform(0, 2 * np.pi))
+    )
+    aorta_u = rng.uniform(4, 9) + rng.uniform(-3, 3) * w / half_z
+    aorta_v = vert_v - vert_r[1] - aorta_r - rng.uniform(1.5, 3.5)
+    bifurcation = rng.uniform(-half_z + 5, -half_z + 25)
+    aorta = (np.hypot(u - aorta_u, v - aorta_v) < aorta_r) & (w > bifurcation)
+    return aorta, aorta_r, bifurcation
 
 
 def _clinical_organs(

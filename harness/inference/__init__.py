@@ -1,5 +1,6 @@
-"""Inference: the sliding-window inferer, the pipelined evaluation loop over test cases and
-latency statistics.
+"""Inference: the sliding-window inferer, latency statistics and the paired latency protocol,
+and what a real backend measures on a network.
 
-Depends on: ``harness.data``, ``harness.models``, ``harness.scoring.metrics``.
+Depends on: nothing else of the harness (the window, the patch grid and the timing protocol
+are plain tensor code).
 """

@@ -10,15 +10,11 @@ backends, and its baselines quantize the graph itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.errors import ModelSpecError
 
-if TYPE_CHECKING:
-    from harness.backends.base import Backend
-
 ONNX_ARCHITECTURE = "ONNX"
-GRAPH_FILE = "model.onnx"
 HYBRID_OPS = frozenset({"MatMul", "Softmax", "Attention", "MultiHeadAttention"})
 """Ops whose presence marks a graph as a hybrid CNN + transformer (attention is a MatMul and a
 Softmax in ONNX; a CNN has neither)."""
@@ -37,14 +33,4 @@ def no_torch_network(**kwargs: Any) -> None:
     raise ModelSpecError(
         "an ONNX reference model has no torch network: it runs on ONNX Runtime, and its tracks "
         "are evaluated on ONNX backends"
-    )
-
-
-def graph_backend_refusal(backend: Backend) -> str | None:
-    """Why a track of an ONNX-graph reference cannot run on ``backend`` (None: it can)."""
-    if backend.scores("onnx"):
-        return None
-    return (
-        f"an ONNX-graph reference model is evaluated on ONNX backends, not {backend.name} (the "
-        "simulator quantizes torch networks)"
     )

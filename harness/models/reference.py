@@ -17,11 +17,9 @@ from torch import nn
 from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelSpecError
 from harness.inference.sliding_window import SlidingWindowSpec
+from harness.models.interface import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from harness.models.networks import ARCHITECTURES, Family, build_network
-from harness.models.onnx_graph import GRAPH_FILE
 
-SPEC_FILE = "model.json"
-WEIGHTS_FILE = "model.safetensors"
 SPEC_VERSION = 1
 
 
@@ -80,7 +78,7 @@ class ModelSpec:
     @property
     def weights_file(self) -> str:
         """The file in the model folder holding the FP32 weights."""
-        return WEIGHTS_FILE if self.has_torch_network else GRAPH_FILE
+        return WEIGHTS_FILE if self.has_torch_network else ONNX_FILE
 
     @property
     def receptive_field(self) -> tuple[int, ...] | None:

@@ -1,4 +1,6 @@
-"""Scoring: DSC / NSD metrics and the versioned result document.
+"""Scoring: DSC / NSD metrics, the evaluation loop over test cases (inference, then metrics,
+pipelined) and the versioned result document.
 
-Depends on: ``harness.inference`` (the run it summarises); never on reference_methods.
+Depends on: ``harness.data``, ``harness.inference``, ``harness.models``; never on
+reference_methods.
 """

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from harness import __version__
-from harness.inference.evaluation import EvaluationRun
+from harness.scoring.evaluation import EvaluationRun
 
 RESULT_SCHEMA = "medquant-result"
 RESULT_SCHEMA_VERSION = 2
@@ -86,12 +86,6 @@ def build_result(
     ``compression`` reports the entry's size, "× smaller" and effective bits per weight;
     ``efficiency`` holds real-backend latency, size and memory (ONNX submissions); ``warnings``
     what the numbers should be read with (e.g. a receptive field beyond the roi)."""
-    case_dsc = [c.mean_dsc for c in run.cases]
-    case_nsd = [c.mean_nsd for c in run.cases]
-    mean_dsc, mean_nsd = float(np.mean(case_dsc)), float(np.mean(case_nsd))
-    reference = fp32 or run
-    fp32_dsc = float(np.mean([c.mean_dsc for c in reference.cases]))
-    fp32_nsd = float(np.mean([c.mean_nsd for c in reference.cases]))
     classes = sorted(c for c in labels if c != 0)
     timings = {k: round(v, 4) for k, v in run.timer.seconds.items()}
     timings["evaluation_wall"] = round(run.wall_seconds, 4)
@@ -102,16 +96,7 @@ def build_result(
         "track": track,
         "submission": submission,
         "classes": {str(c): labels[c] for c in classes},
-        "cases": [
-            {
-                "case_id": c.case_id,
-                "dsc": {str(k): v for k, v in c.dsc.items()},
-                "nsd": {str(k): v for k, v in c.nsd.items()},
-                "mean_dsc": c.mean_dsc,
-                "mean_nsd": c.mean_nsd,
-            }
-            for c in run.cases
-        ],
+        "cases": [_case_scores(c) for c in run.cases],
         "case_costs": [
             {
                 "case_id": c.case_id,
@@ -128,36 +113,60 @@ def build_result(
             }
             for k in classes
         },
-        "summary": {
-            "mean_dsc": mean_dsc,
-            "mean_nsd": mean_nsd,
-            "dsc_ci95": bootstrap_ci(case_dsc, seed),
-            "fp32_mean_dsc": fp32_dsc,
-            "fp32_mean_nsd": fp32_nsd,
-            "dsc_drop_pct": relative_drop_pct(mean_dsc, fp32_dsc),
-            "nsd_drop_pct": relative_drop_pct(mean_nsd, fp32_nsd),
-            "accuracy_gate": {
-                "min_fraction_of_fp32": accuracy_gate,
-                "passed": mean_dsc >= accuracy_gate * fp32_dsc,
-            },
-            "num_cases": len(run.cases),
-        },
+        "summary": _summary(run, fp32 or run, seed, accuracy_gate),
         "environment": environment(seed),
         "timings": timings,
     }
     if efficiency is not None:
         document["efficiency"] = efficiency
-    size = submission.get("precision", {}).get("size_bytes")
     if fp32_size_bytes:
-        document["compression"] = {
-            "size_bytes": size,
-            "fp32_size_bytes": fp32_size_bytes,
-            "x_smaller": fp32_size_bytes / size if size else None,
-            "bits_per_weight": submission.get("precision", {}).get("bits_per_weight"),
-        }
+        document["compression"] = _compression(submission.get("precision", {}), fp32_size_bytes)
     if warnings:
         document["warnings"] = list(warnings)
     return document
+
+
+def _case_scores(case) -> dict:
+    """One case's per-class and mean DSC and NSD, as the document stores them."""
+    return {
+        "case_id": case.case_id,
+        "dsc": {str(k): v for k, v in case.dsc.items()},
+        "nsd": {str(k): v for k, v in case.nsd.items()},
+        "mean_dsc": case.mean_dsc,
+        "mean_nsd": case.mean_nsd,
+    }
+
+
+def _summary(run: EvaluationRun, reference: EvaluationRun, seed: int, gate: float) -> dict:
+    """Means over cases, the bootstrap CI of mean DSC, the FP32 means and the drop against them
+    (↓Δ%), and the accuracy gate (at least ``gate`` × the FP32 mean DSC)."""
+    case_dsc = [c.mean_dsc for c in run.cases]
+    mean_dsc = float(np.mean(case_dsc))
+    mean_nsd = float(np.mean([c.mean_nsd for c in run.cases]))
+    fp32_dsc = float(np.mean([c.mean_dsc for c in reference.cases]))
+    fp32_nsd = float(np.mean([c.mean_nsd for c in reference.cases]))
+    return {
+        "mean_dsc": mean_dsc,
+        "mean_nsd": mean_nsd,
+        "dsc_ci95": bootstrap_ci(case_dsc, seed),
+        "fp32_mean_dsc": fp32_dsc,
+        "fp32_mean_nsd": fp32_nsd,
+        "dsc_drop_pct": relative_drop_pct(mean_dsc, fp32_dsc),
+        "nsd_drop_pct": relative_drop_pct(mean_nsd, fp32_nsd),
+        "accuracy_gate": {"min_fraction_of_fp32": gate, "passed": mean_dsc >= gate * fp32_dsc},
+        "num_cases": len(run.cases),
+    }
+
+
+def _compression(precision: dict, fp32_size_bytes: int) -> dict:
+    """The entry's size against the FP32 reference's on the same backend."""
+    size = precision.get("size_bytes")
+    return {
+        "size_bytes": size,
+        "fp32_size_bytes": fp32_size_bytes,
+        "x_smaller": fp32_size_bytes / size if size else None,
+        "bits_per_weight": precision.get("bits_per_weight"),
+    }
 
 
 def write_result(result: dict, path: str | Path) -> Path:

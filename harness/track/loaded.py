@@ -7,18 +7,20 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
+from harness.artifacts.checks import OnnxInterface, PrecisionLimits, TrackChecks
 from harness.backends import Backend, get_backend
-from harness.backends.onnxruntime import graph_reference
-from harness.data.calibration import calibration_batches
 from harness.data.dataset import Case, Dataset, load_dataset
+from harness.data.preprocessing import preprocess, read_case
 from harness.errors import DatasetError, ModelSpecError
-from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
-from harness.models.onnx_graph import graph_backend_refusal
+from harness.models.calibration import calibration_batches
 from harness.models.reference import ModelSpec, load_network, read_spec, weights_sha256
-from harness.track.spec import TrackSpec
+from harness.onnxruntime_session import graph_reference
+from harness.scoring.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.track.spec import TrackSpec, graph_backend_refusal
 
 
 @dataclass
@@ -87,6 +89,13 @@ class LoadedTrack:
             return self.run(self.model, progress=False, desc="fp32")
 
     @cached_property
+    def latency_volume(self) -> torch.Tensor:
+        """The first test case, preprocessed (its label is never read): the volume real backends
+        time entries on, read once per track."""
+        case = self.test_cases[0]
+        return preprocess(read_case(case, with_label=False), self.model_spec.preprocessing)
+
+    @cached_property
     def weights_sha256(self) -> str:
         """Digest of the FP32 weights this track loaded, recorded in every result."""
         return weights_sha256(self.spec.model_dir)
@@ -100,12 +109,38 @@ class LoadedTrack:
             return sum(t.numel() * t.element_size() for t in state.values())
         return self.fp32_onnx.stat().st_size
 
-    @property
+    @cached_property
     def fp32_onnx(self) -> Path:
         """The FP32 ONNX export of the reference network (made once per process and weights)."""
         from harness.artifacts.onnx.export import reference_onnx
 
-        return reference_onnx(self.model, self.model_spec, self.spec.model_dir)
+        return reference_onnx(self.model, self.model_spec, self.spec.model_dir, self.weights_sha256)
+
+    @cached_property
+    def fp32_graph(self) -> onnx.ModelProto:
+        """``fp32_onnx`` parsed, once per track: what ONNX uploads are matched against."""
+        return onnx.load(str(self.fp32_onnx), load_external_data=False)
+
+    def checks(self, spec: TrackSpec | None = None) -> TrackChecks:
+        """What an artifact is checked against on this track (``spec``: this track's, or a
+        variant of it with other limits, as the FP32 row's); the reference graph is parsed only
+        on backends that score ONNX."""
+        spec = spec or self.spec
+        return TrackChecks(
+            limits=PrecisionLimits(
+                weight_bits=spec.weight_bits,
+                activation_bits=spec.activation_bits,
+                max_float_mac_fraction=spec.max_float_mac_fraction,
+            ),
+            granularities=spec.granularities,
+            bits_per_weight_budget=spec.budget,
+            division=spec.division,
+            interface=OnnxInterface.for_model(self.model_spec),
+            reference_network=self.model,
+            reference_graph=self.fp32_graph if self.backend.scores("onnx") else None,
+            threads=spec.latency_threads,
+            sw_batch_size=self.model_spec.sliding_window.sw_batch_size,
+        )
 
     def track_info(self) -> dict:
         return {

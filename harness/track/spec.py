@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.backends import backend_names
+from harness.backends import Backend, backend_names
 from harness.errors import HarnessError
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
@@ -117,3 +117,13 @@ class TrackSpec:
             **data
             | {"model_dir": Path(data["model_dir"]), "dataset_dir": Path(data["dataset_dir"])}
         )
+
+
+def graph_backend_refusal(backend: Backend) -> str | None:
+    """Why a track of an ONNX-graph reference cannot run on ``backend`` (None: it can)."""
+    if backend.scores("onnx"):
+        return None
+    return (
+        f"an ONNX-graph reference model is evaluated on ONNX backends, not {backend.name} (the "
+        "simulator quantizes torch networks)"
+    )

@@ -1,282 +1,48 @@
-"""Uploaded artifacts: checked for size, type and path traversal before they are stored, and
-unpacked on the worker into a private folder the harness reads.
-
-A quantized checkpoint is stored as one zip holding ``manifest.json`` and
-``weights.safetensors`` (at the top level or inside a single folder); a manifest + safetensors
-pair uploaded as two files is packed into such a zip. Members are read by name, never extracted
-wholesale, so no member path is ever written to disk.
-"""
+"""Uploads on the site: the harness's Django-free upload checks (``harness.artifacts.uploads``,
+``harness.containers.images``) under the site's limits, on Django's uploaded files."""
 
 from __future__ import annotations
 
-import hashlib
-import struct
-import tarfile
 import tempfile
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files.base import File
 
-from harness.artifacts import untrusted_json
-from harness.artifacts.checkpoint import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
-from harness.containers.images import MANIFEST as IMAGE_MANIFEST
-
-SAFETENSORS_HEADER_LIMIT = 16 * 1024 * 1024
-"""Largest safetensors header read: ~100 bytes per tensor, so room for 100,000+ tensors (a 3D
-segmentation network has a few hundred)."""
-ONNX_SUFFIX = ".onnx"
-ZIP_METHODS = {
-    zipfile.ZIP_STORED: "stored",
-    zipfile.ZIP_DEFLATED: "deflate",
-    zipfile.ZIP_BZIP2: "bzip2",
-    zipfile.ZIP_LZMA: "lzma",
-}
-"""Compression methods Python's zipfile reads (Deflate64, PPMd, … are refused by name)."""
-ZIP_ENCRYPTED_FLAG = 0x1
-ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    struct.error,
-    NotImplementedError,
-    ValueError,
-)
-"""What reading a corrupt zip raises: bad CRC, truncated data, broken deflate streams."""
-TAR_ERRORS = (tarfile.TarError, EOFError, OSError, UnicodeError, ValueError)
-_CHUNK = 1 << 20
-
-
-class ArtifactError(ValueError):
-    """An upload that cannot be a valid artifact; the message is shown to the submitter."""
+from harness.artifacts import uploads
+from harness.containers.images import check_image_upload
 
 
 def max_bytes() -> int:
     return settings.MEDQUANT_MAX_ARTIFACT_BYTES
 
 
-def _check_size(size: int, what: str) -> None:
-    if size > max_bytes():
-        raise ArtifactError(
-            f"{what} is {size / 2**20:.1f} MB; the limit is {max_bytes() / 2**20:.0f} MB"
-        )
-    if size == 0:
-        raise ArtifactError(f"{what} is empty")
-
-
-def check_safetensors_header(stream: BinaryIO, what: str = WEIGHTS_NAME) -> None:
-    """A safetensors file starts with a little-endian u64 header length and a JSON object (read
-    from ``stream``: only the header, never the tensors)."""
-    head = stream.read(8)
-    if len(head) < 8:
-        raise ArtifactError(f"{what} is not a safetensors file (too short)")
-    (length,) = struct.unpack("<Q", head)
-    if length > SAFETENSORS_HEADER_LIMIT:
-        raise ArtifactError(
-            f"{what} is not a safetensors file (bad header length: {length} bytes, the limit is "
-            f"{SAFETENSORS_HEADER_LIMIT // 2**20} MiB)"
-        )
-    header_bytes = stream.read(length)
-    if len(header_bytes) < length:
-        raise ArtifactError(f"{what} is not a safetensors file (bad header length)")
-    try:
-        header = untrusted_json.loads(header_bytes, max_bytes=SAFETENSORS_HEADER_LIMIT)
-    except untrusted_json.UntrustedJsonError as error:
-        raise ArtifactError(f"{what} is not a safetensors file (its header {error})") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{what} is not a safetensors file (header is not an object)")
-
-
-def check_manifest(data: bytes) -> None:
-    """``data`` is a manifest within ``MANIFEST_MAX_BYTES``, depth and number limits."""
-    try:
-        manifest = untrusted_json.loads(data, max_bytes=MANIFEST_MAX_BYTES)
-    except untrusted_json.UntrustedJsonError as error:
-        raise ArtifactError(f"{MANIFEST_NAME} {error}") from None
-    if not isinstance(manifest, dict) or "layers" not in manifest:
-        raise ArtifactError(f"{MANIFEST_NAME} must be a JSON object with a 'layers' entry")
-
-
-def _read_manifest(read, declared_size: int) -> bytes:
-    """The manifest's bytes through ``read(n)``, refused once over ``MANIFEST_MAX_BYTES`` (its
-    declared size is checked first; a lying one is caught by reading one byte more)."""
-    if declared_size > MANIFEST_MAX_BYTES:
-        raise ArtifactError(
-            f"{MANIFEST_NAME} is {declared_size / 2**20:.1f} MiB; the limit is "
-            f"{MANIFEST_MAX_BYTES / 2**20:g} MiB"
-        )
-    data = read(MANIFEST_MAX_BYTES + 1)
-    if len(data) > MANIFEST_MAX_BYTES:
-        raise ArtifactError(
-            f"{MANIFEST_NAME} is larger than the {MANIFEST_MAX_BYTES / 2**20:g} MiB limit"
-        )
-    return data
-
-
-def _member_names(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Checkpoint members by base name; refuses traversal, links, extra or missing files."""
-    found: dict[str, zipfile.ZipInfo] = {}
-    folders = set()
-    for info in archive.infolist():
-        path = PurePosixPath(info.filename.replace("\\", "/"))
-        if path.is_absolute() or ".." in path.parts or ":" in info.filename:
-            raise ArtifactError(f"zip member {info.filename!r} has an unsafe path")
-        if (info.external_attr >> 16) & 0o170000 == 0o120000:
-            raise ArtifactError(f"zip member {info.filename!r} is a symbolic link")
-        if info.is_dir():
-            continue
-        if info.flag_bits & ZIP_ENCRYPTED_FLAG:
-            raise ArtifactError(
-                f"zip member {info.filename!r} is encrypted; upload the zip without a password"
-            )
-        if info.compress_type not in ZIP_METHODS:
-            raise ArtifactError(
-                f"zip member {info.filename!r} uses compression method {info.compress_type}, "
-                f"which is not supported; use one of: {', '.join(ZIP_METHODS.values())}"
-            )
-        if path.name not in (MANIFEST_NAME, WEIGHTS_NAME):
-            raise ArtifactError(
-                f"unexpected file {info.filename!r} in the zip: a checkpoint holds only "
-                f"{MANIFEST_NAME} and {WEIGHTS_NAME}"
-            )
-        if path.name in found:
-            raise ArtifactError(f"the zip holds more than one {path.name}")
-        folders.add(path.parent)
-        found[path.name] = info
-    missing = [n for n in (MANIFEST_NAME, WEIGHTS_NAME) if n not in found]
-    if missing:
-        raise ArtifactError(f"the zip is missing {' and '.join(missing)}")
-    if len(folders) > 1:
-        raise ArtifactError(f"{MANIFEST_NAME} and {WEIGHTS_NAME} must sit in the same folder")
-    total = sum(i.file_size for i in found.values())
-    _check_size(total, "the unpacked checkpoint")
-    return found
-
-
-def _corrupt(error: Exception) -> ArtifactError:
-    return ArtifactError(
-        f"the zip is corrupt or truncated ({type(error).__name__}: {error}); re-create it"
-    )
-
-
-def _read_checkpoint_zip(stream: BinaryIO, size: int) -> None:
-    _check_size(size, "the upload")
-    stream.seek(0)
-    if not zipfile.is_zipfile(stream):
-        raise ArtifactError("the upload is not a zip file")
-    stream.seek(0)
-    with zipfile.ZipFile(stream) as archive:
-        members = _member_names(archive)
-        info = members[MANIFEST_NAME]
-        with archive.open(info) as manifest:
-            check_manifest(_read_manifest(manifest.read, info.file_size))
-        with archive.open(members[WEIGHTS_NAME]) as weights:
-            check_safetensors_header(weights)
-
-
 def check_checkpoint_zip(stream: BinaryIO, size: int) -> None:
-    """Raise ArtifactError unless ``stream`` is a zip holding a plausible checkpoint: whatever is
-    wrong with the archive (traversal, encryption, unsupported compression, bad CRC, truncated or
-    broken deflate data) is an ArtifactError with the reason."""
-    try:
-        _read_checkpoint_zip(stream, size)
-    except ArtifactError:
-        raise
-    except ZIP_ERRORS as error:
-        raise _corrupt(error) from None
-    finally:
-        stream.seek(0)
+    uploads.check_checkpoint_zip(stream, size, max_bytes())
 
 
 def pack_checkpoint_pair(manifest: File, weights: File) -> File:
-    """Zip a manifest + safetensors pair uploaded as two files (after checking both), into a
-    temporary file (never the whole upload in memory)."""
-    _check_size(manifest.size + weights.size, "the upload")
-    manifest.seek(0)
-    manifest_bytes = _read_manifest(manifest.read, manifest.size)
-    check_manifest(manifest_bytes)
-    weights.seek(0)
-    check_safetensors_header(weights)
-    weights.seek(0)
+    """A manifest + safetensors pair uploaded as two files, checked and zipped into a temporary
+    file (closed with the returned File)."""
     packed = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the returned File)
-    with zipfile.ZipFile(packed, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr(MANIFEST_NAME, manifest_bytes)
-        with archive.open(WEIGHTS_NAME, "w", force_zip64=True) as out:
-            for chunk in weights.chunks():
-                out.write(chunk)
-    packed.seek(0)
+    uploads.pack_checkpoint_pair(
+        manifest, manifest.size, weights, weights.size, max_bytes(), packed
+    )
     return File(packed, name="checkpoint.zip")
 
 
 def check_onnx(upload: File) -> None:
-    _check_size(upload.size, "the upload")
-    if not upload.name.lower().endswith(ONNX_SUFFIX):
-        raise ArtifactError("an ONNX submission must be a single .onnx file")
+    uploads.check_onnx_upload(upload.name, upload.size, max_bytes())
 
 
 def check_image_archive(upload: File) -> None:
-    """A quantizer image upload is the output of ``docker save``: an uncompressed tar holding a
-    ``manifest.json``, within ``MEDQUANT_MAX_IMAGE_BYTES``. The worker checks it fully (paths,
-    manifest, config digest) before Docker loads it."""
-    limit = settings.MEDQUANT_MAX_IMAGE_BYTES
-    if upload.size > limit:
-        size, limit_mb = upload.size / 2**20, limit / 2**20
-        raise ArtifactError(f"the image archive is {size:.1f} MB; the limit is {limit_mb:.0f} MB")
-    if upload.size == 0:
-        raise ArtifactError("the image archive is empty")
-    upload.seek(0)
-    try:
-        with tarfile.open(fileobj=upload, mode="r:") as tar:
-            has_manifest = any(
-                PurePosixPath(member.name) == PurePosixPath(IMAGE_MANIFEST) for member in tar
-            )
-    except TAR_ERRORS as error:
-        raise ArtifactError(
-            "the image archive is not an uncompressed tar file (make it with "
-            f"`docker save -o quantizer.tar IMAGE`): {error}"
-        ) from error
-    finally:
-        upload.seek(0)
-    if not has_manifest:
-        raise ArtifactError(
-            f"the image archive has no {IMAGE_MANIFEST}: is it the output of `docker save`?"
-        )
+    check_image_upload(upload, upload.size, settings.MEDQUANT_MAX_IMAGE_BYTES)
 
 
 def sha256_of(upload: File) -> str:
-    digest = hashlib.sha256()
-    upload.seek(0)
-    for chunk in upload.chunks():
-        digest.update(chunk)
-    upload.seek(0)
-    return digest.hexdigest()
+    return uploads.sha256_of(upload)
 
 
 def unpack_checkpoint(stream: BinaryIO, size: int, dest: Path) -> Path:
-    """Write the checkpoint's two files to ``dest`` (re-checked; each stops at its declared
-    size, which the limits checked) and return ``dest``."""
-    check_checkpoint_zip(stream, size)
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(stream) as archive:
-            for name, info in _member_names(archive).items():
-                written = 0
-                with archive.open(info) as src, open(dest / name, "wb") as out:
-                    while chunk := src.read(_CHUNK):
-                        written += len(chunk)
-                        if written > info.file_size:
-                            raise ArtifactError(
-                                f"zip member {info.filename!r} inflates beyond its declared "
-                                f"{info.file_size} bytes"
-                            )
-                        out.write(chunk)
-    except ArtifactError:
-        raise
-    except ZIP_ERRORS as error:
-        raise _corrupt(error) from None
-    return dest
+    return uploads.unpack_checkpoint(stream, size, dest, max_bytes())

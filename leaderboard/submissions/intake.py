@@ -10,9 +10,9 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.db import transaction
 
+from harness.errors import SubmissionError
 from leaderboard.accounts.models import team_of
 from leaderboard.submissions.artifacts import (
-    ArtifactError,
     check_checkpoint_zip,
     check_image_archive,
     check_onnx,
@@ -101,7 +101,7 @@ def _container(archive: File | None, image: str) -> File | None:
         )
     try:
         check_image_archive(archive)
-    except ArtifactError as error:
+    except SubmissionError as error:
         raise ValidationError({"artifact": str(error)}) from error
     return archive
 
@@ -115,13 +115,13 @@ def _artifact(kind: str, archive: File | None, manifest: File | None, weights: F
         if archive:
             try:
                 check_checkpoint_zip(archive, archive.size)
-            except ArtifactError as error:
+            except SubmissionError as error:
                 raise ValidationError({"artifact": str(error)}) from error
             return archive
         if manifest and weights:
             try:
                 return pack_checkpoint_pair(manifest, weights)
-            except ArtifactError as error:
+            except SubmissionError as error:
                 raise ValidationError({"weights": str(error)}) from error
         raise ValidationError(
             {"artifact": "a checkpoint needs a zip, or both manifest.json and weights.safetensors"}
@@ -131,7 +131,7 @@ def _artifact(kind: str, archive: File | None, manifest: File | None, weights: F
             raise ValidationError({"artifact": "upload the .onnx file"})
         try:
             check_onnx(archive)
-        except ArtifactError as error:
+        except SubmissionError as error:
             raise ValidationError({"artifact": str(error)}) from error
         return archive
     raise ValidationError({"kind": f"{kind!r} cannot be uploaded"})

@@ -9,7 +9,7 @@ import json
 
 from django.core.exceptions import ValidationError
 
-from harness.baselines import ptq_methods
+from harness.entry.baseline import ptq_methods
 
 MAX_HYPERPARAMETERS_BYTES = 8192
 """A method's settings fit in a few hundred bytes; more is not metadata."""

@@ -6,10 +6,10 @@ every pending submission whose message is gone:
   has passed since it was last sent;
 - *in flight* (validating, running, scoring) whose worker has gone quiet — no heartbeat for
   ``QUIET_S`` (the worker was killed) — or that has outrun its time limit plus the hard-limit
-  margin. It goes back to ``queued``; ``pipeline.start`` counts the interrupted attempt and ends
+  margin. It goes back to ``queued``; ``stages.start`` counts the interrupted attempt and ends
   it ``failed`` ("interrupted N times") once it cannot be run.
 
-Re-sending is idempotent: ``pipeline.start`` skips a finished submission, so a duplicate message
+Re-sending is idempotent: ``stages.start`` skips a finished submission, so a duplicate message
 never duplicates a result. Quiet time is counted only while the reconciler itself reaches the
 database (``Reconciler.database_back_at``): after a database outage, workers' retries get their
 chance before anything is declared abandoned.
@@ -42,7 +42,7 @@ QUEUED_GRACE_S = 20
 """A message just sent may not be visible on the broker yet; a queued submission is judged only
 this long after it was last sent."""
 QUIET_S = 45
-"""Four and a half heartbeats (``pipeline.HEARTBEAT_S``) without one: the worker evaluating it
+"""Four and a half heartbeats (``worker.HEARTBEAT_S``) without one: the worker evaluating it
 is gone."""
 IN_FLIGHT = (Status.VALIDATING, Status.RUNNING, Status.SCORING)
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists

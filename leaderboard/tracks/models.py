@@ -10,9 +10,9 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
-from harness.models.onnx_graph import ONNX_ARCHITECTURE, graph_backend_refusal
+from harness.models.onnx_graph import ONNX_ARCHITECTURE
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION
-from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec
+from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec, graph_backend_refusal
 
 RANKING_METRICS = {
     "mean_dsc": ("mean DSC", True),

@@ -13,8 +13,8 @@ from django.utils.text import slugify
 
 from harness.artifacts.onnx.export import export_fp32
 from harness.backends import backend_names, get_backend
-from harness.baselines import Baseline, baselines_for
 from harness.data.dataset import load_dataset
+from harness.entry.baseline import Baseline, baselines_for
 from harness.errors import HarnessError
 from harness.models.importers import import_model as import_source
 from harness.models.reference import load_reference_model, read_spec
@@ -97,18 +97,15 @@ def create_track(
     slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
     title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"
     track = Track.objects.filter(slug=slug).first() or Track(slug=slug)
-    values = (
-        {
-            "title": title,
-            "dataset": dataset,
-            "reference_model": model,
-            "backend": backend,
-            "weight_bits": weight_bits,
-            "activation_bits": activation_bits,
-            "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
-        }
-        | fields
-    )
+    values = {
+        "title": title,
+        "dataset": dataset,
+        "reference_model": model,
+        "backend": backend,
+        "weight_bits": weight_bits,
+        "activation_bits": activation_bits,
+        "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
+    } | fields
     for name, value in values.items():
         setattr(track, name, value)
     try:
@@ -127,7 +124,7 @@ def baseline_user():
 
 
 def baseline_schemes(track: Track) -> list[Baseline]:
-    """A track's reference baselines, as the harness defines them (``harness.baselines``)."""
+    """A track's reference baselines, as the harness defines them (``harness.entry.baseline``)."""
     return baselines_for(track.to_spec())
 
 

@@ -11,7 +11,7 @@ from django.core.cache import cache
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
-from harness.baselines import ptq_methods
+from harness.entry.baseline import ptq_methods
 from leaderboard.tracks import ranking, study
 from leaderboard.tracks.models import ReferenceModel
 

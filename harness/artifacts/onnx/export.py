@@ -35,7 +35,6 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from harness.artifacts.onnx.graph import PASS_THROUGH_OPS
-from harness.artifacts.onnx.interface import INPUT_NAME, METADATA_PREFIX, OPSET, OUTPUT_NAME
 from harness.artifacts.onnx.placement import (
     NON_NEGATIVE_OPS,
     NORMALISATION_OPS,
@@ -43,7 +42,8 @@ from harness.artifacts.onnx.placement import (
     QdqPlacement,
 )
 from harness.errors import HarnessError
-from harness.models.reference import ModelSpec, weights_sha256
+from harness.models.interface import INPUT_NAME, METADATA_PREFIX, OPSET, OUTPUT_NAME
+from harness.models.reference import ModelSpec
 from reference_methods.simulator.granularity import ActivationGranularity, WeightGranularity
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, QuantLayer, layer_kind
 from reference_methods.simulator.quantizer import quantize_groups
@@ -74,15 +74,18 @@ _REFERENCE_EXPORTS: dict[tuple[str, str], Path] = {}
 _REFERENCE_FOLDER: tempfile.TemporaryDirectory | None = None
 
 
-def reference_onnx(model: nn.Module, spec: ModelSpec, model_dir: str | Path) -> Path:
+def reference_onnx(
+    model: nn.Module, spec: ModelSpec, model_dir: str | Path, weights_digest: str
+) -> Path:
     """``export_fp32`` of a track's reference network, written once per process and weights
-    (``model_dir`` and its weights' digest) into a temporary folder removed at exit: what an ONNX
-    upload is matched against, the FP32 row of an ONNX board, and what a backend times an entry
-    against. An ONNX reference's graph is its own file."""
+    (``model_dir`` and ``weights_digest``, the digest of its weights the caller already holds)
+    into a temporary folder removed at exit: what an ONNX upload is matched against, the FP32 row
+    of an ONNX board, and what a backend times an entry against. An ONNX reference's graph is its
+    own file."""
     global _REFERENCE_FOLDER
     if not spec.has_torch_network:
         return Path(model_dir) / spec.weights_file
-    key = (str(Path(model_dir).resolve()), weights_sha256(model_dir))
+    key = (str(Path(model_dir).resolve()), weights_digest)
     if key not in _REFERENCE_EXPORTS or not _REFERENCE_EXPORTS[key].is_file():
         if _REFERENCE_FOLDER is None:
             _REFERENCE_FOLDER = tempfile.TemporaryDirectory(prefix="medquant-fp32-")

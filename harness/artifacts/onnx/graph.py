@@ -29,6 +29,17 @@ INTEGER_BITS = {
 }
 
 
+QUANTIZERS = ("QuantizeLinear", "DequantizeLinear")
+"""The Q/DQ pair every quantized tensor passes through."""
+FLOAT_BITS = {
+    TensorProto.FLOAT: 32,
+    TensorProto.FLOAT16: 16,
+    TensorProto.BFLOAT16: 16,
+    TensorProto.DOUBLE: 64,
+}
+OTHER_BITS = FLOAT_BITS | {TensorProto.INT64: 64, TensorProto.BOOL: 8}
+
+
 def dtype_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type).lower()
 

@@ -26,8 +26,8 @@ from onnxruntime.quantization import (
 )
 
 from harness.artifacts.onnx.export import set_metadata
-from harness.artifacts.onnx.interface import INPUT_NAME
 from harness.errors import HarnessError
+from harness.models.interface import INPUT_NAME
 
 WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 """The ops quantized: those that carry the weights the track's bit limits count."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.errors import ModelImportError
+from harness.models.interface import ONNX_FILE, SPEC_FILE
 
 if TYPE_CHECKING:  # the package imports torch only when an import runs
     from harness.models.reference import ModelSpec
@@ -41,7 +42,7 @@ def detect_source(folder: str | Path) -> SourceKind:
         return "nnunet"
     if (folder / "configs").is_dir():
         return "monai-bundle"
-    if (folder / "model.onnx").is_file() and not (folder / "model.json").is_file():
+    if (folder / ONNX_FILE).is_file() and not (folder / SPEC_FILE).is_file():
         return "onnx"  # reference.json is checked by the importer, which names what is missing
     raise ModelImportError(
         f"{folder} is neither an nnU-Net v2 trained-model folder (plans.json, dataset.json, "

@@ -22,11 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from harness.artifacts.onnx.interface import INPUT_NAME, OUTPUT_NAME
 from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelImportError
 from harness.inference.sliding_window import SlidingWindowSpec
-from harness.models.onnx_graph import GRAPH_FILE, HYBRID_OPS, ONNX_ARCHITECTURE
+from harness.models.interface import INPUT_NAME, ONNX_FILE, OUTPUT_NAME
+from harness.models.onnx_graph import HYBRID_OPS, ONNX_ARCHITECTURE
 from harness.models.reference import SPEC_FILE, ModelSpec
 
 REFERENCE_FILE = "reference.json"
@@ -51,7 +51,7 @@ BATCH_DIM = "N"
 def graph_paths(source: str | Path) -> tuple[Path, Path]:
     """(the graph, its ``reference.json``) of a source folder or ``.onnx`` file."""
     source = Path(source)
-    graph = source / GRAPH_FILE if source.is_dir() else source
+    graph = source / ONNX_FILE if source.is_dir() else source
     return graph, graph.with_name(REFERENCE_FILE)
 
 
@@ -72,25 +72,8 @@ def import_onnx(source: str | Path, out_dir: str | Path, *, name: str | None = N
         raise ModelImportError(
             f"the graph's input channels (dimension 1 of {in_dims}) must be a fixed number"
         )
-    window = dict(described.get("sliding_window") or {})
-    static_roi = [d for d in in_dims[2:] if isinstance(d, int) and d > 0]
-    if "roi_size" not in window:
-        if len(static_roi) != 3:
-            raise ModelImportError(
-                f"the graph's input {in_dims} has no fixed spatial shape: give "
-                "sliding_window.roi_size in reference.json"
-            )
-        window["roi_size"] = static_roi
+    window = _window(described, in_dims)
     roi = window["roi_size"]
-    if not (
-        isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi)
-    ):
-        raise ModelImportError(f"sliding_window.roi_size must be 3 positive integers, not {roi!r}")
-    for axis, (dim, size) in enumerate(zip(in_dims[2:], roi, strict=True), start=2):
-        if isinstance(dim, int) and dim > 0 and dim != size:
-            raise ModelImportError(
-                f"the graph's input dimension {axis} is fixed at {dim}; roi_size says {size}"
-            )
     labels = _labels(described)
     names = {"input": graph_input.name, "output": graph_output.name}
     _rename(graph, names["input"], INPUT_NAME)
@@ -133,9 +116,34 @@ def import_onnx(source: str | Path, out_dir: str | Path, *, name: str | None = N
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ModelImportError(f"the renamed graph fails onnx.checker: {err}") from None
-    onnx.save_model(model, out_dir / GRAPH_FILE)
+    onnx.save_model(model, out_dir / ONNX_FILE)
     (out_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     return spec
+
+
+def _window(described: dict, in_dims: list) -> dict:
+    """``reference.json``'s sliding window, its ``roi_size`` defaulting to the graph's fixed
+    spatial input shape and agreeing with it where that is fixed."""
+    window = dict(described.get("sliding_window") or {})
+    static_roi = [d for d in in_dims[2:] if isinstance(d, int) and d > 0]
+    if "roi_size" not in window:
+        if len(static_roi) != 3:
+            raise ModelImportError(
+                f"the graph's input {in_dims} has no fixed spatial shape: give "
+                "sliding_window.roi_size in reference.json"
+            )
+        window["roi_size"] = static_roi
+    roi = window["roi_size"]
+    if not (
+        isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi)
+    ):
+        raise ModelImportError(f"sliding_window.roi_size must be 3 positive integers, not {roi!r}")
+    for axis, (dim, size) in enumerate(zip(in_dims[2:], roi, strict=True), start=2):
+        if isinstance(dim, int) and dim > 0 and dim != size:
+            raise ModelImportError(
+                f"the graph's input dimension {axis} is fixed at {dim}; roi_size says {size}"
+            )
+    return window
 
 
 def _read_reference(path: Path) -> dict:

@@ -1,25 +1,27 @@
 """Evaluate one submission on a track — the FP32 reference, a named simulated scheme, a quantized
 checkpoint or an ONNX file — into its result document (see ``harness.scoring.result``).
 
-This is the harness entry point a worker calls for an upload: the artifact is opened by the
-track's backend (which verifies it), its precision checked against the track once, here, then
-it is scored and measured. ``SubmissionError`` means the artifact is at fault.
+The entry point a worker calls for an upload: the artifact is opened by the track's backend, which
+verifies it once and checks its precision against the track by the one precision check before
+the engine loads it (``Backend.open``); then it is scored and measured, reusing the verified
+artifact.
+``SubmissionError`` means the artifact is at fault.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from harness.artifacts.kinds import ARTIFACT_KINDS
-from harness.artifacts.precision import check_precision
+from harness.artifacts.precision import check_for_track
 from harness.backends import Backend, OpenedArtifact, backend_names, get_backend
-from harness.data.preprocessing import preprocess, read_case
+from harness.entry.evaluated import Evaluated
 from harness.errors import CheckpointError, SubmissionError
-from harness.inference.evaluation import EvaluationRun, StageTimer
 from harness.inference.latency import LatencyProtocol
+from harness.scoring.evaluation import EvaluationRun, StageTimer
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.scheme import QuantConfig, quantize
@@ -31,8 +33,9 @@ FP32_PRECISION = {"weight_bits": 32, "activation_bits": 32, "granularity": "none
 
 @dataclass(frozen=True)
 class Submission:
-    """What is evaluated: ``fp32`` (the reference), a ``scheme`` name (quantized here by the
-    simulator), a ``checkpoint`` folder or an ``onnx`` file."""
+    """What is evaluated: ``fp32`` (the reference: its torch network, or with ``onnx`` its FP32
+    export run on the track's backend), a ``scheme`` name (quantized here by the simulator), a
+    ``checkpoint`` folder or an ``onnx`` file."""
 
     kind: Literal["fp32", "scheme", "checkpoint", "onnx"]
     scheme: str | None = None
@@ -41,7 +44,14 @@ class Submission:
 
     @property
     def artifact(self) -> Path | None:
-        return {"checkpoint": self.checkpoint, "onnx": self.onnx}.get(self.kind)
+        return {"checkpoint": self.checkpoint, "onnx": self.onnx, "fp32": self.onnx}.get(self.kind)
+
+    @property
+    def artifact_kind(self) -> str | None:
+        """The artifact kind of the file evaluated (None: no file)."""
+        if self.artifact is None:
+            return None
+        return "onnx" if self.kind == "fp32" else self.kind
 
     @property
     def label(self) -> str:
@@ -57,10 +67,11 @@ def open_submission(
     track: LoadedTrack, submission: Submission, timer: StageTimer
 ) -> OpenedArtifact:
     """The network a submission stands for and the precision read from it, checked against the
-    track's limits."""
-    if submission.kind == "fp32":
-        return OpenedArtifact(track.model, FP32_PRECISION | {"size_bytes": track.fp32_size_bytes})
+    track's limits (the FP32 reference has none: its export is checked as the reference network
+    only)."""
     backend = track.backend
+    if submission.kind == "fp32" and submission.artifact is None:
+        return OpenedArtifact(track.model, FP32_PRECISION | {"size_bytes": track.fp32_size_bytes})
     if submission.kind == "scheme":
         if not backend.scores("checkpoint"):  # a scheme is what a checkpoint would hold
             raise _wrong_kind("checkpoint", backend)
@@ -68,35 +79,25 @@ def open_submission(
         calibration = track.calibration
         with timer.stage("quantize"):
             network = quantize(track.torch_model("a simulated scheme"), config, calibration)
-        opened = OpenedArtifact(
-            network,
-            {
-                "weight_bits": config.weight_bits,
-                "activation_bits": config.activation_bits,
-                "granularity": config.granularity.value,
-            },
-        )
-    else:
-        if not backend.scores(submission.kind):
-            raise _wrong_kind(submission.kind, backend)
-        with timer.stage("verify"):
-            opened = backend.open(
-                Path(submission.artifact),
-                spec=track.spec,
-                model_spec=track.model_spec,
-                reference=track.model,
-            )
-            digest = ARTIFACT_KINDS[submission.kind].digest(Path(submission.artifact))
-            opened = OpenedArtifact(opened.network, opened.precision | {"artifact_sha256": digest})
-    spec = track.spec
-    check_precision(
-        opened.precision,
-        weight_bits=spec.weight_bits,
-        activation_bits=spec.activation_bits,
-        granularities=spec.granularities,
-        bits_per_weight_budget=spec.budget,
-    )
-    return opened
+        precision = {
+            "weight_bits": config.weight_bits,
+            "activation_bits": config.activation_bits,
+            "granularity": config.granularity.value,
+        }
+        check_for_track(precision, track.checks())
+        return OpenedArtifact(network, precision)
+    if not backend.scores(submission.artifact_kind):
+        raise _wrong_kind(submission.artifact_kind, backend)
+    checks = track.checks(_unlimited(track) if submission.kind == "fp32" else None)
+    with timer.stage("verify"):
+        opened = backend.open(Path(submission.artifact), checks)
+    precision = opened.precision | {"artifact_sha256": opened.verified.sha256}
+    return replace(opened, precision=precision)
+
+
+def _unlimited(track: LoadedTrack):
+    """The track's spec without precision limits: the FP32 reference is held to none."""
+    return replace(track.spec, weight_bits=None, activation_bits=None, bits_per_weight_budget=None)
 
 
 def _wrong_kind(kind: str, backend: Backend) -> SubmissionError:
@@ -122,55 +123,56 @@ def evaluate_submission(
     about: Mapping | None = None,
     timings: Mapping[str, float] | None = None,
     on_stage: StageCallback | None = None,
-) -> tuple[dict, EvaluationRun]:
+) -> Evaluated:
     """Result document of ``submission`` and its run, against ``fp32`` or the track's cached FP32
     reference run. ``about`` is submission metadata (method, scheme label, container) recorded in
     the document's ``submission`` entry; ``timings`` are seconds of stages run before this call
-    (a quantizer container, a baseline's quantization)."""
+    (a quantizer container, a baseline's quantization). The FP32 reference's torch network is
+    not run again: its row is the track's cached run."""
     timer = StageTimer()
     opened = open_submission(track, submission, timer)
-    if fp32 is None and submission.kind != "fp32":
+    reference = submission.kind == "fp32"
+    if fp32 is None and not reference:
         fp32 = track.fp32_run
     if on_stage is not None:
         on_stage("running")
-    run = track.run(opened.network, progress, submission.label)
+    if reference and submission.artifact is None:
+        run = track.fp32_run
+    else:
+        run = track.run(opened.network, progress, submission.label)
     efficiency = None
-    artifact = submission.artifact
-    if artifact is not None:
+    if opened.verified is not None:
         with timer.stage("efficiency"):
-            efficiency = _efficiency(track, opened, Path(artifact))
+            efficiency = _efficiency(track, opened)
     entry = {"kind": submission.kind, "scheme": submission.label, "precision": opened.precision}
     result = build_result(
         run,
         labels=track.dataset.labels,
         track=track.track_info(),
         submission=entry | dict(about or {}),
-        fp32=fp32 if submission.kind != "fp32" else None,
+        fp32=None if reference else fp32,
         seed=track.spec.seed,
         accuracy_gate=track.spec.accuracy_gate,
-        fp32_size_bytes=track.fp32_size_bytes if submission.kind != "fp32" else None,
+        fp32_size_bytes=None if reference else track.fp32_size_bytes,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
         warnings=track.model_spec.warnings(),
     )
-    return result, run
+    return Evaluated(result, run, submission.artifact)
 
 
-def _efficiency(track: LoadedTrack, opened: OpenedArtifact, artifact: Path) -> dict | None:
-    """The backend's efficiency figures, measured on the first test volume, with the FP32
-    reference (exported as ONNX once per process) timed interleaved under the track's latency
-    protocol (None where the backend measures none)."""
+def _efficiency(track: LoadedTrack, opened: OpenedArtifact) -> dict | None:
+    """The backend's efficiency figures, measured on the first test volume (read and
+    preprocessed once per track), with the FP32 reference timed interleaved under the track's
+    latency protocol (None where the backend measures none)."""
     backend = track.backend
     if not backend.measures_latency:
         return None
-    case = track.test_cases[0]
-    volume = preprocess(read_case(case, track.dataset.labels), track.model_spec.preprocessing)
     measured = backend.measure_efficiency(
         opened,
-        artifact,
-        volume=volume,
+        volume=track.latency_volume,
         window=track.model_spec.sliding_window,
         fp32=track.fp32_onnx,
         protocol=LatencyProtocol(threads=track.spec.latency_threads),
     )
-    return None if measured is None else measured | {"latency_case": case.case_id}
+    return None if measured is None else measured | {"latency_case": track.test_cases[0].case_id}

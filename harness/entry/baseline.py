@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -28,9 +28,12 @@ from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_samp
 from harness.artifacts.onnx.graph_ptq import TOOL as GRAPH_PTQ_TOOL
 from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
 from harness.backends import get_backend
-from harness.inference.evaluation import EvaluationRun
+from harness.entry.evaluated import Evaluated
+from harness.entry.upload import StageCallback, Submission, evaluate_submission
+from harness.models.interface import ONNX_FILE
 from harness.models.reference import read_spec
-from harness.submission import StageCallback, Submission, evaluate_submission
+from harness.onnxruntime_session import OrtNetwork, create_session
+from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.methods import METHODS, describe, quantize_with
@@ -93,38 +96,16 @@ def ptq_methods() -> dict[str, tuple[str, str]]:
     return {name: (m.label, m.summary) for name, m in sorted(METHODS.items())}
 
 
-@dataclass(frozen=True)
-class BaselineResult:
-    """The baseline's result document and the artifact it was scored as (kept for download;
-    None for the FP32 reference on the simulator, which is the reference model itself)."""
-
-    result: dict
-    artifact: Path | None
-
-
-def compute_reference(
-    track: LoadedTrack, *, on_stage: StageCallback | None = None
-) -> BaselineResult:
+def compute_reference(track: LoadedTrack, *, on_stage: StageCallback | None = None) -> Evaluated:
     """The FP32 reference row of a board, on the track's backend: the float network itself on
-    the simulator; on an ONNX backend its FP32 export, verified as the reference network and
-    measured on the backend like any entry (precision limits do not apply to it)."""
+    the simulator (the track's cached FP32 run); on an ONNX backend its FP32 export, verified as
+    the reference network and measured on the backend like any entry (precision limits do not
+    apply to it)."""
     about = {"scheme": "fp32", "method": "FP32 reference"}
-    if track.backend.scores("checkpoint"):
-        result, _ = evaluate_submission(track, Submission("fp32"), about=about, on_stage=on_stage)
-        return BaselineResult(result, None)
-    path = track.fp32_onnx
-    unlimited = replace(
-        track.spec, weight_bits=None, activation_bits=None, bits_per_weight_budget=None
+    onnx = None if track.backend.scores("checkpoint") else track.fp32_onnx
+    return evaluate_submission(
+        track, Submission("fp32", onnx=onnx), fp32=track.fp32_run, about=about, on_stage=on_stage
     )
-    reference = LoadedTrack(unlimited, track.dataset, track.model_spec, track.model, track.timer)
-    result, _ = evaluate_submission(
-        reference,
-        Submission("onnx", onnx=path),
-        fp32=track.fp32_run,
-        about=about | {"kind": "fp32"},
-        on_stage=on_stage,
-    )
-    return BaselineResult(result, path)
 
 
 def baselines_for(spec: TrackSpec) -> list[Baseline]:
@@ -186,7 +167,7 @@ def compute_baseline(
     progress: bool = False,
     about: Mapping | None = None,
     on_stage: StageCallback | None = None,
-) -> BaselineResult:
+) -> Evaluated:
     """Quantize the track's reference model by ``method`` (its default ``options`` unless given)
     under ``scheme`` — or, on ONNX backends, the INT8 Q/DQ export (``INT8_QDQ``,
     ``INT8_QDQ_PROFILED``) or the backend's engine PTQ tool — write the artifact in ``workdir``
@@ -198,17 +179,17 @@ def compute_baseline(
     backend = track.backend
     extra: dict = {}
     if scheme == INT8_QDQ and not track.model_spec.has_torch_network:
-        path = quantize_graph_int8(track.fp32_onnx, track.calibration, workdir / "model.onnx")
+        path = quantize_graph_int8(track.fp32_onnx, track.calibration, workdir / ONNX_FILE)
         extra["export"] = {"tool": GRAPH_PTQ_TOOL}
         submission = Submission("onnx", onnx=path)
     elif scheme in (INT8_QDQ, INT8_QDQ_PROFILED):
         skip = ()
         if scheme == INT8_QDQ_PROFILED:
             skip, extra["float_layers_profiled"] = _slower_layers_within_allowance(track, workdir)
-        path, extra["export"] = _int8_export(track, workdir / "model.onnx", skip)
+        path, extra["export"] = _int8_export(track, workdir / ONNX_FILE, skip)
         submission = Submission("onnx", onnx=path)
     elif backend.engine_ptq is not None and scheme == backend.engine_ptq.scheme:
-        path = backend.engine_quantize(track.fp32_onnx, track.calibration, workdir / "model.onnx")
+        path = backend.engine_quantize(track.fp32_onnx, track.calibration, workdir / ONNX_FILE)
         submission = Submission("onnx", onnx=path)
     else:
         config = QuantConfig.from_scheme(scheme)
@@ -220,7 +201,7 @@ def compute_baseline(
         path = save_checkpoint(model, workdir / "checkpoint", reference=reference)
         submission = Submission("checkpoint", checkpoint=path)
     seconds = time.perf_counter() - start
-    result, _ = evaluate_submission(
+    return evaluate_submission(
         track,
         submission,
         fp32=fp32,
@@ -229,7 +210,6 @@ def compute_baseline(
         timings={"method": seconds},
         on_stage=on_stage,
     )
-    return BaselineResult(result, path)
 
 
 def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> tuple[Path, dict]:
@@ -262,17 +242,13 @@ def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> 
 def _engine_deviation(track: LoadedTrack, path: Path) -> float:
     """mean |Δ logit| / mean |logit| between the track's backend and ONNX Runtime, both running
     the Q/DQ file at ``path`` on the calibration patches."""
-    from harness.backends.onnxruntime import OrtNetwork, create_session
-
-    opened = track.backend.open(
-        path, spec=track.spec, model_spec=track.model_spec, reference=track.model
-    )
+    network = track.backend.open_trusted(path, track.checks())
     reference = OrtNetwork(create_session(path, track.spec.latency_threads))
     difference = magnitude = 0.0
     with torch.no_grad():
         for batch in track.calibration:
             expected = reference(batch)
-            difference += float((opened.network(batch) - expected).abs().sum())
+            difference += float((network(batch) - expected).abs().sum())
             magnitude += float(expected.abs().sum())
     return difference / magnitude if magnitude else 0.0
 

@@ -1,0 +1,252 @@
+"""Uploaded artifacts: checked for size, type and path traversal before they are stored, and
+unpacked on the worker into a private folder the harness reads (Django-free: the site passes its
+limits and file objects).
+
+A quantized checkpoint is stored as one zip holding ``manifest.json`` and
+``weights.safetensors`` (at the top level or inside a single folder); a manifest + safetensors
+pair uploaded as two files is packed into such a zip. Members are read by name, never extracted
+wholesale, so no member path is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import struct
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from harness.artifacts import untrusted_json
+from harness.artifacts.checkpoint import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
+from harness.errors import SubmissionError
+
+SAFETENSORS_HEADER_LIMIT = 16 * 1024 * 1024
+"""Largest safetensors header read: ~100 bytes per tensor, so room for 100,000+ tensors (a 3D
+segmentation network has a few hundred)."""
+ONNX_SUFFIX = ".onnx"
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+"""Compression methods Python's zipfile reads (Deflate64, PPMd, … are refused by name)."""
+ZIP_ENCRYPTED_FLAG = 0x1
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    struct.error,
+    NotImplementedError,
+    ValueError,
+)
+"""What reading a corrupt zip raises: bad CRC, truncated data, broken deflate streams."""
+_CHUNK = 1 << 20
+
+
+class UploadError(SubmissionError):
+    """An upload that cannot be a valid artifact; the message is shown to the submitter."""
+
+
+def check_size(size: int, max_bytes: int, what: str) -> None:
+    """``size`` bytes fit ``max_bytes`` and are not zero."""
+    if size > max_bytes:
+        raise UploadError(
+            f"{what} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB"
+        )
+    if size == 0:
+        raise UploadError(f"{what} is empty")
+
+
+def check_safetensors_header(stream: BinaryIO, what: str = WEIGHTS_NAME) -> None:
+    """A safetensors file starts with a little-endian u64 header length and a JSON object (read
+    from ``stream``: only the header, never the tensors)."""
+    head = stream.read(8)
+    if len(head) < 8:
+        raise UploadError(f"{what} is not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", head)
+    if length > SAFETENSORS_HEADER_LIMIT:
+        raise UploadError(
+            f"{what} is not a safetensors file (bad header length: {length} bytes, the limit is "
+            f"{SAFETENSORS_HEADER_LIMIT // 2**20} MiB)"
+        )
+    header_bytes = stream.read(length)
+    if len(header_bytes) < length:
+        raise UploadError(f"{what} is not a safetensors file (bad header length)")
+    try:
+        header = untrusted_json.loads(header_bytes, max_bytes=SAFETENSORS_HEADER_LIMIT)
+    except untrusted_json.UntrustedJsonError as error:
+        raise UploadError(f"{what} is not a safetensors file (its header {error})") from None
+    if not isinstance(header, dict):
+        raise UploadError(f"{what} is not a safetensors file (header is not an object)")
+
+
+def check_manifest(data: bytes) -> None:
+    """``data`` is a manifest within ``MANIFEST_MAX_BYTES``, depth and number limits."""
+    try:
+        manifest = untrusted_json.loads(data, max_bytes=MANIFEST_MAX_BYTES)
+    except untrusted_json.UntrustedJsonError as error:
+        raise UploadError(f"{MANIFEST_NAME} {error}") from None
+    if not isinstance(manifest, dict) or "layers" not in manifest:
+        raise UploadError(f"{MANIFEST_NAME} must be a JSON object with a 'layers' entry")
+
+
+def _read_manifest(read, declared_size: int) -> bytes:
+    """The manifest's bytes through ``read(n)``, refused once over ``MANIFEST_MAX_BYTES`` (its
+    declared size is checked first; a lying one is caught by reading one byte more)."""
+    if declared_size > MANIFEST_MAX_BYTES:
+        raise UploadError(
+            f"{MANIFEST_NAME} is {declared_size / 2**20:.1f} MiB; the limit is "
+            f"{MANIFEST_MAX_BYTES / 2**20:g} MiB"
+        )
+    data = read(MANIFEST_MAX_BYTES + 1)
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise UploadError(
+            f"{MANIFEST_NAME} is larger than the {MANIFEST_MAX_BYTES / 2**20:g} MiB limit"
+        )
+    return data
+
+
+def _member_names(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """Checkpoint members by base name; refuses traversal, links, extra or missing files."""
+    found: dict[str, zipfile.ZipInfo] = {}
+    folders = set()
+    for info in archive.infolist():
+        path = PurePosixPath(info.filename.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts or ":" in info.filename:
+            raise UploadError(f"zip member {info.filename!r} has an unsafe path")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise UploadError(f"zip member {info.filename!r} is a symbolic link")
+        if info.is_dir():
+            continue
+        if info.flag_bits & ZIP_ENCRYPTED_FLAG:
+            raise UploadError(
+                f"zip member {info.filename!r} is encrypted; upload the zip without a password"
+            )
+        if info.compress_type not in ZIP_METHODS:
+            raise UploadError(
+                f"zip member {info.filename!r} uses compression method {info.compress_type}, "
+                f"which is not supported; use one of: {', '.join(ZIP_METHODS.values())}"
+            )
+        if path.name not in (MANIFEST_NAME, WEIGHTS_NAME):
+            raise UploadError(
+                f"unexpected file {info.filename!r} in the zip: a checkpoint holds only "
+                f"{MANIFEST_NAME} and {WEIGHTS_NAME}"
+            )
+        if path.name in found:
+            raise UploadError(f"the zip holds more than one {path.name}")
+        folders.add(path.parent)
+        found[path.name] = info
+    missing = [n for n in (MANIFEST_NAME, WEIGHTS_NAME) if n not in found]
+    if missing:
+        raise UploadError(f"the zip is missing {' and '.join(missing)}")
+    if len(folders) > 1:
+        raise UploadError(f"{MANIFEST_NAME} and {WEIGHTS_NAME} must sit in the same folder")
+    total = sum(i.file_size for i in found.values())
+    check_size(total, max_bytes, "the unpacked checkpoint")
+    return found
+
+
+def _corrupt(error: Exception) -> UploadError:
+    return UploadError(
+        f"the zip is corrupt or truncated ({type(error).__name__}: {error}); re-create it"
+    )
+
+
+def _read_checkpoint_zip(stream: BinaryIO, size: int, max_bytes: int) -> None:
+    check_size(size, max_bytes, "the upload")
+    stream.seek(0)
+    if not zipfile.is_zipfile(stream):
+        raise UploadError("the upload is not a zip file")
+    stream.seek(0)
+    with zipfile.ZipFile(stream) as archive:
+        members = _member_names(archive, max_bytes)
+        info = members[MANIFEST_NAME]
+        with archive.open(info) as manifest:
+            check_manifest(_read_manifest(manifest.read, info.file_size))
+        with archive.open(members[WEIGHTS_NAME]) as weights:
+            check_safetensors_header(weights)
+
+
+def check_checkpoint_zip(stream: BinaryIO, size: int, max_bytes: int) -> None:
+    """Raise UploadError unless ``stream`` is a zip holding a plausible checkpoint within
+    ``max_bytes``: whatever is wrong with the archive (traversal, encryption, unsupported
+    compression, bad CRC, truncated or broken deflate data) is an UploadError with the reason."""
+    try:
+        _read_checkpoint_zip(stream, size, max_bytes)
+    except UploadError:
+        raise
+    except ZIP_ERRORS as error:
+        raise _corrupt(error) from None
+    finally:
+        stream.seek(0)
+
+
+def pack_checkpoint_pair(
+    manifest: BinaryIO,
+    manifest_size: int,
+    weights: BinaryIO,
+    weights_size: int,
+    max_bytes: int,
+    out: BinaryIO,
+) -> None:
+    """Zip a manifest + safetensors pair uploaded as two files (after checking both) into
+    ``out``, streaming the weights (never the whole upload in memory)."""
+    check_size(manifest_size + weights_size, max_bytes, "the upload")
+    manifest.seek(0)
+    manifest_bytes = _read_manifest(manifest.read, manifest_size)
+    check_manifest(manifest_bytes)
+    weights.seek(0)
+    check_safetensors_header(weights)
+    weights.seek(0)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(MANIFEST_NAME, manifest_bytes)
+        with archive.open(WEIGHTS_NAME, "w", force_zip64=True) as packed:
+            shutil.copyfileobj(weights, packed, _CHUNK)
+    out.seek(0)
+
+
+def check_onnx_upload(name: str, size: int, max_bytes: int) -> None:
+    """An ONNX submission is one ``.onnx`` file within ``max_bytes``."""
+    check_size(size, max_bytes, "the upload")
+    if not name.lower().endswith(ONNX_SUFFIX):
+        raise UploadError("an ONNX submission must be a single .onnx file")
+
+
+def sha256_of(stream: BinaryIO) -> str:
+    """SHA-256 of the whole stream (read in chunks; left at its start)."""
+    digest = hashlib.sha256()
+    stream.seek(0)
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+def unpack_checkpoint(stream: BinaryIO, size: int, dest: Path, max_bytes: int) -> Path:
+    """Write the checkpoint's two files to ``dest`` (re-checked; each stops at its declared
+    size, which the limits checked) and return ``dest``."""
+    check_checkpoint_zip(stream, size, max_bytes)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            for name, info in _member_names(archive, max_bytes).items():
+                written = 0
+                with archive.open(info) as src, open(dest / name, "wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > info.file_size:
+                            raise UploadError(
+                                f"zip member {info.filename!r} inflates beyond its declared "
+                                f"{info.file_size} bytes"
+                            )
+                        out.write(chunk)
+    except UploadError:
+        raise
+    except ZIP_ERRORS as error:
+        raise _corrupt(error) from None
+    return dest

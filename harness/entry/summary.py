@@ -1,0 +1,109 @@
+"""The typed summary of a result document: the figures a front end stores, ranks and prints (the
+site's database columns, the CLI's closing line), read from the document in one place so that no
+front end digs through its key paths."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from harness.artifacts.precision import granularity_label
+
+MB = 1e6
+"""Sizes are shown in decimal megabytes (bytes / 10^6)."""
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """Scores (mean DSC / NSD, the drop vs FP32 in percent, the 95% CI of mean DSC, the FP32 mean
+    and the accuracy gate), the verified precision (bits, granularity label, effective bits per
+    weight, size), efficiency (median latency per volume on a real backend; "× smaller" and
+    "× faster" with its 95% CI) and the artifact's digest. None where not measured."""
+
+    mean_dsc: float
+    mean_nsd: float
+    dsc_drop_pct: float
+    dsc_ci_low: float
+    dsc_ci_high: float
+    fp32_mean_dsc: float
+    gate_passed: bool
+    weight_bits: int | None
+    activation_bits: int | None
+    granularity: str
+    size_mb: float | None
+    latency_ms: float | None
+    bits_per_weight: float | None
+    x_smaller: float | None
+    x_faster: float | None
+    x_faster_ci_low: float | None
+    x_faster_ci_high: float | None
+    artifact_digest: str
+    verification: str = field(default="", compare=False)
+    """One line: what verification read from the artifact (for logs, not a column)."""
+
+    @classmethod
+    def of(cls, result: dict) -> ResultSummary:
+        summary = result["summary"]
+        precision = result["submission"]["precision"]
+        size = precision.get("size_bytes")
+        speedup = _speedup(result)
+        low, high = speedup.get("ci95", (None, None))
+        return cls(
+            mean_dsc=summary["mean_dsc"],
+            mean_nsd=summary["mean_nsd"],
+            dsc_drop_pct=summary["dsc_drop_pct"],
+            dsc_ci_low=summary["dsc_ci95"][0],
+            dsc_ci_high=summary["dsc_ci95"][1],
+            fp32_mean_dsc=summary["fp32_mean_dsc"],
+            gate_passed=summary["accuracy_gate"]["passed"],
+            weight_bits=precision.get("weight_bits"),
+            activation_bits=precision.get("activation_bits"),
+            granularity=granularity_label(precision),
+            size_mb=size / MB if size else None,
+            latency_ms=_latency_ms(result),
+            bits_per_weight=precision.get("bits_per_weight"),
+            x_smaller=result.get("compression", {}).get("x_smaller"),
+            x_faster=speedup.get("median"),
+            x_faster_ci_low=low,
+            x_faster_ci_high=high,
+            artifact_digest=precision.get("artifact_sha256", ""),
+            verification=_verification(precision),
+        )
+
+    def columns(self) -> dict:
+        """The figures a front end stores, as a flat mapping (field name → value)."""
+        return {k: v for k, v in asdict(self).items() if k != "verification"}
+
+    def scores_line(self) -> str:
+        """One log line: the scores and the accuracy gate."""
+        gate = "passed" if self.gate_passed else "failed"
+        return (
+            f"mean DSC {self.mean_dsc:.4f} (FP32 {self.fp32_mean_dsc:.4f}), "
+            f"mean NSD {self.mean_nsd:.4f}; accuracy gate {gate}"
+        )
+
+
+def _verification(precision: dict) -> str:
+    acts = precision.get("activation_bits")
+    bpw = precision.get("bits_per_weight")
+    return (
+        f"verified: {precision.get('weight_bits')}-bit weights, "
+        f"{f'{acts}-bit' if acts else 'floating-point'} activations, "
+        f"{precision.get('granularity')}, {precision.get('size_bytes', 0) / MB:.3f} MB"
+        + (f", {bpw:.2f} bits per weight" if bpw is not None else "")
+    )
+
+
+def _latency_ms(result: dict) -> float | None:
+    """Real-backend median latency per volume when measured (ONNX), else the simulated
+    inference time per test volume."""
+    per_volume = result.get("efficiency", {}).get("latency_ms", {}).get("per_volume", {})
+    if per_volume.get("median_ms") is not None:
+        return per_volume["median_ms"]
+    inference_s = result["timings"].get("inference")
+    return 1000 * inference_s / result["summary"]["num_cases"] if inference_s else None
+
+
+def _speedup(result: dict) -> dict:
+    """The interleaved FP32/entry latency ratio with its 95% CI, when the backend measured it."""
+    protocol = result.get("efficiency", {}).get("latency_protocol") or {}
+    return protocol.get("speedup") or {}

@@ -1,0 +1,61 @@
+"""State transitions of a submission's evaluation, each under the row's ``select_for_update``:
+claimed by a worker (counting attempts), running, and ended ``failed`` by the trusted side."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from leaderboard.submissions.models import FINISHED, Status, Submission
+
+MAX_ATTEMPTS = 3
+"""A submission interrupted this many times (its worker died or lost its message) ends
+``failed``: something about it takes workers down, and retrying it again would keep doing so."""
+
+
+def advance(submission_id: int, status: Status, **fields) -> Submission:
+    """Move the submission to ``status`` with ``fields`` (``Submission.advance`` checks the
+    transition)."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission_id)
+        submission.advance(status, **fields)
+        return submission
+
+
+def start(submission_id: int) -> Submission | None:
+    """Claim the submission for evaluation; None when it is already finished (idempotence) or
+    has now been interrupted ``MAX_ATTEMPTS`` times (it is then ended ``failed``)."""
+    with transaction.atomic():
+        submission = (
+            Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
+        )
+        if submission.status in FINISHED:  # a result is stored in the transaction that ends it
+            return None
+        if submission.attempts >= MAX_ATTEMPTS:
+            message = f"evaluation failed: it was interrupted {submission.attempts} times"
+            submission.advance(Status.FAILED, error=message)
+            return None
+        submission.attempts += 1
+        submission.advance(Status.VALIDATING, error="")
+        return submission
+
+
+def enter_running(submission_id: int, log: list[str]) -> None:
+    """The running stage with the log so far (a container entered it when its quantizer
+    started; its stage timestamp is kept)."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if submission.status == Status.RUNNING:
+            submission.log = "\n".join(log)
+            submission.save(update_fields=["log"])
+        else:
+            submission.advance(Status.RUNNING, log="\n".join(log))
+
+
+def fail(submission_id: int, message: str) -> None:
+    """End a submission ``failed`` with ``message`` unless it already finished."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if submission.status not in FINISHED:
+            submission.advance(
+                Status.FAILED, error=message, log=(submission.log + "\n" + message).strip()
+            )
