@@ -19,9 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness.baselines import baselines_for, compute_baseline, compute_reference
-
 from harness.analysis.study import run_study, study_schemes
+from harness.entry.baseline import baselines_for, compute_baseline, compute_reference
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 

@@ -16,6 +16,7 @@ from harness.artifacts.onnx.verify import (
     PrecisionLimits,
     verify_onnx,
 )
+from harness.errors import SubmissionError
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize
@@ -268,7 +269,7 @@ def test_verifier_rejects_malformed_or_dishonest_files(
     data = int8_onnx.read_bytes()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(mutate(data, onnx.load_from_string(data)))
-    with pytest.raises(OnnxVerificationError) as error:
+    with pytest.raises(SubmissionError) as error:  # unsafe, malformed or over the limits
         verify_onnx(bad, interface, limits)
     for fragment in fragments:
         assert fragment in str(error.value)
@@ -280,7 +281,7 @@ def test_every_rejection_message_is_distinct(int8_onnx, interface, tmp_path):
     for case_id, mutate, limits, _ in REJECTED:
         bad = tmp_path / f"{case_id}.onnx"
         bad.write_bytes(mutate(data, onnx.load_from_string(data)))
-        with pytest.raises(OnnxVerificationError) as error:
+        with pytest.raises(SubmissionError) as error:
             verify_onnx(bad, interface, limits)
         messages.add(str(error.value))
     assert len(messages) == len(REJECTED) >= 12
@@ -316,7 +317,7 @@ def test_fp32_graph_passes_only_without_a_weight_limit(track, interface, tmp_pat
     path = export_fp32(track.model, track.model_spec, tmp_path / "fp32.onnx")
     report = verify_onnx(path, interface, PrecisionLimits())
     assert report["weight_bits"] == 32 and report["weight_quantized_mac_fraction"] == 0.0
-    with pytest.raises(OnnxVerificationError, match="float weights cover 100.0% of the weighted"):
+    with pytest.raises(SubmissionError, match="float weights cover 100.0% of the weighted"):
         verify_onnx(path, interface, PrecisionLimits(8, None, max_float_mac_fraction=0.5))
 
 
@@ -396,7 +397,7 @@ def test_fp32_graph_passes_a_32_bit_track_and_float16_limits_refuse_it(track, in
     report = verify_onnx(path, interface, PrecisionLimits(weight_bits=32, activation_bits=32))
     assert report["weight_bits"] == 32 and report["float_weight_layers"]
     check_precision(report, weight_bits=32, activation_bits=32)
-    with pytest.raises(OnnxVerificationError, match="is a float initializer.*at most 16-bit"):
+    with pytest.raises(SubmissionError, match="is a float initializer.*at most 16-bit"):
         verify_onnx(path, interface, PrecisionLimits(weight_bits=16, activation_bits=16))
 
 

@@ -35,7 +35,7 @@ from harness.models.reference import read_spec
 from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
-from harness.track.spec import TrackSpec
+from harness.track.spec import TrackSpec, precision_prefix
 from reference_methods.methods import METHODS, describe, quantize_with
 from reference_methods.simulator.scheme import QuantConfig
 
@@ -135,7 +135,7 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
             ptq = backend.engine_ptq
             baselines.append(Baseline(ptq.method, ptq.scheme, ptq.label, ptq.description))
         return baselines
-    precision = f"w{bits_w}a{bits_a or 16}"
+    precision = precision_prefix(bits_w, bits_a)
     baselines = [_baseline("rtn", f"{precision}-{g}", g) for g in BASELINE_GRANULARITIES]
     asymmetric = ASYMMETRIC_BASELINE_GRANULARITY
     if bits_a and (not spec.granularities or asymmetric in spec.granularities):

@@ -25,6 +25,16 @@ DIVISIONS = ("closed", "open")
 MLPerf's closed division); ``open``: any weights, still the track's reference network."""
 
 
+WEIGHT_ONLY_ACTIVATION_BITS = 16
+"""How a precision label writes float activations: ``w4a16`` (the scheme grammar's, see
+``reference_methods.simulator.scheme``)."""
+
+
+def precision_prefix(weight_bits: int, activation_bits: int | None) -> str:
+    """The precision part of a scheme name and track slug: ``w4a4``; weight-only is ``a16``."""
+    return f"w{weight_bits}a{activation_bits or WEIGHT_ONLY_ACTIVATION_BITS}"
+
+
 @dataclass(frozen=True)
 class TrackSpec:
     """Reference model folder × dataset folder (+ its named splits) × precision × backend.

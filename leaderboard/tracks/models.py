@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from django.conf import settings
@@ -10,8 +11,8 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
+from harness.errors import HarnessError
 from harness.models.onnx_graph import ONNX_ARCHITECTURE
-from harness.scoring.metrics import DEFAULT_NSD_DEFINITION
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec, graph_backend_refusal
 
 RANKING_METRICS = {
@@ -23,6 +24,10 @@ RANKING_METRICS = {
     "created_at": ("date", False),
 }
 """Rankable Evaluation columns → (label, higher is better)."""
+
+
+SPEC_DEFAULTS = {f.name: f.default for f in fields(TrackSpec) if f.default is not MISSING}
+"""The harness's defaults of a track, which the model's fields take (one definition)."""
 
 
 def check_ranking_keys(keys: list[str]) -> None:
@@ -110,7 +115,9 @@ class Track(models.Model):
     reference_model = models.ForeignKey(
         ReferenceModel, on_delete=models.PROTECT, related_name="tracks"
     )
-    backend = models.CharField(max_length=20, choices=backend_choices, default="simulated")
+    backend = models.CharField(
+        max_length=20, choices=backend_choices, default=SPEC_DEFAULTS["backend"]
+    )
     weight_bits = models.PositiveSmallIntegerField(help_text="most weight bits allowed")
     activation_bits = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="most activation bits allowed; empty = weight-only"
@@ -118,16 +125,16 @@ class Track(models.Model):
     granularities = models.JSONField(
         default=list, blank=True, help_text="allowed granularities; empty = any"
     )
-    test_split = models.CharField(max_length=40, default="test")
-    calibration_split = models.CharField(max_length=40, default="calibration")
-    nsd_tolerance_mm = models.FloatField(default=2.0)
+    test_split = models.CharField(max_length=40, default=SPEC_DEFAULTS["test_split"])
+    calibration_split = models.CharField(max_length=40, default=SPEC_DEFAULTS["calibration_split"])
+    nsd_tolerance_mm = models.FloatField(default=SPEC_DEFAULTS["nsd_tolerance_mm"])
     nsd_definition = models.CharField(
         max_length=10,
         choices=NSD_DEFINITIONS,
-        default=DEFAULT_NSD_DEFINITION.value,
+        default=SPEC_DEFAULTS["nsd_definition"],
         help_text="what a surface is in NSD; subvoxel is the publication's definition",
     )
-    seed = models.IntegerField(default=0)
+    seed = models.IntegerField(default=SPEC_DEFAULTS["seed"])
     ranking_metric = models.CharField(max_length=20, default="mean_dsc")
     tie_breakers = models.JSONField(
         default=list,
@@ -135,7 +142,7 @@ class Track(models.Model):
         help_text='tie-breaker columns, e.g. ["-mean_nsd", "size_mb"]',
     )
     max_float_mac_fraction = models.FloatField(
-        default=0.0,
+        default=SPEC_DEFAULTS["max_float_mac_fraction"],
         help_text="share of an ONNX file's weighted-op MACs that may keep float weights",
     )
     bits_per_weight_budget = models.FloatField(
@@ -146,19 +153,24 @@ class Track(models.Model):
     division = models.CharField(
         max_length=6,
         choices=[("closed", "closed (post-training only)"), ("open", "open (any weights)")],
-        default="closed",
+        default=SPEC_DEFAULTS["division"],
         help_text="closed: weights within the quantizer's reach of FP32; open: any weights",
     )
     accuracy_gate = models.FloatField(
-        default=0.99, help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC"
+        default=SPEC_DEFAULTS["accuracy_gate"],
+        help_text="an entry passes when mean DSC ≥ this fraction of FP32 mean DSC",
     )
     daily_quota = models.PositiveIntegerField(default=5, help_text="submissions per user per day")
-    time_limit_s = models.PositiveIntegerField(default=1800, help_text="evaluation time limit")
+    time_limit_s = models.PositiveIntegerField(
+        default=int(SPEC_DEFAULTS["time_limit_s"]), help_text="evaluation time limit"
+    )
     latency_threads = models.PositiveSmallIntegerField(
-        default=1, help_text="intra-op threads a real backend times the entry and FP32 on"
+        default=SPEC_DEFAULTS["latency_threads"],
+        help_text="intra-op threads a real backend times the entry and FP32 on",
     )
     quantizer_timeout_s = models.PositiveIntegerField(
-        default=3600, help_text="wall-clock limit of a quantizer container run (seconds)"
+        default=int(SPEC_DEFAULTS["quantizer_timeout_s"]),
+        help_text="wall-clock limit of a quantizer container run (seconds)",
     )
     opens_at = models.DateTimeField(default=timezone.now)
     closes_at = models.DateTimeField(null=True, blank=True)
@@ -181,10 +193,11 @@ class Track(models.Model):
         refusal = self.reference_model_id and self.reference_model.backend_refusal(self.backend)
         if refusal:
             raise ValidationError({"backend": refusal})
-        if not 0 < self.accuracy_gate <= 1:
-            raise ValidationError({"accuracy_gate": "must be a fraction in (0, 1]"})
-        if not 0 <= self.max_float_mac_fraction <= 1:
-            raise ValidationError({"max_float_mac_fraction": "must be a fraction in [0, 1]"})
+        if self.reference_model_id and self.dataset_id:
+            try:  # the harness's own checks of a track (TrackSpec's), not a copy of them
+                self.to_spec()
+            except HarnessError as error:
+                raise ValidationError(str(error)) from None
         longest = settings.MEDQUANT_LONGEST_TIME_LIMIT_S
         if self.time_limit_s + self.quantizer_timeout_s > longest:
             raise ValidationError(

@@ -18,6 +18,7 @@ from harness.entry.baseline import Baseline, baselines_for
 from harness.errors import HarnessError
 from harness.models.importers import import_model as import_source
 from harness.models.reference import load_reference_model, read_spec
+from harness.track.spec import precision_prefix
 from leaderboard.submissions.models import Kind, Submission
 from leaderboard.submissions.tasks import enqueue
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
@@ -93,7 +94,7 @@ def create_track(
 ) -> Track:
     """Create (or update) the track of ``model`` on ``dataset`` at the given precision; a track
     its own checks refuse (``Track.clean``) is not saved and raises ``HarnessError``."""
-    precision = f"w{weight_bits}a{activation_bits or 16}"
+    precision = precision_prefix(weight_bits, activation_bits)
     slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
     title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"
     track = Track.objects.filter(slug=slug).first() or Track(slug=slug)

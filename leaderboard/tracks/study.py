@@ -22,6 +22,7 @@ from django.db import connection
 from django.db.models import Max
 
 from harness.analysis.study import STUDY_GRANULARITIES, format_metric
+from harness.track.spec import WEIGHT_ONLY_ACTIVATION_BITS, precision_prefix
 from leaderboard.submissions.models import Evaluation, Kind
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
 from leaderboard.tracks.ranking import RANKED_STATUSES
@@ -81,7 +82,7 @@ def model_version(slug: str) -> str | None:
 
 def precision_of(weight_bits: int, activation_bits: int | None) -> tuple[str, str]:
     """(scheme prefix, label) of a precision: ``("w4a4", "W4A4")``; weight-only is ``a16``."""
-    prefix = f"w{weight_bits}a{activation_bits or 16}"
+    prefix = precision_prefix(weight_bits, activation_bits)
     return prefix, prefix.upper()
 
 
@@ -182,14 +183,18 @@ def cross_model_tables() -> list[dict]:
             models = ReferenceModel.objects.filter(tracks__in=tracks.filter(dataset=dataset))
             per_model = [build_table(m, dataset) for m in models.distinct().order_by("name")]
             precisions = sorted(
-                {(t.weight_bits, t.activation_bits or 16) for t in tracks.filter(dataset=dataset)},
+                {
+                    (t.weight_bits, t.activation_bits or WEIGHT_ONLY_ACTIVATION_BITS)
+                    for t in tracks.filter(dataset=dataset)
+                },
                 reverse=True,
             )
+            prefixes = [precision_prefix(w, a) for w, a in precisions]
             columns = [
-                {"scheme": f"w{w}a{a}-{g}", "precision": f"W{w}A{a}",
-                 "granularity": GRANULARITY_LABELS[g]}
-                for w, a in precisions for g in STUDY_GRANULARITIES
-            ]  # fmt: skip
+                {"scheme": f"{p}-{g}", "precision": p.upper(), "granularity": GRANULARITY_LABELS[g]}
+                for p in prefixes
+                for g in STUDY_GRANULARITIES
+            ]
             rows = []
             for table in per_model:
                 cells = {r["scheme"]: r["cell"] for r in table["rows"]}

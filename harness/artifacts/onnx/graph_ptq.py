@@ -26,10 +26,10 @@ from onnxruntime.quantization import (
 )
 
 from harness.artifacts.onnx.export import set_metadata
+from harness.artifacts.onnx.graph import WEIGHTED_OPS
 from harness.errors import HarnessError
 from harness.models.interface import INPUT_NAME
 
-WEIGHTED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 """The ops quantized: those that carry the weights the track's bit limits count."""
 TOOL = "onnxruntime.quantization.quantize_static"
 
@@ -58,7 +58,7 @@ def quantize_graph_int8(fp32: Path, calibration: list[torch.Tensor], out: Path) 
         str(out),
         _Patches(calibration),
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=WEIGHTED_OPS,
+        op_types_to_quantize=list(WEIGHTED_OPS),
         per_channel=True,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
