@@ -27,7 +27,8 @@ class SimulatedBackend(Backend):
     def open(
         self, artifact: Path, *, spec: TrackSpec, model_spec: ModelSpec, reference: nn.Module
     ) -> OpenedArtifact:
-        from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
+        from harness.artifacts.checkpoint.describe import describe_checkpoint
+        from harness.artifacts.checkpoint.load import load_checkpoint
         from harness.artifacts.post_training import check_post_training
 
         network = load_checkpoint(artifact, reference)

@@ -17,7 +17,13 @@ from harness.data.dataset import Case, Dataset, load_dataset
 from harness.errors import DatasetError, ModelSpecError
 from harness.inference.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.models.onnx_graph import graph_backend_refusal
-from harness.models.reference import ModelSpec, load_network, read_spec, weights_sha256
+from harness.models.reference import (
+    WEIGHTS_FILE,
+    ModelSpec,
+    load_network,
+    read_spec,
+    weights_sha256,
+)
 from harness.track.spec import TrackSpec
 
 
@@ -93,11 +99,11 @@ class LoadedTrack:
 
     @cached_property
     def fp32_size_bytes(self) -> int:
-        """Serialized size of the FP32 reference in the form the track's backend runs: its ONNX
-        export on ONNX backends, its float32 tensors on the simulator."""
+        """File bytes of the FP32 reference in the form the track's backend runs: its ONNX export
+        on ONNX backends, its float32 weights file (``model.safetensors``) on the simulator, as
+        a checkpoint's size is its files' bytes."""
         if self.backend.scores("checkpoint"):
-            state = self.torch_model("the FP32 size on the simulator").state_dict()
-            return sum(t.numel() * t.element_size() for t in state.values())
+            return (self.spec.model_dir / WEIGHTS_FILE).stat().st_size
         return self.fp32_onnx.stat().st_size
 
     @property

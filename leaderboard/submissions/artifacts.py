@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.files.base import File
 
 from harness.artifacts import untrusted_json
-from harness.artifacts.checkpoint import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
 from harness.containers.images import MANIFEST as IMAGE_MANIFEST
 
 SAFETENSORS_HEADER_LIMIT = 16 * 1024 * 1024
