@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.demo import write_demo
 from harness.entry.upload import Submission
 from harness.scoring.evaluation import StageTimer, evaluate_cases

@@ -61,7 +61,7 @@ def _peak_rss_mb() -> float:
 def prepare(work: Path, coarsen: int) -> None:
     """Write the clinical phantom (one case), the briefly trained 14-class network and its W8A8
     checkpoint under ``work``."""
-    from harness.artifacts.checkpoint import save_checkpoint
+    from harness.artifacts.checkpoint.save import save_checkpoint
     from harness.data import phantoms
     from harness.data.dataset import load_dataset
     from harness.data.preprocessing import preprocess, read_case
@@ -109,7 +109,7 @@ def measure(work: Path, path: str, precision: str, threads: int) -> dict:
     import torch
     from monai.inferers import SlidingWindowInferer
 
-    from harness.artifacts.checkpoint import load_checkpoint
+    from harness.artifacts.checkpoint.load import load_checkpoint
     from harness.data.dataset import load_dataset
     from harness.data.preprocessing import preprocess, read_case, restore_to_original
     from harness.models.reference import load_reference_model

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.entry.upload import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME, save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from harness.data.dataset import load_dataset
 from harness.models.calibration import calibration_batches
 from harness.models.reference import load_reference_model

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 

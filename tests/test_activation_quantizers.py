@@ -15,13 +15,10 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from harness.artifacts.checkpoint import (
-    MANIFEST_NAME,
-    WEIGHTS_NAME,
-    describe_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.backends.onnxruntime import relative_difference

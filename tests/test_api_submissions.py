@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from leaderboard_fixtures import checkpoint_zip, site_storage, tiny_checkpoints, tiny_tracks
 from rest_framework.test import APIClient
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from leaderboard.accounts.models import ApiToken
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Status, Submission

@@ -12,13 +12,14 @@ from monai.networks.nets import UNETR, UNet
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.artifacts.checkpoint import (
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
+from harness.artifacts.checkpoint.storage import (
     FORMAT,
     MANIFEST_NAME,
     WEIGHTS_NAME,
-    describe_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
+    read_checkpoint,
 )
 from harness.errors import CheckpointError
 from reference_methods.methods import permutation_comq
@@ -75,8 +76,14 @@ def _edit_manifest(ckpt: Path, edit: Callable[[dict], None]) -> None:
     (ckpt / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
+def _plain(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors decoded (packed integer buffers unpacked), as version 1 stores
+    them; written back without packing metadata they are a valid unpacked version-2 file."""
+    return dict(read_checkpoint(ckpt).tensors)
+
+
 def _edit_tensors(ckpt: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    tensors = load_file(ckpt / WEIGHTS_NAME)
+    tensors = _plain(ckpt)
     edit(tensors)
     save_file(tensors, ckpt / WEIGHTS_NAME)
 
@@ -116,10 +123,13 @@ def test_unetr_round_trip_with_linear_and_pointwise_layers_is_bit_exact(tmp_path
         assert torch.equal(loaded(x), quantized(x))
 
 
-def test_files_hold_int8_codes_scales_and_a_manifest_per_layer(unet_checkpoint):
+def test_files_hold_packed_codes_scales_and_a_manifest_per_layer(unet_checkpoint):
     manifest = json.loads((unet_checkpoint / MANIFEST_NAME).read_text())
-    tensors = load_file(unet_checkpoint / WEIGHTS_NAME)
-    assert (manifest["format"], manifest["version"], manifest["reference"]) == (FORMAT, 1, {})
+    stored = load_file(unet_checkpoint / WEIGHTS_NAME)
+    tensors = _plain(unet_checkpoint)
+    assert (manifest["format"], manifest["version"], manifest["reference"]) == (FORMAT, 2, {})
+    packed = stored[f"{FIRST}.weight_codes"]  # 4 x 1 x 3 x 3 x 3 codes at 4 bits
+    assert (packed.dtype, tuple(packed.shape)) == (torch.uint8, (54,))
     assert manifest["layers"][FIRST] == {
         "kind": "conv3d",
         "weight_bits": 4,
@@ -214,7 +224,7 @@ def test_truncated_weights_are_refused(ckpt):
     ("edit", "message"),
     [
         (lambda m: m.update(format="pickle"), "unknown checkpoint format 'pickle'"),
-        (lambda m: m.update(version=2), "unsupported checkpoint version 2"),
+        (lambda m: m.update(version=3), "unsupported checkpoint version 3"),
         (lambda m: m.update(version=True), "unsupported checkpoint version True"),
         (lambda m: m.update(layers={}), "manifest declares no quantized layers"),
     ],
@@ -369,7 +379,7 @@ def permuted(permuted_checkpoint, tmp_path) -> Path:
 
 def test_permuted_checkpoint_files_hold_zero_points_and_group_ids(permuted_checkpoint):
     manifest = json.loads((permuted_checkpoint / MANIFEST_NAME).read_text())
-    tensors = load_file(permuted_checkpoint / WEIGHTS_NAME)
+    tensors = _plain(permuted_checkpoint)
     assert manifest["layers"][FIRST] == {
         "kind": "conv3d",
         "weight_bits": 4,
@@ -380,16 +390,20 @@ def test_permuted_checkpoint_files_hold_zero_points_and_group_ids(permuted_check
         "activation_granularity": None,
         "activation_scale": None,
     }
-    assert tensors[f"{FIRST}.weight_codes"].dtype == torch.uint8
+    assert tensors[f"{FIRST}.weight_codes"].min() >= 0  # affine codes, decoded
     assert tensors[f"{FIRST}.weight_scale"].shape == (4,)
-    assert tensors[f"{FIRST}.weight_zero_point"].dtype == torch.int32
+    assert not tensors[f"{FIRST}.weight_zero_point"].dtype.is_floating_point
     assert tensors[f"{FIRST}.weight_group_ids"].shape == (4, 1, 3, 3, 3)
     assert tensors[f"{UP}.weight_group_ids"].shape == (8, 3, 3, 3, 3)  # ConvTranspose3d
+    stored = load_file(permuted_checkpoint / WEIGHTS_NAME)
+    assert stored[f"{FIRST}.weight_codes"].shape == (108 * 4 // 8,)  # 4 bits per code
+    assert stored[f"{FIRST}.weight_group_ids"].shape == (108 * 2 // 8,)  # G = 4: 2 bits per id
+    assert stored[f"{FIRST}.weight_scale"].dtype == torch.float32
 
 
 def test_describe_reads_affine_bits_from_the_codes(permuted):
     _edit_manifest(permuted, lambda m: m["layers"][FIRST].update(weight_bits=8))
-    codes = load_file(permuted / WEIGHTS_NAME)[f"{FIRST}.weight_codes"]
+    codes = _plain(permuted)[f"{FIRST}.weight_codes"]
     summary = describe_checkpoint(permuted)
     assert int(codes.max()).bit_length() == summary["layers"][FIRST]["weight_bits"] == 4
     assert summary["weight_granularities"] == ["permuted"]
@@ -403,10 +417,14 @@ def test_size_counts_packed_codes_scales_zero_points_and_group_ids(tmp_path):
     quantized = permutation_comq.apply(model, config, [torch.randn(1, 2, 5, 5, 5)])
     save_checkpoint(quantized, tmp_path)
     summary = describe_checkpoint(tmp_path)
-    zero_bits = [
-        int(layer.weight_zero_point.abs().max()).bit_length() + 1
+    zero_bits = [  # the fewest bits spanning [min, max], stored as offsets from min
+        max(1, int(layer.weight_zero_point.max() - layer.weight_zero_point.min()).bit_length())
         for layer in (quantized[0], quantized[2])
     ]
+    tensor_bytes = sum(
+        t.numel() * t.element_size() for t in load_file(tmp_path / WEIGHTS_NAME).values()
+    )
+    file_bytes = sum((tmp_path / name).stat().st_size for name in (MANIFEST_NAME, WEIGHTS_NAME))
     assert summary["size_breakdown_bytes"] == {
         "weight_codes": 54 * 3 // 2 + 3,  # 4 bits each
         "weight_scales": (3 + 2) * 4,
@@ -415,8 +433,9 @@ def test_size_counts_packed_codes_scales_zero_points_and_group_ids(tmp_path):
         "input_scales": 0,
         "lowrank_branch": 0,
         "other": 3 * 4,  # the first conv's bias
+        "container": file_bytes - tensor_bytes,  # safetensors header and manifest
     }
-    assert summary["size_bytes"] == sum(summary["size_breakdown_bytes"].values())
+    assert summary["size_bytes"] == sum(summary["size_breakdown_bytes"].values()) == file_bytes
     assert summary["layers"]["0"]["size_bytes"] == 81 + 12 + 41 + 12 + math.ceil(
         3 * zero_bits[0] / 8
     )
@@ -628,7 +647,7 @@ def test_size_counts_input_scales_and_low_rank_branches(extras_checkpoint):
 )
 def test_inconsistent_extras_are_refused_naming_the_layer(extras, edit, message):
     manifest = json.loads((extras / MANIFEST_NAME).read_text())
-    tensors = load_file(extras / WEIGHTS_NAME)
+    tensors = _plain(extras)
     edit(manifest, tensors)
     (extras / MANIFEST_NAME).write_text(json.dumps(manifest))
     save_file(tensors, extras / WEIGHTS_NAME)
@@ -658,7 +677,7 @@ def test_rank_beyond_the_weight_and_rotation_of_an_unsupported_width_are_refused
         tensors["0.lowrank_v"] = torch.ones(rank, 8)
 
     manifest = json.loads((extras / MANIFEST_NAME).read_text())
-    tensors = load_file(extras / WEIGHTS_NAME)
+    tensors = _plain(extras)
     widen(manifest, tensors, 7)
     manifest["layers"]["2"]["input_rotation"] = "hadamard"
     (extras / MANIFEST_NAME).write_text(json.dumps(manifest))

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from reference_methods.methods import comq
 from reference_methods.methods.comq import COMQConfig, comq_codes, group_grid
 from reference_methods.simulator.scheme import QuantConfig, quantized_layers

@@ -15,7 +15,8 @@ from container_images.python_base import python_base_image
 from machine import budget
 from safetensors.torch import load_file
 
-from harness.artifacts.checkpoint import WEIGHTS_NAME, save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
+from harness.artifacts.checkpoint.storage import WEIGHTS_NAME
 from harness.containers.images import PinnedImage
 from harness.containers.protocol import build_container_input, output_artifact
 from harness.containers.sandbox import (

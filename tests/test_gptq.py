@@ -5,7 +5,9 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from reference_methods.methods import gptq
 from reference_methods.methods.gptq import GPTQConfig
 from reference_methods.simulator.granularity import WeightGranularity

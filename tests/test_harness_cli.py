@@ -5,7 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.cli import main
 from harness.data.demo import DEMO_CASES
 from harness.demo import shipped_models

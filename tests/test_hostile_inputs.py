@@ -35,7 +35,7 @@ from leaderboard_services import (
 from onnx import TensorProto, helper
 from safetensors.torch import load_file, save_file
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from harness.artifacts.onnx.verify import (
     OnnxInterface,
     OnnxVerificationError,

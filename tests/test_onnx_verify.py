@@ -309,6 +309,10 @@ def test_int8_storage_of_4bit_codes_counts_as_4_bits(track, interface, tmp_path)
     assert report["weight_bits"] == 4
     assert report["granularity"] == "per-tensor"
     assert all(layer["weight_dtype"] == "int8" for layer in report["layers"])
+    # bits per weight count what is stored: a byte per int8 code, plus the float32 scale and
+    # the int8 zero-point of each per-tensor layer
+    stored = sum(layer["weights"] * 8 + 32 + 8 for layer in report["layers"])
+    assert report["bits_per_weight"] == pytest.approx(stored / report["quantized_weights"])
 
 
 def test_fp32_graph_passes_only_without_a_weight_limit(track, interface, tmp_path):

@@ -6,7 +6,9 @@ import jsonschema
 import pytest
 import torch
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, describe_checkpoint, load_checkpoint
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME
 from harness.cli import main
 from harness.models.reference import load_reference_model
 from harness.scoring.result import SCHEMA_PATH

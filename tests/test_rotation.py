@@ -8,12 +8,10 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from harness.artifacts.checkpoint import (
-    MANIFEST_NAME,
-    describe_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME
 from harness.errors import CheckpointError
 from reference_methods.methods import rotation, rtn
 from reference_methods.methods.rotation import RotationConfig, rotate_weights, rotated_layers

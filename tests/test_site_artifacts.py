@@ -7,7 +7,7 @@ import zipfile
 import pytest
 from leaderboard_fixtures import checkpoint_zip, tiny_checkpoints, zip_bytes
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from harness.artifacts.uploads import UploadError
 from leaderboard.submissions.artifacts import (
     check_checkpoint_zip,

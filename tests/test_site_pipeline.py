@@ -15,7 +15,7 @@ from leaderboard_fixtures import (
     zip_bytes,
 )
 
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.models import Evaluation, Status, Submission

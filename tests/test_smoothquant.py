@@ -6,7 +6,9 @@ import torch
 from monai.networks.nets import UNETR, UNet
 from torch import nn
 
-from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.load import load_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from reference_methods.methods import rtn, smoothquant
 from reference_methods.methods.smoothquant import (
     SmoothQuantConfig,

@@ -14,7 +14,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from leaderboard_fixtures import site_storage
 from rest_framework.test import APIClient
 
-from harness.artifacts.checkpoint import describe_checkpoint, save_checkpoint
+from harness.artifacts.checkpoint.describe import describe_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.post_training import REACH_STEPS, reach_in_steps
 from harness.cli import main

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.models.calibration import volume_patches
 from harness.models.reference import load_reference_model

@@ -7,9 +7,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.artifacts.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from harness.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME
-from harness.artifacts.checkpoint import VERSION as CHECKPOINT_VERSION
+from harness.artifacts.checkpoint.storage import FORMAT as CHECKPOINT_FORMAT
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import VERSION as CHECKPOINT_VERSION
 from harness.models.interface import ONNX_FILE
 
 DIGEST_BLOCK_BYTES = 1 << 20

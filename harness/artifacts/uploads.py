@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from harness.artifacts import untrusted_json
-from harness.artifacts.checkpoint import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
 from harness.errors import SubmissionError
 
 SAFETENSORS_HEADER_LIMIT = 16 * 1024 * 1024

@@ -27,7 +27,8 @@ class SimulatedBackend(Backend):
         (which is then that network by construction), its precision described, and on a closed
         track its weights checked to be post-training quantized from FP32. The network built is
         kept on the verified artifact for ``load``."""
-        from harness.artifacts.checkpoint import describe_checkpoint, load_checkpoint
+        from harness.artifacts.checkpoint.describe import describe_checkpoint
+        from harness.artifacts.checkpoint.load import load_checkpoint
         from harness.artifacts.post_training import check_post_training
 
         network = load_checkpoint(artifact, checks.reference_network)

@@ -64,7 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
-    from harness.artifacts.checkpoint import load_checkpoint
+    from harness.artifacts.checkpoint.load import load_checkpoint
     from harness.artifacts.onnx.export import (
         FP32_TOLERANCE,
         export_fp32,

@@ -12,7 +12,7 @@ from harness.cli.common import add_track_args, open_track
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from harness.artifacts.checkpoint import save_checkpoint
+    from harness.artifacts.checkpoint.save import save_checkpoint
     from harness.cli.progress import quantization_bars
     from reference_methods.methods import all_options, method_config, quantize_with
     from reference_methods.simulator.scheme import QuantConfig

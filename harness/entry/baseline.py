@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from harness.artifacts.checkpoint import save_checkpoint
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
 from harness.artifacts.onnx.graph_ptq import TOOL as GRAPH_PTQ_TOOL

@@ -17,7 +17,13 @@ from harness.data.dataset import Case, Dataset, load_dataset
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import DatasetError, ModelSpecError
 from harness.models.calibration import calibration_batches
-from harness.models.reference import ModelSpec, load_network, read_spec, weights_sha256
+from harness.models.reference import (
+    WEIGHTS_FILE,
+    ModelSpec,
+    load_network,
+    read_spec,
+    weights_sha256,
+)
 from harness.onnxruntime_session import graph_reference
 from harness.scoring.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.track.spec import TrackSpec, graph_backend_refusal
@@ -102,11 +108,11 @@ class LoadedTrack:
 
     @cached_property
     def fp32_size_bytes(self) -> int:
-        """Serialized size of the FP32 reference in the form the track's backend runs: its ONNX
-        export on ONNX backends, its float32 tensors on the simulator."""
+        """File bytes of the FP32 reference in the form the track's backend runs: its ONNX export
+        on ONNX backends, its float32 weights file (``model.safetensors``) on the simulator, as
+        a checkpoint's size is its files' bytes."""
         if self.backend.scores("checkpoint"):
-            state = self.torch_model("the FP32 size on the simulator").state_dict()
-            return sum(t.numel() * t.element_size() for t in state.values())
+            return (self.spec.model_dir / WEIGHTS_FILE).stat().st_size
         return self.fp32_onnx.stat().st_size
 
     @cached_property

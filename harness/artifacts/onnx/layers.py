@@ -14,9 +14,10 @@ as ModelOpt writes it) counts at its code bits and is reported as stored (``weig
 ``run_time_quantized_weight_layers``). Float weights and activations count at their float width.
 Each activation quantizer's grid is reported (``activation_quantizer``: symmetric, or asymmetric
 with a zero-point).
-Effective bits per weight over the quantized weighted ops = (codes at their bits, or the float
-width of a weight stored as float and quantized at run time, + scales and zero-points at their
-storage width) ÷ their number of weights.
+Effective bits per weight over the quantized weighted ops = 8 × the bytes stored for them (codes at
+their storage width -- int8 codes are 8 bits even when they span 4 --, or the float width of a
+weight stored as float and quantized at run time, + scales and zero-points at their storage width)
+÷ their number of weights: the same definition as a checkpoint's (``checkpoint.describe``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class LayerPrecision:
     macs: int | None
     weights: int = 0
     stored_bits: int = 0
-    """Bits the weight is stored in: codes at their verified bits (a float initializer quantized
+    """Bits the weight is stored in: codes at their storage width (a float initializer quantized
     at run time: its float width), scales and zero-points at their storage width."""
     weight_storage: str = ""
     """How the weight is stored: its codes' dtype, or ``<float dtype>, quantized at run time`` for
@@ -153,8 +154,8 @@ def measure_layer(op: WeightedOp, index: GraphIndex) -> LayerPrecision:
     scale = index.array(index.follow(producer.input[1])[0])
     block = next((a.i for a in producer.attribute if a.name == "block_size"), 0)
     granularity = "blockwise" if block else "per-channel" if scale.size > 1 else "per-tensor"
-    if runtime_quantized is None:
-        code_bits = codes.size * bits
+    if runtime_quantized is None:  # the codes as stored: at their dtype's width
+        code_bits = codes.size * storage
     else:  # stored as float, quantized at run time: the float is what is stored
         code_bits = codes.size * FLOAT_BITS[runtime_quantized.data_type]
     zero = producer.input[2] if len(producer.input) > 2 else None
