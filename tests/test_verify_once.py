@@ -11,12 +11,16 @@ from pathlib import Path
 import onnx
 import pytest
 
+from harness.artifacts.checkpoint import storage
+from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx import export, safety
 from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.entry.upload import Submission, evaluate_submission
 from harness.track import loaded
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
+from reference_methods.methods import quantize_with
+from reference_methods.simulator.scheme import QuantConfig
 
 
 class Calls(Counter):
@@ -94,3 +98,35 @@ def test_an_onnx_upload_is_parsed_hashed_and_matched_against_one_fp32_export_onc
         "fp32 reference exported": 1,
         "fp32 weights hashed": 1,
     }
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_track) -> tuple[TrackSpec, Path]:
+    """A simulated W8A8 track of the tiny model and an RTN checkpoint of it."""
+    dataset, model = tiny_track
+    spec = TrackSpec(model_dir=model, dataset_dir=dataset, weight_bits=8, activation_bits=8)
+    track = LoadedTrack.open(spec)
+    rtn = quantize_with("rtn", track.model, QuantConfig(8, 8, "per-channel"), track.calibration)
+    return spec, save_checkpoint(rtn, tmp_path / "checkpoint")
+
+
+def test_a_checkpoint_upload_is_read_and_hashed_once_and_needs_no_fp32_export(
+    monkeypatch, checkpoint
+):
+    spec, path = checkpoint
+    calls = Calls()
+    calls.wrap(monkeypatch, storage, "_read_tensors", "upload read")
+    sha256 = hashlib.sha256
+
+    def counted_sha256(data=b"", *args, **kwargs):
+        calls["upload hashed"] += 1
+        return sha256(data, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "hashlib", types.SimpleNamespace(sha256=counted_sha256))
+    calls.wrap(monkeypatch, export, "export_fp32", "fp32 reference exported")
+    calls.wrap(monkeypatch, loaded, "weights_sha256", "fp32 weights hashed")
+    track = LoadedTrack.open(spec)
+    result = evaluate_submission(track, Submission("checkpoint", checkpoint=path)).result
+    assert result["submission"]["precision"]["artifact_sha256"]
+    # the simulator scores the checkpoint itself: no FP32 ONNX export is needed on its tracks
+    assert dict(calls) == {"upload read": 1, "upload hashed": 1, "fp32 weights hashed": 1}

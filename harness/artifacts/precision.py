@@ -7,6 +7,7 @@ weights within the float-MAC allowance."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from harness.artifacts.checks import TrackChecks
 from harness.errors import SubmissionError
@@ -14,6 +15,41 @@ from harness.errors import SubmissionError
 FLOAT_ACTIVATION_BITS = 32
 """Float activations (a report's ``activation_bits`` None) are float32: a 32-bit limit admits
 them, as an FP32 model on an FP32 track."""
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    """A precision report read as the typed figures every reader needs, whatever produced it
+    (the checkpoint describer, the ONNX verifier, a named scheme, the FP32 reference): bits,
+    the honest granularity label, effective bits per weight and size as stored, the artifact's
+    digest. ``of`` is the one place that knows the verifiers' report layouts (a checkpoint's
+    layers by name with its weight and activation granularities; an ONNX file's layers in graph
+    order with its activation quantizers)."""
+
+    weight_bits: int | None
+    activation_bits: int | None
+    granularity: str
+    bits_per_weight: float | None
+    size_bytes: int | None
+    artifact_sha256: str
+    onnx_layers: tuple[dict, ...]
+    """An ONNX report's layers (node, op, weight bits and code range, input), for messages."""
+    onnx_activation_quantizers: tuple[dict, ...]
+
+    @classmethod
+    def of(cls, precision: dict) -> PrecisionReport:
+        layers = precision.get("layers")
+        onnx = isinstance(layers, list)
+        return cls(
+            weight_bits=precision.get("weight_bits"),
+            activation_bits=precision.get("activation_bits"),
+            granularity=granularity_label(precision),
+            bits_per_weight=precision.get("bits_per_weight"),
+            size_bytes=precision.get("size_bytes"),
+            artifact_sha256=precision.get("artifact_sha256", ""),
+            onnx_layers=tuple(layers) if onnx else (),
+            onnx_activation_quantizers=tuple(precision.get("activation_quantizer_nodes", ())),
+        )
 
 
 def granularity_label(precision: dict) -> str:
@@ -71,9 +107,9 @@ def check_precision(
     effective bits per weight (when the report has them: artifacts do, named schemes do not);
     an ONNX report's layers and activation quantizers first, each against the limits, with
     float weights covering at most ``max_float_mac_fraction`` of the weighted MACs."""
-    if isinstance(precision.get("layers"), list):
-        _check_onnx_layers(precision, weight_bits, activation_bits, max_float_mac_fraction)
-    used_w, used_a = precision.get("weight_bits"), precision.get("activation_bits")
+    report = PrecisionReport.of(precision)
+    _check_onnx_layers(report, weight_bits, activation_bits, max_float_mac_fraction)
+    used_w, used_a = report.weight_bits, report.activation_bits
     if weight_bits is not None and (used_w is None or used_w > weight_bits):
         raise SubmissionError(
             f"track allows at most {weight_bits}-bit weights; the submission uses {used_w}-bit"
@@ -85,14 +121,14 @@ def check_precision(
             f"track allows at most {activation_bits}-bit activations; the submission uses "
             f"{used} activations"
         )
-    bpw = precision.get("bits_per_weight")
+    bpw = report.bits_per_weight
     if bits_per_weight_budget is not None and bpw is not None and bpw > bits_per_weight_budget:
         raise SubmissionError(
             f"the artifact stores {bpw:.2f} effective bits per weight (codes, scales, zero-points, "
             f"group ids and side branches of its quantized layers); this track's budget is "
             f"{bits_per_weight_budget:.2f} bits per weight"
         )
-    label = granularity_label(precision)
+    label = report.granularity
     if granularities and label not in granularities:
         raise SubmissionError(
             f"granularity {label!r} is not allowed on this track; "
@@ -107,13 +143,14 @@ def _float_admitted(bits: int, limit: int | None) -> bool:
 
 
 def _check_onnx_layers(
-    precision: dict,
+    report: PrecisionReport,
     weight_bits: int | None,
     activation_bits: int | None,
     max_float_mac_fraction: float,
 ) -> None:
-    """The per-layer limits of an ONNX report, the first offending node named."""
-    layers = precision["layers"]
+    """The per-layer limits of an ONNX report (none for other reports), the first offending
+    node named."""
+    layers = report.onnx_layers
     for layer in layers:
         what = f"{layer['op']} node {layer['node']!r}"
         if layer["weight_granularity"] == "none":
@@ -140,7 +177,7 @@ def _check_onnx_layers(
                 f"activations of at most {activation_bits} bits"
             )
     _check_float_layers(layers, weight_bits, max_float_mac_fraction)
-    for quantizer in precision.get("activation_quantizer_nodes", []):
+    for quantizer in report.onnx_activation_quantizers:
         if activation_bits is not None and quantizer["bits"] > activation_bits:
             raise SubmissionError(
                 f"{quantizer['op']} node {quantizer['node']!r} quantizes activations to "
@@ -150,7 +187,7 @@ def _check_onnx_layers(
 
 
 def _check_float_layers(
-    layers: list[dict], weight_bits: int | None, max_float_mac_fraction: float
+    layers: tuple[dict, ...], weight_bits: int | None, max_float_mac_fraction: float
 ) -> None:
     """Under a weight limit, float-weight layers may cover at most ``max_float_mac_fraction``
     of the MACs; the largest offender is named."""

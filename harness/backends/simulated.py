@@ -23,20 +23,21 @@ class SimulatedBackend(Backend):
     measures_latency = False
 
     def verify(self, artifact: Path, checks: TrackChecks) -> VerifiedArtifact:
-        """The checkpoint read once: its tensors checked and applied to the reference network
-        (which is then that network by construction), its precision described, and on a closed
-        track its weights checked to be post-training quantized from FP32. The network built is
-        kept on the verified artifact for ``load``."""
+        """The checkpoint read and hashed once: its tensors checked and applied to the reference
+        network (which is then that network by construction), its precision described, and on a
+        closed track its weights checked to be post-training quantized from FP32. The network
+        built is kept on the verified artifact for ``load``."""
         from harness.artifacts.checkpoint.describe import describe_checkpoint
         from harness.artifacts.checkpoint.load import load_checkpoint
+        from harness.artifacts.checkpoint.storage import read_checkpoint
         from harness.artifacts.post_training import check_post_training
 
-        network = load_checkpoint(artifact, checks.reference_network)
-        precision = describe_checkpoint(artifact)
+        files = read_checkpoint(artifact)
+        network = load_checkpoint(files, checks.reference_network)
+        precision = describe_checkpoint(files) | {"division": checks.division}
         if checks.closed:
             check_post_training(network, checks.reference_network)
-        digest = CHECKPOINT.digest(artifact)
-        precision = precision | {"division": checks.division}
+        digest = files.weights_sha256
         return VerifiedArtifact("checkpoint", Path(artifact), digest, precision, network=network)
 
     def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:

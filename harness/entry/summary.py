@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from harness.artifacts.precision import granularity_label
+from harness.artifacts.precision import PrecisionReport
 
 MB = 1e6
 """Sizes are shown in decimal megabytes (bytes / 10^6)."""
@@ -44,7 +44,8 @@ class ResultSummary:
     def of(cls, result: dict) -> ResultSummary:
         summary = result["summary"]
         precision = result["submission"]["precision"]
-        size = precision.get("size_bytes")
+        report = PrecisionReport.of(precision)
+        size = report.size_bytes
         speedup = _speedup(result)
         low, high = speedup.get("ci95", (None, None))
         return cls(
@@ -55,17 +56,17 @@ class ResultSummary:
             dsc_ci_high=summary["dsc_ci95"][1],
             fp32_mean_dsc=summary["fp32_mean_dsc"],
             gate_passed=summary["accuracy_gate"]["passed"],
-            weight_bits=precision.get("weight_bits"),
-            activation_bits=precision.get("activation_bits"),
-            granularity=granularity_label(precision),
+            weight_bits=report.weight_bits,
+            activation_bits=report.activation_bits,
+            granularity=report.granularity,
             size_mb=size / MB if size else None,
             latency_ms=_latency_ms(result),
-            bits_per_weight=precision.get("bits_per_weight"),
+            bits_per_weight=report.bits_per_weight,
             x_smaller=result.get("compression", {}).get("x_smaller"),
             x_faster=speedup.get("median"),
             x_faster_ci_low=low,
             x_faster_ci_high=high,
-            artifact_digest=precision.get("artifact_sha256", ""),
+            artifact_digest=report.artifact_sha256,
             verification=_verification(precision),
         )
 

@@ -33,7 +33,7 @@ from harness.artifacts.checkpoint.checks import (
     code_bits,
     layout_tensor,
 )
-from harness.artifacts.checkpoint.storage import FORMAT, read_checkpoint
+from harness.artifacts.checkpoint.storage import FORMAT, CheckpointFiles, read_checkpoint
 from harness.errors import CheckpointError
 from reference_methods.simulator.granularity import WeightGranularity
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec
@@ -53,9 +53,10 @@ OTHER_BUFFERS = ("bias", "act_scale", "act_zero_point")
 """A quantized layer's tensors outside its weight, counted under ``other``."""
 
 
-def describe_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
-    """Precision and size actually held by the checkpoint in ``ckpt_dir`` (see the module)."""
-    files = read_checkpoint(Path(ckpt_dir))
+def describe_checkpoint(ckpt_dir: Path | CheckpointFiles) -> dict[str, Any]:
+    """Precision and size actually held by the checkpoint in ``ckpt_dir`` (see the module), or
+    by the checkpoint already read."""
+    files = ckpt_dir if isinstance(ckpt_dir, CheckpointFiles) else read_checkpoint(Path(ckpt_dir))
     layers = {
         name: _verified_layer(name, spec, files.tensors, files.stored)
         for name, spec in files.specs.items()

@@ -19,7 +19,11 @@ from harness.artifacts.checkpoint.checks import (
     integer_range,
     preview,
 )
-from harness.artifacts.checkpoint.storage import FOLDED_SCALE_TENSOR, read_checkpoint
+from harness.artifacts.checkpoint.storage import (
+    FOLDED_SCALE_TENSOR,
+    CheckpointFiles,
+    read_checkpoint,
+)
 from harness.errors import CheckpointError
 from reference_methods.simulator.layer_extras import FOLDED_INPUT_SCALES
 from reference_methods.simulator.quantized_layers import QUANT_LAYER_TYPES, LayerSpec, layer_kind
@@ -29,9 +33,10 @@ SCALE_BUFFERS = ("weight_scale", "act_scale", "input_scale")
 _INT32 = torch.iinfo(torch.int32)
 
 
-def load_checkpoint(ckpt_dir: Path, reference_model: nn.Module) -> nn.Module:
-    """A deep copy of ``reference_model`` carrying the checkpoint's quantized layers and state."""
-    files = read_checkpoint(ckpt_dir)
+def load_checkpoint(ckpt_dir: Path | CheckpointFiles, reference_model: nn.Module) -> nn.Module:
+    """A deep copy of ``reference_model`` carrying the checkpoint's quantized layers and state
+    (``ckpt_dir``: its folder, or the checkpoint already read)."""
+    files = ckpt_dir if isinstance(ckpt_dir, CheckpointFiles) else read_checkpoint(ckpt_dir)
     specs = files.specs
     tensors = dict(files.tensors)
     model = copy.deepcopy(reference_model).eval()

@@ -8,6 +8,7 @@ as it is; its files are read unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from harness.artifacts import untrusted_json
 from harness.artifacts.checkpoint.packing import PACKED_METADATA, unpack_state
@@ -53,14 +54,15 @@ integers and float8 formats lack the reductions verification needs)."""
 
 @dataclass(frozen=True)
 class CheckpointFiles:
-    """A checkpoint as read: its manifest, declared layers, tensors as stored and decoded, and
-    the bytes of its two files."""
+    """A checkpoint as read (once): its manifest, declared layers, tensors as stored and decoded,
+    the bytes of its two files and the SHA-256 of its weights file (what identifies it)."""
 
     manifest: dict[str, Any]
     specs: dict[str, LayerSpec]
     stored: dict[str, torch.Tensor]
     tensors: dict[str, torch.Tensor]
     file_bytes: int
+    weights_sha256: str
 
 
 def write_checkpoint(
@@ -84,12 +86,12 @@ def read_checkpoint(ckpt_dir: Path) -> CheckpointFiles:
     ckpt_dir = Path(ckpt_dir)
     manifest = read_manifest(ckpt_dir)
     specs = _layer_specs(manifest)
-    stored, packed = _read_tensors(ckpt_dir)
+    stored, packed, digest = _read_tensors(ckpt_dir)
     if packed is not None and manifest["version"] < 2:
         raise CheckpointError(f"a version-1 checkpoint holds no packed tensors ({PACKED_METADATA})")
     tensors = stored if packed is None else unpack_state(stored, packed, specs)
     size = sum((ckpt_dir / name).stat().st_size for name in (MANIFEST_NAME, WEIGHTS_NAME))
-    return CheckpointFiles(manifest, specs, stored, tensors, size)
+    return CheckpointFiles(manifest, specs, stored, tensors, size, digest)
 
 
 def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
@@ -134,16 +136,17 @@ def _layer_specs(manifest: dict[str, Any]) -> dict[str, LayerSpec]:
     return specs
 
 
-def _read_tensors(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """(every tensor of the safetensors file, its parsed packing description or None); a dtype
-    outside ``SUPPORTED_DTYPES`` is refused."""
+def _read_tensors(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], Any, str]:
+    """(every tensor of the safetensors file, its parsed packing description or None, the file's
+    SHA-256), the file read once; a dtype outside ``SUPPORTED_DTYPES`` is refused."""
     path = ckpt_dir / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"checkpoint has no {WEIGHTS_NAME}")
     try:
         with safe_open(path, "pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(path)
+        data = path.read_bytes()
+        tensors = load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{WEIGHTS_NAME} is unreadable or corrupt: {error}") from error
     for key, tensor in tensors.items():
@@ -153,11 +156,12 @@ def _read_tensors(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], Any]:
                 f"tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, which "
                 f"checkpoints do not support (supported: {supported})"
             )
+    digest = hashlib.sha256(data).hexdigest()
     text = metadata.get(PACKED_METADATA)
     if text is None:
-        return tensors, None
+        return tensors, None, digest
     try:
         packed = untrusted_json.loads(text.encode(), max_bytes=PACKED_METADATA_MAX_BYTES)
     except untrusted_json.UntrustedJsonError as error:
         raise CheckpointError(f"{WEIGHTS_NAME} metadata {PACKED_METADATA!r} {error}") from None
-    return tensors, packed
+    return tensors, packed, digest
