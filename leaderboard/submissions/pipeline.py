@@ -35,6 +35,7 @@ from harness.baselines import compute_baseline, compute_reference
 from harness.containers.images import PinnedImage, load_image_archive, pin_registry_image
 from harness.containers.sandbox import ContainerLimits, evaluate_quantizer_container
 from harness.errors import SubmissionError
+from harness.inference.latency import board_latency
 from harness.submission import Submission as HarnessSubmission
 from harness.submission import evaluate_submission
 from harness.track.loaded import LoadedTrack
@@ -304,22 +305,6 @@ def _evaluate(
     return result
 
 
-def _latency_ms(result: dict) -> float | None:
-    """Real-backend median latency per volume when measured (ONNX), else the simulated
-    inference time per test volume."""
-    per_volume = result.get("efficiency", {}).get("latency_ms", {}).get("per_volume", {})
-    if per_volume.get("median_ms") is not None:
-        return per_volume["median_ms"]
-    inference_s = result["timings"].get("inference")
-    return 1000 * inference_s / result["summary"]["num_cases"] if inference_s else None
-
-
-def _speedup(result: dict) -> dict:
-    """The interleaved FP32/entry latency ratio with its 95% CI, when the backend measured it."""
-    protocol = result.get("efficiency", {}).get("latency_protocol") or {}
-    return protocol.get("speedup") or {}
-
-
 def store_evaluation(submission: Submission, result: dict) -> Evaluation:
     """Store a result document as the next version of ``submission`` and as its latest
     Evaluation (the caller holds the submission's row lock)."""
@@ -327,8 +312,6 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
     precision = result["submission"]["precision"]
     size = precision.get("size_bytes")
     compression = result.get("compression", {})
-    speedup = _speedup(result)
-    low, high = speedup.get("ci95", (None, None))
     scores = {
         "track": submission.track,
         "result": result,
@@ -343,12 +326,9 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
         "activation_bits": precision.get("activation_bits"),
         "granularity": granularity_label(precision),
         "size_mb": size / 1e6 if size else None,
-        "latency_ms": _latency_ms(result),
         "bits_per_weight": precision.get("bits_per_weight"),
         "x_smaller": compression.get("x_smaller"),
-        "x_faster": speedup.get("median"),
-        "x_faster_ci_low": low,
-        "x_faster_ci_high": high,
+        **board_latency(result),  # every latency figure from the one paired protocol
         "artifact_digest": precision.get("artifact_sha256", ""),
         "created_at": timezone.now(),
     }
