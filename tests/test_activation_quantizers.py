@@ -277,12 +277,14 @@ def test_checkpoint_round_trips_asymmetric_activations_bit_exactly(track, tmp_pa
 
 
 def _rewrite(ckpt, tmp_path, change) -> object:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from harness.artifacts.checkpoint.storage import read_checkpoint
 
     out = tmp_path / "bad"
     out.mkdir(exist_ok=True)
     manifest = json.loads((ckpt / MANIFEST_NAME).read_text())
-    tensors = load_file(ckpt / WEIGHTS_NAME)
+    tensors = dict(read_checkpoint(ckpt).tensors)  # decoded: written back unpacked
     change(manifest, tensors)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     save_file(tensors, out / WEIGHTS_NAME)

@@ -89,6 +89,11 @@ def test_bit_stream_round_trips_every_width(bits):
     assert np.array_equal(unpack_bits(packed, 1001, bits), values)
 
 
+def test_one_group_takes_zero_bits_and_decodes_to_zeros():
+    assert pack_bits(np.zeros(50, dtype=np.int64), 0).size == 0
+    assert unpack_bits(np.zeros(0, dtype=np.uint8), 50, 0).tolist() == [0] * 50
+
+
 def test_four_bit_codes_pack_low_nibble_first():
     assert pack_bits(np.array([1, 2, 15, 0]), 4).tolist() == [0x21, 0x0F]
 
@@ -116,7 +121,7 @@ def test_shared_column_group_ids_are_one_index_per_input_column(tmp_path):
         assert descriptor["shared_rows"] is True
         rows = layer.weight_codes.shape[type(layer).weight_channel_axis]
         columns = layer.weight_codes.numel() // rows
-        id_bits = max(1, (layer.spec.weight_groups - 1).bit_length())
+        id_bits = (layer.spec.weight_groups - 1).bit_length()  # 0 for one group
         assert stored[f"{name}.weight_group_ids"].numel() == math.ceil(columns * id_bits / 8)
 
 
@@ -175,7 +180,7 @@ def _rewrite(ckpt: Path, edit) -> None:
         ),
         (
             lambda s, p: p[f"{FIRST}.weight_codes"].update(bits=33),
-            "bits must be an integer in [1, 32]",
+            "bits must be an integer in [0, 32]",
         ),
         (
             lambda s, p: p[f"{FIRST}.weight_codes"].update(shape=[4, 1, 3, 3, -3]),
@@ -194,6 +199,10 @@ def _rewrite(ckpt: Path, edit) -> None:
             f"packed tensor '{FIRST}.bias' is not an integer buffer",
         ),
         (lambda s, p: p.clear() or p.update(x=[]), "packed tensor 'x' is not an integer buffer"),
+        (
+            lambda s, p: p[f"{FIRST}.weight_codes"].update(bits=0),
+            f"packed tensor '{FIRST}.weight_codes': only group ids may take 0 bits",
+        ),
     ],
 )
 def test_malformed_packing_is_refused_naming_the_tensor(packed_checkpoint, tmp_path, edit, message):

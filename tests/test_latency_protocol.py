@@ -1,8 +1,8 @@
 """The latency protocol: FP32 and the entry timed alternately in pairs (bursts of calls per side,
-the starting side alternating) after warm-up; the speed-up compares the fastest calls, its
-interval a bootstrap over pairs that holds the true ratio and narrows with more pairs; a
-disturbed call does not move it; spread statistics are quartiles in milliseconds over every
-call."""
+the starting side alternating) after warm-up; each side's latency is the median of its per-pair
+fastest calls and the speed-up is exactly FP32's latency over the entry's, its interval a
+bootstrap over pairs that contains it, holds the true ratio and narrows with more pairs; a
+disturbed call does not move it; spread statistics are quartiles in milliseconds."""
 
 import numpy as np
 import pytest
@@ -50,7 +50,22 @@ def test_the_speedup_compares_the_fastest_calls_and_ignores_disturbed_ones():
     entry = [[0.10, 0.25]] * MIN_PAIRS
     report = protocol.summary(fp32, entry)
     assert report["speedup"] == {"median": pytest.approx(2.0), "ci95": [pytest.approx(2.0)] * 2}
-    assert report["entry"]["median_ms"] == pytest.approx(175.0)  # of every call
+    assert report["entry"]["median_ms"] == pytest.approx(100.0)  # of the pairs' fastest calls
+    assert report["fp32"]["median_ms"] == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_speedup_is_the_ratio_of_the_latencies_and_its_interval_contains_it(seed):
+    rng = np.random.default_rng(seed)
+    pairs = int(rng.integers(MIN_PAIRS, 40))
+    load = rng.uniform(1.0, 1.6, (pairs, 3)) * rng.pareto(3.0, (pairs, 3)).clip(0, 2) ** 0.2
+    fp32 = 0.30 * load * rng.lognormal(0, 0.05, (pairs, 3))
+    entry = 0.30 / rng.uniform(0.6, 3.0) * load * rng.lognormal(0, 0.05, (pairs, 3))
+    report = LatencyProtocol(pairs=pairs).summary(fp32.tolist(), entry.tolist())
+    point = report["speedup"]["median"]
+    assert point == pytest.approx(report["fp32"]["median_ms"] / report["entry"]["median_ms"])
+    low, high = report["speedup"]["ci95"]
+    assert low <= point <= high and low < high
 
 
 def test_a_constant_ratio_gives_that_speedup_and_a_degenerate_interval():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from harness.artifacts.precision import PrecisionReport
+from harness.inference.latency import board_latency
 
 MB = 1e6
 """Sizes are shown in decimal megabytes (bytes / 10^6)."""
@@ -16,8 +17,9 @@ MB = 1e6
 class ResultSummary:
     """Scores (mean DSC / NSD, the drop vs FP32 in percent, the 95% CI of mean DSC, the FP32 mean
     and the accuracy gate), the verified precision (bits, granularity label, effective bits per
-    weight, size), efficiency (median latency per volume on a real backend; "× smaller" and
-    "× faster" with its 95% CI) and the artifact's digest. None where not measured."""
+    weight, size, "× smaller"), latency (the entry's and FP32's medians of the one paired
+    protocol, "× faster" their ratio with its bootstrap interval; all None on the simulator) and
+    the artifact's digest. None where not measured."""
 
     mean_dsc: float
     mean_nsd: float
@@ -30,9 +32,10 @@ class ResultSummary:
     activation_bits: int | None
     granularity: str
     size_mb: float | None
-    latency_ms: float | None
     bits_per_weight: float | None
     x_smaller: float | None
+    latency_ms: float | None
+    fp32_latency_ms: float | None
     x_faster: float | None
     x_faster_ci_low: float | None
     x_faster_ci_high: float | None
@@ -46,8 +49,6 @@ class ResultSummary:
         precision = result["submission"]["precision"]
         report = PrecisionReport.of(precision)
         size = report.size_bytes
-        speedup = _speedup(result)
-        low, high = speedup.get("ci95", (None, None))
         return cls(
             mean_dsc=summary["mean_dsc"],
             mean_nsd=summary["mean_nsd"],
@@ -60,12 +61,9 @@ class ResultSummary:
             activation_bits=report.activation_bits,
             granularity=report.granularity,
             size_mb=size / MB if size else None,
-            latency_ms=_latency_ms(result),
             bits_per_weight=report.bits_per_weight,
             x_smaller=result.get("compression", {}).get("x_smaller"),
-            x_faster=speedup.get("median"),
-            x_faster_ci_low=low,
-            x_faster_ci_high=high,
+            **board_latency(result),  # every latency figure from the one paired protocol
             artifact_digest=report.artifact_sha256,
             verification=_verification(precision),
         )
@@ -92,19 +90,3 @@ def _verification(precision: dict) -> str:
         f"{precision.get('granularity')}, {precision.get('size_bytes', 0) / MB:.3f} MB"
         + (f", {bpw:.2f} bits per weight" if bpw is not None else "")
     )
-
-
-def _latency_ms(result: dict) -> float | None:
-    """Real-backend median latency per volume when measured (ONNX), else the simulated
-    inference time per test volume."""
-    per_volume = result.get("efficiency", {}).get("latency_ms", {}).get("per_volume", {})
-    if per_volume.get("median_ms") is not None:
-        return per_volume["median_ms"]
-    inference_s = result["timings"].get("inference")
-    return 1000 * inference_s / result["summary"]["num_cases"] if inference_s else None
-
-
-def _speedup(result: dict) -> dict:
-    """The interleaved FP32/entry latency ratio with its 95% CI, when the backend measured it."""
-    protocol = result.get("efficiency", {}).get("latency_protocol") or {}
-    return protocol.get("speedup") or {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from tqdm import tqdm
 from harness.data.dataset import Case
 from harness.data.preprocessing import preprocess, read_case, restore_to_grid
 from harness.inference.efficiency import peak_rss_mb
-from harness.inference.sliding_window import predict_labels
+from harness.inference.sliding_window import label_dtype, predict_labels
 from harness.models.reference import ModelSpec
 from harness.scoring.metrics import (
     DEFAULT_NSD_DEFINITION,
@@ -125,10 +125,16 @@ def evaluate_cases(
     progress: bool = False,
     desc: str = "evaluate",
     nsd_definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
+    label_lut: Sequence[int] | None = None,
 ) -> EvaluationRun:
     """Run ``model`` on ``cases`` and score it against their labels on the foreground classes
-    (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``)."""
+    (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``).
+    ``label_lut`` relabels the prediction first: model class i becomes dataset label
+    ``label_lut[i]`` (None: the model's class ids are the dataset's label ids)."""
     timer = timer or StageTimer()
+    lut = None
+    if label_lut is not None:
+        lut = torch.tensor(label_lut, dtype=torch.int64).to(label_dtype(max(label_lut) + 1))
     classes = tuple(sorted(c for c in labels if c != 0))
     model.eval()
     start = time.perf_counter()
@@ -144,6 +150,8 @@ def evaluate_cases(
 
     def score(case: _Scoring, prediction: torch.Tensor) -> CaseMetrics:
         with timer.stage("postprocess", case.timer):
+            if lut is not None:
+                prediction = lut[prediction.long()]
             restored = restore_to_grid(
                 prediction, case.network_affine, case.label_affine, case.label_shape
             )

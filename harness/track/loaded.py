@@ -26,6 +26,7 @@ from harness.models.reference import (
 )
 from harness.onnxruntime_session import graph_reference
 from harness.scoring.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.track.labels import label_lut
 from harness.track.spec import TrackSpec, graph_backend_refusal
 
 
@@ -51,7 +52,9 @@ class LoadedTrack:
                 model = load_network(model_spec, spec.model_dir)
             else:
                 model = graph_reference(spec.model_dir / model_spec.weights_file)
-        return cls(spec, dataset, model_spec, model, timer)
+        track = cls(spec, dataset, model_spec, model, timer)
+        track.label_lut  # noqa: B018 -- refuse labels naming other organs before any work
+        return track
 
     def torch_model(self, purpose: str) -> nn.Module:
         """The reference as a torch network, for ``purpose`` (say, "RTN"), which needs one; an
@@ -81,6 +84,13 @@ class LoadedTrack:
     @property
     def calibration_cases(self) -> tuple[Case, ...]:
         return self.dataset.split(self.spec.calibration_split)
+
+    @cached_property
+    def label_lut(self) -> list[int] | None:
+        """The dataset label id of each model class, or None when the model's labels are the
+        dataset's (``harness.track.labels``; refuses labels that name other organs)."""
+        mapping = dict(self.spec.label_map)
+        return label_lut(self.model_spec.labels, self.dataset.labels, mapping)
 
     @cached_property
     def calibration(self) -> list[torch.Tensor]:
@@ -172,6 +182,7 @@ class LoadedTrack:
             progress=progress,
             desc=desc,
             nsd_definition=self.spec.nsd_definition,
+            label_lut=self.label_lut,
         )
 
 

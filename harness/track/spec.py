@@ -10,9 +10,10 @@ from harness.backends import Backend, backend_names
 from harness.errors import HarnessError
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
-TRACK_SPEC_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Version 1 lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
+TRACK_SPEC_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""Version 2 lacked ``label_map`` (none: the model's labels must be the dataset's). Version 1
+lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
 ``bits_per_weight_budget``, ``division``, ``nsd_definition`` and ``latency_threads`` (defaults
 apply; a spec without ``nsd_definition`` is scored by the publication's subvoxel NSD)."""
 DEFAULT_ACCURACY_GATE = 0.99
@@ -51,7 +52,9 @@ class TrackSpec:
     ``bits_per_weight_budget`` the most effective bits per weight an artifact may store (None: the
     weight bits + 0.5); ``division`` ``closed`` (PTQ only) or ``open``; ``latency_threads`` the
     intra-op threads a real backend runs the entry and the FP32 reference on, for accuracy and
-    for the latency protocol alike.
+    for the latency protocol alike; ``label_map`` (model label name, dataset label name) pairs
+    by which predictions are relabelled when the two name their organs differently (see
+    ``harness.track.labels``; empty: they must agree as they are).
     """
 
     model_dir: Path
@@ -72,8 +75,14 @@ class TrackSpec:
     bits_per_weight_budget: float | None = None
     division: str = "closed"
     latency_threads: int = 1
+    label_map: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        pairs = self.label_map.items() if isinstance(self.label_map, dict) else self.label_map
+        pairs = tuple(tuple(pair) for pair in pairs)
+        if not all(len(p) == 2 and all(isinstance(n, str) and n for n in p) for p in pairs):
+            raise HarnessError("label_map must pair model label names with dataset label names")
+        object.__setattr__(self, "label_map", pairs)
         if self.backend not in backend_names():
             known = ", ".join(backend_names())
             raise HarnessError(f"unknown backend {self.backend!r} (expected one of: {known})")
@@ -116,6 +125,7 @@ class TrackSpec:
             "model_dir": str(self.model_dir),
             "dataset_dir": str(self.dataset_dir),
             "granularities": list(self.granularities),
+            "label_map": dict(self.label_map),
         }
 
     @classmethod

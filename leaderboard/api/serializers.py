@@ -45,7 +45,14 @@ class LeaderboardRowSerializer(serializers.Serializer):
     bits_per_weight = serializers.FloatField(allow_null=True)
     size_mb = serializers.FloatField(allow_null=True)
     x_smaller = serializers.FloatField(allow_null=True)
-    latency_ms = serializers.FloatField(allow_null=True)
+    latency_ms = serializers.FloatField(
+        allow_null=True,
+        help_text="ms per volume from the paired FP32/entry protocol; null on the simulator",
+    )
+    fp32_latency_ms = serializers.FloatField(
+        allow_null=True,
+        help_text="FP32 ms per volume of the same pairs (x_faster = this / latency)",
+    )
     x_faster = serializers.FloatField(allow_null=True)
     x_faster_ci_low = serializers.FloatField(allow_null=True)
     x_faster_ci_high = serializers.FloatField(allow_null=True)

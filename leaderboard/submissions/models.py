@@ -181,7 +181,16 @@ class Scores(models.Model):
     activation_bits = models.PositiveSmallIntegerField(null=True)
     granularity = models.CharField(max_length=60, blank=True)
     size_mb = models.FloatField(null=True, blank=True)
-    latency_ms = models.FloatField(null=True, blank=True, help_text="inference per volume")
+    latency_ms = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="entry latency per volume, paired FP32/entry protocol; empty on the simulator",
+    )
+    fp32_latency_ms = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="FP32 latency of the same paired protocol (x_faster = this / latency_ms)",
+    )
     bits_per_weight = models.FloatField(
         null=True,
         blank=True,
@@ -193,7 +202,7 @@ class Scores(models.Model):
     x_faster = models.FloatField(
         null=True,
         blank=True,
-        help_text="FP32 latency / entry latency, timed interleaved by the same worker",
+        help_text="fp32_latency_ms / latency_ms: the same paired protocol, one worker",
     )
     x_faster_ci_low = models.FloatField(null=True, blank=True)
     x_faster_ci_high = models.FloatField(null=True, blank=True)

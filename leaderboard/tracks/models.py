@@ -11,8 +11,11 @@ from django.db import models
 from django.utils import timezone
 
 from harness.backends import backend_names, get_backend
+from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from harness.models.onnx_graph import ONNX_ARCHITECTURE
+from harness.models.reference import read_spec
+from harness.track.labels import label_lut
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec, graph_backend_refusal
 
 RANKING_METRICS = {
@@ -172,6 +175,12 @@ class Track(models.Model):
         default=int(SPEC_DEFAULTS["quantizer_timeout_s"]),
         help_text="wall-clock limit of a quantizer container run (seconds)",
     )
+    label_map = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="model label → dataset label, by name, when the two name their organs "
+        "differently (empty: the model's labels must be the dataset's)",
+    )
     opens_at = models.DateTimeField(default=timezone.now)
     closes_at = models.DateTimeField(null=True, blank=True)
     is_public = models.BooleanField(default=True)
@@ -198,6 +207,7 @@ class Track(models.Model):
                 self.to_spec()
             except HarnessError as error:
                 raise ValidationError(str(error)) from None
+            self._check_labels()
         longest = settings.MEDQUANT_LONGEST_TIME_LIMIT_S
         if self.time_limit_s + self.quantizer_timeout_s > longest:
             raise ValidationError(
@@ -207,6 +217,21 @@ class Track(models.Model):
                     "is derived)"
                 }
             )
+
+    def _check_labels(self) -> None:
+        """The model's labels name the dataset's organs, as they are or through ``label_map``
+        (``harness.track.labels``)."""
+        mapping = self.label_map or {}
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise ValidationError({"label_map": "must map model label names to dataset labels"})
+        try:
+            model_labels = read_spec(self.reference_model.path).labels
+            dataset_labels = load_dataset(self.dataset.path).labels
+            label_lut(model_labels, dataset_labels, mapping)
+        except HarnessError as error:
+            raise ValidationError({"label_map": str(error)}) from None
 
     @property
     def budget(self) -> float:
@@ -267,4 +292,5 @@ class Track(models.Model):
             time_limit_s=float(self.time_limit_s),
             quantizer_timeout_s=float(self.quantizer_timeout_s),
             latency_threads=self.latency_threads,
+            label_map=dict(self.label_map or {}),
         )

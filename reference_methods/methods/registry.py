@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from reference_methods.simulator.scheme import QuantConfig
+from reference_methods.simulator.threads import reproducible_threads
 
 Apply = Callable[[nn.Module, Any, Iterable[torch.Tensor]], nn.Module]
 
@@ -167,9 +168,11 @@ def quantize_with(
     calibration: Iterable[torch.Tensor],
     options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Quantized deep copy of ``model`` by method ``name`` under ``scheme`` with ``options``."""
+    """Quantized deep copy of ``model`` by method ``name`` under ``scheme`` with ``options``,
+    computed at ``REPRODUCIBLE_THREADS`` so that the codes do not depend on the machine."""
     config = method_config(name, scheme, options)
-    return _method(name).apply(model, config, list(calibration))
+    with reproducible_threads():
+        return _method(name).apply(model, config, list(calibration))
 
 
 def _method(name: str) -> Method:

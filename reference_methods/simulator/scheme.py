@@ -32,6 +32,7 @@ from reference_methods.simulator.quantized_layers import (
     layer_kind,
 )
 from reference_methods.simulator.quantizer import check_bits
+from reference_methods.simulator.threads import reproducible_threads
 from reference_methods.simulator.weight_format import QuantizedWeight
 
 _SCHEME = re.compile(
@@ -262,7 +263,8 @@ def quantize(
             raise ValueError(f"layer {name!r}: {error}") from error
         quantized.set_submodule(name, module)
         report(QUANTIZE_STAGE, name, done, len(targets))
-    _calibrate(quantized, calibration, config)
+    with reproducible_threads():  # the stored activation scales may not depend on the machine
+        _calibrate(quantized, calibration, config)
     return quantized
 
 

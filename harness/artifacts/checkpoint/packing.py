@@ -16,7 +16,7 @@ What ``save_checkpoint`` packs, per quantized layer:
 |-------------------|------------------------------------|--------------------------------------|
 | weight_codes      | the layer's weight bits b          | -(2^(b-1) - 1) symmetric, 0 affine   |
 | weight_zero_point | fewest that span [min, max]        | min                                  |
-| weight_group_ids  | ceil(log2 G) (at least 1)          | 0; one row of ids when rows are equal |
+| weight_group_ids  | ceil(log2 G) (0 for one group)     | 0; one row of ids when rows are equal |
 | act_zero_point    | fewest that span [min, max]        | min                                  |
 
 Scales, biases and every float tensor are stored as they are, in their declared float dtype.
@@ -129,7 +129,7 @@ def _storage_width(
                 f"layer {name!r}: group ids in [{low}, {high}] outside its {spec.weight_groups} "
                 "groups"
             )
-        return span_bits(0, spec.weight_groups - 1), 0
+        return (spec.weight_groups - 1).bit_length(), 0
     return span_bits(low, high), low
 
 
@@ -158,8 +158,10 @@ def unpack_state(
         axis = QUANT_LAYER_TYPES[spec.kind].weight_channel_axis
         if shared and buffer != "weight_group_ids":
             raise CheckpointError(f"packed tensor {key!r}: only group ids may share rows")
-        if shared:
-            _check_shared_shape(key, shape, _codes_shape(name, stored, descriptors), axis)
+        if buffer == "weight_group_ids":
+            _check_ids_shape(key, shape, _codes_shape(name, stored, descriptors), axis)
+        elif bits == 0:
+            raise CheckpointError(f"packed tensor {key!r}: only group ids may take 0 bits")
         count = math.prod(shape) // shape[axis] if shared else math.prod(shape)
         data = stored.get(key)
         need = math.ceil(count * bits / 8)
@@ -194,8 +196,8 @@ def _checked_descriptor(key: str, descriptor: Any) -> tuple[list[int], int, int,
         or any(type(size) is not int or size < 1 for size in shape)
     ):
         raise CheckpointError(f"packed tensor {key!r}: shape must be a list of positive integers")
-    if type(bits) is not int or not 1 <= bits <= MAX_PACKED_BITS:
-        raise CheckpointError(f"packed tensor {key!r}: bits must be an integer in [1, 32]")
+    if type(bits) is not int or not 0 <= bits <= MAX_PACKED_BITS:
+        raise CheckpointError(f"packed tensor {key!r}: bits must be an integer in [0, 32]")
     if type(offset) is not int or offset < _INT32.min or offset + 2**bits - 1 > _INT32.max:
         raise CheckpointError(
             f"packed tensor {key!r}: offset {offset!r} with {bits} bits leaves int32"
@@ -214,12 +216,13 @@ def _codes_shape(name: str, stored: dict[str, torch.Tensor], descriptors: dict) 
     return list(stored[key].shape) if key in stored else None
 
 
-def _check_shared_shape(key: str, shape: list[int], codes_shape: Any, axis: int) -> None:
-    """Shared-row group ids expand to their layer's codes' shape and no larger (a few stored
-    bytes never decode to more ids than the layer has weights), which has a channel axis."""
+def _check_ids_shape(key: str, shape: list[int], codes_shape: Any, axis: int) -> None:
+    """Group ids (shared rows or not, at 0 bits for one group) have their layer's codes' shape
+    and no larger -- a few stored bytes never decode to more ids than the layer has weights,
+    whose codes take at least a bit each -- which has a channel axis."""
     if shape != codes_shape or len(shape) <= axis:
         raise CheckpointError(
-            f"packed tensor {key!r}: shared-row group ids of shape {tuple(shape)} for codes of "
+            f"packed tensor {key!r}: group ids of shape {tuple(shape)} for codes of "
             f"shape {codes_shape if codes_shape is None else tuple(codes_shape)}"
         )
 

@@ -1,3 +1,4 @@
+import argparse
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -19,8 +20,18 @@ class Command(BaseCommand):
         parser.add_argument("--backend", default="simulated", choices=backend_names())
         parser.add_argument("--quota", type=int, default=5, help="submissions per user per day")
         parser.add_argument("--hidden", action="store_true")
+        parser.add_argument(
+            "--label-map",
+            type=_label_map,
+            default={},
+            help="MODEL=DATASET[,MODEL=DATASET...]: which dataset label each model label scores "
+            "as, by name, when the two name their organs differently (model labels not named "
+            "score as the dataset label of the same name, else as background)",
+        )
 
-    def handle(self, *args, dataset, model, wbits, abits, backend, quota, hidden, **options):
+    def handle(
+        self, *args, dataset, model, wbits, abits, backend, quota, hidden, label_map, **options
+    ):
         try:
             reference = import_model(Path(model))
             export_onnx(reference)
@@ -32,7 +43,16 @@ class Command(BaseCommand):
                 backend=backend,
                 daily_quota=quota,
                 is_public=not hidden,
+                label_map=label_map,
             )
         except (Dataset.DoesNotExist, HarnessError) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"track {track.slug}")
+
+
+def _label_map(text: str) -> dict[str, str]:
+    """``liver=Liver,spleen=Spleen`` → {"liver": "Liver", "spleen": "Spleen"}."""
+    pairs = [part.split("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(len(pair) != 2 or not all(n.strip() for n in pair) for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected MODEL=DATASET[,MODEL=DATASET...], got {text!r}")
+    return {model.strip(): dataset.strip() for model, dataset in pairs}
