@@ -33,8 +33,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.export import export_fp32
+from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.interface import INPUT_NAME
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.backends.onnxruntime import OrtNetwork, create_session, kernel_report
 from harness.data.demo import write_demo

@@ -22,7 +22,8 @@ from harness.artifacts.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.backends.onnxruntime import relative_difference
 from harness.errors import CheckpointError

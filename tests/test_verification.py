@@ -15,7 +15,8 @@ from leaderboard_fixtures import site_storage
 from rest_framework.test import APIClient
 
 from harness.artifacts.checkpoint import describe_checkpoint, save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.post_training import REACH_STEPS, reach_in_steps
 from harness.cli import main
 from harness.data.demo import write_demo
