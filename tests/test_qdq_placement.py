@@ -37,7 +37,11 @@ TINY_SEGRESNET = {
         "blocks_up": [1],
     },
     "labels": {"0": "background", "1": "a", "2": "b"},
-    "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200.0, 600.0]},
+    "preprocessing": {
+        "orientation": "RAS",
+        "spacing": [12.0, 12.0, 16.0],
+        "intensity_window": [-200.0, 600.0],
+    },
     "sliding_window": {"roi_size": [16, 16, 16], "overlap": 0.0, "sw_batch_size": 1},
 }
 
