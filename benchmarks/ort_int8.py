@@ -33,7 +33,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.export import export_fp32
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.backends.onnxruntime import kernel_report
 from harness.data.preprocessing import preprocess, read_case

@@ -79,7 +79,8 @@ def main_table(demo: Path, out: Path) -> list[dict]:
                 }
             )
     print(f"FP32 weights file: {fp32_bytes:,} B")
-    print("| method | W | reported bits/weight | stored bytes x 8 / weights | file bytes | × smaller |")
+    columns = ("method", "W", "reported bits/weight", "stored bytes x 8 / weights", "file bytes")
+    print("| " + " | ".join((*columns, "× smaller")) + " |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(

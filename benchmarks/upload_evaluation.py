@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from harness.artifacts.checkpoint.save import save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.entry.upload import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec

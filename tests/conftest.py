@@ -28,7 +28,11 @@ TINY_UNET_SPEC = {
         "4": "aorta",
         "5": "vertebra",
     },
-    "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200.0, 600.0]},
+    "preprocessing": {
+        "orientation": "RAS",
+        "spacing": [12.0, 12.0, 16.0],
+        "intensity_window": [-200.0, 600.0],
+    },
     "sliding_window": {"roi_size": [16, 16, 16], "overlap": 0.0, "sw_batch_size": 1},
 }
 
@@ -55,3 +59,11 @@ def docker_client():
         pytest.skip(engine)
     yield engine.client
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The demo's phantom dataset (28 cases, fixed seed and splits), written once per session."""
+    from harness.data.demo import DEMO_CASES, DEMO_SEED
+
+    return make_phantoms(tmp_path_factory.mktemp("demo") / "dataset", DEMO_CASES, DEMO_SEED)

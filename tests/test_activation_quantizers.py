@@ -19,7 +19,8 @@ from harness.artifacts.checkpoint.describe import describe_checkpoint
 from harness.artifacts.checkpoint.load import load_checkpoint
 from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
 from harness.backends.onnxruntime import relative_difference
 from harness.errors import CheckpointError

@@ -704,3 +704,13 @@ def test_bad_extras_values_are_refused(extras, key, value, problem):
     _edit_tensors(extras, lambda t: t.update({key: value}))
     buffer = key.split(".")[1]
     assert _extras_refusal(extras).startswith(f"layer '0': {buffer} {problem}")
+
+
+def test_a_model_with_requantized_outputs_is_not_saved_as_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv3d(2, 2, 1))
+    quantized = quantize(
+        model, QuantConfig.from_scheme("w8a8-per-tensor-o8"), [torch.randn(1, 1, 4, 4, 4)]
+    )
+    with pytest.raises(CheckpointError, match="requantizes its output.*INT8 Q/DQ export"):
+        save_checkpoint(quantized, tmp_path / "ckpt")

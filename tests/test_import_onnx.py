@@ -34,7 +34,11 @@ ROI = [16, 16, 16]
 REFERENCE = {
     "name": "gated-net",
     "labels": LABELS,
-    "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200.0, 600.0]},
+    "preprocessing": {
+        "orientation": "RAS",
+        "spacing": [12.0, 12.0, 16.0],
+        "intensity_window": [-200.0, 600.0],
+    },
     "sliding_window": {"roi_size": ROI, "overlap": 0.0, "sw_batch_size": 2},
 }
 

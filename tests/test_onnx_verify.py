@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import (
     OnnxInterface,
     OnnxVerificationError,

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.export import export_fp32
+from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.verify import verify_for_track
 from harness.backends import backend_names, get_backend
 from harness.cli import build_parser

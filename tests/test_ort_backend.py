@@ -12,7 +12,9 @@ import onnx
 import pytest
 import torch
 
-from harness.artifacts.onnx.export import export_fp32, export_qdq, int8_model
+from harness.artifacts.onnx.export import export_fp32
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.backends.onnxruntime import measure_efficiency
 from harness.cli import main
 from harness.data.preprocessing import preprocess, read_case

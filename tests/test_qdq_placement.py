@@ -1,7 +1,8 @@
-"""Q/DQ placements: ONNX Runtime's stores activation codes as uint8 with zero-point 128;
+"""Q/DQ placements: ONNX Runtime's stores activation codes as uint8 with zero-point 128 and
+requantizes each layer's output (its integer kernels need it; the INT8 scheme for it models it);
 OpenVINO's stores the same codes as int8 with zero-point 0 (uint8 with zero-point 0 after a
-ReLU) and quantizes the input and output of every normalisation. Storage alone does not change
-the integers: the two forms give the same outputs."""
+ReLU) and quantizes layer inputs only. Neither quantizes a tensor the simulation does not.
+Storage alone does not change the integers: the two forms give the same outputs."""
 
 import numpy as np
 import onnx
@@ -9,18 +10,19 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import (
-    NORMALISATION_OPS,
     OPENVINO_PLACEMENT,
     ORT_PLACEMENT,
     QdqPlacement,
 )
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.errors import HarnessError
 from harness.models.reference import ModelSpec
 from harness.onnxruntime_session import create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
+from reference_methods.simulator.scheme import quantized_layers
 
 TINY_SEGRESNET = {
     "version": 1,
@@ -35,7 +37,11 @@ TINY_SEGRESNET = {
         "blocks_up": [1],
     },
     "labels": {"0": "background", "1": "a", "2": "b"},
-    "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200.0, 600.0]},
+    "preprocessing": {
+        "orientation": "RAS",
+        "spacing": [12.0, 12.0, 16.0],
+        "intensity_window": [-200.0, 600.0],
+    },
     "sliding_window": {"roi_size": [16, 16, 16], "overlap": 0.0, "sw_batch_size": 1},
 }
 
@@ -63,7 +69,8 @@ def _activation_quantizers(path) -> list[tuple[str, np.ndarray, str]]:
 
 
 def _export(model, spec, calibration, path, placement):
-    return export_qdq(int8_model(model, calibration), spec, calibration, path, placement=placement)
+    model = int8_model(model, calibration, requantize_outputs=placement.requantize_outputs)
+    return export_qdq(model, spec, calibration, path, placement=placement)
 
 
 def test_ort_placement_stores_uint8_with_zero_point_128(track, tmp_path):
@@ -73,31 +80,32 @@ def test_ort_placement_stores_uint8_with_zero_point_128(track, tmp_path):
     assert zero_points and all(zp.dtype == np.uint8 and zp == 128 for zp in zero_points)
 
 
-def test_openvino_placement_quantizes_every_normalisation_in_and_out(track, tmp_path):
+def test_openvino_placement_quantizes_layer_inputs_only(track, tmp_path):
     path = _export(track.model, track.model_spec, track.calibration, tmp_path / "v.onnx",
                    OPENVINO_PLACEMENT)  # fmt: skip
     quantizers = _activation_quantizers(path)
     assert all(zp.dtype == np.int8 and zp == 0 for _, zp, _ in quantizers)  # PReLU: signed
-    model = onnx.load(str(path))
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    norms = [n for n in model.graph.node if n.op_type in NORMALISATION_OPS]
-    assert norms
-    for norm in norms:
-        source = producer[norm.input[0]]
-        while source.op_type in ("Reshape", "Transpose", "Identity"):
-            source = producer[source.input[0]]
-        assert source.op_type == "DequantizeLinear"
-        assert [c.op_type for c in consumers[norm.output[0]]] == ["QuantizeLinear"]
-    metadata = {p.key: p.value for p in model.metadata_props}
+    layers = quantized_layers(int8_model(track.model, track.calibration))
+    assert sorted(name for _, _, name in quantizers) == sorted(
+        f"{n}.input_quantize" for n in layers
+    )
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert metadata["medquant.placement"] == OPENVINO_PLACEMENT.name
+    assert metadata["medquant.output_bits"] == "none"
+
+
+def test_ort_placement_requantizes_every_layer_output_as_the_simulation_does(track, tmp_path):
+    path = _export(track.model, track.model_spec, track.calibration, tmp_path / "o.onnx",
+                   ORT_PLACEMENT)  # fmt: skip
+    names = sorted(name for _, _, name in _activation_quantizers(path))
+    layers = quantized_layers(int8_model(track.model, track.calibration))
+    assert all(layer.output_scale is not None for layer in layers.values())
+    expected = [f"{n}.{end}_quantize" for n in layers for end in ("input", "output")]
+    assert names == sorted(expected)
 
 
 def test_storage_alone_leaves_the_integers_and_the_outputs_unchanged(track, tmp_path):
-    signed = QdqPlacement("signed-only", "int8", quantize_normalisations=False)
+    signed = QdqPlacement("signed-only", "int8", requantize_outputs=True)
     args = (track.model, track.model_spec, track.calibration)
     unsigned_path = _export(*args, tmp_path / "u.onnx", ORT_PLACEMENT)
     signed_path = _export(*args, tmp_path / "s.onnx", signed)

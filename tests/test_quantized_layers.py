@@ -230,6 +230,7 @@ def test_layer_spec_rejects_inconsistent_entries(entry, message):
         ("w4a16-per-channel", 4, None, Granularity.PER_CHANNEL, "static"),
         ("w2a16-per-tensor", 2, None, Granularity.PER_TENSOR, "static"),
         ("w8a8-per-channel-dynamic", 8, 8, Granularity.PER_CHANNEL, "dynamic"),
+        ("w8a8-per-tensor-asym-o8", 8, 8, Granularity.PER_TENSOR, "static"),
     ],
 )
 def test_scheme_names_parse_and_round_trip(
@@ -251,6 +252,8 @@ def test_scheme_names_parse_and_round_trip(
         ("W4A4-per-tensor", "malformed scheme"),
         ("w4-per-tensor", "malformed scheme"),
         ("w4a16-per-tensor-dynamic", "weight-only quantization has no activation scales"),
+        ("w8a16-per-tensor-o8", "output requantization needs static activation scales"),
+        ("w8a8-per-tensor-dynamic-o8", "output requantization needs static activation scales"),
     ],
 )
 def test_malformed_schemes_are_rejected(scheme, message):
@@ -438,3 +441,25 @@ def test_input_scale_divides_each_input_channel_before_quantizing():
     with torch.no_grad():
         torch.testing.assert_close(quantized(x), expected)
     assert "input scale" in repr(quantized)
+
+
+def test_output_requantization_snaps_each_layer_output_to_its_calibrated_grid():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 1))
+    calibration = [torch.randn(2, 1, 6, 6, 6) for _ in range(2)]
+    config = QuantConfig.from_scheme("w8a8-per-tensor-o8")
+    quantized = quantize(model, config, calibration)
+    first = quantized[0]
+    assert first.spec.output_bits == 8 and first.description["output_bits"] == 8
+    plain = quantize(model, QuantConfig.from_scheme("w8a8-per-tensor"), calibration)[0]
+    with torch.no_grad():
+        largest = max(float(plain(batch).abs().max()) for batch in calibration)  # FP inputs
+        first.start_calibration()
+        for batch in calibration:
+            first(batch)
+        first.finish_calibration()
+        assert float(first.output_scale) == pytest.approx(largest / 127, rel=0.02)
+        codes = first(calibration[0]) / first.output_scale
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert float(codes.round().abs().max()) <= 127
+    assert "output requantized to 8 bits" in repr(first)

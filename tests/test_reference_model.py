@@ -170,3 +170,14 @@ def test_shipped_demo_models_load_with_trained_weights(name):
     with torch.no_grad():
         out = model(torch.zeros(1, 1, *spec.sliding_window.roi_size))
     assert out.shape[1] == len(spec.labels)
+
+
+def test_a_model_json_without_orientation_is_refused_with_the_reason(tmp_path):
+    data = spec_dict("UNet")
+    data["preprocessing"] = {k: v for k, v in PRE.items() if k != "orientation"}
+    with pytest.raises(ModelSpecError, match="orientation is required.*null to feed the voxel "
+                       "axes as stored.*not orientation-invariant"):  # fmt: skip
+        ModelSpec.from_dict(data)
+    stored = ModelSpec.from_dict(spec_dict("UNet") | {"preprocessing": PRE | {"orientation": None}})
+    assert stored.preprocessing.orientation is None
+    assert stored.to_dict()["preprocessing"]["orientation"] is None  # written, as null

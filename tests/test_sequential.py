@@ -40,7 +40,11 @@ def sequential_spec(layers: list[dict], roi: int = 16) -> ModelSpec:
             "architecture": "Sequential",
             "kwargs": {"in_channels": 1, "layers": layers},
             "labels": LABELS,
-            "preprocessing": {"spacing": [12.0, 12.0, 16.0], "intensity_window": [-200, 600]},
+            "preprocessing": {
+                "orientation": "RAS",
+                "spacing": [12.0, 12.0, 16.0],
+                "intensity_window": [-200, 600],
+            },
             "sliding_window": {"roi_size": [roi] * 3, "overlap": 0.0, "sw_batch_size": 1},
         }
     )

@@ -16,7 +16,8 @@ from rest_framework.test import APIClient
 
 from harness.artifacts.checkpoint.describe import describe_checkpoint
 from harness.artifacts.checkpoint.save import save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.post_training import REACH_STEPS, reach_in_steps
 from harness.cli import main
 from harness.demo import write_demo

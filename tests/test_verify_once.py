@@ -14,7 +14,8 @@ import pytest
 from harness.artifacts.checkpoint import storage
 from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx import export, safety
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.entry.upload import Submission, evaluate_submission
 from harness.track import loaded
 from harness.track.loaded import LoadedTrack

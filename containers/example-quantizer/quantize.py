@@ -18,7 +18,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from harness.artifacts.checkpoint.save import save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.models.calibration import volume_patches
 from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with

@@ -65,12 +65,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
     from harness.artifacts.checkpoint.load import load_checkpoint
-    from harness.artifacts.onnx.export import (
-        FP32_TOLERANCE,
-        export_fp32,
-        export_qdq,
-        int8_model,
-    )
+    from harness.artifacts.onnx.agreement import SIMULATION_TOLERANCE, simulation_agreement
+    from harness.artifacts.onnx.export import FP32_TOLERANCE, export_fp32
+    from harness.artifacts.onnx.int8_scheme import int8_model
+    from harness.artifacts.onnx.qdq_export import export_qdq
     from harness.backends.onnxruntime import relative_difference
 
     if args.checkpoint and args.int8:
@@ -84,10 +82,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
         else:
             model = int8_model(reference, calibration)
         path = export_qdq(model, track.model_spec, calibration, args.out)
-        difference = relative_difference(model, path, calibration[0])
+        agreement = simulation_agreement(model, path, calibration[0])
         print(
-            f"Q/DQ ONNX → {path}; max |ORT − simulated| / max |simulated| on a calibration "
-            f"batch {difference:.3g}"
+            f"Q/DQ ONNX → {path}: the simulated model's quantizers exactly; on a calibration "
+            f"batch mean |ORT − simulated| / mean |simulated| {agreement.relative:.3g} "
+            f"(tolerance {SIMULATION_TOLERANCE}), max / max {agreement.largest:.3g}"
         )
         return
     path = export_fp32(reference, track.model_spec, args.out)
@@ -130,6 +129,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="export per-channel INT8 weights + static per-tensor INT8 activations as Q/DQ ONNX",
+        help="export per-channel INT8 weights + static per-tensor INT8 activations (outputs "
+        "requantized for ONNX Runtime's integer kernels) as Q/DQ ONNX",
     )
     p.set_defaults(func=cmd_export_onnx)

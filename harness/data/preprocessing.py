@@ -37,6 +37,14 @@ AFFINE_TOLERANCE_MM = 1e-3
 AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
+ORIENTATION_REQUIRED = (
+    "preprocessing.orientation is required: the axis codes the network was trained in (e.g. "
+    '"RAS"), or null to feed the voxel axes as stored. There is no default because a network '
+    "that is not orientation-invariant gives wrong results, with no other sign, on volumes "
+    "turned into a frame it was not trained in"
+)
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How a raw volume becomes network input.
@@ -104,11 +112,15 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
+        """Parse a model.json ``preprocessing`` object; ``orientation`` must be stated (see
+        ``ORIENTATION_REQUIRED``)."""
+        if "orientation" not in data:
+            raise ValueError(ORIENTATION_REQUIRED)
         spacing = data.get("spacing")
         window = data.get("intensity_window")
         percentiles = data.get("intensity_percentiles")
         return cls(
-            orientation=data.get("orientation", "RAS"),
+            orientation=data["orientation"],
             spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
             intensity_window=tuple(float(w) for w in window) if window is not None else None,
             normalisation=data.get("normalisation", "window"),

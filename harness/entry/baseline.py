@@ -21,12 +21,15 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 
 from harness.artifacts.checkpoint.save import save_checkpoint
-from harness.artifacts.onnx.export import export_qdq, int8_model
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes, macs_per_sample, weighted_ops
 from harness.artifacts.onnx.graph_ptq import TOOL as GRAPH_PTQ_TOOL
 from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.placement import QdqPlacement
+from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.backends import get_backend
 from harness.entry.evaluated import Evaluated
 from harness.entry.upload import StageCallback, Submission, evaluate_submission
@@ -217,16 +220,16 @@ def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> 
     the backend's placements that its engine runs faithfully (logits within ``ENGINE_DEVIATION``
     of ONNX Runtime's on the same file; the closest one if none is), with the placement chosen
     and each deviation measured."""
-    model = int8_model(track.torch_model("the harness's INT8 export"), track.calibration, skip=skip)
+    network = track.torch_model("the harness's INT8 export")
     placements = track.backend.qdq_placements
     if len(placements) == 1:
-        export_qdq(model, track.model_spec, track.calibration, path, placement=placements[0])
+        _int8_export_in(track, network, path, skip, placements[0])
         return path, {"placement": placements[0].name}
     candidates: dict[str, Path] = {}
     deviation: dict[str, float] = {}
     for placement in placements:
         candidate = path.with_name(f"{path.stem}.{placement.name}.onnx")
-        export_qdq(model, track.model_spec, track.calibration, candidate, placement=placement)
+        _int8_export_in(track, network, candidate, skip, placement)
         candidates[placement.name] = candidate
         deviation[placement.name] = _engine_deviation(track, candidate)
         if deviation[placement.name] <= ENGINE_DEVIATION:
@@ -237,6 +240,21 @@ def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> 
     for other in candidates.values():
         other.unlink()
     return path, {"placement": chosen, "engine_deviation": deviation}
+
+
+def _int8_export_in(
+    track: LoadedTrack,
+    network: nn.Module,
+    path: Path,
+    skip: tuple[str, ...],
+    placement: QdqPlacement,
+) -> Path:
+    """The INT8 scheme for ``placement`` (outputs requantized where its engine needs it),
+    exported in it and checked against its simulation."""
+    model = int8_model(
+        network, track.calibration, skip=skip, requantize_outputs=placement.requantize_outputs
+    )
+    return export_qdq(model, track.model_spec, track.calibration, path, placement=placement)
 
 
 def _engine_deviation(track: LoadedTrack, path: Path) -> float:

@@ -6,14 +6,17 @@ State (registered buffers, so ``state_dict()`` holds exactly what a checkpoint s
 of ``weight_format``), ``weight_zero_point`` (int32, shape of the scale, affine weights only),
 ``weight_group_ids`` (int32, shape of the weight, permuted layouts only), ``bias`` (float32 or
 absent), ``act_scale`` (float32, static activation scales only), ``act_zero_point`` (int32, shape of
-``act_scale``, static asymmetric activations only), and a method's extras (see
+``act_scale``, static asymmetric activations only), ``output_scale`` (float32 (1,), output
+requantization only), and a method's extras (see
 ``layer_extras``): ``input_scale`` (float32 (C_in,), explicit input scales only), ``lowrank_u`` /
 ``lowrank_v`` (float32 (m, r) / (r, n), low-rank branch only); an input rotation is a manifest flag.
 Forward: the input scaled and rotated by the extras, w_hat = scale * (code + zero) per weight
 (always from the codes, so a save/load round trip is bit-exact), x_hat = fake_quantize(x) with a
 static or dynamic scale on the symmetric grid, or on the asymmetric (zero-point) grid when the spec
 says ``activation_zero_point`` (see ``quantizer``), then the float32 functional conv/linear, plus
-the low-rank branch.
+the low-rank branch; with ``output_bits`` the result snapped to the symmetric grid of the static
+per-tensor ``output_scale`` = max|y| / qmax (calibrated), the requantized output an integer
+kernel such as ONNX Runtime's QLinearConv writes.
 Integer codes are exact in float32 and the accumulation is the float32 op, which is deterministic
 for a fixed input, device and library build.
 """
@@ -85,7 +88,9 @@ class LayerSpec:
     ``input_scale``, ``input_rotation`` and ``lowrank_rank`` declare a method's extras (see
     ``layer_extras``): an explicit per-input-channel scale, a rotation name, the rank r of a
     floating-point low-rank branch. ``activation_zero_point`` puts the input on the asymmetric
-    (unsigned, zero-point) grid instead of the symmetric one.
+    (unsigned, zero-point) grid instead of the symmetric one. ``output_bits`` requantizes the
+    layer's output to that many bits (static per-tensor symmetric scale, max calibration), as an
+    integer kernel does; it needs static activation scales.
     """
 
     kind: str
@@ -101,6 +106,7 @@ class LayerSpec:
     input_rotation: str | None = None
     lowrank_rank: int | None = None
     activation_zero_point: bool = False
+    output_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _ACTIVATION_GRANULARITIES:
@@ -137,6 +143,10 @@ class LayerSpec:
             raise ValueError(
                 f"activation_zero_point must be true or false, got {self.activation_zero_point!r}"
             )
+        if self.output_bits is not None:
+            check_bits(self.output_bits, "output_bits")
+            if self.activation_scale != "static":
+                raise ValueError("output requantization needs static activation scales")
         if self.activation_bits is None:
             if self.activation_granularity is not None or self.activation_scale is not None:
                 raise ValueError(
@@ -199,6 +209,8 @@ class LayerSpec:
             entry["lowrank_rank"] = self.lowrank_rank
         if self.activation_zero_point:
             entry["activation_zero_point"] = True
+        if self.output_bits is not None:
+            entry["output_bits"] = self.output_bits
         return entry
 
     @classmethod
@@ -218,6 +230,7 @@ class LayerSpec:
             "input_rotation",
             "lowrank_rank",
             "activation_zero_point",
+            "output_bits",
         }
         missing = expected - entry.keys()
         unknown = entry.keys() - expected - optional
@@ -272,6 +285,7 @@ class QuantLayer(nn.Module):
     bias: torch.Tensor | None
     act_scale: torch.Tensor | None
     act_zero_point: torch.Tensor | None
+    output_scale: torch.Tensor | None
     input_scale: torch.Tensor | None
     lowrank_u: torch.Tensor | None
     lowrank_v: torch.Tensor | None
@@ -314,10 +328,13 @@ class QuantLayer(nn.Module):
                 act_zero_point = torch.zeros(act_scale.shape, dtype=torch.int32, device=device)
         self.register_buffer("act_scale", act_scale)
         self.register_buffer("act_zero_point", act_zero_point)
+        output_scale = None if spec.output_bits is None else torch.ones((1,), **factory)
+        self.register_buffer("output_scale", output_scale)
         self._register_extras(layer, spec, factory)
         self._calibrated = False
         self._calibrating = False
         self._observer: RangeObserver | None = None
+        self._output_observer: RangeObserver | None = None
 
     def _register_extras(self, layer: nn.Module, spec: LayerSpec, factory: dict[str, Any]) -> None:
         width = layer.in_features if self.kind == "linear" else layer.in_channels
@@ -480,7 +497,8 @@ class QuantLayer(nn.Module):
 
     @property
     def needs_calibration(self) -> bool:
-        """True while a static activation scale has been neither calibrated nor loaded."""
+        """True while a static activation (or output) scale has been neither calibrated nor
+        loaded."""
         return self.act_scale is not None and not self._calibrated
 
     def start_calibration(
@@ -492,6 +510,9 @@ class QuantLayer(nn.Module):
         ``finish_calibration()``, which sets the scale by ``calibration``."""
         self._calibrating = True
         self._observer = None
+        self._output_observer = None
+        if self.output_scale is not None:
+            self._output_observer = RangeObserver(symmetric=True, channel_axis=None)
         if self.act_scale is not None:
             per_channel = self.spec.activation_granularity is ActivationGranularity.PER_CHANNEL
             self._observer = RangeObserver(
@@ -514,10 +535,17 @@ class QuantLayer(nn.Module):
     def finish_calibration(self) -> None:
         """Turn the recorded range into ``act_scale`` = max|x| / qmax on the symmetric grid, or
         ``act_scale`` and ``act_zero_point`` of [min x, max x] on the asymmetric one, the range
-        chosen by the calibration rule (static layers only)."""
+        chosen by the calibration rule (static layers only); ``output_scale`` = max|y| / qmax of
+        the outputs seen."""
         self._calibrating = False
         if self.act_scale is None:
             return
+        if self._output_observer is not None:
+            if not self._output_observer.seen:
+                raise RuntimeError("no calibration batch reached this layer")
+            _, high = self._output_observer.range(self.spec.output_bits)
+            self.output_scale = symmetric_scale(high.reshape(1), self.spec.output_bits)
+            self._output_observer = None
         if self._observer is None or not self._observer.seen:
             raise RuntimeError("no calibration batch reached this layer")
         bits, shape = self.spec.activation_bits, self.act_scale.shape
@@ -547,7 +575,13 @@ class QuantLayer(nn.Module):
             quantized = self._quantize_input(x)
         out = self._compute(quantized, self.dequantized_weight(), self.bias)
         branch = self.lowrank_weight()
-        return out if branch is None else out + self._compute(x, branch, None)
+        out = out if branch is None else out + self._compute(x, branch, None)
+        if self.output_scale is None:
+            return out
+        if self._calibrating:
+            self._output_observer.observe(out)
+            return out
+        return fake_quantize(out, self.output_scale, self.spec.output_bits)
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """x / input_scale per input channel, then x R^T along the channel axis (extras only)."""
@@ -635,7 +669,10 @@ class QuantLayer(nn.Module):
             return text + ", weight-only"
         granularity = spec.activation_granularity.value
         grid = " asymmetric" if spec.activation_zero_point else ""
-        return text + f", a{spec.activation_bits}{grid} {granularity} {spec.activation_scale}"
+        text += f", a{spec.activation_bits}{grid} {granularity} {spec.activation_scale}"
+        if spec.output_bits is not None:
+            text += f", output requantized to {spec.output_bits} bits"
+        return text
 
 
 class _QuantConvBase(QuantLayer):

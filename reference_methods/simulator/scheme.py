@@ -37,7 +37,7 @@ from reference_methods.simulator.weight_format import QuantizedWeight
 
 _SCHEME = re.compile(
     r"w(\d+)a(\d+)-(per-tensor|per-channel|adaptive)(-g\d+)?(-asym)?(-mse|-p\d+(?:\.\d+)?)?"
-    r"(-dynamic)?"
+    r"(-dynamic)?(-o\d+)?"
 )
 _WEIGHT_ONLY_BITS = 16
 QUANTIZE_STAGE = "quantize layers"
@@ -59,6 +59,9 @@ class QuantConfig:
     definition) or ``asymmetric`` (unsigned with a zero-point, as deployment toolkits offer);
     ``activation_calibration`` how static scales are chosen (``max``, ``percentile`` at
     ``activation_percentile``, or ``mse``; dynamic scales are always the input's own range).
+    ``output_bits`` requantizes every quantized layer's output as an integer kernel does (static
+    per-tensor symmetric scale, max calibration; see ``LayerSpec``); None (the study's schemes)
+    leaves outputs in floating point.
     """
 
     weight_bits: int
@@ -70,6 +73,7 @@ class QuantConfig:
     activation_quantizer: ActivationQuantizer = "symmetric"
     activation_calibration: ActivationCalibration = ActivationCalibration.MAX
     activation_percentile: float = DEFAULT_PERCENTILE
+    output_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
@@ -120,21 +124,26 @@ class QuantConfig:
                 f"{calibration.value} calibration applies to static activation scales; dynamic "
                 "scales are each input's own range"
             )
+        if self.output_bits is not None:
+            check_bits(self.output_bits, "output_bits")
+            if weight_only or self.activation_scales != "static":
+                raise ValueError("output requantization needs static activation scales")
 
     @classmethod
     def from_scheme(cls, scheme: str) -> "QuantConfig":
         """Parse ``w<W>a<A>-<granularity>[-g<group size>][-asym][-mse|-p<percentile>]
-        [-dynamic]``, e.g. "w4a4-adaptive", "w8a8-per-tensor-asym-p99.99" or
+        [-dynamic][-o<output bits>]``, e.g. "w4a4-adaptive", "w8a8-per-tensor-asym-p99.99" or
         "w4a16-per-channel-g32"; a16 = weight-only, ``-asym`` asymmetric activations, ``-mse`` /
-        ``-p<percentile>`` the calibration of static scales (default max)."""
+        ``-p<percentile>`` the calibration of static scales (default max), ``-o8`` outputs
+        requantized to 8 bits."""
         match = _SCHEME.fullmatch(scheme) if isinstance(scheme, str) else None
         if match is None:
             raise ValueError(
                 f"malformed scheme {scheme!r}: expected w<bits>a<bits>-"
                 "<per-tensor|per-channel|adaptive>[-g<group size>][-asym][-mse|-p<percentile>]"
-                "[-dynamic], e.g. 'w4a4-per-channel' or 'w8a8-per-tensor-asym'"
+                "[-dynamic][-o<output bits>], e.g. 'w4a4-per-channel' or 'w8a8-per-tensor-asym'"
             )
-        weight_bits, activation_bits, granularity, group, asym, calibration, dynamic = (
+        weight_bits, activation_bits, granularity, group, asym, calibration, dynamic, output = (
             match.groups()
         )
         activation = int(activation_bits)
@@ -153,6 +162,7 @@ class QuantConfig:
             activation_scales="dynamic" if dynamic else "static",
             weight_group_size=None if group is None else int(group[2:]),
             activation_quantizer="asymmetric" if asym else "symmetric",
+            output_bits=None if output is None else int(output[2:]),
             **rule,
         )
 
@@ -168,6 +178,8 @@ class QuantConfig:
             ActivationCalibration.PERCENTILE: f"-p{self.activation_percentile:g}",
         }[self.activation_calibration]
         suffix = "-dynamic" if self.activation_scales == "dynamic" else ""
+        if self.output_bits is not None:
+            suffix += f"-o{self.output_bits}"
         return (
             f"w{self.weight_bits}a{activation}-{self.granularity.value}{group}{grid}"
             f"{calibration}{suffix}"
@@ -196,6 +208,7 @@ def layer_spec(layer: nn.Module, config: QuantConfig) -> LayerSpec:
         activation_granularity=rule.activation,
         activation_scale="dynamic" if dynamic else "static",
         activation_zero_point=config.activation_quantizer == "asymmetric",
+        output_bits=config.output_bits,
         **weight,
     )
 

@@ -31,6 +31,11 @@ def save_checkpoint(model: nn.Module, out_dir: Path, reference: dict | None = No
     for name, layer in layers.items():
         if layer.needs_calibration:
             raise CheckpointError(f"layer {name!r} has an uncalibrated static activation scale")
+        if layer.spec.output_bits is not None:
+            raise CheckpointError(
+                f"layer {name!r} requantizes its output, a property of the INT8 Q/DQ export "
+                "scheme (harness export-onnx --int8), not of the checkpoint format"
+            )
     folds = getattr(model, FOLDED_INPUT_SCALES, {})
     manifest = {
         "format": FORMAT,

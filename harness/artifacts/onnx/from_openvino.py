@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.artifacts.onnx.export import ExportError, save_checked, set_metadata, sorted_graph
+from harness.artifacts.onnx.export import ExportError, save_checked, set_metadata
 from harness.artifacts.onnx.graph import GraphIndex, weighted_ops
+from harness.artifacts.onnx.qdq_graph import sorted_graph
 
 ZERO_POINT_TOLERANCE = 1e-2
 """|zero-point - nearest integer| a FakeQuantize range may show (float32 rounding of its ends)."""

@@ -5,13 +5,16 @@ The integers are the same symmetric codes q ∈ [-127, 127] in every placement; 
 and the requantization points decide what an engine fuses into integer kernels:
 
 - ``ORT_PLACEMENT`` stores q + 128 as uint8 (zero-point 128), the x86 U8S8 form ONNX Runtime's
-  QLinearConv runs fastest; a quantizer sits on each quantized layer's input and output.
+  QLinearConv runs fastest; ORT fuses a layer into an integer kernel only with a quantizer on
+  its output too, so its INT8 scheme requantizes every quantized layer's output
+  (``requantize_outputs``; the simulated model does the same, see ``int8_scheme``).
 - ``OPENVINO_PLACEMENT`` stores q as int8 with zero-point 0, as NNCF does: OpenVINO's
-  low-precision transformations move a dequantization without zero-point through reshapes,
-  normalisations and ConvTranspose (which then runs in int8; a zero-point keeps it in float). It
-  also quantizes the input of every normalisation that no quantizer feeds yet (a residual sum
-  entering a GroupNorm, say), so that the normalisation and the layout reorders around it run on
-  int8 data.
+  low-precision transformations move a dequantization without zero-point through reshapes and
+  ConvTranspose (which then runs in int8; a zero-point keeps it in float), and run a layer in
+  int8 from its input quantizers alone, so its outputs stay in float.
+
+No placement quantizes a tensor the simulated model does not: an exported file computes what the
+simulator scores (``harness.artifacts.onnx.agreement``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,6 @@ from harness.errors import HarnessError
 ACTIVATION_ZERO_POINT = 128
 """uint8 zero-point: code q ∈ [-127, 127] is stored as q + 128."""
 ACTIVATION_DTYPES = ("uint8", "int8")
-NORMALISATION_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
-"""Ops whose input and output ``OPENVINO_PLACEMENT`` quantizes (a GroupNorm exports as Reshape →
-InstanceNormalization, so the walk back from one passes through reshapes)."""
 NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
 """Ops whose output is never negative, so symmetric codes of it lie in 0..127."""
 
@@ -35,14 +35,14 @@ NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax")
 @dataclass(frozen=True)
 class QdqPlacement:
     """``activation_dtype`` ``"uint8"`` (zero-point 128) or ``"int8"`` (zero-point 0);
-    ``quantize_normalisations``: a calibrated quantizer (s = max|x| / 127) on the input and the
-    output of every normalisation where there is none; ``unsigned_non_negative``: a layer input
-    that is never negative is stored as uint8 with zero-point 0. ``name`` is recorded in the
-    file's metadata."""
+    ``requantize_outputs``: the engine needs each quantized layer's output requantized to run it
+    as an integer kernel (the INT8 scheme for it then models that requantization);
+    ``unsigned_non_negative``: a layer input that is never negative is stored as uint8 with
+    zero-point 0. ``name`` is recorded in the file's metadata."""
 
     name: str
     activation_dtype: str
-    quantize_normalisations: bool
+    requantize_outputs: bool
     unsigned_non_negative: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +65,6 @@ class QdqPlacement:
         return self.zero_point
 
 
-ORT_PLACEMENT = QdqPlacement("uint8-zero-point-128", "uint8", False)
-OPENVINO_PLACEMENT = QdqPlacement("int8-symmetric-normalisations", "int8", True, True)
+ORT_PLACEMENT = QdqPlacement("uint8-zero-point-128", "uint8", requantize_outputs=True)
+OPENVINO_PLACEMENT = QdqPlacement("int8-symmetric", "int8", False, unsigned_non_negative=True)
 PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, OPENVINO_PLACEMENT)}
