@@ -130,8 +130,12 @@ def test_a_shift_along_thick_slices_costs_the_slice_thickness_not_one_voxel():
     label[5:15, 5:15, 3:9] = 1
     pred = np.roll(label, 1, axis=2)
     for definition in NsdDefinition:
-        assert hd95_per_class(pred, label, [1], (0.8, 0.8, 5.0), definition)[1] == pytest.approx(5.0, abs=TOL_MM)
-        assert hd95_per_class(pred, label, [1], (5.0, 0.8, 0.8), definition)[1] == pytest.approx(0.8, abs=TOL_MM)
+        assert hd95_per_class(pred, label, [1], (0.8, 0.8, 5.0), definition)[1] == pytest.approx(
+            5.0, abs=TOL_MM
+        )
+        assert hd95_per_class(pred, label, [1], (5.0, 0.8, 0.8), definition)[1] == pytest.approx(
+            0.8, abs=TOL_MM
+        )
 
 
 @pytest.mark.parametrize("definition", list(NsdDefinition))

@@ -71,7 +71,9 @@ _KDTREE_LEAFSIZE = 32
 def empty_one_hd_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     """HD95 of a class present in exactly one of prediction and reference: the volume's diagonal
     in mm, sqrt(Σ_i (n_i s_i)²)."""
-    return math.sqrt(math.fsum((int(n) * float(s)) ** 2 for n, s in zip(shape, spacing)))
+    return math.sqrt(
+        math.fsum((int(n) * float(s)) ** 2 for n, s in zip(shape, spacing, strict=True))
+    )
 
 
 def hd95_per_class(

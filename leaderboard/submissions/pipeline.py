@@ -334,6 +334,7 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
         "result": result,
         "mean_dsc": summary["mean_dsc"],
         "mean_nsd": summary["mean_nsd"],
+        "mean_hd95": summary.get("mean_hd95"),
         "dsc_drop_pct": summary["dsc_drop_pct"],
         "dsc_ci_low": summary["dsc_ci95"][0],
         "dsc_ci_high": summary["dsc_ci95"][1],

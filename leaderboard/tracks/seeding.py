@@ -97,18 +97,15 @@ def create_track(
     slug = slugify(f"{model.slug}-{dataset.slug}-{precision}-{backend}")
     title = f"{model.name} on {dataset.name}, {precision.upper()} ({backend})"
     track = Track.objects.filter(slug=slug).first() or Track(slug=slug)
-    values = (
-        {
-            "title": title,
-            "dataset": dataset,
-            "reference_model": model,
-            "backend": backend,
-            "weight_bits": weight_bits,
-            "activation_bits": activation_bits,
-            "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
-        }
-        | fields
-    )
+    values = {
+        "title": title,
+        "dataset": dataset,
+        "reference_model": model,
+        "backend": backend,
+        "weight_bits": weight_bits,
+        "activation_bits": activation_bits,
+        "tie_breakers": ["-mean_nsd", "size_mb", "created_at"],
+    } | fields
     for name, value in values.items():
         setattr(track, name, value)
     try:
