@@ -281,6 +281,14 @@ class Track(models.Model):
             return f"rank then aggregate: mean per-case rank on {names} (lower is better)"
         return f"mean then rank: {label} ({direction})"
 
+    @property
+    def tie_breaker_labels(self) -> list[str]:
+        """The tie-breakers in words, e.g. "mean NSD (higher first)"."""
+        return [
+            f"{RANKING_METRICS[c][0]} ({'higher' if descending else 'lower'} first)"
+            for c, descending in self.ranking_keys()[1:]
+        ]
+
     def ranking_keys(self) -> list[tuple[str, bool]]:
         """(column, descending) pairs: the primary metric in its natural order, then
         the tie-breakers (under rank then aggregate, the mean per-case rank comes first:
