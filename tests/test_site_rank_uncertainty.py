@@ -88,8 +88,15 @@ def test_a_board_ranked_by_hd95_puts_the_smallest_distance_first_and_shows_the_c
     html = page(client, track)
     assert "HD95 (mm)" in html and "mean then rank: mean HD95 (mm) (lower is better)" in html
     assert html.index(">near<") < html.index(">middle<") < html.index(">far<")
-    rows = list(csv.DictReader(io.StringIO(client.get(
-        reverse("api-leaderboard", args=[track.slug]), {"format": "csv"}).content.decode())))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get(
+                    reverse("api-leaderboard", args=[track.slug]), {"format": "csv"}
+                ).content.decode()
+            )
+        )
+    )
     assert [(r["method"], float(r["mean_hd95"])) for r in rows] == [
         ("near", 2.0), ("middle", 4.5), ("far", 9.0)
     ]  # fmt: skip

@@ -330,9 +330,11 @@ def compare_entries(request, slug: str):
         for e, d in zip(data["entries"], data["mean_dsc_difference"], strict=True)
     ]
     for row in data["per_class"]:
-        row["cells"] = list(zip(row["dsc"], row["nsd"], row["dsc_difference"], strict=True))
+        row["cells"] = list(
+            zip(row["dsc"], row["nsd"], row["hd95"], row["dsc_difference"], strict=True)
+        )
     for row in data["per_case"]:
-        row["cells"] = list(zip(row["dsc"], row["nsd"], strict=True))
+        row["cells"] = list(zip(row["dsc"], row["nsd"], row["hd95"], strict=True))
     return render(
         request, "tracks/compare.html", {"track": track, "data": data, "summary": summary}
     )
