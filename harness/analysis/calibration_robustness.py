@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from harness.baselines import compute_baseline
 from harness.data.calibration import calibration_batches
 from harness.data.dataset import Case
 from harness.track.loaded import LoadedTrack
@@ -63,6 +66,24 @@ def calibration_spread(
     sets = resampled_calibration_sets(track.calibration_cases, resamples, track.spec.seed)
     values = [float(rerun(with_calibration(track, cases))["summary"]["mean_dsc"]) for cases in sets]
     return spread_summary(values, [[c.case_id for c in cases] for cases in sets], resamples)
+
+
+def baseline_calibration_spread(
+    track: LoadedTrack, method: str, scheme: str, resamples: int, workdir: Path
+) -> dict:
+    """The ``calibration`` summary of a reference baseline (``method`` under ``scheme``),
+    re-quantized and scored on each resampled calibration set (artifacts in ``workdir``)."""
+    runs = iter(range(resamples))
+
+    def rerun(on: LoadedTrack) -> dict:
+        folder = Path(workdir) / f"calibration-resample-{next(runs)}"
+        result = compute_baseline(
+            on, method=method, scheme=scheme, workdir=folder, fp32=track.fp32_run
+        ).result
+        shutil.rmtree(folder, ignore_errors=True)
+        return result
+
+    return calibration_spread(track, rerun, resamples)
 
 
 def spread_summary(values: list[float], case_ids: list[list[str]], resamples: int) -> dict:

@@ -25,7 +25,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from harness.analysis.calibration_robustness import calibration_spread
-from harness.baselines import compute_baseline
+from harness.baselines import (
+    CALIBRATION_BASELINE_GRANULARITY,
+    CALIBRATION_BASELINE_SUFFIXES,
+    compute_baseline,
+)
 from harness.inference.evaluation import EvaluationRun
 from harness.submission import Submission, evaluate_submission
 from harness.track.loaded import LoadedTrack
@@ -77,6 +81,21 @@ def study_schemes(
                     if scheme not in schemes:
                         schemes.append(scheme)
     return schemes
+
+
+def calibration_rows(scheme: str) -> list[tuple[str, str]]:
+    """(scheme, activation calibration) of a study scheme's rows on the site's study page: itself
+    (``max``; ``none`` weight-only), then, at the granularity of the activation-calibration
+    baselines, its percentile and MSE variants (``harness.baselines``)."""
+    config = QuantConfig.from_scheme(scheme)
+    if config.activation_bits is None:
+        return [(scheme, "none")]
+    rows = [(scheme, config.activation_calibration.value)]
+    if config.granularity.value == CALIBRATION_BASELINE_GRANULARITY:
+        for suffix in CALIBRATION_BASELINE_SUFFIXES:
+            variant = QuantConfig.from_scheme(scheme + suffix)
+            rows.append((scheme + suffix, variant.activation_calibration.value))
+    return rows
 
 
 def _activation_calibration(submission: dict) -> str:

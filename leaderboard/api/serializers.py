@@ -37,6 +37,9 @@ class LeaderboardRowSerializer(serializers.Serializer):
     mean_dsc = serializers.FloatField()
     mean_nsd = serializers.FloatField()
     mean_hd95 = serializers.FloatField(allow_null=True, help_text="mm, lower is better")
+    calibration_sd = serializers.FloatField(
+        allow_null=True, help_text="± calibration: sd of mean DSC over resampled calibration sets"
+    )
     dsc_drop_pct = serializers.FloatField()
     dsc_ci_low = serializers.FloatField()
     dsc_ci_high = serializers.FloatField()

@@ -190,6 +190,9 @@ class Scores(models.Model):
         null=True, blank=True, help_text="mean HD95 (mm) over cases; empty on older results"
     )
     dsc_drop_pct = models.FloatField()
+    calibration_sd = models.FloatField(
+        null=True, blank=True, help_text="± calibration: sd of mean DSC over resampled sets"
+    )
     dsc_ci_low = models.FloatField()
     dsc_ci_high = models.FloatField()
     fp32_mean_dsc = models.FloatField()

@@ -30,6 +30,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.artifacts.precision import granularity_label
 from harness.baselines import compute_baseline, compute_reference
 from harness.containers.images import PinnedImage, load_image_archive, pin_registry_image
@@ -295,6 +296,12 @@ def _evaluate(
             on_stage=on_stage,
         )
         _store_artifact(submission, baseline.artifact)
+        resamples = submission.track.calibration_resamples
+        if resamples:
+            spread = baseline_calibration_spread(
+                track, submission.reference_method or "rtn", submission.scheme, resamples, workdir
+            )
+            baseline.result["summary"]["calibration"] = spread
         return baseline.result
     if submission.kind not in EVALUATED_KINDS:
         raise Rejected(f"{submission.get_kind_display()} submissions cannot be evaluated")
@@ -335,6 +342,7 @@ def store_evaluation(submission: Submission, result: dict) -> Evaluation:
         "mean_dsc": summary["mean_dsc"],
         "mean_nsd": summary["mean_nsd"],
         "mean_hd95": summary.get("mean_hd95"),
+        "calibration_sd": (summary.get("calibration") or {}).get("sd"),
         "dsc_drop_pct": summary["dsc_drop_pct"],
         "dsc_ci_low": summary["dsc_ci95"][0],
         "dsc_ci_high": summary["dsc_ci95"][1],
