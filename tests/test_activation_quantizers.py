@@ -364,6 +364,7 @@ def test_tracks_that_quantize_activations_get_an_rtn_baseline_with_asymmetric_ac
 
     assert schemes(weight_bits=8, activation_bits=8) == [
         "w8a8-per-tensor", "w8a8-per-channel", "w8a8-adaptive", "w8a8-per-tensor-asym",
+        "w8a8-per-tensor-p99.99", "w8a8-per-tensor-mse",  # the activation-calibration rows
     ]  # fmt: skip
     assert "w4a4-per-tensor-asym" in schemes(weight_bits=4, activation_bits=4)
     assert not any(s.endswith("-asym") for s in schemes(weight_bits=4))  # weight-only

@@ -53,3 +53,44 @@ def test_track_spec_nsd_definition_defaults_to_the_publications_and_refuses_unkn
     assert TrackSpec.from_json(path).nsd_definition == "voxel"
     with pytest.raises(HarnessError, match="unknown nsd_definition 'area'.*subvoxel, voxel"):
         TrackSpec(model_dir=tmp_path, dataset_dir=tmp_path, nsd_definition="area")
+
+
+def _document(with_hd95: bool) -> dict:
+    from harness.scoring.evaluation import CaseMetrics, EvaluationRun
+    from harness.scoring.result import build_result
+
+    cases = [
+        CaseMetrics(f"c{i}", {1: 0.8 + i / 100, 2: 0.7}, {1: 0.9, 2: 0.6},
+                    hd95={1: 2.0 + i, 2: 5.5} if with_hd95 else {})
+        for i in range(3)
+    ]  # fmt: skip
+    track = {
+        "model": "m", "architecture": "UNet", "family": "cnn", "weights_sha256": "0" * 64,
+        "dataset": "d", "test_cases": ["c0", "c1", "c2"], "nsd_tolerance_mm": 2.0,
+        "nsd_definition": "subvoxel", "backend": "simulated",
+    }  # fmt: skip
+    return build_result(
+        EvaluationRun(cases), labels={0: "bg", 1: "liver", 2: "spleen"}, track=track,
+        submission={"kind": "fp32", "precision": {}}, fp32=None, seed=0, accuracy_gate=0.99,
+    )  # fmt: skip
+
+
+def test_result_version_3_holds_hd95_per_case_class_and_summary_and_version_2_stays_valid():
+    import jsonschema
+
+    from harness.scoring.result import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    document = _document(with_hd95=True)
+    jsonschema.validate(document, schema)
+    assert document["schema_version"] == 3
+    assert document["cases"][1]["hd95"] == {"1": 3.0, "2": 5.5}
+    assert document["cases"][1]["mean_hd95"] == pytest.approx(4.25)
+    assert document["per_class"]["1"]["mean_hd95"] == pytest.approx(3.0)
+    assert document["summary"]["mean_hd95"] == pytest.approx((3.75 + 4.25 + 4.75) / 3)
+    assert document["summary"]["fp32_mean_hd95"] == document["summary"]["mean_hd95"]
+    older = _document(with_hd95=False)
+    assert "mean_hd95" not in older["summary"]
+    with pytest.raises(jsonschema.ValidationError, match="mean_hd95"):
+        jsonschema.validate(older, schema)  # version 3 must hold HD95
+    jsonschema.validate(older | {"schema_version": 2}, schema)  # a version-2 document is valid

@@ -33,7 +33,10 @@ PHANTOM_CASES = 6
 """Two test cases and one calibration case: every shipped model's study runs in under a minute
 here, and two cases let the compare page judge a difference against case-to-case noise."""
 BASELINES_TIMEOUT_S = 1500
-ROW = re.compile(r"^(FP32|W\d+A\d+)\s+(\S+)\s+(\S+ \(↓-?[\d.]+%\))\s+(\S+ \(↓-?[\d.]+%\))$")
+ROW = re.compile(
+    r"^(FP32|W\d+A\d+)\s+(\S+)\s+(\S+ \(↓-?[\d.]+%\))\s+(\S+ \(↓-?[\d.]+%\))(?:\s+[\d.]+)?$"
+)
+"""A study row: precision, granularity, DSC and NSD cells, then its HD95 (mm)."""
 
 
 def printed_study(dataset: Path, model: Path, out: Path) -> dict[str, tuple[str, str]]:

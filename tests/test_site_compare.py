@@ -2,12 +2,15 @@
 the first entry, the paired bootstrap CI of the mean-DSC difference; linked from the board and
 served by the API; bad selections get a specific error."""
 
+import json
+
+import jsonschema
 import numpy as np
 import pytest
 from django.urls import reverse
 from leaderboard_fixtures import site_storage, tiny_tracks
 
-from harness.scoring.result import BOOTSTRAP_SAMPLES, paired_bootstrap_ci
+from harness.scoring.result import BOOTSTRAP_SAMPLES, SCHEMA_PATH, paired_bootstrap_ci
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Submission
 from leaderboard.tracks.seeding import queue_baselines, queue_reference
@@ -62,7 +65,17 @@ def test_api_compares_two_baselines_per_class_and_case_with_the_paired_ci(client
         dsc_a, dsc_b = first["per_class"][key]["mean_dsc"], second["per_class"][key]["mean_dsc"]
         assert [v["value"] for v in row["dsc"]] == [dsc_a, dsc_b]
         assert row["dsc"][1]["difference"] == pytest.approx(dsc_b - dsc_a)
+        hd_a, hd_b = first["per_class"][key]["mean_hd95"], second["per_class"][key]["mean_hd95"]
+        assert [v["value"] for v in row["hd95"]] == [hd_a, hd_b]
     assert [r["case"] for r in data["per_case"]] == [c["case_id"] for c in first["cases"]]
+    assert [r["hd95"][0]["value"] for r in data["per_case"]] == [
+        c["mean_hd95"] for c in first["cases"]
+    ]
+    tensor.evaluation.refresh_from_db()
+    assert data["entries"][0]["mean_hd95"] == first["summary"]["mean_hd95"] > 0
+    assert tensor.evaluation.mean_hd95 == first["summary"]["mean_hd95"]
+    assert first["schema_version"] == 3
+    jsonschema.validate(first, json.loads(SCHEMA_PATH.read_text()))
 
 
 def test_compare_page_is_linked_from_the_board_and_shows_differences_and_the_verdict(
@@ -77,6 +90,7 @@ def test_compare_page_is_linked_from_the_board_and_shows_differences_and_the_ver
     page = response.content.decode()
     assert response.status_code == 200
     assert page.count("one test case: undetermined") == 2  # the tiny track has one test case
+    assert page.count("HD95 mm (Δ)") == 2 * 3  # per class and per case, for each entry
     for name in tensor.evaluation.result["classes"].values():
         assert f"<td>{name}</td>" in page
     for case in tensor.evaluation.result["cases"]:

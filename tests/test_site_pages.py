@@ -40,7 +40,7 @@ def test_home_groups_tracks_and_filters_them_by_weight_bits(client, tiny_tracks)
 def test_track_page_ranks_baselines_and_embeds_the_charts(client, evaluated_baselines):
     response = client.get(reverse("track", args=[evaluated_baselines.slug]))
     page = response.content.decode()
-    assert page.count('class="baseline"') == len(baseline_schemes(evaluated_baselines)) == 8
+    assert page.count('class="baseline"') == len(baseline_schemes(evaluated_baselines)) == 10
     for name in ("size", "per_class", "grid"):
         assert f'id="figure-{name}"' in page
     assert 'id="figure-latency"' not in page  # a simulator's timings are not a deployment's

@@ -80,7 +80,11 @@ def test_study_exports_carry_the_same_numbers_as_the_stored_results(client, rtn_
         )
     response = client.get(reverse("study-model", args=[slug]), {"format": "csv"})
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
-    assert response["Content-Type"].startswith("text/csv") and len(rows) == 7
+    # FP32, then per precision: per-tensor by max, percentile and MSE, per-channel, adaptive
+    assert response["Content-Type"].startswith("text/csv") and len(rows) == 11
+    assert [r["activation_calibration"] for r in rows[1:6]] == [
+        "max", "percentile", "mse", "max", "max"
+    ]  # fmt: skip
     assert float(rows[0]["mean_dsc"]) == table["fp32"]["mean_dsc"]
     assert client.get(reverse("study-model", args=[slug]), {"format": "xml"}).status_code == 404
 
@@ -107,10 +111,10 @@ def test_method_page_lists_the_methods_baselines_on_every_precision(client, rtn_
     assert (
         len(data["entries"])
         == Submission.objects.filter(reference_method="rtn", status="done").count()
-        == 8
+        == 12
     )
     page = client.get(reverse("method", args=["rtn"])).content.decode()
-    assert page.count("<tr>") == 9  # header + 8 entries
+    assert page.count("<tr>") == 13  # header + 12 entries
     assert client.get(reverse("method", args=["no-such-method"])).status_code == 404
 
 
@@ -124,7 +128,7 @@ def test_home_shows_entries_leader_fp32_and_activity_and_filters_by_model_and_pr
     ranked = track.evaluations.filter(rank_all__isnull=False)
     leader = track.evaluations.get(rank_best=1)
     fp32 = track.evaluations.get(submission__kind="fp32")
-    assert f'class="num entries">{ranked.count()}<' in row and ranked.count() == 4
+    assert f'class="num entries">{ranked.count()}<' in row and ranked.count() == 6
     assert leader.submission.method in row and f"{fp32.mean_dsc:.4f}" in row
     newest = Submission.objects.filter(track=track).latest("created_at").created_at
     assert newest.strftime("%Y-%m-%d %H:%M") in row

@@ -18,10 +18,17 @@ def cmd_study(args: argparse.Namespace) -> None:
         args.precisions.split(","),
         args.granularities.split(","),
         args.activation_quantizers.split(","),
+        args.activation_calibrations.split(","),
     )
     methods = args.methods.split(",") if args.methods else ()
     with quantization_bars(not args.quiet):
-        study = run_study(track, schemes, progress=not args.quiet, methods=methods)
+        study = run_study(
+            track,
+            schemes,
+            progress=not args.quiet,
+            methods=methods,
+            calibration_resamples=args.calibration_resamples,
+        )
     write_result(study, args.out)
     title = f"{track.model_spec.name} ({track.model_spec.architecture}) on {track.dataset.name}"
     print(format_table(study["rows"], title=title))
@@ -58,6 +65,13 @@ def cmd_activations(args: argparse.Namespace) -> None:
     print(f"→ {json_path}, {html_path}")
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def register(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "study", parents=[common], help="FP32 + W8A8/W4A4 × granularities, as a table and JSON"
@@ -70,6 +84,20 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         default="symmetric",
         help="comma-separated activation grids per scheme: symmetric (the study's) and/or "
         "asymmetric (zero-point), e.g. symmetric,asymmetric for both side by side",
+    )
+    p.add_argument(
+        "--activation-calibrations",
+        default="max",
+        help="comma-separated calibrations of static activation scales per scheme: max (the "
+        "study's), percentile (at 99.99) and/or mse, e.g. max,percentile,mse for all three",
+    )
+    p.add_argument(
+        "--calibration-resamples",
+        type=_non_negative,
+        default=0,
+        metavar="K",
+        help="re-run every quantized row on K calibration sets resampled (with replacement) from "
+        "the track's calibration pool; the rows show the spread of mean DSC as ± calibration",
     )
     p.add_argument(
         "--methods",

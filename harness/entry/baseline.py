@@ -48,6 +48,12 @@ ASYMMETRIC_BASELINE_GRANULARITY = "per-tensor"
 that quantize activations: static per-tensor activations on the zero-point grid are what
 deployment toolkits (ONNX Runtime, TensorRT, OpenVINO) run; the symmetric rows stay the study's."""
 """RTN runs at every granularity of the study (MedQuanBench's three schemes)."""
+CALIBRATION_BASELINE_GRANULARITY = "per-tensor"
+CALIBRATION_BASELINE_SUFFIXES = ("-p99.99", "-mse")
+"""RTN with static activation scales calibrated at the 99.99th percentile and by least squared
+error runs beside max calibration at this granularity on tracks that quantize activations: one
+scale per tensor is where the calibration of a static scale matters most (the study's
+activation-calibration rows)."""
 LOW_BIT_METHODS = ("gptq", "comq", "permutation-comq", "smoothquant")
 """Methods run per-channel with default options on tracks of at most 4-bit weights, where RTN
 loses accuracy and error-compensating methods matter."""
@@ -114,7 +120,8 @@ def compute_reference(track: LoadedTrack, *, on_stage: StageCallback | None = No
 def baselines_for(spec: TrackSpec) -> list[Baseline]:
     """The baselines a track starts with. On a checkpoint backend: RTN at the track's precision
     for every granularity (symmetric activations, the study's), RTN with asymmetric activations
-    at ``ASYMMETRIC_BASELINE_GRANULARITY`` when the track quantizes activations, plus
+    at ``ASYMMETRIC_BASELINE_GRANULARITY`` and RTN with percentile and MSE activation calibration
+    at ``CALIBRATION_BASELINE_GRANULARITY`` when the track quantizes activations, plus
     ``LOW_BIT_METHODS`` per-channel at ≤ 4-bit weights or ``EIGHT_BIT_METHODS`` per-tensor
     otherwise (when the track allows that granularity). On an ONNX backend, when the track allows
     8 bits: the standard INT8 Q/DQ export; with a float-MAC allowance on a backend that profiles
@@ -143,6 +150,12 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
     asymmetric = ASYMMETRIC_BASELINE_GRANULARITY
     if bits_a and (not spec.granularities or asymmetric in spec.granularities):
         baselines.append(_baseline("rtn", f"{precision}-{asymmetric}-asym", asymmetric))
+    calibrated = CALIBRATION_BASELINE_GRANULARITY
+    if bits_a and (not spec.granularities or calibrated in spec.granularities):
+        baselines += [
+            _baseline("rtn", f"{precision}-{calibrated}{suffix}", calibrated)
+            for suffix in CALIBRATION_BASELINE_SUFFIXES
+        ]
     if bits_w <= LOW_BIT_MAX_WEIGHT_BITS:
         methods, granularity = LOW_BIT_METHODS, "per-channel"
     else:
@@ -154,8 +167,11 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
 
 def _baseline(method: str, scheme: str, granularity: str) -> Baseline:
     label = f"{METHODS[method].label} {METHODS[method].weight_layout or granularity}"
-    if QuantConfig.from_scheme(scheme).activation_quantizer == "asymmetric":
+    config = QuantConfig.from_scheme(scheme)
+    if config.activation_quantizer == "asymmetric":
         label += ", asymmetric activations"
+    if config.activation_calibration.value != "max":
+        label += f", {config.activation_calibration.value} activation calibration"
     return Baseline(method, scheme, label, f"{describe(method)}, scheme {scheme}, default options")
 
 

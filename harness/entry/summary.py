@@ -15,14 +15,17 @@ MB = 1e6
 
 @dataclass(frozen=True)
 class ResultSummary:
-    """Scores (mean DSC / NSD, the drop vs FP32 in percent, the 95% CI of mean DSC, the FP32 mean
-    and the accuracy gate), the verified precision (bits, granularity label, effective bits per
-    weight, size, "× smaller"), latency (the entry's and FP32's medians of the one paired
-    protocol, "× faster" their ratio with its bootstrap interval; all None on the simulator) and
-    the artifact's digest. None where not measured."""
+    """Scores (mean DSC / NSD / HD95, the spread of mean DSC over resampled calibration sets, the
+    drop vs FP32 in percent, the 95% CI of mean DSC, the FP32 mean and the accuracy gate), the
+    verified precision (bits, granularity label, effective bits per weight, size, "× smaller"),
+    latency (the entry's and FP32's medians of the one paired protocol, "× faster" their ratio
+    with its bootstrap interval; all None on the simulator) and the artifact's digest. None where
+    not measured."""
 
     mean_dsc: float
     mean_nsd: float
+    mean_hd95: float | None
+    calibration_sd: float | None
     dsc_drop_pct: float
     dsc_ci_low: float
     dsc_ci_high: float
@@ -52,6 +55,8 @@ class ResultSummary:
         return cls(
             mean_dsc=summary["mean_dsc"],
             mean_nsd=summary["mean_nsd"],
+            mean_hd95=summary.get("mean_hd95"),
+            calibration_sd=(summary.get("calibration") or {}).get("sd"),
             dsc_drop_pct=summary["dsc_drop_pct"],
             dsc_ci_low=summary["dsc_ci95"][0],
             dsc_ci_high=summary["dsc_ci95"][1],

@@ -1,5 +1,5 @@
 """Evaluate one network on a list of labelled cases: preprocess → sliding window → argmax in the
-label's grid → per-class DSC and NSD; every stage timed.
+label's grid → per-class DSC, NSD and HD95; every stage timed.
 
 The stages are pipelined: while the network runs on case i (calling thread), one background thread
 reads and preprocesses case i+1 and another restores and scores case i-1. Torch, numpy, zlib and
@@ -37,6 +37,7 @@ from harness.data.preprocessing import preprocess, read_case, restore_to_grid
 from harness.inference.efficiency import peak_rss_mb
 from harness.inference.sliding_window import label_dtype, predict_labels
 from harness.models.reference import ModelSpec
+from harness.scoring.hausdorff import hd95_per_class
 from harness.scoring.metrics import (
     DEFAULT_NSD_DEFINITION,
     NsdDefinition,
@@ -74,14 +75,16 @@ class StageTimer:
 
 @dataclass
 class CaseMetrics:
-    """Per-class DSC and NSD of one case (class id → value); the seconds of each of its stages
-    and the process's peak resident set size (MiB, high-water mark) once it was scored."""
+    """Per-class DSC, NSD and HD95 (mm) of one case (class id → value); the seconds of each of
+    its stages and the process's peak resident set size (MiB, high-water mark) once it was
+    scored. ``hd95`` is empty where it was not computed."""
 
     case_id: str
     dsc: dict[int, float]
     nsd: dict[int, float]
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
+    hd95: dict[int, float] = field(default_factory=dict)
 
     @property
     def mean_dsc(self) -> float:
@@ -90,6 +93,11 @@ class CaseMetrics:
     @property
     def mean_nsd(self) -> float:
         return mean_over_classes(self.nsd)
+
+    @property
+    def mean_hd95(self) -> float | None:
+        """Mean HD95 over the classes (mm; None when not computed)."""
+        return mean_over_classes(self.hd95) if self.hd95 else None
 
 
 @dataclass(frozen=True)
@@ -128,9 +136,10 @@ def evaluate_cases(
     label_lut: Sequence[int] | None = None,
 ) -> EvaluationRun:
     """Run ``model`` on ``cases`` and score it against their labels on the foreground classes
-    (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``).
-    ``label_lut`` relabels the prediction first: model class i becomes dataset label
-    ``label_lut[i]`` (None: the model's class ids are the dataset's label ids)."""
+    (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``; HD95 on
+    the same surfaces, see ``harness.scoring.hausdorff``). ``label_lut`` relabels the prediction
+    first: model class i becomes dataset label ``label_lut[i]`` (None: the model's class ids are
+    the dataset's label ids)."""
     timer = timer or StageTimer()
     lut = None
     if label_lut is not None:
@@ -160,7 +169,10 @@ def evaluate_cases(
             nsd = nsd_per_class(
                 restored, case.label, classes, case.spacing, nsd_tolerance_mm, nsd_definition
             )
-        return CaseMetrics(case.case_id, dsc, nsd, dict(case.timer.seconds), peak_rss_mb())
+            hd95 = hd95_per_class(restored, case.label, classes, case.spacing, nsd_definition)
+        return CaseMetrics(
+            case.case_id, dsc, nsd, dict(case.timer.seconds), peak_rss_mb(), hd95=hd95
+        )
 
     with (
         ThreadPoolExecutor(1, thread_name_prefix="harness-load") as loader,

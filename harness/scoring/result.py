@@ -1,5 +1,6 @@
-"""The result JSON (versioned schema in ``result_schema.json``): per case and per class DSC/NSD,
-summary with the relative drop vs FP32 (MedQuanBench's ↓Δ%), bootstrap CI, environment, timings."""
+"""The result JSON (versioned schema in ``result_schema.json``): per case and per class
+DSC/NSD/HD95, summary with the relative drop vs FP32 (MedQuanBench's ↓Δ%), bootstrap CI,
+environment, timings."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from harness import __version__
 from harness.scoring.evaluation import EvaluationRun
 
 RESULT_SCHEMA = "medquant-result"
-RESULT_SCHEMA_VERSION = 2
-"""Version 2 names the NSD definition (``track.nsd_definition``); version 1 used the voxel one."""
+RESULT_SCHEMA_VERSION = 3
+"""Version 3 adds HD95 (mm, per case and class, ``mean_hd95`` in the summary) on the surfaces of
+``track.nsd_definition``; version 2 named the NSD definition; version 1 used the voxel one."""
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 BOOTSTRAP_SAMPLES = 2000
 
@@ -86,6 +88,8 @@ def build_result(
     ``compression`` reports the entry's size, "× smaller" and effective bits per weight;
     ``efficiency`` holds real-backend latency, size and memory (ONNX submissions); ``warnings``
     what the numbers should be read with (e.g. a receptive field beyond the roi)."""
+    reference = fp32 or run
+    with_hd95 = all(c.hd95 for c in run.cases)
     classes = sorted(c for c in labels if c != 0)
     timings = {k: round(v, 4) for k, v in run.timer.seconds.items()}
     timings["evaluation_wall"] = round(run.wall_seconds, 4)
@@ -113,10 +117,12 @@ def build_result(
             }
             for k in classes
         },
-        "summary": _summary(run, fp32 or run, seed, accuracy_gate),
+        "summary": _summary(run, reference, seed, accuracy_gate),
         "environment": environment(seed),
         "timings": timings,
     }
+    if with_hd95:
+        _add_hd95(document, run, reference, classes)
     if efficiency is not None:
         document["efficiency"] = efficiency
     if fp32_size_bytes:
@@ -124,6 +130,19 @@ def build_result(
     if warnings:
         document["warnings"] = list(warnings)
     return document
+
+
+def _add_hd95(document: dict, run: EvaluationRun, reference: EvaluationRun, classes: list) -> None:
+    """HD95 (mm, lower is better) per case and class, per class and in the summary."""
+    for case, metrics in zip(document["cases"], run.cases, strict=True):
+        case["hd95"] = {str(k): v for k, v in metrics.hd95.items()}
+        case["mean_hd95"] = metrics.mean_hd95
+    for k in classes:
+        document["per_class"][str(k)]["mean_hd95"] = float(np.mean([c.hd95[k] for c in run.cases]))
+    summary = document["summary"]
+    summary["mean_hd95"] = float(np.mean([c.mean_hd95 for c in run.cases]))
+    if all(c.hd95 for c in reference.cases):
+        summary["fp32_mean_hd95"] = float(np.mean([c.mean_hd95 for c in reference.cases]))
 
 
 def _case_scores(case) -> dict:

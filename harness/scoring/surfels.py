@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from monai.metrics.utils import get_code_to_measure_table
 
 # Mixed corners whose codes are formed at a time: bounds the (rows, 2^ndim, 2^ndim) comparison.
 _CHUNK_ROWS = 1 << 18
@@ -100,7 +99,10 @@ def surfels_by_class(
 
 
 def _measure_table(spacing: Sequence[float]) -> np.ndarray:
-    """Surfel area (3D) or length (2D) by neighbour code, float64."""
+    """Surfel area (3D) or length (2D) by neighbour code, float64 (MONAI is imported here, not
+    with this module, so that importing the scoring code stays light)."""
+    from monai.metrics.utils import get_code_to_measure_table
+
     table, _ = get_code_to_measure_table([float(s) for s in spacing])
     return np.asarray(table.cpu().numpy(), dtype=np.float64)
 

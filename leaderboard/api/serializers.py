@@ -18,7 +18,8 @@ class TrackSerializer(serializers.ModelSerializer):
         model = Track
         fields = [
             "slug", "title", "dataset", "model", "architecture", "backend", "precision",
-            "weight_bits", "activation_bits", "granularities", "ranking_metric", "tie_breakers",
+            "weight_bits", "activation_bits", "granularities", "ranking_metric", "ranking_rule",
+            "tie_breakers", "platform_ptq_only", "calibration_resamples",
             "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "nsd_definition",
             "quantizer_timeout_s", "opens_at", "closes_at", "is_open",
         ]  # fmt: skip
@@ -35,6 +36,10 @@ class LeaderboardRowSerializer(serializers.Serializer):
     baseline = serializers.BooleanField(source="submission.is_baseline")
     mean_dsc = serializers.FloatField()
     mean_nsd = serializers.FloatField()
+    mean_hd95 = serializers.FloatField(allow_null=True, help_text="mm, lower is better")
+    calibration_sd = serializers.FloatField(
+        allow_null=True, help_text="± calibration: sd of mean DSC over resampled calibration sets"
+    )
     dsc_drop_pct = serializers.FloatField()
     dsc_ci_low = serializers.FloatField()
     dsc_ci_high = serializers.FloatField()
@@ -60,6 +65,32 @@ class LeaderboardRowSerializer(serializers.Serializer):
         allow_null=True, help_text="rank of the earlier entry with the same verified weights"
     )
     submitted_at = serializers.DateTimeField(source="submission.created_at")
+    provenance = serializers.CharField(
+        source="submission.provenance",
+        help_text="PTQ verified by construction (quantized by the platform) or checked by reach",
+    )
+    rank_low = serializers.SerializerMethodField(help_text="95% bootstrap rank interval, low")
+    rank_high = serializers.SerializerMethodField(help_text="95% bootstrap rank interval, high")
+    p_best = serializers.SerializerMethodField(help_text="share of bootstrap resamples ranked 1")
+    tied_within_noise = serializers.SerializerMethodField(
+        help_text="its rank interval reaches the leader's"
+    )
+
+    @staticmethod
+    def _uncertainty(row) -> dict:
+        return getattr(row, "uncertainty", None) or {}
+
+    def get_rank_low(self, row) -> int | None:
+        return self._uncertainty(row).get("interval", (None, None))[0]
+
+    def get_rank_high(self, row) -> int | None:
+        return self._uncertainty(row).get("interval", (None, None))[1]
+
+    def get_p_best(self, row) -> float | None:
+        return self._uncertainty(row).get("p_best")
+
+    def get_tied_within_noise(self, row) -> bool | None:
+        return self._uncertainty(row).get("tied")
 
 
 class SubmissionSerializer(serializers.ModelSerializer):

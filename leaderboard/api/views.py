@@ -35,7 +35,12 @@ from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
-from leaderboard.tracks.views import leaderboard_options, parse_as_of, query_digest
+from leaderboard.tracks.views import (
+    leaderboard_options,
+    parse_as_of,
+    query_digest,
+    with_uncertainty,
+)
 
 
 class TrackFilter(filters.FilterSet):
@@ -133,6 +138,8 @@ def leaderboard(request, slug: str):
     else:
         rows = ranking.board_as_of(track, as_of, **options)
         reference = ranking.reference_row_as_of(track, as_of)
+    if as_of is None:
+        rows = with_uncertainty(track, rows, options["best_per_team"])
     if reference is not None:
         reference.rank = reference.same_as = None
     fp32 = [] if reference is None else [LeaderboardRowSerializer(reference).data]

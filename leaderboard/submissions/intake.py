@@ -37,8 +37,11 @@ def accepted_kinds(track: Track) -> tuple[str, ...]:
     """Submission kinds a track takes: the artifact kinds its backend scores (checkpoints on the
     simulator, ONNX on real backends), and quantizer containers where container workers run
     (``MEDQUANT_CONTAINERS``), each only once the workers evaluate it
-    (``pipeline.EVALUATED_KINDS``)."""
+    (``pipeline.EVALUATED_KINDS``). A closed track that admits only entries the platform
+    quantized (``Track.platform_ptq_only``) takes containers only."""
     kinds = tuple(Kind(kind.name) for kind in track.backend_runner.artifact_kinds)
+    if not track.admits_uploads:
+        kinds = ()
     if settings.MEDQUANT_CONTAINERS:
         kinds += (Kind.CONTAINER,)
     return tuple(k for k in kinds if k in EVALUATED_KINDS)

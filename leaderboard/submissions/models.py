@@ -134,6 +134,20 @@ class Submission(models.Model):
         return f"#{self.pk} {self.method} on {self.track.slug}"
 
     @property
+    def platform_quantized(self) -> bool:
+        """Whether the platform quantized this entry itself (a baseline's reference method or
+        tool, or a quantizer container run on the track's calibration data): PTQ verified by
+        construction. An uploaded artifact is PTQ checked by reach only."""
+        return self.is_baseline or self.kind in (Kind.SCHEME, Kind.CONTAINER)
+
+    @property
+    def provenance(self) -> str:
+        """The PTQ provenance mark shown beside the entry."""
+        if self.platform_quantized:
+            return "PTQ verified by construction"
+        return "PTQ checked by reach"
+
+    @property
     def is_pending(self) -> bool:
         return self.status in PENDING
 
@@ -172,7 +186,13 @@ class Scores(models.Model):
     result = models.JSONField()
     mean_dsc = models.FloatField()
     mean_nsd = models.FloatField()
+    mean_hd95 = models.FloatField(
+        null=True, blank=True, help_text="mean HD95 (mm) over cases; empty on older results"
+    )
     dsc_drop_pct = models.FloatField()
+    calibration_sd = models.FloatField(
+        null=True, blank=True, help_text="± calibration: sd of mean DSC over resampled sets"
+    )
     dsc_ci_low = models.FloatField()
     dsc_ci_high = models.FloatField()
     fp32_mean_dsc = models.FloatField()
@@ -236,6 +256,11 @@ class Evaluation(Scores):
     )
     rank_best = models.PositiveIntegerField(
         null=True, blank=True, help_text="rank among each entrant's best entry; empty = not one"
+    )
+    aggregate_rank = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="rank then aggregate: mean per-case rank among the ranked entries",
     )
 
     class Meta:

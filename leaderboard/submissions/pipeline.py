@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.entry.baseline import compute_baseline, compute_reference
 from harness.entry.summary import ResultSummary
 from harness.entry.upload import Submission as HarnessSubmission
@@ -106,6 +107,12 @@ def _evaluate(
             on_stage=on_stage,
         )
         _store_artifact(submission, baseline.artifact)
+        resamples = submission.track.calibration_resamples
+        if resamples:
+            spread = baseline_calibration_spread(
+                track, submission.reference_method or "rtn", submission.scheme, resamples, workdir
+            )
+            baseline.result["summary"]["calibration"] = spread
         return baseline.result
     if submission.kind not in EVALUATED_KINDS:
         raise SubmissionError(f"{submission.get_kind_display()} submissions cannot be evaluated")

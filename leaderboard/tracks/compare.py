@@ -1,4 +1,5 @@
-"""Side-by-side comparison of two to four entries of one track: per-class and per-case DSC / NSD,
+"""Side-by-side comparison of two to four entries of one track: per-class and per-case DSC / NSD /
+HD95 (mm; None on results older than schema version 3),
 their differences against the first entry, and whether each difference is larger than the noise
 of the test cases.
 
@@ -87,13 +88,15 @@ def comparison(track: Track, evaluations: list[Evaluation]) -> dict:
     classes = results[0]["classes"]
     entries = [
         {"submission": e.submission_id, "method": e.submission.method,
-         "entrant": e.submission.entrant, "mean_dsc": e.mean_dsc, "mean_nsd": e.mean_nsd}
+         "entrant": e.submission.entrant, "mean_dsc": e.mean_dsc, "mean_nsd": e.mean_nsd,
+         "mean_hd95": e.mean_hd95}
         for e in evaluations
     ]  # fmt: skip
 
-    def side_by_side(values: list[float]) -> list[dict]:
-        return [{"value": v, "difference": None if i == 0 else v - values[0]}
-                for i, v in enumerate(values)]  # fmt: skip
+    def side_by_side(values: list[float | None]) -> list[dict]:
+        first = values[0]
+        return [{"value": v, "difference": None if i == 0 or v is None or first is None
+                 else v - first} for i, v in enumerate(values)]  # fmt: skip
 
     per_class = []
     for key, name in classes.items():
@@ -102,12 +105,14 @@ def comparison(track: Track, evaluations: list[Evaluation]) -> dict:
             "class": name,
             "dsc": side_by_side([r["per_class"][key]["mean_dsc"] for r in results]),
             "nsd": side_by_side([r["per_class"][key]["mean_nsd"] for r in results]),
+            "hd95": side_by_side([r["per_class"][key].get("mean_hd95") for r in results]),
             "dsc_difference": [None] + [difference(d, dsc[0], track.seed) for d in dsc[1:]],
         })  # fmt: skip
     per_case = [
         {"case": c,
          "dsc": side_by_side([by_id[c]["mean_dsc"] for by_id in cases]),
-         "nsd": side_by_side([by_id[c]["mean_nsd"] for by_id in cases])}
+         "nsd": side_by_side([by_id[c]["mean_nsd"] for by_id in cases]),
+         "hd95": side_by_side([by_id[c].get("mean_hd95") for by_id in cases])}
         for c in case_ids
     ]  # fmt: skip
     mean_dsc = [[by_id[c]["mean_dsc"] for c in case_ids] for by_id in cases]

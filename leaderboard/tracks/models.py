@@ -15,18 +15,27 @@ from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from harness.models.onnx_graph import ONNX_ARCHITECTURE
 from harness.models.reference import read_spec
+from harness.scoring.rank_analysis import RankingRule
 from harness.track.labels import label_lut
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec, graph_backend_refusal
 
 RANKING_METRICS = {
     "mean_dsc": ("mean DSC", True),
     "mean_nsd": ("mean NSD", True),
+    "mean_hd95": ("mean HD95 (mm)", False),
     "dsc_drop_pct": ("↓Δ% DSC", False),
     "size_mb": ("size (MB)", False),
     "latency_ms": ("latency (ms/volume)", False),
     "created_at": ("date", False),
 }
 """Rankable Evaluation columns → (label, higher is better)."""
+CASE_METRICS = {"mean_dsc": "dsc", "mean_nsd": "nsd", "mean_hd95": "hd95"}
+"""Ranking columns that are means over test cases → the result document's per-case key."""
+RANKING_RULES = [
+    (RankingRule.MEAN_THEN_RANK.value, "mean then rank (average over cases, then rank)"),
+    (RankingRule.RANK_THEN_AGGREGATE.value, "rank then aggregate (per case; FLARE, MSD)"),
+]
+DEFAULT_CALIBRATION_RESAMPLES = 3
 
 
 SPEC_DEFAULTS = {f.name: f.default for f in fields(TrackSpec) if f.default is not MISSING}
@@ -139,6 +148,12 @@ class Track(models.Model):
     )
     seed = models.IntegerField(default=SPEC_DEFAULTS["seed"])
     ranking_metric = models.CharField(max_length=20, default="mean_dsc")
+    ranking_rule = models.CharField(
+        max_length=20,
+        choices=RANKING_RULES,
+        default=RankingRule.MEAN_THEN_RANK.value,
+        help_text="rank then aggregate: per-case ranks on the per-case keys, averaged",
+    )
     tie_breakers = models.JSONField(
         default=list,
         blank=True,
@@ -158,6 +173,14 @@ class Track(models.Model):
         choices=[("closed", "closed (post-training only)"), ("open", "open (any weights)")],
         default=SPEC_DEFAULTS["division"],
         help_text="closed: weights within the quantizer's reach of FP32; open: any weights",
+    )
+    platform_ptq_only = models.BooleanField(
+        default=False,
+        help_text="closed division: only entries the platform quantized (no uploads)",
+    )
+    calibration_resamples = models.PositiveSmallIntegerField(
+        default=DEFAULT_CALIBRATION_RESAMPLES,
+        help_text="baseline/container re-runs on resampled calibration sets; 0 = none",
     )
     accuracy_gate = models.FloatField(
         default=SPEC_DEFAULTS["accuracy_gate"],
@@ -199,6 +222,13 @@ class Track(models.Model):
 
     def clean(self) -> None:
         check_ranking_keys([self.ranking_metric, *self.tie_breakers])
+        if self.ranking_rule == RankingRule.RANK_THEN_AGGREGATE and (
+            self.ranking_metric not in CASE_METRICS
+        ):
+            raise ValidationError(
+                {"ranking_rule": f"rank then aggregate needs a per-case ranking metric "
+                 f"({', '.join(CASE_METRICS)})"}
+            )  # fmt: skip
         refusal = self.reference_model_id and self.reference_model.backend_refusal(self.backend)
         if refusal:
             raise ValidationError({"backend": refusal})
@@ -263,9 +293,44 @@ class Track(models.Model):
         now = now or timezone.now()
         return self.opens_at <= now and (self.closes_at is None or now < self.closes_at)
 
+    @property
+    def admits_uploads(self) -> bool:
+        """Whether uploaded artifacts may enter (not on a closed track that admits only entries
+        the platform quantized)."""
+        return not (self.division == "closed" and self.platform_ptq_only)
+
+    def case_metrics(self) -> list[tuple[str, bool]]:
+        """(per-case result key, higher is better) of the ranking keys that are means over
+        cases, the primary metric first: what rank then aggregate ranks per case."""
+        out = []
+        for column, _ in self.ranking_keys():
+            if column in CASE_METRICS and CASE_METRICS[column] not in [k for k, _ in out]:
+                out.append((CASE_METRICS[column], RANKING_METRICS[column][1]))
+        return out
+
+    def ranking_description(self) -> str:
+        """What orders the board, in words (named on the page)."""
+        label = RANKING_METRICS[self.ranking_metric][0]
+        direction = "higher is better" if RANKING_METRICS[self.ranking_metric][1] else (
+            "lower is better"
+        )  # fmt: skip
+        if self.ranking_rule == RankingRule.RANK_THEN_AGGREGATE:
+            names = " and ".join(k.upper() for k, _ in self.case_metrics())
+            return f"rank then aggregate: mean per-case rank on {names} (lower is better)"
+        return f"mean then rank: {label} ({direction})"
+
+    @property
+    def tie_breaker_labels(self) -> list[str]:
+        """The tie-breakers in words, e.g. "mean NSD (higher first)"."""
+        return [
+            f"{RANKING_METRICS[c][0]} ({'higher' if descending else 'lower'} first)"
+            for c, descending in self.ranking_keys()[1:]
+        ]
+
     def ranking_keys(self) -> list[tuple[str, bool]]:
         """(column, descending) pairs: the primary metric in its natural order, then
-        the tie-breakers."""
+        the tie-breakers (under rank then aggregate, the mean per-case rank comes first:
+        ``leaderboard.tracks.ranking``)."""
         keys = [(self.ranking_metric, RANKING_METRICS[self.ranking_metric][1])]
         for key in self.tie_breakers:
             keys.append((key.lstrip("-"), key.startswith("-")))

@@ -23,12 +23,14 @@ from django.db import connection, transaction
 from django.db.models import F, Max, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
+from harness.scoring.rank_analysis import RankingRule
 from leaderboard.submissions.models import PENDING, Evaluation, EvaluationVersion, Kind, Status
 from leaderboard.tracks.models import Track
+from leaderboard.tracks.uncertainty import aggregate_ranks
 
 COLUMN_FIELDS = {"created_at": "submission__created_at"}
 SORTABLE = {
-    "rank", "method", "mean_dsc", "mean_nsd", "dsc_drop_pct", "dsc_ci_low", "size_mb",
+    "rank", "method", "mean_dsc", "mean_nsd", "mean_hd95", "dsc_drop_pct", "dsc_ci_low", "size_mb",
     "latency_ms", "bits_per_weight", "x_smaller", "x_faster", "created_at",
 }  # fmt: skip
 SORT_FIELDS = {"method": "submission__method", "created_at": "submission__created_at"}
@@ -40,8 +42,23 @@ IDENTITY_FIELDS = (
 )  # fmt: skip
 
 
-def _order(track: Track) -> list:
-    order = []
+AGGREGATE = "aggregate_rank"
+"""Under rank then aggregate, the mean per-case rank (lower first) orders before every key."""
+
+
+def _aggregated(track: Track) -> bool:
+    return track.ranking_rule == RankingRule.RANK_THEN_AGGREGATE
+
+
+def _keys(track: Track) -> list[str]:
+    """The columns that rank ``track``'s entries, in order."""
+    keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
+    return [AGGREGATE, *keys] if _aggregated(track) else keys
+
+
+def _order(track: Track, *, stored: bool = True) -> list:
+    """ORDER BY of ``track``'s ranking (``stored``: with the stored mean per-case rank)."""
+    order = [F(AGGREGATE).asc(nulls_last=True)] if stored and _aggregated(track) else []
     for column, descending in track.ranking_keys():
         expr = F(COLUMN_FIELDS.get(column, column))
         order.append(expr.desc(nulls_last=True) if descending else expr.asc(nulls_last=True))
@@ -74,8 +91,7 @@ def reference_row(track: Track) -> Evaluation | None:
 def compute(track: Track) -> dict[int, tuple[int, int | None, int | None]]:
     """Evaluation pk → (rank among all entries, rank among best-per-entrant entries or None, pk
     of the earlier entry with the same verified weights or None)."""
-    keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
-    return assign_ranks(rankable(track).values_list(*IDENTITY_FIELDS, *keys))
+    return assign_ranks(rankable(track).values_list(*IDENTITY_FIELDS, *_keys(track)))
 
 
 def assign_ranks(rows) -> dict[int, tuple[int, int | None, int | None]]:
@@ -126,6 +142,7 @@ def refresh(track: Track) -> None:
     """Recompute and store the ranks of every evaluation of ``track``."""
     with transaction.atomic():
         Track.objects.select_for_update().get(pk=track.pk)
+        _store_aggregate_ranks(track)
         ranks = compute(track)
         changed = []
         fields = ["rank_all", "rank_best", "duplicate_of_id"]
@@ -136,6 +153,23 @@ def refresh(track: Track) -> None:
                 changed.append(evaluation)
         Evaluation.objects.bulk_update(changed, fields, batch_size=1000)
         Track.objects.filter(pk=track.pk).update(ranked_at=timezone.now())
+
+
+def _store_aggregate_ranks(track: Track) -> None:
+    """Under rank then aggregate, each rankable entry's mean per-case rank among them (None
+    elsewhere, and for every entry under mean then rank)."""
+    scores = {}
+    if _aggregated(track):
+        scores = aggregate_ranks(
+            track, rankable(track).order_by().values_list("pk", "result__cases")
+        )
+    changed = []
+    for evaluation in Evaluation.objects.filter(track=track).only(AGGREGATE):
+        new = scores.get(evaluation.pk)
+        if evaluation.aggregate_rank != new:
+            evaluation.aggregate_rank = new
+            changed.append(evaluation)
+    Evaluation.objects.bulk_update(changed, [AGGREGATE], batch_size=1000)
 
 
 def cache_key(track: Track, scope: str, params, *, with_siblings: bool = False) -> str:
@@ -235,8 +269,15 @@ def board_as_of(
         )
     ).filter(pk=Subquery(newest))
     keys = [COLUMN_FIELDS.get(c, c) for c, _ in track.ranking_keys()]
-    ordered = versions.order_by(*_order(track), "pk")
-    ranks = assign_ranks(ordered.values_list(*IDENTITY_FIELDS, *keys))
+    ordered = versions.order_by(*_order(track, stored=False), "pk")
+    rows = list(ordered.values_list(*IDENTITY_FIELDS, *keys))
+    if _aggregated(track):  # mean per-case ranks among the versions standing then
+        scores = aggregate_ranks(track, ordered.values_list("pk", "result__cases"))
+        rows = sorted(
+            ((*row[:6], scores.get(row[0]), *row[6:]) for row in rows),
+            key=lambda row: (row[6] is None, row[6] or 0.0),
+        )  # stable: the other keys' order is kept among equal mean ranks
+    ranks = assign_ranks(rows)
     mode = 1 if best_per_team else 0
     shown = _filtered(ordered, granularity, method, baselines, gate)
     rows = []

@@ -5,7 +5,11 @@ with a track × the three granularity schemes (per-tensor, per-channel/token, ad
 stratification), each cell the mean DSC and NSD with their ↓Δ% against FP32, as ``harness study``
 prints them (``harness.analysis.study.study_row`` and ``format_metric`` make both). A cell is the
 RTN baseline of that scheme with symmetric activations (the study's definition) on the
-``STUDY_BACKEND`` track of that precision; a missing baseline leaves the cell empty. The
+``STUDY_BACKEND`` track of that precision; a missing baseline leaves the cell empty. Beside the
+per-tensor row (static scales calibrated by max), the activation-calibration rows: the same RTN
+baseline with percentile and MSE calibration (``harness.analysis.study.calibration_rows``)
+where the precision quantizes activations. Each cell also carries HD95 and, where the baseline was
+re-run on resampled calibration sets, its "± calibration" spread. The
 cross-model table is the same cells, one row per model; a method's page lists every baseline of
 that reference method across models, datasets, precisions and backends.
 
@@ -21,7 +25,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Max
 
-from harness.analysis.study import STUDY_GRANULARITIES, format_metric
+from harness.analysis.study import STUDY_GRANULARITIES, calibration_rows, format_metric
 from harness.track.spec import WEIGHT_ONLY_ACTIVATION_BITS, precision_prefix
 from leaderboard.submissions.models import Evaluation, Kind
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
@@ -40,7 +44,7 @@ GRANULARITY_LABELS = {
 }
 CELL_FIELDS = (
     "submission_id", "track__slug", "mean_dsc", "dsc_drop_pct", "mean_nsd", "submission__scheme",
-    "result__summary__nsd_drop_pct",
+    "result__summary__nsd_drop_pct", "mean_hd95", "calibration_sd",
 )  # fmt: skip
 
 
@@ -96,6 +100,8 @@ def _cell(values: dict) -> dict:
         "dsc_drop_pct": values["dsc_drop_pct"],
         "mean_nsd": values["mean_nsd"],
         "nsd_drop_pct": nsd_drop,
+        "mean_hd95": values["mean_hd95"],
+        "calibration_sd": values["calibration_sd"],
         "dsc": format_metric(values["mean_dsc"], values["dsc_drop_pct"]),
         "nsd": format_metric(values["mean_nsd"], nsd_drop),
     }
@@ -122,7 +128,12 @@ def build_table(model: ReferenceModel, dataset: Dataset) -> dict:
     with its ``cell`` (None where the baseline has no stored result)."""
     tracks = list(study_tracks(model, dataset).order_by("-weight_bits", "-activation_bits"))
     precisions = list(dict.fromkeys(precision_of(t.weight_bits, t.activation_bits) for t in tracks))
-    schemes = {f"{p}-{g}": (label, g) for p, label in precisions for g in STUDY_GRANULARITIES}
+    schemes = {
+        scheme: (label, g, calibration)
+        for p, label in precisions
+        for g in STUDY_GRANULARITIES
+        for scheme, calibration in calibration_rows(f"{p}-{g}")
+    }
     found = Evaluation.objects.filter(
         track__in=tracks,
         submission__is_baseline=True,
@@ -144,9 +155,10 @@ def build_table(model: ReferenceModel, dataset: Dataset) -> dict:
             "precision": label,
             "granularity": granularity,
             "granularity_label": GRANULARITY_LABELS[granularity],
+            "calibration": calibration,
             "cell": cells.get(scheme),
         }
-        for scheme, (label, granularity) in schemes.items()
+        for scheme, (label, granularity, calibration) in schemes.items()
     ]
     return {
         "model": {"slug": model.slug, "name": model.name, "architecture": model.architecture,

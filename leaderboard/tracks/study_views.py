@@ -15,7 +15,8 @@ from harness.entry.baseline import ptq_methods
 from leaderboard.tracks import ranking, study
 from leaderboard.tracks.models import ReferenceModel
 
-CELL_COLUMNS = ["mean_dsc", "dsc_drop_pct", "mean_nsd", "nsd_drop_pct", "submission", "track"]
+CELL_COLUMNS = ["mean_dsc", "dsc_drop_pct", "mean_nsd", "nsd_drop_pct", "mean_hd95",
+                "calibration_sd", "submission", "track"]  # fmt: skip
 FORMATS = ("html", "csv", "json")
 
 
@@ -59,11 +60,12 @@ def model_study(request, slug: str):
         rows = []
         for table in tables:
             dataset = table["dataset"]["slug"]
-            rows.append([dataset, "FP32", "none", "fp32", *_cell_values(table["fp32"])])
+            rows.append([dataset, "FP32", "none", "none", "fp32", *_cell_values(table["fp32"])])
             for row in table["rows"]:
-                rows.append([dataset, row["precision"], row["granularity"], row["scheme"],
-                             *_cell_values(row["cell"])])  # fmt: skip
-        header = ["dataset", "precision", "granularity", "scheme", *CELL_COLUMNS]
+                rows.append([dataset, row["precision"], row["granularity"], row["calibration"],
+                             row["scheme"], *_cell_values(row["cell"])])  # fmt: skip
+        header = ["dataset", "precision", "granularity", "activation_calibration", "scheme",
+                  *CELL_COLUMNS]  # fmt: skip
         return _csv(f"study-{slug}.csv", header, rows)
     response = render(request, "tracks/study_model.html", {"model": model, "tables": tables})
     if version is not None:

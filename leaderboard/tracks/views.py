@@ -28,6 +28,7 @@ from leaderboard.submissions.intake import accepted_kinds
 from leaderboard.submissions.models import Evaluation, Kind, Submission
 from leaderboard.tracks import charts, compare, ranking
 from leaderboard.tracks.models import Track
+from leaderboard.tracks.uncertainty import board_uncertainty
 
 PAGE_SIZE = 100
 BUNDLE_IN_MEMORY_BYTES = 64 * 2**20
@@ -194,8 +195,12 @@ def board_context(track: Track, params) -> dict:
             "sort_links": sort_links(params.get("sort", "")),
             "charts": {},
         }
-    rows = ranking.board(track, **leaderboard_options(params))
+    options = leaderboard_options(params)
+    rows = ranking.board(track, **options)
     page = Paginator(rows, PAGE_SIZE).get_page(params.get("page"))
+    uncertainty = rank_uncertainty_of(track, options["best_per_team"])
+    for row in page:
+        row.uncertainty = uncertainty.get("entries", {}).get(row.pk)
     plotted = ranking.chart_rows(track, CHART_POINTS)
     compared_ids = [int(i) for i in params.getlist("compare") if i.isdigit()]
     compared_ids = compared_ids or [r["submission"] for r in plotted[:COMPARED_ENTRIES]]
@@ -207,6 +212,7 @@ def board_context(track: Track, params) -> dict:
         "page": page,
         "reference": reference,
         "gate_percent": round(track.accuracy_gate * 100, 2),
+        "uncertainty": uncertainty,
         "granularities": sorted(set(ranked.values_list("granularity", flat=True).distinct())),
         "query": params,
         "sort_links": sort_links(params.get("sort", "")),
@@ -224,6 +230,25 @@ def board_context(track: Track, params) -> dict:
         },
         "plotted": len(plotted),
     }
+
+
+def rank_uncertainty_of(track: Track, best_per_team: bool) -> dict:
+    """The bootstrap rank analysis of the board's scope (every entry ranked best per team, or
+    every ranked entry), whatever filters or page are shown (see
+    ``leaderboard.tracks.uncertainty``)."""
+    field = "rank_best" if best_per_team else "rank_all"
+    scope = Evaluation.objects.filter(track=track, **{f"{field}__isnull": False})
+    return board_uncertainty(track, scope.order_by(field, "pk").values_list("pk", "result__cases"))
+
+
+def with_uncertainty(track: Track, rows, best_per_team: bool) -> list:
+    """``rows`` (board rows) as a list, each with ``.uncertainty`` (its rank interval, P(best)
+    and tie mark; None when not analysed)."""
+    entries = rank_uncertainty_of(track, best_per_team).get("entries", {})
+    rows = list(rows)
+    for row in rows:
+        row.uncertainty = entries.get(row.pk)
+    return rows
 
 
 def query_digest(params) -> str:
@@ -305,16 +330,19 @@ def compare_entries(request, slug: str):
         for e, d in zip(data["entries"], data["mean_dsc_difference"], strict=True)
     ]
     for row in data["per_class"]:
-        row["cells"] = list(zip(row["dsc"], row["nsd"], row["dsc_difference"], strict=True))
+        row["cells"] = list(
+            zip(row["dsc"], row["nsd"], row["hd95"], row["dsc_difference"], strict=True)
+        )
     for row in data["per_case"]:
-        row["cells"] = list(zip(row["dsc"], row["nsd"], strict=True))
+        row["cells"] = list(zip(row["dsc"], row["nsd"], row["hd95"], strict=True))
     return render(
         request, "tracks/compare.html", {"track": track, "data": data, "summary": summary}
     )
 
 
 SORT_COLUMNS = {
-    "rank": False, "method": False, "mean_dsc": True, "mean_nsd": True, "dsc_drop_pct": False,
+    "rank": False, "method": False, "mean_dsc": True, "mean_nsd": True, "mean_hd95": False,
+    "dsc_drop_pct": False,
     "dsc_ci_low": True, "size_mb": False, "latency_ms": False, "bits_per_weight": False,
     "x_smaller": True, "x_faster": True, "created_at": True,
 }  # fmt: skip
