@@ -131,12 +131,12 @@ def evaluate_submission(
     not run again: its row is the track's cached run."""
     timer = StageTimer()
     opened = open_submission(track, submission, timer)
-    reference = submission.kind == "fp32"
-    if fp32 is None and not reference:
+    torch_reference = submission.kind == "fp32" and submission.artifact is None
+    if fp32 is None and not torch_reference:
         fp32 = track.fp32_run
     if on_stage is not None:
         on_stage("running")
-    if reference and submission.artifact is None:
+    if torch_reference:  # its run is the track's cached one
         run = track.fp32_run
     else:
         run = track.run(opened.network, progress, submission.label)
@@ -150,10 +150,10 @@ def evaluate_submission(
         labels=track.dataset.labels,
         track=track.track_info(),
         submission=entry | dict(about or {}),
-        fp32=None if reference else fp32,
+        fp32=None if torch_reference else fp32,
         seed=track.spec.seed,
         accuracy_gate=track.spec.accuracy_gate,
-        fp32_size_bytes=None if reference else track.fp32_size_bytes,
+        fp32_size_bytes=None if torch_reference else track.fp32_size_bytes,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
         warnings=track.model_spec.warnings(),
