@@ -30,7 +30,7 @@ import torch
 
 from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.demo import write_demo
-from harness.entry.upload import Submission
+from harness.entry.upload import Submission, open_submission
 from harness.scoring.evaluation import StageTimer, evaluate_cases
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
@@ -45,8 +45,8 @@ def measure(spec: TrackSpec, submission: Submission) -> tuple[dict[str, float], 
     start = time.perf_counter()
     track = LoadedTrack.open(spec)
     timer = StageTimer()
-    model, _ = track.quantized_model(submission, timer)
-    run = track.run(model, progress=False, desc=submission.label)
+    opened = open_submission(track, submission, timer)
+    run = track.run(opened.network, progress=False, desc=submission.label)
     wall = time.perf_counter() - start
     return dict(track.timer.seconds) | dict(timer.seconds) | dict(run.timer.seconds), wall
 

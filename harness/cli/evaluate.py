@@ -11,6 +11,7 @@ from harness.errors import HarnessError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from harness.entry.summary import result_lines
     from harness.entry.upload import Submission, evaluate_submission
     from harness.scoring.result import write_result
 
@@ -27,40 +28,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     track = open_track(args)
     result = evaluate_submission(track, submission, progress=not args.quiet).result
     write_result(result, args.out)
-    s = result["summary"]
-    print(
-        f"{submission.label}: mean DSC {s['mean_dsc']:.4f} (↓{s['dsc_drop_pct']:.2f}%), "
-        f"mean NSD {s['mean_nsd']:.4f} (↓{s['nsd_drop_pct']:.2f}%), "
-        f"95% CI [{s['dsc_ci95'][0]:.4f}, {s['dsc_ci95'][1]:.4f}] → {args.out}"
-    )
-    if "efficiency" in result:
-        e = result["efficiency"]
-        patch, volume = e["latency_ms"]["per_patch"], e["latency_ms"].get("per_volume")
-        kernels = e.get("kernels", {})
-        print(
-            f"{e['backend']}: {e['size_mb']:.2f} MB, per patch {patch['median_ms']:.1f} ms "
-            f"(p95 {patch['p95_ms']:.1f})"
-            + (f", per volume {volume['median_ms']:.0f} ms" if volume else "")
-            + (
-                f", {kernels['int8_mac_fraction']:.0%} of conv/linear MACs in integer kernels"
-                if kernels
-                else ""
-            )
-        )
-        protocol = e.get("latency_protocol")
-        if protocol:
-            speedup = protocol["speedup"]
-            low, high = speedup["ci95"]
-            verdict = (
-                "faster" if low > 1 else "slower than FP32" if high < 1 else "no clear difference"
-            )
-            print(
-                f"latency protocol ({protocol['pairs']} interleaved pairs, {protocol['threads']} "
-                f"thread(s), {protocol['unit'].replace('_', ' ')}): entry "
-                f"{protocol['entry']['median_ms']:.1f} ms (IQR {protocol['entry']['iqr_ms']:.1f}), "
-                f"FP32 {protocol['fp32']['median_ms']:.1f} ms → {speedup['median']:.2f}× "
-                f"[{low:.2f}, {high:.2f}] ({verdict})"
-            )
+    print("\n".join(result_lines(result, submission.label, args.out)))
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:

@@ -95,3 +95,50 @@ def _verification(precision: dict) -> str:
         f"{precision.get('granularity')}, {precision.get('size_bytes', 0) / MB:.3f} MB"
         + (f", {bpw:.2f} bits per weight" if bpw is not None else "")
     )
+
+
+def result_lines(result: dict, label: str, out: object) -> list[str]:
+    """What ``harness evaluate`` prints of a result document written to ``out``: the scores,
+    and on a real backend its size, kernels and the paired latency protocol."""
+    s = result["summary"]
+    lines = [
+        f"{label}: mean DSC {s['mean_dsc']:.4f} (↓{s['dsc_drop_pct']:.2f}%), "
+        f"mean NSD {s['mean_nsd']:.4f} (↓{s['nsd_drop_pct']:.2f}%), "
+        f"95% CI [{s['dsc_ci95'][0]:.4f}, {s['dsc_ci95'][1]:.4f}] → {out}"
+    ]
+    efficiency = result.get("efficiency")
+    if efficiency is None:
+        return lines
+    lines.append(_efficiency_line(efficiency))
+    protocol = efficiency.get("latency_protocol")
+    if protocol:
+        lines.append(_protocol_line(protocol))
+    return lines
+
+
+def _efficiency_line(e: dict) -> str:
+    patch, volume = e["latency_ms"]["per_patch"], e["latency_ms"].get("per_volume")
+    kernels = e.get("kernels", {})
+    return (
+        f"{e['backend']}: {e['size_mb']:.2f} MB, per patch {patch['median_ms']:.1f} ms "
+        f"(p95 {patch['p95_ms']:.1f})"
+        + (f", per volume {volume['median_ms']:.0f} ms" if volume else "")
+        + (
+            f", {kernels['int8_mac_fraction']:.0%} of conv/linear MACs in integer kernels"
+            if kernels
+            else ""
+        )
+    )
+
+
+def _protocol_line(protocol: dict) -> str:
+    speedup = protocol["speedup"]
+    low, high = speedup["ci95"]
+    verdict = "faster" if low > 1 else "slower than FP32" if high < 1 else "no clear difference"
+    return (
+        f"latency protocol ({protocol['pairs']} interleaved pairs, {protocol['threads']} "
+        f"thread(s), {protocol['unit'].replace('_', ' ')}): entry "
+        f"{protocol['entry']['median_ms']:.1f} ms (IQR {protocol['entry']['iqr_ms']:.1f}), "
+        f"FP32 {protocol['fp32']['median_ms']:.1f} ms → {speedup['median']:.2f}× "
+        f"[{low:.2f}, {high:.2f}] ({verdict})"
+    )
