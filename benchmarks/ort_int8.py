@@ -36,7 +36,7 @@ import torch
 from harness.artifacts.onnx.export import export_fp32
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, verify_onnx
+from harness.artifacts.onnx.verify import OnnxInterface, PrecisionLimits, measure_onnx, verify_onnx
 from harness.backends.onnxruntime import kernel_report
 from harness.data.preprocessing import preprocess, read_case
 from harness.demo import write_demo
@@ -195,9 +195,10 @@ def main() -> None:
         }
         for name in networks
     }
-    kernels = kernel_report(int8_path, args.threads)
+    interface = OnnxInterface.for_model(model_spec)
+    kernels = kernel_report(measure_onnx(int8_path, interface), args.threads)
     shapes = weight_shapes(fp32_path)
-    mixed_kernels = kernel_report(mixed_path, args.threads)
+    mixed_kernels = kernel_report(measure_onnx(mixed_path, interface), args.threads)
     profiles = {
         name: op_profile(path, batch.numpy(), args.threads, max(3, args.runs // 4))
         for name, path in paths.items()

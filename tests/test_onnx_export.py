@@ -122,8 +122,12 @@ def test_an_output_qdq_added_by_hand_is_reported_as_diverging(track, tmp_path):
     )
 
 
-def test_onnxruntime_fuses_every_requantized_conv_into_qlinearconv(int8_onnx):
-    report = kernel_report(int8_onnx)
+def _kernels(path, spec):
+    return kernel_report(measure_onnx(path, OnnxInterface.for_model(spec)))
+
+
+def test_onnxruntime_fuses_every_requantized_conv_into_qlinearconv(int8_onnx, track):
+    report = _kernels(int8_onnx, track.model_spec)
     convs = sum(1 for layer in report["layers"] if layer["op"] == "Conv")
     assert report["integer_ops"].get("QLinearConv") == convs > 0
     assert all(layer["integer"] for layer in report["layers"] if layer["op"] == "Conv")
@@ -131,8 +135,8 @@ def test_onnxruntime_fuses_every_requantized_conv_into_qlinearconv(int8_onnx):
     assert "ConvTranspose" in report["float_weighted_ops"]
 
 
-def test_fp32_graph_has_no_integer_kernels(fp32_onnx):
-    report = kernel_report(fp32_onnx)
+def test_fp32_graph_has_no_integer_kernels(fp32_onnx, track):
+    report = _kernels(fp32_onnx, track.model_spec)
     assert report["integer_ops"] == {} and report["int8_mac_fraction"] == 0.0
 
 
@@ -175,6 +179,6 @@ def test_hybrid_linear_layers_export_as_transposed_int8_codes_and_run_as_qlinear
     linear = "vit.blocks.0.mlp.linear1"
     codes = quantized.get_submodule(linear).weight_codes.numpy()
     np.testing.assert_array_equal(initializers[f"{linear}.weight_quantized"], codes.T)
-    report = kernel_report(path)
+    report = _kernels(path, spec)
     assert report["integer_ops"].get("QLinearMatMul") == 12 * 4  # blocks x (qkv, proj, 2 mlp)
     assert relative_difference(quantized, path, calibration[0]) < 0.1

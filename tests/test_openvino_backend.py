@@ -105,9 +105,7 @@ def test_an_upload_is_verified_then_runs_under_the_inferer_as_its_graph_says(tra
     from harness.onnxruntime_session import OrtNetwork, create_session
 
     backend = get_backend("openvino-cpu")
-    opened = backend.open(
-        files["int8"], spec=track.spec, model_spec=track.model_spec, reference=track.model
-    )
+    opened = backend.open(files["int8"], track.checks())
     assert opened.precision["weight_bits"] == 8 and opened.precision["activation_bits"] == 8
     window = replace(track.model_spec.sliding_window, overlap=0.5, sw_batch_size=3)
     on_ort = predict_probabilities(OrtNetwork(create_session(files["int8"])), volume, window)
@@ -125,9 +123,7 @@ def test_an_upload_is_verified_then_runs_under_the_inferer_as_its_graph_says(tra
 
 def test_fp32_upload_on_an_int8_track_is_refused_by_the_verifier(track, files):
     with pytest.raises(SubmissionError, match="DequantizeLinear"):
-        get_backend("openvino-cpu").open(
-            files["fp32"], spec=track.spec, model_spec=track.model_spec, reference=track.model
-        )
+        get_backend("openvino-cpu").open(files["fp32"], track.checks())
 
 
 def test_unreadable_file_is_the_submitters_fault(tmp_path):
@@ -201,7 +197,7 @@ def test_nncf_result_comes_back_as_qdq_onnx_that_runs_like_nncfs_model(track, fi
     import nncf
 
     out = nncf_quantize(files["fp32"], track.calibration, tmp_path / "nncf.onnx")
-    report = verify_for_track(out, track.spec, track.model_spec, track.model)
+    report = verify_for_track(out, track.checks()).precision
     assert report["weight_bits"] == 8 and report["activation_bits"] == 8
     assert report["quantized_mac_fraction"] == 1.0
     batches = [np.ascontiguousarray(b.numpy()) for b in track.calibration]

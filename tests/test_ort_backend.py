@@ -12,9 +12,11 @@ import onnx
 import pytest
 import torch
 
+from harness.artifacts.checks import OnnxInterface
 from harness.artifacts.onnx.export import export_fp32
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.qdq_export import export_qdq
+from harness.artifacts.onnx.verify import measure_onnx
 from harness.backends.onnxruntime import measure_efficiency
 from harness.cli import main
 from harness.data.preprocessing import preprocess, read_case
@@ -113,7 +115,8 @@ def test_efficiency_measures_latency_size_memory_and_kernels(track, onnx_files, 
     _, int8 = onnx_files
     network = OrtNetwork(create_session(int8))
     window = track.model_spec.sliding_window
-    stats = measure_efficiency(network, int8, volume, window, warmup=1, runs=3)
+    verified = measure_onnx(int8, OnnxInterface.for_model(track.model_spec))
+    stats = measure_efficiency(network, verified, volume, window, warmup=1, runs=3)
     latency = stats["latency_ms"]
     for key in ("per_patch", "per_batch", "per_volume"):
         assert 0 < latency[key]["median_ms"] <= latency[key]["p95_ms"]

@@ -229,9 +229,7 @@ def test_every_reference_method_stays_within_the_quantizers_reach(tiny, tmp_path
         track = _on(tiny, weight_bits=bits, bits_per_weight_budget=64.0)
         result = evaluate_submission(track, Submission("checkpoint", checkpoint=ckpt)).result
         assert result["submission"]["precision"]["division"] == "closed", method
-        loaded = track.backend.open(
-            ckpt, spec=track.spec, model_spec=track.model_spec, reference=track.model
-        ).network
+        loaded = track.backend.open(ckpt, track.checks()).network
         assert max(reach_in_steps(loaded, track.model).values()) < REACH_STEPS / 2, method
 
 

@@ -36,7 +36,13 @@ from pathlib import Path
 
 import onnx
 
-from harness.artifacts.checks import OnnxInterface, PrecisionLimits, TrackChecks, VerifiedArtifact
+from harness.artifacts.checks import (
+    DEFAULT_MAX_BYTES,
+    OnnxInterface,
+    PrecisionLimits,
+    TrackChecks,
+    VerifiedArtifact,
+)
 from harness.artifacts.onnx.graph import GraphIndex, weighted_ops
 from harness.artifacts.onnx.identity import check_reference_network
 from harness.artifacts.onnx.layers import (
@@ -82,6 +88,15 @@ def verify_onnx(path: str | Path, interface: OnnxInterface, limits: PrecisionLim
         max_float_mac_fraction=limits.max_float_mac_fraction,
     )
     return report
+
+
+def measure_onnx(
+    path: str | Path, interface: OnnxInterface, max_bytes: int = DEFAULT_MAX_BYTES
+) -> VerifiedArtifact:
+    """A file checked for safety and measured, with no track limits and no identity check: for
+    the harness's own exports and analyses (kernel reports, benchmarks)."""
+    report, index, digest = _measured(path, interface, max_bytes)
+    return VerifiedArtifact("onnx", Path(path), digest, report, index)
 
 
 def _measured(
