@@ -25,12 +25,9 @@ from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import ORT_PLACEMENT
 from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.artifacts.onnx.qdq_graph import insert_qdq, sorted_graph
-from harness.backends.onnxruntime import (
-    OrtNetwork,
-    create_session,
-    kernel_report,
-    relative_difference,
-)
+from harness.artifacts.onnx.verify import OnnxInterface, measure_onnx
+from harness.backends.onnxruntime import kernel_report, relative_difference
+from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 from reference_methods.simulator.scheme import QuantConfig, quantize, quantized_layers
