@@ -30,7 +30,7 @@ from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import QdqPlacement
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.backends import get_backend
+from harness.backends import backend_names, get_backend
 from harness.entry.evaluated import Evaluated
 from harness.entry.upload import StageCallback, Submission, evaluate_submission
 from harness.models.interface import ONNX_FILE
@@ -39,7 +39,7 @@ from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec, precision_prefix
-from reference_methods.methods import METHODS, describe, quantize_with
+from reference_methods.methods import METHODS, describe, method_config, quantize_with
 from reference_methods.simulator.scheme import QuantConfig
 
 BASELINE_GRANULARITIES = ("per-tensor", "per-channel", "adaptive")
@@ -162,7 +162,25 @@ def baselines_for(spec: TrackSpec) -> list[Baseline]:
         methods, granularity = (EIGHT_BIT_METHODS if bits_a else ()), "per-tensor"
     if spec.granularities and granularity not in spec.granularities:
         return baselines
-    return baselines + [_baseline(m, f"{precision}-{granularity}", granularity) for m in methods]
+    scheme = f"{precision}-{granularity}"
+    return baselines + [_baseline(m, scheme, granularity) for m in methods if _fits(m, scheme)]
+
+
+def _fits(method: str, scheme: str) -> bool:
+    """Whether ``method`` takes ``scheme`` with its default options (SmoothQuant, say, needs a
+    scheme that quantizes activations): a baseline that could only fail is not offered."""
+    try:
+        method_config(method, QuantConfig.from_scheme(scheme))
+    except ValueError:
+        return False
+    return True
+
+
+def baseline_methods() -> tuple[str, ...]:
+    """Every method name a baseline can have: the reference PTQ methods and each backend's engine
+    PTQ tool (for front ends that check a maintainer's choice)."""
+    engines = [get_backend(name).engine_ptq for name in backend_names()]
+    return tuple(sorted({*METHODS, *(e.method for e in engines if e is not None)}))
 
 
 def _baseline(method: str, scheme: str, granularity: str) -> Baseline:

@@ -41,13 +41,15 @@ def import_dataset(root: Path, slug: str | None = None, description: str = "") -
 
 def import_model(directory: Path, slug: str | None = None) -> ReferenceModel:
     """Register (or update) a reference-model folder (model.json + model.safetensors, or
-    model.onnx for an ONNX graph)."""
+    model.onnx for an ONNX graph); a folder registered before keeps its slug unless ``slug``
+    says otherwise (registering it again never makes a second model)."""
     directory = Path(directory).resolve()
     spec = read_spec(directory / "model.json")
     if not (directory / spec.weights_file).is_file():
         raise HarnessError(f"{directory} has no {spec.weights_file}")
+    known = ReferenceModel.objects.filter(directory=str(directory)).first()
     obj, _ = ReferenceModel.objects.update_or_create(
-        slug=slug or slugify(spec.name),
+        slug=slug or (known.slug if known else slugify(spec.name)),
         defaults={
             "name": spec.name,
             "directory": str(directory),

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from harness.backends import backend_names
 from harness.errors import HarnessError
-from leaderboard.tracks.models import Dataset
+from leaderboard.tracks.models import Dataset, ReferenceModel
 from leaderboard.tracks.seeding import create_track, export_onnx, import_model
 
 
@@ -14,7 +14,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--dataset", required=True, help="dataset slug")
-        parser.add_argument("--model", required=True, help="reference model folder")
+        parser.add_argument(
+            "--model",
+            required=True,
+            help="reference model folder, or the slug it was imported under (import_model)",
+        )
         parser.add_argument("--wbits", type=int, required=True)
         parser.add_argument("--abits", type=int, help="omit for weight-only")
         parser.add_argument("--backend", default="simulated", choices=backend_names())
@@ -33,7 +37,7 @@ class Command(BaseCommand):
         self, *args, dataset, model, wbits, abits, backend, quota, hidden, label_map, **options
     ):
         try:
-            reference = import_model(Path(model))
+            reference = _reference_model(model)
             export_onnx(reference)
             track = create_track(
                 Dataset.objects.get(slug=dataset),
@@ -48,6 +52,15 @@ class Command(BaseCommand):
         except (Dataset.DoesNotExist, HarnessError) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"track {track.slug}")
+
+
+def _reference_model(model: str) -> ReferenceModel:
+    """The model registered under the slug ``model``, else the folder ``model`` registered."""
+    if not Path(model).is_dir():
+        found = ReferenceModel.objects.filter(slug=model).first()
+        if found is not None:
+            return found
+    return import_model(Path(model))
 
 
 def _label_map(text: str) -> dict[str, str]:

@@ -11,9 +11,9 @@ from leaderboard.tracks.seeding import import_model_source
 
 class Command(BaseCommand):
     help = (
-        "Import an nnU-Net v2 trained-model folder or a MONAI bundle as a reference model (the "
-        "harness's `import-model`) into MEDQUANT_VAR_DIR/models/<slug> and register it; then "
-        "`create_track --model` that folder."
+        "Import an nnU-Net v2 trained-model folder, a MONAI bundle or an FP32 ONNX graph "
+        "(model.onnx + reference.json) as a reference model (the harness's `import-model`) into "
+        "MEDQUANT_VAR_DIR/models/<slug> and register it; then `create_track --model <slug>`."
     )
 
     def add_arguments(self, parser):
