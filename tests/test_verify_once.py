@@ -43,7 +43,7 @@ def calls(monkeypatch, upload) -> Calls:
     its bytes hashed, the FP32 reference exported, and the FP32 weights hashed. The process-wide
     cache of FP32 exports is emptied first, so the track must export once."""
     counted = Calls()
-    counted.wrap(monkeypatch, safety, "_parse", "upload parsed")
+    counted.wrap(monkeypatch, safety, "parse_model", "upload parsed")
     for name in ("load", "load_model"):
         original = getattr(onnx, name)
 

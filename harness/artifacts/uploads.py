@@ -18,10 +18,22 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+import onnx
+
 from harness.artifacts import untrusted_json
 from harness.artifacts.checkpoint.storage import MANIFEST_MAX_BYTES, MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.onnx.safety import (
+    OnnxVerificationError,
+    check_containers,
+    check_external_data,
+    check_node_count,
+    first_line,
+    parse_model,
+)
 from harness.errors import SubmissionError
 
+SAFETENSORS_LENGTH_BYTES = 8
+"""A safetensors file begins with its header's length, a little-endian u64."""
 SAFETENSORS_HEADER_LIMIT = 16 * 1024 * 1024
 """Largest safetensors header read: ~100 bytes per tensor, so room for 100,000+ tensors (a 3D
 segmentation network has a few hundred)."""
@@ -62,11 +74,12 @@ def check_size(size: int, max_bytes: int, what: str) -> None:
         raise UploadError(f"{what} is empty")
 
 
-def check_safetensors_header(stream: BinaryIO, what: str = WEIGHTS_NAME) -> None:
-    """A safetensors file starts with a little-endian u64 header length and a JSON object (read
-    from ``stream``: only the header, never the tensors)."""
-    head = stream.read(8)
-    if len(head) < 8:
+def check_safetensors_header(stream: BinaryIO, size: int, what: str = WEIGHTS_NAME) -> None:
+    """A safetensors file of ``size`` bytes starts with a little-endian u64 header length and a
+    JSON object whose tensors' data offsets end exactly where the file does (read from
+    ``stream``: only the header, never the tensors), so a truncated file is refused at once."""
+    head = stream.read(SAFETENSORS_LENGTH_BYTES)
+    if len(head) < SAFETENSORS_LENGTH_BYTES:
         raise UploadError(f"{what} is not a safetensors file (too short)")
     (length,) = struct.unpack("<Q", head)
     if length > SAFETENSORS_HEADER_LIMIT:
@@ -83,6 +96,24 @@ def check_safetensors_header(stream: BinaryIO, what: str = WEIGHTS_NAME) -> None
         raise UploadError(f"{what} is not a safetensors file (its header {error})") from None
     if not isinstance(header, dict):
         raise UploadError(f"{what} is not a safetensors file (header is not an object)")
+    ends = [
+        entry["data_offsets"][1]
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and _offsets(entry)
+    ]
+    data_bytes = size - SAFETENSORS_LENGTH_BYTES - length
+    if max(ends, default=0) != data_bytes:
+        raise UploadError(
+            f"{what} is truncated or corrupt: its header describes {max(ends, default=0):,} bytes "
+            f"of tensor data, the file holds {data_bytes:,}"
+        )
+
+
+def _offsets(entry: dict) -> bool:
+    offsets = entry.get("data_offsets")
+    return (
+        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+    )
 
 
 def check_manifest(data: bytes) -> None:
@@ -168,8 +199,9 @@ def _read_checkpoint_zip(stream: BinaryIO, size: int, max_bytes: int) -> None:
         info = members[MANIFEST_NAME]
         with archive.open(info) as manifest:
             check_manifest(_read_manifest(manifest.read, info.file_size))
-        with archive.open(members[WEIGHTS_NAME]) as weights:
-            check_safetensors_header(weights)
+        info = members[WEIGHTS_NAME]
+        with archive.open(info) as weights:
+            check_safetensors_header(weights, info.file_size)
 
 
 def check_checkpoint_zip(stream: BinaryIO, size: int, max_bytes: int) -> None:
@@ -201,7 +233,7 @@ def pack_checkpoint_pair(
     manifest_bytes = _read_manifest(manifest.read, manifest_size)
     check_manifest(manifest_bytes)
     weights.seek(0)
-    check_safetensors_header(weights)
+    check_safetensors_header(weights, weights_size)
     weights.seek(0)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(MANIFEST_NAME, manifest_bytes)
@@ -210,11 +242,26 @@ def pack_checkpoint_pair(
     out.seek(0)
 
 
-def check_onnx_upload(name: str, size: int, max_bytes: int) -> None:
-    """An ONNX submission is one ``.onnx`` file within ``max_bytes``."""
+def check_onnx_upload(stream: BinaryIO, name: str, size: int, max_bytes: int) -> None:
+    """An ONNX submission is one ``.onnx`` file within ``max_bytes`` that parses, keeps its
+    weights inside the file, and passes ``onnx.checker`` — checked at upload, so a truncated or
+    corrupt file is refused at once (the worker verifies it fully against the track)."""
     check_size(size, max_bytes, "the upload")
     if not name.lower().endswith(ONNX_SUFFIX):
         raise UploadError("an ONNX submission must be a single .onnx file")
+    stream.seek(0)
+    try:
+        model = parse_model(stream.read(max_bytes + 1))
+        check_node_count(model.graph)
+        check_containers(model)
+        check_external_data(model)
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        raise UploadError(f"onnx.checker rejects the model: {first_line(error)}") from None
+    except OnnxVerificationError as error:
+        raise UploadError(str(error)) from None
+    finally:
+        stream.seek(0)
 
 
 def sha256_of(stream: BinaryIO) -> str:

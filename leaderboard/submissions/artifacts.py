@@ -33,7 +33,7 @@ def pack_checkpoint_pair(manifest: File, weights: File) -> File:
 
 
 def check_onnx(upload: File) -> None:
-    uploads.check_onnx_upload(upload.name, upload.size, max_bytes())
+    uploads.check_onnx_upload(upload, upload.name, upload.size, max_bytes())
 
 
 def check_image_archive(upload: File) -> None:

@@ -193,10 +193,10 @@ def checked_model(path: str | Path, interface: OnnxInterface, max_bytes: int) ->
     path = Path(path)
     size = _check_size(path, max_bytes)
     data = path.read_bytes()
-    model = _parse(data)
-    _check_node_count(model.graph)
-    _check_containers(model)
-    _check_external_data(model)
+    model = parse_model(data)
+    check_node_count(model.graph)
+    check_containers(model)
+    check_external_data(model)
     opset = _check_domains_and_ops(model)
     _check_declared_dims(model)
     _check_graph_structure(model.graph)
@@ -226,7 +226,7 @@ def _check_size(path: Path, max_bytes: int) -> int:
     return size
 
 
-def _parse(data: bytes) -> onnx.ModelProto:
+def parse_model(data: bytes) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -239,7 +239,7 @@ def _parse(data: bytes) -> onnx.ModelProto:
     return model
 
 
-def _check_node_count(graph: onnx.GraphProto) -> None:
+def check_node_count(graph: onnx.GraphProto) -> None:
     if len(graph.node) > MAX_NODES:
         raise OnnxVerificationError(
             f"the graph has {len(graph.node)} nodes; the limit is {MAX_NODES}"
@@ -271,7 +271,7 @@ def _all_nodes(graph: onnx.GraphProto):
                 yield from _all_nodes(sub)
 
 
-def _check_containers(model: onnx.ModelProto) -> None:
+def check_containers(model: onnx.ModelProto) -> None:
     if model.functions:
         raise OnnxVerificationError(
             f"model-local function {model.functions[0].name!r} is not allowed: ops must be "
@@ -298,7 +298,7 @@ def _tensors(model: onnx.ModelProto):
             yield from attr.tensors
 
 
-def _check_external_data(model: onnx.ModelProto) -> None:
+def check_external_data(model: onnx.ModelProto) -> None:
     for tensor in _tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
