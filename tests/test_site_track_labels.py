@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from leaderboard_fixtures import site_storage
 
 from harness.baselines import compute_reference
@@ -68,7 +69,7 @@ def phantom_nnunet(tmp_path) -> Path:
 
 
 def test_a_label_mismatch_is_refused_and_a_mapping_scores_the_mapped_organ(
-    db, site_storage, tmp_path, phantom_nnunet
+    db, client, site_storage, tmp_path, phantom_nnunet
 ):
     msd = _spleen_dataset(tmp_path / "MSDSpleenCrop", {0: "background", 1: "spleen"}, 1)
     import_dataset(msd, slug="msd-spleen-crop")
@@ -87,6 +88,8 @@ def test_a_label_mismatch_is_refused_and_a_mapping_scores_the_mapped_organ(
     call_command("create_track", *args, "--label-map", "Spleen=spleen")
     track = Track.objects.get()
     assert track.label_map == {"Spleen": "spleen"}
+    page = client.get(reverse("track", args=[track.slug])).content.decode()
+    assert "model <em>Spleen</em> → dataset <em>spleen</em>" in page
     reference = queue_reference(track)
     assert pipeline.run(reference.pk) == Status.DONE
     result = Evaluation.objects.get(submission=reference).result

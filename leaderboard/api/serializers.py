@@ -20,7 +20,7 @@ class TrackSerializer(serializers.ModelSerializer):
             "slug", "title", "dataset", "model", "architecture", "backend", "precision",
             "weight_bits", "activation_bits", "granularities", "ranking_metric", "tie_breakers",
             "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "nsd_definition",
-            "quantizer_timeout_s", "opens_at", "closes_at", "is_open",
+            "quantizer_timeout_s", "opens_at", "closes_at", "is_open", "label_map",
         ]  # fmt: skip
 
 
