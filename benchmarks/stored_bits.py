@@ -19,8 +19,8 @@ weights file 2,417,340 B):
 | gptq | 4 | 4.0312 | 4.0312 | 316,873 | 7.63 |
 | comq | 2 | 2.0322 | 2.0322 | 169,775 | 14.24 |
 | comq | 4 | 4.0335 | 4.0335 | 320,580 | 7.54 |
-| permutation-comq column | 2 | 2.3459 | 2.3459 | 197,230 | 12.26 |
-| permutation-comq column | 4 | 4.3601 | 4.3601 | 348,996 | 6.93 |
+| permutation-comq column | 2 | 2.3454 | 2.3454 | 197,193 | 12.26 |
+| permutation-comq column | 4 | 4.3596 | 4.3596 | 348,951 | 6.93 |
 | permutation-comq layer | 2 | 7.9037 | 7.9037 | 615,435 | 3.93 |
 | permutation-comq layer | 4 | 9.9058 | 9.9058 | 766,305 | 3.15 |
 
