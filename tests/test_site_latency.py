@@ -4,6 +4,7 @@ latency with an interval around it; the FP32 row shows the FP32 side of its pair
 entries carry no latency anywhere."""
 
 import csv
+import importlib
 import io
 import re
 
@@ -101,3 +102,32 @@ def test_a_simulated_track_carries_no_latency_on_any_page_or_export(tiny_tracks,
         assert all(row[field] == "" for field in LATENCY_FIELDS)
     board = client.get(reverse("track", args=[track.slug])).content.decode()
     assert "latency (ms/vol)" not in board and "× faster (95% CI)" not in board
+
+
+def test_stored_results_get_their_latency_from_the_protocol_on_migration(tiny_tracks):
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "leaderboard.submissions.migrations.0007_evaluation_fp32_latency_from_the_paired_protocol"
+    )
+    track = tiny_tracks["w8a8"]
+    (baseline, *_) = queue_baselines(track)
+    assert pipeline.run(baseline.pk) == Status.DONE
+    old_protocol = {  # written before: medians of every call, speed-up of the fastest calls
+        "fp32": {"median_ms": 300.0}, "entry": {"median_ms": 200.0},
+        "speedup": {"median": 1.9, "ci95": [1.8, 1.9]},
+    }  # fmt: skip
+    evaluation = Evaluation.objects.get(submission=baseline)
+    Evaluation.objects.filter(pk=evaluation.pk).update(latency_ms=5.0, x_faster=1.9)
+    simulated = Evaluation.objects.get(pk=evaluation.pk)
+    migration.latency_from_the_protocol(apps, None)
+    simulated.refresh_from_db()
+    assert all(getattr(simulated, field) is None for field in LATENCY_FIELDS)
+
+    result = simulated.result | {"efficiency": {"latency_protocol": old_protocol}}
+    Evaluation.objects.filter(pk=evaluation.pk).update(result=result)
+    migration.latency_from_the_protocol(apps, None)
+    migrated = Evaluation.objects.get(pk=evaluation.pk)
+    assert (migrated.latency_ms, migrated.fp32_latency_ms) == (200.0, 300.0)
+    assert migrated.x_faster == pytest.approx(1.5)  # the ratio of the latencies shown
+    assert migrated.x_faster_ci_low is None  # that interval was of another statistic

@@ -21,7 +21,7 @@ class TrackSerializer(serializers.ModelSerializer):
             "weight_bits", "activation_bits", "granularities", "ranking_metric", "ranking_rule",
             "tie_breakers", "platform_ptq_only", "calibration_resamples",
             "accuracy_gate", "daily_quota", "nsd_tolerance_mm", "nsd_definition",
-            "quantizer_timeout_s", "opens_at", "closes_at", "is_open",
+            "quantizer_timeout_s", "opens_at", "closes_at", "is_open", "label_map",
         ]  # fmt: skip
 
 
