@@ -42,6 +42,8 @@ def test_resamples_are_bootstraps_of_the_pool_reproducible_for_a_seed():
     assert sets == resampled_calibration_sets(pool, 3, seed=7)
     assert sets != resampled_calibration_sets(pool, 3, seed=8)
     assert any(len(set(s)) < 4 for s in sets)  # with replacement
+    assert len({tuple(sorted(s)) for s in sets}) == 3  # three different sets of cases
+    assert len(resampled_calibration_sets(pool[:2], 5, seed=7)) == 3  # {a,a}, {a,b}, {b,b}
     assert resampled_calibration_sets(pool[:1], 3, seed=7) == []  # one case: nothing to resample
     with pytest.raises(ValueError, match=">= 0"):
         resampled_calibration_sets(pool, -1, seed=7)

@@ -81,3 +81,18 @@ def test_rank_then_aggregate_averages_ranks_over_every_metric():
     hd95 = np.array([[9.0, 9.0], [1.0, 1.0]])  # lower is better: B wins both
     scores, _ = aggregate_scores([(dsc, True), (hd95, False)], RankingRule.RANK_THEN_AGGREGATE)
     assert scores.tolist() == [1.5, 1.5]
+
+
+@pytest.mark.parametrize("n", [2, 7, 40])
+def test_kendall_tau_b_equals_scipys_with_ties(n):
+    from scipy.stats import kendalltau
+
+    from harness.scoring.rank_analysis import kendall_tau_b
+
+    rng = np.random.default_rng(n)
+    reference = rng.integers(1, n, size=n)  # ties on purpose
+    rankings = rng.integers(1, n, size=(25, n))
+    rankings[0] = 3  # all tied: undefined, as scipy says
+    ours = kendall_tau_b(reference.astype(float), rankings)
+    theirs = np.array([kendalltau(reference, row).statistic for row in rankings])
+    assert np.allclose(ours, theirs, equal_nan=True, atol=1e-12)

@@ -29,12 +29,13 @@ def test_commands_register_a_dataset_create_a_track_and_queue_its_baselines(
     assert set(track.reference_model.files()) == {"model.json", "model.safetensors", "model.onnx"}
     with django_capture_on_commit_callbacks() as callbacks:
         call_command("run_baselines", track.slug)
-    assert len(callbacks) == 9  # the FP32 reference row and 8 baselines
+    assert len(callbacks) == 11  # the FP32 reference row and 10 baselines
     assert sorted(Submission.objects.values_list("reference_method", "scheme")) == [
         ("", "fp32"), ("comq", "w4a4-per-channel"), ("gptq", "w4a4-per-channel"),
         ("permutation-comq", "w4a4-per-channel"), ("rtn", "w4a4-adaptive"),
         ("rtn", "w4a4-per-channel"), ("rtn", "w4a4-per-tensor"),
-        ("rtn", "w4a4-per-tensor-asym"), ("smoothquant", "w4a4-per-channel"),
+        ("rtn", "w4a4-per-tensor-asym"), ("rtn", "w4a4-per-tensor-mse"),
+        ("rtn", "w4a4-per-tensor-p99.99"), ("smoothquant", "w4a4-per-channel"),
     ]  # fmt: skip
     asymmetric = Submission.objects.get(scheme="w4a4-per-tensor-asym")
     assert asymmetric.method == "RTN per-tensor, asymmetric activations"

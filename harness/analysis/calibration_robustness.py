@@ -4,8 +4,10 @@ calibration volumes it saw (the open question of the real-INT8 study, arXiv 2501
 The platform can measure this for every method it runs itself (reference-method baselines, the
 study's schemes): the same method is re-run K times, each on a calibration set resampled from the
 track's calibration pool — as many cases as the pool, drawn with replacement (a bootstrap of the
-pool, so a case may come twice and another not at all), by a ``numpy`` generator seeded with
-(track seed, ``RESAMPLE_STREAM``, k) — and each re-run is scored on the same test cases. The
+pool, so a case may come twice and another not at all), draw d by a ``numpy`` generator seeded
+with (track seed, ``RESAMPLE_STREAM``, d); a draw holding the same cases as an earlier one (as a
+multiset: the order of calibration cases does not matter) is skipped, so the K sets differ (fewer
+when the pool has fewer distinct resamples) — and each re-run is scored on the same test cases. The
 spread of the K mean DSCs is reported as "± calibration": their sample standard deviation
 (ddof = 1), with the values, their range and the case ids of every resample.
 
@@ -31,21 +33,30 @@ from harness.track.loaded import LoadedTrack
 RESAMPLE_STREAM = 26
 """Separates the resampling stream from the track's other seeded draws (test-case bootstrap)."""
 MIN_POOL = 2
+MAX_DRAWS_PER_RESAMPLE = 100
+"""Draws tried per resample asked for before settling for fewer distinct ones (a pool of two
+cases has three distinct resamples)."""
 
 
 def resampled_calibration_sets(
     pool: Sequence[Case], resamples: int, seed: int
 ) -> list[tuple[Case, ...]]:
-    """``resamples`` bootstrap resamples of the calibration ``pool`` (see the module docstring);
-    empty when the pool has fewer than ``MIN_POOL`` cases."""
+    """``resamples`` distinct bootstrap resamples of the calibration ``pool`` (see the module
+    docstring); empty when the pool has fewer than ``MIN_POOL`` cases."""
     if resamples < 0:
         raise ValueError(f"calibration resamples must be >= 0, got {resamples}")
     if len(pool) < MIN_POOL:
         return []
-    sets = []
-    for k in range(resamples):
-        rng = np.random.default_rng([seed, RESAMPLE_STREAM, k])
-        sets.append(tuple(pool[i] for i in rng.integers(0, len(pool), size=len(pool))))
+    sets, seen = [], set()
+    for draw in range(resamples * MAX_DRAWS_PER_RESAMPLE):
+        if len(sets) == resamples:
+            break
+        rng = np.random.default_rng([seed, RESAMPLE_STREAM, draw])
+        picks = rng.integers(0, len(pool), size=len(pool))
+        key = tuple(sorted(picks.tolist()))
+        if key not in seen:
+            seen.add(key)
+            sets.append(tuple(pool[i] for i in picks))
     return sets
 
 

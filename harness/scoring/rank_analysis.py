@@ -35,6 +35,13 @@ RANK_INTERVAL = (2.5, 97.5)
 """Percentiles of the bootstrap ranks bounding the 95% rank interval."""
 
 
+_CHUNK_VALUES = 1 << 22
+"""Values gathered at a time when scoring resamples or comparing pairs (32 MiB of float64)."""
+_PAIRWISE_MAX = 200
+"""Most entries whose Kendall's τ is computed by comparing all pairs of many resamples at once
+(measured: 0.9 s for 1000 resamples of 150 entries, where scipy per resample takes 2.6 s)."""
+
+
 class RankingRule(StrEnum):
     """How per-case scores become one ranking."""
 
@@ -80,6 +87,28 @@ def aggregate_scores(
     return np.concatenate(ranks, axis=1).mean(axis=1), True
 
 
+def kendall_tau_b(reference: np.ndarray, rankings: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b between ``reference`` (n values) and each row of ``rankings`` (k × n), as
+    ``scipy.stats.kendalltau`` computes it (NaN where either side is all ties):
+    τ_b = Σ_{i<j} s_ij t_ij / sqrt(Σ s_ij² · Σ t_ij²), s_ij = sign(x_i − x_j), t_ij likewise.
+    Up to ``_PAIRWISE_MAX`` entries the pairs are compared for many rows at once (scipy's
+    per-call overhead, milliseconds, would dominate a board's thousand resamples); beyond, scipy
+    is called per row."""
+    n = len(reference)
+    if n > _PAIRWISE_MAX:
+        return np.array([kendalltau(reference, row).statistic for row in rankings], dtype=float)
+    upper = np.triu_indices(n, 1)
+    s = np.sign(reference[:, None] - reference[None, :])[upper].astype(np.float64)
+    out = np.empty(len(rankings))
+    step = max(1, _CHUNK_VALUES // max(1, n * n))
+    for start in range(0, len(rankings), step):
+        rows = rankings[start : start + step].astype(np.float64)
+        t = np.sign(rows[:, :, None] - rows[:, None, :])[:, upper[0], upper[1]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + len(rows)] = (t @ s) / np.sqrt((s @ s) * (t * t).sum(axis=1))
+    return out
+
+
 def rank_uncertainty(
     metrics: list[tuple[np.ndarray, bool]],
     rule: RankingRule | str,
@@ -105,7 +134,11 @@ def rank_uncertainty(
     # the columns of each resampled case: every metric's column of that case
     offsets = (np.arange(per_metric) * n_cases)[None, :, None]
     chosen = (picks[:, None, :] + offsets).reshape(samples, -1)
-    scores = table[:, chosen].mean(axis=2).T  # (samples, entries)
+    scores = np.empty((samples, n_entries))
+    step = max(1, _CHUNK_VALUES // (n_entries * chosen.shape[1]))  # bounds the gathered block
+    for start in range(0, samples, step):
+        block = chosen[start : start + step]
+        scores[start : start + len(block)] = table[:, block].mean(axis=2).T
     boot = competition_ranks(scores, lower)
     low = np.percentile(boot, RANK_INTERVAL[0], axis=0, method="lower").astype(int)
     high = np.percentile(boot, RANK_INTERVAL[1], axis=0, method="higher").astype(int)
@@ -114,9 +147,9 @@ def rank_uncertainty(
     tied[leader] = any(tied)
     tau = None
     if n_entries > 1:
-        taus = [kendalltau(observed, row).statistic for row in boot]
-        finite = [t for t in taus if np.isfinite(t)]
-        tau = float(np.median(finite)) if finite else None
+        taus = kendall_tau_b(observed, boot)
+        finite = taus[np.isfinite(taus)]
+        tau = float(np.median(finite)) if finite.size else None
     return RankUncertainty(
         ranks=observed.tolist(),
         interval=list(zip(low.tolist(), high.tolist(), strict=True)),

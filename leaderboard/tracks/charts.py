@@ -113,10 +113,14 @@ def per_class_dsc(evaluations: list[Evaluation]) -> str | None:
     return script_safe({"data": data, "layout": layout})
 
 
+CALIBRATED_SCHEME = r"-(mse|p[0-9.]+)$"
+"""Scheme names whose static activation scales are calibrated otherwise than by max."""
+
+
 def baseline_grid(track: Track) -> str | None:
     """Heatmap of the RTN baselines' mean DSC (MedQuanBench's granularity study, symmetric
-    activations): granularity × bit-width over the tracks of the same model, dataset and
-    backend."""
+    activations calibrated by max): granularity × bit-width over the tracks of the same model,
+    dataset and backend."""
     rows = (
         Evaluation.objects.filter(
             track__reference_model=track.reference_model,
@@ -128,6 +132,7 @@ def baseline_grid(track: Track) -> str | None:
         )
         .exclude(submission__kind=Kind.FP32)
         .exclude(submission__scheme__contains="-asym")  # the study's grid is symmetric
+        .exclude(submission__scheme__regex=CALIBRATED_SCHEME)  # and calibrated by max
         .values("granularity", "weight_bits", "activation_bits", "mean_dsc")
         .order_by("-weight_bits")
     )

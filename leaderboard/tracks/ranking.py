@@ -3,7 +3,10 @@
 Only verified, visible entries with a result are ranked: finished (``done``) ones, and those being
 re-evaluated, with their latest result until the new one is stored; the FP32 reference row is shown
 beside them, never ranked. Order: the track's primary metric in its natural direction, then its
-tie-breakers; entries equal on every key share a rank (competition ranking: 1, 1, 3), and so do
+tie-breakers; under the rank-then-aggregate rule, first the mean per-case rank among the ranked
+entries (``leaderboard.tracks.uncertainty.aggregate_ranks``, stored as ``aggregate_rank`` by
+``refresh``, recomputed from the versions standing then by ``board_as_of``); entries equal on
+every key share a rank (competition ranking: 1, 1, 3), and so do
 entries with the same verified weights (artifact digest): a later one is marked "same as" the
 first. Best-per-team ranks each team's (or user's) top entry; every
 baseline is its own entrant. Ranks are computed when a result is stored or an entry is curated
