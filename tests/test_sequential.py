@@ -1,5 +1,7 @@
 """The Sequential architecture: a plain network from a JSON layer list, its receptive field, and
-the warning a result carries when that field exceeds the sliding-window roi."""
+the context warnings a result carries: too small a share of each patch with the whole receptive
+field inside it, and (measured on request) a sliding-window prediction that disagrees with the
+whole-volume one."""
 
 import json
 
@@ -8,8 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+from harness.data.dataset import load_dataset
+from harness.data.preprocessing import preprocess, read_case
 from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import ModelSpecError
+from harness.inference.context import (
+    MIN_FULL_CONTEXT_FRACTION,
+    MIN_WHOLE_VOLUME_AGREEMENT,
+    full_context_fraction,
+)
 from harness.models.reference import ModelSpec, save_reference_model
 from harness.scoring.result import SCHEMA_PATH
 from harness.track.loaded import LoadedTrack
@@ -33,7 +42,9 @@ def dilated_layers(dilations: list[int], channels: int = 4) -> list[dict]:
     return layers
 
 
-def sequential_spec(layers: list[dict], roi: int = 16) -> ModelSpec:
+def sequential_spec(
+    layers: list[dict], roi: int = 16, spacing: tuple[float, float, float] = (12.0, 12.0, 16.0)
+) -> ModelSpec:
     return ModelSpec.from_dict(
         {
             "name": "dilated",
@@ -42,7 +53,7 @@ def sequential_spec(layers: list[dict], roi: int = 16) -> ModelSpec:
             "labels": LABELS,
             "preprocessing": {
                 "orientation": "RAS",
-                "spacing": [12.0, 12.0, 16.0],
+                "spacing": list(spacing),
                 "intensity_window": [-200, 600],
             },
             "sliding_window": {"roi_size": [roi] * 3, "overlap": 0.0, "sw_batch_size": 1},
@@ -117,13 +128,62 @@ def test_a_receptive_field_beyond_the_roi_is_a_warning_in_the_result(tmp_path, d
     jsonschema.validate(result, schema)
     assert len(result["warnings"]) == 1
     assert (
-        "receptive field [27, 27, 27] voxels exceeds the sliding-window roi [16, 16, 16]"
-        in (result["warnings"][0])
+        "only 0.0% of each sliding-window patch (roi [16, 16, 16]) has the network's whole "
+        "receptive field [27, 27, 27] inside the patch" in result["warnings"][0]
     )
     quantized = evaluate_submission(wide, Submission("scheme", scheme="w8a8-per-channel")).result
     assert quantized["warnings"] == result["warnings"]
 
-    narrow = _track(tmp_path, dataset, dilated_layers([1, 2]), roi=16)  # field 7 <= roi 16
+    narrow = _track(tmp_path, dataset, dilated_layers([1, 2]), roi=16)  # field 7: 24% of 16³
     result = evaluate_submission(narrow, Submission("fp32")).result
     jsonschema.validate(result, schema)
+    assert "warnings" not in result
+
+
+def test_the_same_network_at_a_roi_that_fits_gets_no_context_warning():
+    layers = dilated_layers([1, 4, 8])  # field 27
+    assert sequential_spec(layers, roi=16).warnings()
+    assert full_context_fraction((27,) * 3, (64,) * 3) >= MIN_FULL_CONTEXT_FRACTION
+    assert sequential_spec(layers, roi=64).warnings() == []
+
+
+def _smoothing_track(tmp_path, dataset, roi) -> LoadedTrack:
+    """Three bias-free 3x3x3 box filters at dilations 1, 4, 8 (field 27), then class 1 where the
+    smoothed intensity exceeds its median over the body, else class 0: a prediction that needs
+    the context around each voxel."""
+    layers = [{"type": "conv", "out_channels": 1, "kernel_size": 3, "dilation": d, "bias": False}
+              for d in (1, 4, 8)] + [HEAD]  # fmt: skip
+    spec = sequential_spec(layers, roi, spacing=(4.0, 4.0, 6.0))  # 46 x 46 x 29 voxels
+    model = spec.build()
+    loaded = load_dataset(dataset)
+    case = loaded.split("calibration")[0]
+    image = preprocess(read_case(case, loaded.labels), spec.preprocessing)[None].float()
+    *smoothing, head = model.layers
+    with torch.no_grad():
+        for conv in smoothing:
+            conv.weight.fill_(1 / 27)
+        smoothed = nn.Sequential(*smoothing)(image)
+        head.weight.zero_()
+        head.weight[1, 0] = 1.0
+        head.bias.fill_(-1e3)
+        head.bias[:2] = torch.tensor([float(smoothed[smoothed > 0].median()), 0.0])
+    model_dir = save_reference_model(model, spec, tmp_path / f"smoothing_{roi}")
+    return LoadedTrack.open(TrackSpec(model_dir=model_dir, dataset_dir=dataset))
+
+
+def test_a_sliding_window_that_disagrees_with_the_whole_volume_is_a_measured_warning(
+    tmp_path, dataset
+):
+    small = _smoothing_track(tmp_path, dataset, roi=16)
+    check = small.context_check
+    assert check["whole_volume_agreement"] < 0.5 < MIN_WHOLE_VOLUME_AGREEMENT
+    assert check["full_context_fraction"] == 0.0
+    assert "agrees with the whole-volume prediction at mean DSC" in check["warning"]
+    result = evaluate_submission(small, Submission("fp32")).result
+    assert check["warning"] in result["warnings"]
+
+    fits = _smoothing_track(tmp_path, dataset, roi=64)  # one patch holds the volume
+    assert fits.context_check["whole_volume_agreement"] >= MIN_WHOLE_VOLUME_AGREEMENT
+    assert fits.context_check["warning"] is None
+    result = evaluate_submission(fits, Submission("fp32")).result
     assert "warnings" not in result

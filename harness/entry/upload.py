@@ -156,7 +156,7 @@ def evaluate_submission(
         fp32_size_bytes=None if torch_reference else track.fp32_size_bytes,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
-        warnings=track.model_spec.warnings(),
+        warnings=track.warnings(),
     )
     return Evaluated(result, run, submission.artifact)
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelSpecError
+from harness.inference.context import context_fraction_warning
 from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.interface import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from harness.models.networks import ARCHITECTURES, Family, build_network
@@ -92,17 +93,11 @@ class ModelSpec:
             raise ModelSpecError(f"invalid {self.architecture} spec: {err}") from None
 
     def warnings(self) -> list[str]:
-        """What a result on this model should warn about: a receptive field larger than the
-        sliding-window roi (each patch's logits then depend on zero padding, not on the volume
-        around the patch, so patch borders are predicted from less context than the network
-        was built for)."""
-        field, roi = self.receptive_field, self.sliding_window.roi_size
-        if field is None or all(f <= r for f, r in zip(field, roi, strict=True)):
-            return []
-        return [
-            f"the network's receptive field {list(field)} voxels exceeds the sliding-window roi "
-            f"{list(roi)}: each patch's logits depend on zero padding beyond the patch"
-        ]
+        """What a result on this model should warn about: too small a share of each
+        sliding-window patch with the network's whole receptive field inside it, where the
+        architecture states its field (``harness.inference.context``)."""
+        warning = context_fraction_warning(self.receptive_field, self.sliding_window.roi_size)
+        return [] if warning is None else [warning]
 
     @property
     def in_channels(self) -> int:
