@@ -8,6 +8,7 @@ import json
 import jsonschema
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from harness.data.dataset import load_dataset
@@ -19,7 +20,7 @@ from harness.inference.context import (
     MIN_WHOLE_VOLUME_AGREEMENT,
     full_context_fraction,
 )
-from harness.models.reference import ModelSpec, save_reference_model
+from harness.models.reference import ModelSpec, load_reference_model, save_reference_model
 from harness.scoring.result import SCHEMA_PATH
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
@@ -187,3 +188,63 @@ def test_a_sliding_window_that_disagrees_with_the_whole_volume_is_a_measured_war
     assert fits.context_check["warning"] is None
     result = evaluate_submission(fits, Submission("fp32")).result
     assert "warnings" not in result
+
+
+def _save_with_keys(model, spec, folder, prefix: str):
+    """A reference folder whose weights file names the layers ``<prefix>N.*`` (as a checkpoint
+    from another codebase does)."""
+    save_reference_model(model, spec, folder)
+    state = {prefix + k.removeprefix("layers."): v for k, v in model.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_weights_file_with_model_n_keys_loads_through_a_key_map(tmp_path):
+    spec = sequential_spec(dilated_layers([1, 2]))
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    folder = _save_with_keys(model, spec, tmp_path / "renamed", "model.")
+    with pytest.raises(ModelSpecError, match=r"8 of the file's keys are not layers.<i> keys "
+                       r"\(first 'model.0.bias'\): a weights_key_map in model.json"):  # fmt: skip
+        load_reference_model(folder)
+    data = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(
+        json.dumps(data | {"weights_key_map": {"model.": "layers."}})
+    )
+    spec_read, loaded = load_reference_model(folder)
+    assert spec_read.weights_key_map == {"model.": "layers."}
+    assert spec_read.to_dict()["weights_key_map"] == {"model.": "layers."}
+    x = torch.rand(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_layer_list_without_its_activations_is_refused_naming_the_layer(tmp_path):
+    full = [{"type": "conv", "out_channels": 4, "kernel_size": 3},
+            {"type": "activation", "name": "elu"},
+            {"type": "conv", "out_channels": 4, "kernel_size": 3},
+            {"type": "activation", "name": "elu"}, HEAD]  # fmt: skip
+    spec = sequential_spec(full)
+    folder = save_reference_model(spec.build(), spec, tmp_path / "full")
+    data = json.loads((folder / "model.json").read_text())
+    data["kwargs"]["layers"] = [layer for layer in full if layer["type"] != "activation"]
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelSpecError) as refusal:
+        load_reference_model(folder)
+    message = str(refusal.value)
+    assert "the file's layers.4.bias/weight is beyond the list's 3 entries" in message
+    assert "the file's layers.2.bias/weight has another shape than layers[2] (conv)" in message
+    assert "layers[1] (conv) has no bias/weight in the file" in message
+    assert "an activation between the convs, say) may be missing from the list" in message
+    assert "out_channels" not in message and len(message) < 1000  # no dump of the kwargs
+
+
+def test_a_layer_list_that_cannot_be_built_is_refused_without_the_kwargs():
+    layers = [{"type": "conv", "out_channels": 4, "kernel_size": 2}] * 40 + [HEAD]
+    with pytest.raises(ModelSpecError) as refusal:
+        sequential_spec(layers).build()
+    message = str(refusal.value)
+    assert message == (
+        "cannot build Sequential (kwargs in_channels, layers): layers[0].kernel_size must be odd "
+        "(same-size output), got (2, 2, 2)"
+    )
