@@ -203,6 +203,8 @@ def test_cli_quantize_export_and_evaluate_on_onnxruntime(tiny_track, tmp_path, c
         == 0
     )
     assert main(["export-onnx", *common, "--checkpoint", str(ckpt), "--out", str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "the simulated model's quantizers exactly" in printed and "(tolerance 0.05)" in printed
     args = ["--backend", "onnxruntime-cpu", "--onnx", str(onnx_path), "--out", str(result_path)]
     limits = ["--weight-bits", "8", "--activation-bits", "8"]
     protocol = ["--latency-pairs", "10", "--latency-burst", "1"]
