@@ -203,10 +203,14 @@ def test_cli_quantize_export_and_evaluate_on_onnxruntime(tiny_track, tmp_path, c
         == 0
     )
     assert main(["export-onnx", *common, "--checkpoint", str(ckpt), "--out", str(onnx_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "the simulated model's quantizers exactly" in printed and "(tolerance 0.05)" in printed
     args = ["--backend", "onnxruntime-cpu", "--onnx", str(onnx_path), "--out", str(result_path)]
     limits = ["--weight-bits", "8", "--activation-bits", "8"]
-    assert main(["evaluate", *common, *args, *limits]) == 0
+    protocol = ["--latency-pairs", "10", "--latency-burst", "1"]
+    assert main(["evaluate", *common, *args, *limits, *protocol]) == 0
     result = json.loads(result_path.read_text())
+    assert result["efficiency"]["latency_protocol"]["pairs"] == 10
     jsonschema.validate(result, SCHEMA)
     assert result["submission"]["kind"] == "onnx"
     assert result["track"]["backend"] == "onnxruntime-cpu"
@@ -247,3 +251,13 @@ def test_the_profiled_baseline_keeps_slower_layers_float_within_the_allowance(tr
     precision = baseline.result["submission"]["precision"]
     assert len(precision["float_weight_layers"]) == len(chosen)
     assert precision["weight_quantized_mac_fraction"] >= 0.5
+
+
+def test_the_tracks_latency_protocol_takes_its_pair_count_and_burst(tiny_track, tmp_path):
+    dataset, model_dir = tiny_track
+    spec = TrackSpec(model_dir=model_dir, dataset_dir=dataset, latency_pairs=10, latency_burst=1)
+    assert (spec.latency_protocol.pairs, spec.latency_protocol.burst) == (10, 1)
+    (tmp_path / "track.json").write_text(json.dumps(spec.to_dict()))
+    assert TrackSpec.from_json(tmp_path / "track.json") == spec
+    with pytest.raises(HarnessError, match="at least 10 pairs of at least one call per side"):
+        TrackSpec(model_dir=model_dir, dataset_dir=dataset, latency_pairs=9)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from harness.backends import backend_names
+from harness.inference.latency import MIN_PAIRS, PROTOCOL_BURST, PROTOCOL_PAIRS
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 
@@ -43,6 +44,19 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="intra-op threads a real backend runs the entry and the FP32 reference on",
     )
+    p.add_argument(
+        "--latency-pairs",
+        type=int,
+        default=PROTOCOL_PAIRS,
+        help=f"interleaved FP32/entry pairs of the latency protocol (at least {MIN_PAIRS}; "
+        f"default {PROTOCOL_PAIRS}): fewer time a large network sooner, for a wider interval",
+    )
+    p.add_argument(
+        "--latency-burst",
+        type=int,
+        default=PROTOCOL_BURST,
+        help=f"calls per side in each pair (default {PROTOCOL_BURST})",
+    )
 
 
 def open_track(args: argparse.Namespace):
@@ -63,5 +77,7 @@ def open_track(args: argparse.Namespace):
         activation_bits=getattr(args, "activation_bits", None),
         max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
         latency_threads=getattr(args, "latency_threads", 1),
+        latency_pairs=getattr(args, "latency_pairs", PROTOCOL_PAIRS),
+        latency_burst=getattr(args, "latency_burst", PROTOCOL_BURST),
     )
     return LoadedTrack.open(spec)

@@ -26,9 +26,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         submission = Submission("fp32")
     track = open_track(args)
+    if args.context_check:
+        _print_context_check(track.context_check)
     result = evaluate_submission(track, submission, progress=not args.quiet).result
     write_result(result, args.out)
     print("\n".join(result_lines(result, submission.label, args.out)))
+
+
+def _print_context_check(check: dict) -> None:
+    agreement, fraction = check["whole_volume_agreement"], check["full_context_fraction"]
+    measured = (
+        "not measured (volume too large or a size the network refuses)"
+        if agreement is None
+        else f"sliding-window vs whole-volume mean DSC {agreement:.3f}"
+    )
+    share = "" if fraction is None else f"; {fraction:.1%} of each patch with full context"
+    print(f"context check on {check['case']}: {measured}{share}")
+    if check["warning"]:
+        print(f"warning: {check['warning']}")
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
@@ -85,6 +100,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="quantized checkpoint folder (manifest + safetensors)")
     p.add_argument("--onnx", help="ONNX file with Q/DQ nodes (on an ONNX backend)")
     add_backend_args(p)
+    p.add_argument(
+        "--context-check",
+        action="store_true",
+        help="first compare the sliding-window prediction of a calibration case with the "
+        "whole-volume one (a warning in the result when they disagree)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -20,7 +20,6 @@ from harness.artifacts.precision import check_for_track
 from harness.backends import Backend, OpenedArtifact, backend_names, get_backend
 from harness.entry.evaluated import Evaluated
 from harness.errors import CheckpointError, SubmissionError
-from harness.inference.latency import LatencyProtocol
 from harness.scoring.evaluation import EvaluationRun, StageTimer
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
@@ -156,7 +155,7 @@ def evaluate_submission(
         fp32_size_bytes=None if torch_reference else track.fp32_size_bytes,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
-        warnings=track.model_spec.warnings(),
+        warnings=track.warnings(),
     )
     return Evaluated(result, run, submission.artifact)
 
@@ -173,6 +172,6 @@ def _efficiency(track: LoadedTrack, opened: OpenedArtifact) -> dict | None:
         volume=track.latency_volume,
         window=track.model_spec.sliding_window,
         fp32=track.fp32_onnx,
-        protocol=LatencyProtocol(threads=track.spec.latency_threads),
+        protocol=track.spec.latency_protocol,
     )
     return None if measured is None else measured | {"latency_case": track.test_cases[0].case_id}

@@ -22,6 +22,7 @@ from harness.models.onnx_graph import (
 )
 from harness.models.sequential import (
     build_sequential,
+    explain_sequential_weights,
     sequential_out_channels,
     sequential_receptive_field,
 )
@@ -46,7 +47,9 @@ class Architecture:
 
     ``out_channels`` and ``in_channels`` read the number of logits and input channels from the
     kwargs; ``receptive_field``, where known, the voxels along each axis one output voxel sees
-    (None: not computed); ``torch_network`` whether ``build`` gives a torch network.
+    (None: not computed); ``torch_network`` whether ``build`` gives a torch network;
+    ``explain_weights``, where given, what a weights file's missing, unexpected and reshaped
+    keys mean for the layers of the kwargs (named by layer, for the error that refuses the file).
     """
 
     name: str
@@ -57,6 +60,9 @@ class Architecture:
     in_channels: Callable[[Mapping[str, Any]], int] = kwarg_in_channels
     receptive_field: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     torch_network: bool = True
+    explain_weights: Callable[[Mapping[str, Any], list[str], list[str], list[str]], str] | None = (
+        None
+    )
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -80,6 +86,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             build_sequential,
             out_channels=sequential_out_channels,
             receptive_field=sequential_receptive_field,
+            explain_weights=explain_sequential_weights,
         ),
         Architecture(
             ONNX_ARCHITECTURE,
@@ -103,4 +110,5 @@ def build_network(architecture: str, kwargs: dict) -> nn.Module:
     try:
         return arch.build(**kwargs)
     except (TypeError, ValueError, AssertionError) as err:
-        raise ModelSpecError(f"cannot build {architecture} from {kwargs}: {err}") from None
+        keys = ", ".join(sorted(kwargs))
+        raise ModelSpecError(f"cannot build {architecture} (kwargs {keys}): {err}") from None

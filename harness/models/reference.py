@@ -16,6 +16,7 @@ from torch import nn
 
 from harness.data.preprocessing import PreprocessSpec
 from harness.errors import ModelSpecError
+from harness.inference.context import context_fraction_warning
 from harness.inference.sliding_window import SlidingWindowSpec
 from harness.models.interface import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
 from harness.models.networks import ARCHITECTURES, Family, build_network
@@ -36,8 +37,10 @@ class ModelSpec:
     sliding_window: SlidingWindowSpec
     training: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    weights_key_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_key_map(self.weights_key_map)
         arch = ARCHITECTURES.get(self.architecture)
         if arch is None:
             raise ModelSpecError(
@@ -92,17 +95,11 @@ class ModelSpec:
             raise ModelSpecError(f"invalid {self.architecture} spec: {err}") from None
 
     def warnings(self) -> list[str]:
-        """What a result on this model should warn about: a receptive field larger than the
-        sliding-window roi (each patch's logits then depend on zero padding, not on the volume
-        around the patch, so patch borders are predicted from less context than the network
-        was built for)."""
-        field, roi = self.receptive_field, self.sliding_window.roi_size
-        if field is None or all(f <= r for f, r in zip(field, roi, strict=True)):
-            return []
-        return [
-            f"the network's receptive field {list(field)} voxels exceeds the sliding-window roi "
-            f"{list(roi)}: each patch's logits depend on zero padding beyond the patch"
-        ]
+        """What a result on this model should warn about: too small a share of each
+        sliding-window patch with the network's whole receptive field inside it, where the
+        architecture states its field (``harness.inference.context``)."""
+        warning = context_fraction_warning(self.receptive_field, self.sliding_window.roi_size)
+        return [] if warning is None else [warning]
 
     @property
     def in_channels(self) -> int:
@@ -125,6 +122,7 @@ class ModelSpec:
                 sliding_window=SlidingWindowSpec.from_dict(data["sliding_window"]),
                 training=dict(data.get("training", {})),
                 source=dict(data.get("source", {})),
+                weights_key_map=dict(data.get("weights_key_map", {})),
             )
         except KeyError as err:
             raise ModelSpecError(f"model spec lacks the field {err}") from None
@@ -132,17 +130,21 @@ class ModelSpec:
             raise ModelSpecError(f"invalid model spec: {err}") from None
 
     def to_dict(self) -> dict:
-        return {
-            "version": SPEC_VERSION,
-            "name": self.name,
-            "architecture": self.architecture,
-            "family": self.family,
-            "kwargs": self.kwargs,
-            "labels": {str(k): v for k, v in sorted(self.labels.items())},
-            "preprocessing": self.preprocessing.to_dict(),
-            "sliding_window": self.sliding_window.to_dict(),
-            "training": self.training,
-        } | ({"source": self.source} if self.source else {})
+        return (
+            {
+                "version": SPEC_VERSION,
+                "name": self.name,
+                "architecture": self.architecture,
+                "family": self.family,
+                "kwargs": self.kwargs,
+                "labels": {str(k): v for k, v in sorted(self.labels.items())},
+                "preprocessing": self.preprocessing.to_dict(),
+                "sliding_window": self.sliding_window.to_dict(),
+                "training": self.training,
+            }
+            | ({"source": self.source} if self.source else {})
+            | ({"weights_key_map": self.weights_key_map} if self.weights_key_map else {})
+        )
 
 
 def read_spec(path: str | Path) -> ModelSpec:
@@ -188,16 +190,51 @@ def load_network(spec: ModelSpec, model_dir: str | Path) -> nn.Module:
         raise ModelSpecError(f"missing weights {weights}") from None
     except (SafetensorError, OSError) as err:
         raise ModelSpecError(f"{weights} is not a readable safetensors file: {err}") from None
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ModelSpecError(f"{weights} does not fit {spec.architecture}: {err}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelSpecError(
-            f"{weights} does not fit {spec.architecture}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
+    state = renamed_keys(state, spec.weights_key_map)
+    own = model.state_dict()
+    reshaped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    result = model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, False)
+    missing = [k for k in result.missing_keys if k not in reshaped]
+    if missing or result.unexpected_keys or reshaped:
+        explain = ARCHITECTURES[spec.architecture].explain_weights
+        detail = (
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}, other shapes "
+            f"{reshaped[:5]}"
+            if explain is None
+            else explain(spec.kwargs, missing, result.unexpected_keys, reshaped)
         )
+        raise ModelSpecError(f"{weights} does not fit {spec.architecture}: {detail}")
     return model.eval()
+
+
+def renamed_keys(state: dict, key_map: dict[str, str]) -> dict:
+    """``state`` with each key's longest prefix found in ``key_map`` replaced by its value (a
+    weights file's ``model.3.weight`` → ``layers.3.weight`` with ``{"model.": "layers."}``);
+    ModelSpecError when two keys end up the same."""
+    if not key_map:
+        return state
+    prefixes = sorted(key_map, key=len, reverse=True)
+    renamed: dict = {}
+    source: dict[str, str] = {}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        new = key if prefix is None else key_map[prefix] + key[len(prefix) :]
+        if new in renamed:
+            raise ModelSpecError(
+                f"weights_key_map renames both {source[new]!r} and {key!r} to {new!r}"
+            )
+        renamed[new], source[new] = value, key
+    return renamed
+
+
+def _check_key_map(key_map: dict) -> None:
+    if not isinstance(key_map, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in key_map.items()
+    ):
+        raise ModelSpecError(
+            "weights_key_map must map non-empty key prefixes of the weights file to the "
+            f"network's prefixes (strings), got {key_map!r}"
+        )
 
 
 def weights_sha256(model_dir: str | Path) -> str:

@@ -156,3 +156,70 @@ def _triple(value: Any, what: str) -> tuple[int, int, int]:
     if not isinstance(values, Sequence) or len(values) != SPATIAL_DIMS:
         raise ValueError(f"{what} must be an integer or {SPATIAL_DIMS} integers, got {value!r}")
     return tuple(_positive_int(v, what) for v in values)
+
+
+def explain_sequential_weights(
+    kwargs: Mapping[str, Any],
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    reshaped: Sequence[str] = (),
+) -> str:
+    """Name, by layer entry, what the weights file holds that no entry takes (``unexpected``
+    keys, and ``reshaped`` ones of another shape than the entry's) and what it lacks
+    (``missing`` keys of the network); with the likely cause when the
+    file's numbering is offset from the list's (``layers.<i>`` counts every entry,
+    parameterless activations, norms without affine and dropouts included)."""
+    layers = list(kwargs.get("layers", ()))
+    foreign = [key for key in unexpected if _layer_index(key) is None]
+    notes = []
+    if foreign:
+        notes.append(
+            f"{len(foreign)} of the file's keys are not layers.<i> keys (first {foreign[0]!r}): "
+            "a weights_key_map in model.json renames their prefix"
+        )
+    for index, names in _by_layer(unexpected).items():
+        if index >= len(layers):
+            notes.append(
+                f"the file's layers.{index}.{names} is beyond the list's {len(layers)} entries"
+            )
+        else:
+            kind = layers[index].get("type")
+            notes.append(
+                f"the file's layers.{index}.{names} falls on layers[{index}], a "
+                f"{layers[index].get('name', kind)} {kind}"
+            )
+    for index, names in _by_layer(reshaped).items():
+        kind = layers[index].get("type")
+        notes.append(
+            f"the file's layers.{index}.{names} has another shape than layers[{index}] ({kind}) "
+            "takes"
+        )
+    for index, names in _by_layer(missing).items():
+        kind = layers[index].get("type") if index < len(layers) else "?"
+        notes.append(f"layers[{index}] ({kind}) has no {names} in the file")
+    text = "; ".join(notes[:6]) + ("; …" if len(notes) > 6 else "")
+    offset = _by_layer(unexpected) or _by_layer(reshaped)
+    if not foreign and offset and (_by_layer(missing) or _by_layer(reshaped)):
+        text += (
+            ". layers.<i> counts every entry, activations, norms and dropouts included: an entry "
+            "the file's network had (an activation between the convs, say) may be missing from "
+            "the list"
+        )
+    return text
+
+
+def _by_layer(keys: Sequence[str]) -> dict[int, str]:
+    """``layers.<i>.<name>`` keys as {i: "name1/name2"} (names sorted) in layer order."""
+    grouped: dict[int, list[str]] = {}
+    for key in keys:
+        index = _layer_index(key)
+        if index is not None:
+            grouped.setdefault(index, []).append(key.split(".", 2)[2])
+    return {i: "/".join(sorted(grouped[i])) for i in sorted(grouped)}
+
+
+def _layer_index(key: str) -> int | None:
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -16,6 +16,7 @@ from harness.backends import Backend, get_backend
 from harness.data.dataset import Case, Dataset, load_dataset
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import DatasetError, ModelSpecError
+from harness.inference.context import agreement_warning, full_context_fraction
 from harness.models.calibration import calibration_batches
 from harness.models.reference import (
     WEIGHTS_FILE,
@@ -25,6 +26,7 @@ from harness.models.reference import (
     weights_sha256,
 )
 from harness.onnxruntime_session import graph_reference
+from harness.scoring.context import whole_volume_agreement
 from harness.scoring.evaluation import EvaluationRun, StageTimer, evaluate_cases
 from harness.track.labels import label_lut
 from harness.track.spec import TrackSpec, graph_backend_refusal
@@ -157,6 +159,35 @@ class LoadedTrack:
             threads=spec.latency_threads,
             sw_batch_size=self.model_spec.sliding_window.sw_batch_size,
         )
+
+    @cached_property
+    def context_check(self) -> dict:
+        """The measured context check (``harness.inference.context``) on the first calibration
+        case: sliding-window vs whole-volume mean DSC (None where the volume is too large or the
+        network refuses its size), the static full-context fraction where the receptive field
+        is known, and the warning (None when neither is below its bound). Once run, its warning
+        is among ``warnings()``."""
+        window = self.model_spec.sliding_window
+        field = self.model_spec.receptive_field
+        case = self.calibration_cases[0]
+        image = preprocess(read_case(case, self.dataset.labels), self.model_spec.preprocessing)
+        classes = sorted(c for c in self.dataset.labels if c != 0)
+        network = self.torch_model("the whole-volume context check")
+        agreement = whole_volume_agreement(network, image, window, classes)
+        return {
+            "case": case.case_id,
+            "whole_volume_agreement": agreement,
+            "full_context_fraction": (
+                None if field is None else full_context_fraction(field, window.roi_size)
+            ),
+            "warning": agreement_warning(agreement),
+        }
+
+    def warnings(self) -> list[str]:
+        """What every result on this track warns about: the model spec's warnings, and the
+        measured context check's once it has run."""
+        measured = self.__dict__.get("context_check", {}).get("warning")
+        return self.model_spec.warnings() + ([measured] if measured else [])
 
     def track_info(self) -> dict:
         return {

@@ -8,11 +8,18 @@ from pathlib import Path
 
 from harness.backends import Backend, backend_names
 from harness.errors import HarnessError
+from harness.inference.latency import (
+    MIN_PAIRS,
+    PROTOCOL_BURST,
+    PROTOCOL_PAIRS,
+    LatencyProtocol,
+)
 from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 TRACK_SPEC_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-"""Version 2 lacked ``label_map`` (none: the model's labels must be the dataset's). Version 1
+"""Version 2 lacked ``label_map`` (none: the model's labels must be the dataset's),
+``latency_pairs`` and ``latency_burst`` (the protocol's defaults). Version 1
 lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
 ``bits_per_weight_budget``, ``division``, ``nsd_definition`` and ``latency_threads`` (defaults
 apply; a spec without ``nsd_definition`` is scored by the publication's subvoxel NSD)."""
@@ -52,9 +59,11 @@ class TrackSpec:
     ``bits_per_weight_budget`` the most effective bits per weight an artifact may store (None: the
     weight bits + 0.5); ``division`` ``closed`` (PTQ only) or ``open``; ``latency_threads`` the
     intra-op threads a real backend runs the entry and the FP32 reference on, for accuracy and
-    for the latency protocol alike; ``label_map`` (model label name, dataset label name) pairs
-    by which predictions are relabelled when the two name their organs differently (see
-    ``harness.track.labels``; empty: they must agree as they are).
+    for the latency protocol alike; ``latency_pairs`` and ``latency_burst`` the protocol's
+    interleaved pairs and calls per side and pair (``harness.inference.latency``: fewer pairs
+    time a large-patch network in minutes, for a wider interval); ``label_map`` (model label
+    name, dataset label name) pairs by which predictions are relabelled when the two name their
+    organs differently (see ``harness.track.labels``; empty: they must agree as they are).
     """
 
     model_dir: Path
@@ -75,6 +84,8 @@ class TrackSpec:
     bits_per_weight_budget: float | None = None
     division: str = "closed"
     latency_threads: int = 1
+    latency_pairs: int = PROTOCOL_PAIRS
+    latency_burst: int = PROTOCOL_BURST
     label_map: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -109,6 +120,18 @@ class TrackSpec:
             raise HarnessError(f"division must be one of {', '.join(DIVISIONS)}")
         if self.latency_threads < 1:
             raise HarnessError("latency_threads must be at least 1")
+        if self.latency_pairs < MIN_PAIRS or self.latency_burst < 1:
+            raise HarnessError(
+                f"the latency protocol needs at least {MIN_PAIRS} pairs of at least one call per "
+                f"side, got {self.latency_pairs} pairs of {self.latency_burst}"
+            )
+
+    @property
+    def latency_protocol(self) -> LatencyProtocol:
+        """The paired latency protocol a real backend times entries under on this track."""
+        return LatencyProtocol(
+            threads=self.latency_threads, pairs=self.latency_pairs, burst=self.latency_burst
+        )
 
     @property
     def budget(self) -> float | None:

@@ -12,7 +12,7 @@ Two checks, on the file as written and on one calibration batch:
   differ in float summation order (and the int32 bias rounding), which moves a value across a
   rounding boundary of a later quantizer now and then, one 8-bit step there, and such flips
   spread through a deep network: measured on the demo models, 0.001-0.018 without output
-  requantization and 0.014-0.029 with it (per-tensor/per-channel weights, symmetric/asymmetric
+  requantization and 0.014-0.031 with it (per-tensor/per-channel weights, symmetric/asymmetric
   activations), where the earlier export's unmodelled output quantizers gave 0.024-0.099. (The
   largest single logit moves far more: 0.02-0.12 of the logit range for an exact export, so a
   max-based bound could not tell the two apart.) When the logits disagree, the error names the

@@ -1,7 +1,7 @@
 """The standard INT8 scheme applied to an FP32 ONNX graph by ONNX Runtime's post-training
 quantizer, for a reference that has no torch network (``harness.models.onnx_graph``).
 
-The scheme is the harness export's (``harness.artifacts.onnx.export``): per-channel symmetric
+The scheme is the harness export's (``harness.artifacts.onnx.int8_scheme``): per-channel symmetric
 8-bit weights (s_w = max|w| / 127 per output channel), static per-tensor symmetric 8-bit
 activations with s_x = max|x| / 127 over the calibration patches, on the inputs and outputs of the
 weighted ops (Conv, ConvTranspose, MatMul, Gemm), written as Q/DQ ONNX. ORT's ``quantize_static``
