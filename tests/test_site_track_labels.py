@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from harness.baselines import compute_reference
 from leaderboard_fixtures import site_storage
 
-from harness.baselines import compute_reference
 from harness.data.demo import DEMO_SOURCES_DIR
 from harness.models.importers import import_model
 from harness.track.loaded import LoadedTrack

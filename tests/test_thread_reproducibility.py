@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from harness.data.calibration import calibration_batches
+
 from harness.data.dataset import load_dataset
 from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with
