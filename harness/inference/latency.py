@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from harness.errors import HarnessError
 
@@ -207,7 +206,11 @@ class LatencyProtocol:
 
 @contextmanager
 def torch_threads(threads: int):
-    """Run the block with torch's intra-op thread count set to ``threads``, then restore it."""
+    """Run the block with torch's intra-op thread count set to ``threads``, then restore it
+    (torch imported here: the protocol's settings are read by command-line parsers that start
+    without it)."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
