@@ -16,7 +16,8 @@ from test_site_browser import ARTIFACTS, browser
 from test_site_rank_uncertainty import BASE, NOISE, entry
 
 from harness.analysis.study import run_study, study_schemes
-from harness.data.demo import DEMO_MODELS_DIR, make_phantoms
+from harness.data.demo import make_phantoms
+from harness.demo import DEMO_MODELS_DIR
 from harness.track.loaded import LoadedTrack
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.submissions.pipeline import store_evaluation

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
-from harness.baselines import compute_reference
 from leaderboard_fixtures import site_storage
 
-from harness.data.demo import DEMO_SOURCES_DIR
+from harness.demo import DEMO_SOURCES_DIR
+from harness.entry.baseline import compute_reference
 from harness.models.importers import import_model
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness.data.calibration import calibration_batches
 
 from harness.data.dataset import load_dataset
+from harness.models.calibration import calibration_batches
 from harness.models.reference import load_reference_model
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.scheme import QuantConfig, quantize
