@@ -78,8 +78,9 @@ def test_admin_reevaluate_requeues_and_the_worker_recomputes_the_same_numbers(
             reverse("admin:tracks_track_changelist"),
             {"action": "reevaluate_track", "_selected_action": [ranked_baselines.pk]},
         )
-    # RTN at 3 granularities, RTN with asymmetric activations, SmoothQuant (8-bit)
-    assert len(callbacks) == len(before) == 5
+    # RTN at 3 granularities, RTN with asymmetric activations, RTN with percentile and MSE
+    # activation calibration, SmoothQuant (8-bit)
+    assert len(callbacks) == len(before) == 7
     assert set(Submission.objects.values_list("status", flat=True)) == {Status.QUEUED}
     # the results stay, and stay ranked, until the new ones exist
     assert {e.submission_id for e in ranking.board(ranked_baselines, best_per_team=False)} == set(
