@@ -20,9 +20,9 @@ from pathlib import Path
 from harness.artifacts.onnx.agreement import simulation_agreement
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.backends.onnxruntime import OrtNetwork, create_session
 from harness.data.demo import DEMO_CASES, DEMO_SEED, make_phantoms, shipped_models
-from harness.inference.evaluation import EvaluationRun
+from harness.onnxruntime_session import OrtNetwork, create_session
+from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
