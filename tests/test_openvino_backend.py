@@ -241,8 +241,8 @@ def test_the_result_schema_names_every_registered_backend():
 def test_the_standard_export_takes_the_first_placement_openvino_runs_faithfully(
     track, tmp_path, monkeypatch
 ):
-    from harness import baselines
     from harness.artifacts.onnx.placement import ORT_PLACEMENT
+    from harness.entry import baseline as baselines
 
     result = compute_baseline(track, method="rtn", scheme=INT8_QDQ, workdir=tmp_path / "a").result
     export = result["submission"]["export"]

@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.urls import reverse
 from leaderboard_fixtures import site_storage, tiny_tracks
@@ -108,3 +109,18 @@ def test_a_track_hands_its_nsd_definition_to_the_harness(tiny_tracks):
     track.nsd_definition = "voxel"
     track.full_clean()
     assert track.to_spec().nsd_definition == "voxel"
+
+
+def test_a_track_hands_its_latency_pairs_and_burst_to_the_harness(tiny_tracks):
+    track = tiny_tracks["w8a8"]
+    protocol = track.to_spec().latency_protocol
+    assert (protocol.pairs, protocol.burst) == (15, 3)
+    track.latency_pairs, track.latency_burst = 10, 1
+    track.full_clean()
+    assert (track.to_spec().latency_protocol.pairs, track.to_spec().latency_protocol.burst) == (
+        10,
+        1,
+    )
+    track.latency_pairs = 9
+    with pytest.raises(ValidationError, match="at least 10 pairs"):
+        track.full_clean()

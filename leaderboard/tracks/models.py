@@ -194,6 +194,14 @@ class Track(models.Model):
         default=SPEC_DEFAULTS["latency_threads"],
         help_text="intra-op threads a real backend times the entry and FP32 on",
     )
+    latency_pairs = models.PositiveSmallIntegerField(
+        default=SPEC_DEFAULTS["latency_pairs"],
+        help_text="interleaved FP32/entry pairs of the latency protocol (at least 10)",
+    )
+    latency_burst = models.PositiveSmallIntegerField(
+        default=SPEC_DEFAULTS["latency_burst"],
+        help_text="calls per side in each latency pair",
+    )
     quantizer_timeout_s = models.PositiveIntegerField(
         default=int(SPEC_DEFAULTS["quantizer_timeout_s"]),
         help_text="wall-clock limit of a quantizer container run (seconds)",
@@ -357,5 +365,7 @@ class Track(models.Model):
             time_limit_s=float(self.time_limit_s),
             quantizer_timeout_s=float(self.quantizer_timeout_s),
             latency_threads=self.latency_threads,
+            latency_pairs=self.latency_pairs,
+            latency_burst=self.latency_burst,
             label_map=dict(self.label_map or {}),
         )
