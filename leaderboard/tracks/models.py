@@ -344,6 +344,15 @@ class Track(models.Model):
             keys.append((key.lstrip("-"), key.startswith("-")))
         return keys
 
+    def warnings(self) -> list[str]:
+        """What every result on this track will be read with, known from the reference model
+        alone (``ModelSpec.warnings``: too small a share of each patch with the network's whole
+        receptive field inside it), shown on the track page."""
+        try:
+            return read_spec(self.reference_model.path).warnings()
+        except HarnessError:
+            return []
+
     def to_spec(self) -> TrackSpec:
         """The plain harness description of this track."""
         return TrackSpec(
