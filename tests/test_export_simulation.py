@@ -9,10 +9,11 @@ import torch
 
 from harness.artifacts.onnx.agreement import check_simulation_agreement
 from harness.artifacts.onnx.export import ExportError
+from harness.artifacts.onnx.graph import WEIGHTED_OPS
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT, ORT_PLACEMENT
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.artifacts.onnx.qdq_graph import COMPUTE_OPS, insert_qdq, sorted_graph
+from harness.artifacts.onnx.qdq_graph import insert_qdq, sorted_graph
 from harness.demo import shipped_models
 from harness.onnxruntime_session import OrtNetwork, create_session
 from harness.track.loaded import LoadedTrack
@@ -101,7 +102,7 @@ def test_an_export_with_output_qdq_added_by_hand_is_reported_as_diverging(
         compute = next(
             node
             for node in proto.graph.node
-            if node.op_type in COMPUTE_OPS and f"{layer}.input_dequantized" in node.input
+            if node.op_type in WEIGHTED_OPS and f"{layer}.input_dequantized" in node.input
         )
         insert_qdq(proto.graph, compute, None, f"{layer}.by_hand", largest / 127, ORT_PLACEMENT)
     onnx.save(sorted_graph(proto), tmp_path / "by_hand.onnx")

@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.artifacts.onnx.export import ExportError, save_checked, set_metadata
-from harness.artifacts.onnx.graph import GraphIndex, weighted_ops
+from harness.artifacts.onnx.graph import WEIGHTED_OPS, GraphIndex, weighted_ops
 from harness.artifacts.onnx.qdq_graph import sorted_graph
 
 ZERO_POINT_TOLERANCE = 1e-2
@@ -208,7 +208,7 @@ def _map_weight(op, kind: str, names: set[str], producer: dict, weights: dict, b
             bias_add = consumers[0]
             outputs = bias_add.output(0).get_names() & names
     node = next((producer[n] for n in sorted(outputs) if n in producer), None)
-    if node is None or node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+    if node is None or node.op_type not in WEIGHTED_OPS:
         raise ExportError(
             f"OpenVINO {kind} {op.get_friendly_name()!r} maps to no ONNX weighted node"
         )

@@ -17,11 +17,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.artifacts.onnx.export import ExportError
-from harness.artifacts.onnx.graph import PASS_THROUGH_OPS
+from harness.artifacts.onnx.graph import PASS_THROUGH_OPS, WEIGHTED_OPS
 from harness.artifacts.onnx.placement import NON_NEGATIVE_OPS, QdqPlacement
 from reference_methods.simulator.quantized_layers import QuantLayer
-
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -39,7 +37,7 @@ def compute_node(weight: str, consumers: dict[str, list[onnx.NodeProto]]) -> onn
     while frontier:
         name = frontier.pop()
         for node in consumers.get(name, []):
-            if node.op_type in COMPUTE_OPS:
+            if node.op_type in WEIGHTED_OPS:
                 return node
             if node.op_type in ("Transpose", "Reshape", "Identity"):
                 frontier.extend(node.output)
