@@ -147,6 +147,29 @@ def test_container_submission_goes_through_every_stage_to_a_ranked_evaluation(
     assert board["results"][0]["submission"] == submission.pk
 
 
+def test_a_container_is_run_again_on_resampled_calibration_sets_for_its_spread(
+    docker_client, container_site, tarballs, alice, tmp_path
+):
+    from harness.data.demo import make_phantoms
+    from leaderboard.tracks.seeding import create_track, import_dataset
+
+    pool = import_dataset(make_phantoms(tmp_path / "pool", cases=14, seed=3), slug="pool")
+    model = container_site["w8a8"].reference_model
+    track = create_track(pool, model, weight_bits=8, activation_bits=8,
+                         bits_per_weight_budget=9.0, calibration_resamples=2)  # fmt: skip
+    submission = submit_tarball(alice, track, tarballs["example"], "RTN in a container")
+    assert pipeline.run(submission.pk, worker="test-worker") == Status.DONE
+
+    evaluation = Evaluation.objects.get(submission=submission)
+    spread = evaluation.result["summary"]["calibration"]
+    pool_ids = {case for case in evaluation.result["track"]["calibration_cases"]}
+    assert len(pool_ids) == 2 and spread["resamples"] == 2 and spread["failed"] == 0
+    assert len(spread["mean_dsc"]) == 2 and spread["sd"] is not None
+    assert evaluation.calibration_sd == spread["sd"]
+    resampled = [tuple(sorted(ids)) for ids in spread["calibration_cases"]]
+    assert len(set(resampled)) == 2 and all(set(ids) <= pool_ids for ids in resampled)
+
+
 def test_hostile_container_is_rejected_with_its_specific_message_for_the_submitter(
     docker_client, container_site, tarballs, alice, client
 ):

@@ -2,14 +2,14 @@
 calibration volumes it saw (the open question of the real-INT8 study, arXiv 2501.17343).
 
 The platform can measure this for every method it runs itself (reference-method baselines, the
-study's schemes): the same method is re-run K times, each on a calibration set resampled from the
-track's calibration pool — as many cases as the pool, drawn with replacement (a bootstrap of the
-pool, so a case may come twice and another not at all), draw d by a ``numpy`` generator seeded
-with (track seed, ``RESAMPLE_STREAM``, d); a draw holding the same cases as an earlier one (as a
-multiset: the order of calibration cases does not matter) is skipped, so the K sets differ (fewer
-when the pool has fewer distinct resamples) — and each re-run is scored on the same test cases. The
-spread of the K mean DSCs is reported as "± calibration": their sample standard deviation
-(ddof = 1), with the values, their range and the case ids of every resample.
+study's schemes, quantizer containers): the same method is re-run K times, each on a calibration
+set resampled from the track's calibration pool — as many cases as the pool, drawn with replacement
+(a bootstrap of the pool, so a case may come twice and another not at all), draw d by a ``numpy``
+generator seeded with (track seed, ``RESAMPLE_STREAM``, d); a draw holding the same cases as an
+earlier one (as a multiset: the order of calibration cases does not matter) is skipped, so the K
+sets differ (fewer when the pool has fewer distinct resamples) — and each re-run is scored on the
+same test cases. The spread of the K mean DSCs is reported as "± calibration": their sample
+standard deviation (ddof = 1), with the values, their range and the case ids of every resample.
 
 With fewer than two calibration cases every resample is the pool itself: nothing is re-run and
 the spread is undetermined (``sd`` None), as the compare page treats a single test case.
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.containers.protocol import build_container_input
 from harness.data.dataset import Case
 from harness.entry.baseline import compute_baseline
+from harness.errors import SubmissionError
 from harness.models.calibration import calibration_batches
 from harness.track.loaded import LoadedTrack
 
@@ -107,3 +109,28 @@ def spread_summary(values: list[float], case_ids: list[list[str]], resamples: in
         "range": float(max(values) - min(values)) if values else None,
         "calibration_cases": case_ids,
     }
+
+
+def container_calibration_spread(
+    track: LoadedTrack,
+    rerun: Callable[[Path, Path], dict],
+    resamples: int,
+    workdir: Path,
+) -> dict:
+    """The ``calibration`` summary of a quantizer container: ``rerun(input_dir, workdir)`` runs
+    its image again on an ``/input`` built from each resampled calibration set (a case drawn
+    twice is two files) and returns the scored result. A re-run the harness rejects (the
+    quantizer fails on that set) is counted in ``failed`` and left out of the spread."""
+    sets = resampled_calibration_sets(track.calibration_cases, resamples, track.spec.seed)
+    values, case_ids, failed = [], [], 0
+    for number, cases in enumerate(sets):
+        folder = Path(workdir) / f"calibration-resample-{number}"
+        try:
+            input_dir = build_container_input(track, folder / "input", cases)
+            values.append(float(rerun(input_dir, folder)["summary"]["mean_dsc"]))
+            case_ids.append([case.case_id for case in cases])
+        except SubmissionError:
+            failed += 1
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return spread_summary(values, case_ids, resamples) | {"failed": failed}

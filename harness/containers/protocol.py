@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 
 from harness.artifacts.kinds import CHECKPOINT, ONNX, ArtifactKind
 from harness.backends import get_backend
+from harness.data.dataset import Case
 from harness.data.preprocessing import preprocess, read_case
 from harness.errors import SubmissionError
 from harness.models.interface import ONNX_FILE, SPEC_FILE, WEIGHTS_FILE
@@ -37,8 +40,12 @@ OUTPUT_CHECKPOINT_FILES = CHECKPOINT.files
 CALIBRATION_TENSOR = "image"
 
 
-def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
-    """Write the ``/input`` folder of ``track`` into ``dest`` (created; must not exist yet)."""
+def build_container_input(
+    track: LoadedTrack, dest: str | Path, calibration: Sequence[Case] | None = None
+) -> Path:
+    """Write the ``/input`` folder of ``track`` into ``dest`` (created; must not exist yet), with
+    ``calibration`` as its calibration cases (default: the track's; a resampled set may hold a
+    case more than once, each copy its own file ``<id>~<n>``)."""
     dest = Path(dest)
     dest.mkdir(parents=True)
     weights = [WEIGHTS_FILE] if track.model_spec.has_torch_network else []  # a graph: model.onnx
@@ -46,13 +53,27 @@ def build_container_input(track: LoadedTrack, dest: str | Path) -> Path:
         shutil.copyfile(track.spec.model_dir / name, dest / name)
     calibration = dest / CALIBRATION_DIR
     calibration.mkdir()
-    for case in track.calibration_cases:
+    cases = tuple(track.calibration_cases if calibration is None else calibration)
+    names = calibration_names(cases)
+    for case, name in zip(cases, names, strict=True):
         image = preprocess(read_case(case, with_label=False), track.model_spec.preprocessing)
         tensor = torch.as_tensor(image).detach().to(torch.float32).contiguous().clone()
-        save_file({CALIBRATION_TENSOR: tensor}, calibration / f"{case.case_id}.safetensors")
+        save_file({CALIBRATION_TENSOR: tensor}, calibration / f"{name}.safetensors")
     shutil.copyfile(track.fp32_onnx, dest / ONNX_FILE)
-    (dest / TRACK_FILE).write_text(json.dumps(track_description(track), indent=2) + "\n")
+    description = track_description(track) | {"calibration_cases": names}
+    (dest / TRACK_FILE).write_text(json.dumps(description, indent=2) + "\n")
     return dest
+
+
+def calibration_names(cases: Sequence[Case]) -> list[str]:
+    """A file name per calibration case: its id, and ``<id>~<n>`` for its n-th repeat."""
+    seen: Counter[str] = Counter()
+    names = []
+    for case in cases:
+        seen[case.case_id] += 1
+        count = seen[case.case_id]
+        names.append(case.case_id if count == 1 else f"{case.case_id}~{count}")
+    return names
 
 
 def output_kind(backend: str) -> ArtifactKind:

@@ -1,6 +1,7 @@
 """Quantizer containers on the site: the image pinned (pulled by the digest recorded at its first
 run, or its uploaded ``docker save`` archive checked and loaded), then the harness entry point
-runs it sandboxed and evaluates its output; its logs are kept on the row either way."""
+runs it sandboxed and evaluates its output; its logs are kept on the row either way. Where the
+track asks for it, the image is run again on resampled calibration sets (``± calibration``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import docker
 from django.conf import settings
 
+from harness.analysis.calibration_robustness import container_calibration_spread
 from harness.containers.images import (
     PinnedImage,
     load_image_archive,
@@ -72,10 +74,24 @@ def run_container(
         except QuantizerRejected as rejected:
             _record_container(submission, rejected.outcome, log)
             raise
+        _record_container(submission, evaluated.container, log)
+        if submission.track.calibration_resamples:
+            evaluated.result["summary"]["calibration"] = _calibration_spread(
+                track, run, submission.track.calibration_resamples, workdir
+            )
     finally:
         client.close()
-    _record_container(submission, evaluated.container, log)
     return evaluated
+
+
+def _calibration_spread(track: LoadedTrack, run: dict, resamples: int, workdir: Path) -> dict:
+    """The same image run again on resampled calibration sets (``± calibration``)."""
+
+    def rerun(input_dir: Path, folder: Path) -> dict:
+        again = run | {"workdir": folder / "container", "input_dir": input_dir}
+        return evaluate_quantizer_container(**again).result
+
+    return container_calibration_spread(track, rerun, resamples, workdir / "resamples")
 
 
 def _record_container(submission: Submission, outcome: ContainerOutcome, log: list[str]) -> None:
