@@ -4,8 +4,9 @@ inferer runs, and how their efficiency is measured, on one execution engine.
 A backend receives narrow arguments (``TrackChecks``: what the track asks of an artifact; the
 artifact path), never a loaded track or a track spec, so it can be used and tested on its own.
 ``Backend.open`` is a template: it checks that the engine is available, verifies the artifact once
-(``verify``) and hands the ``VerifiedArtifact`` to the engine (``load``); what is measured later
-(efficiency, kernel reports) reuses it.
+(``verify``), checks its precision against the track (the one precision check) and hands the
+``VerifiedArtifact`` to the engine (``load``); what is measured later (efficiency, kernel reports)
+reuses it.
 """
 
 from __future__ import annotations
