@@ -152,6 +152,8 @@ def test_baselines_are_quantized_by_the_worker_and_keep_their_checkpoint(tiny_tr
         ("rtn", "w4a4-per-channel"),
         ("rtn", "w4a4-adaptive"),
         ("rtn", "w4a4-per-tensor-asym"),
+        ("rtn", "w4a4-per-tensor-p99.99"),
+        ("rtn", "w4a4-per-tensor-mse"),
         *[(m, "w4a4-per-channel") for m in ("gptq", "comq", "permutation-comq", "smoothquant")],
     ]
     assert queue_baselines(track) == []
@@ -187,6 +189,8 @@ def test_an_eight_bit_track_gets_smoothquant_per_tensor_besides_rtn(tiny_tracks)
     queued = queue_baselines(tiny_tracks["w8a8"])
     assert [(s.reference_method, s.scheme, s.method) for s in queued][3:] == [
         ("rtn", "w8a8-per-tensor-asym", "RTN per-tensor, asymmetric activations"),
+        ("rtn", "w8a8-per-tensor-p99.99", "RTN per-tensor, percentile activation calibration"),
+        ("rtn", "w8a8-per-tensor-mse", "RTN per-tensor, mse activation calibration"),
         ("smoothquant", "w8a8-per-tensor", "SmoothQuant per-tensor"),
     ]
 
