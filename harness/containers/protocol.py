@@ -41,10 +41,10 @@ CALIBRATION_TENSOR = "image"
 
 
 def build_container_input(
-    track: LoadedTrack, dest: str | Path, calibration: Sequence[Case] | None = None
+    track: LoadedTrack, dest: str | Path, cases: Sequence[Case] | None = None
 ) -> Path:
     """Write the ``/input`` folder of ``track`` into ``dest`` (created; must not exist yet), with
-    ``calibration`` as its calibration cases (default: the track's; a resampled set may hold a
+    ``cases`` as its calibration cases (default: the track's; a resampled set may hold a
     case more than once, each copy its own file ``<id>~<n>``)."""
     dest = Path(dest)
     dest.mkdir(parents=True)
@@ -53,7 +53,7 @@ def build_container_input(
         shutil.copyfile(track.spec.model_dir / name, dest / name)
     calibration = dest / CALIBRATION_DIR
     calibration.mkdir()
-    cases = tuple(track.calibration_cases if calibration is None else calibration)
+    cases = tuple(track.calibration_cases if cases is None else cases)
     names = calibration_names(cases)
     for case, name in zip(cases, names, strict=True):
         image = preprocess(read_case(case, with_label=False), track.model_spec.preprocessing)
