@@ -33,9 +33,9 @@ from leaderboard_services import (
     wait_done,
 )
 from onnx import TensorProto, helper
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME
+from harness.artifacts.checkpoint.storage import MANIFEST_NAME, WEIGHTS_NAME, read_checkpoint
 from harness.artifacts.onnx.verify import (
     OnnxInterface,
     OnnxVerificationError,
@@ -295,14 +295,25 @@ def _first_layer(ckpt: Path) -> str:
     return next(iter(json.loads((ckpt / MANIFEST_NAME).read_text())["layers"]))
 
 
+def _version_1(ckpt: Path) -> tuple[dict, dict]:
+    """The checkpoint's manifest and tensors in the version-1 layout (every tensor as the model
+    holds it, no packing), which the loader still reads: hostile tensors are written in it."""
+    manifest = json.loads((ckpt / MANIFEST_NAME).read_text()) | {"version": 1}
+    return manifest, dict(read_checkpoint(ckpt).tensors)
+
+
 def _with_tensors(ckpt: Path, change) -> bytes:
-    tensors = load_file(ckpt / WEIGHTS_NAME)
+    manifest, tensors = _version_1(ckpt)
     change(tensors, _first_layer(ckpt))
+    return _zipped(manifest, tensors)
+
+
+def _zipped(manifest: dict, tensors: dict) -> bytes:
     buffer = Path(os.environ.get("TMPDIR", "/tmp")) / f"hostile-{os.getpid()}.safetensors"
     save_file(tensors, buffer)
     data = buffer.read_bytes()
     buffer.unlink()
-    return zip_bytes({MANIFEST_NAME: (ckpt / MANIFEST_NAME).read_bytes(), WEIGHTS_NAME: data})
+    return zip_bytes({MANIFEST_NAME: json.dumps(manifest).encode(), WEIGHTS_NAME: data})
 
 
 def _set(buffer: str, make):
@@ -314,10 +325,9 @@ def _set(buffer: str, make):
 
 
 def _with_manifest(ckpt: Path, change) -> bytes:
-    manifest = json.loads((ckpt / MANIFEST_NAME).read_text())
+    manifest, tensors = _version_1(ckpt)
     change(manifest, _first_layer(ckpt))
-    weights = (ckpt / WEIGHTS_NAME).read_bytes()
-    return zip_bytes({MANIFEST_NAME: json.dumps(manifest).encode(), WEIGHTS_NAME: weights})
+    return _zipped(manifest, tensors)
 
 
 def _drop_tensor(tensors, layer):
@@ -381,13 +391,14 @@ def test_a_checkpoint_only_the_worker_can_judge_ends_rejected_with_its_reason(
     assert final["mean_dsc"] is None
 
 
-def test_truncated_safetensors_data_ends_rejected(live, tiny_checkpoints):
+def test_truncated_safetensors_data_is_refused_at_upload(live, tiny_checkpoints):
     ckpt = tiny_checkpoints["w8a8"]
     weights = (ckpt / WEIGHTS_NAME).read_bytes()
     data = zip_bytes({MANIFEST_NAME: (ckpt / MANIFEST_NAME).read_bytes(),
                       WEIGHTS_NAME: weights[: len(weights) - 64]})  # fmt: skip
-    final = _evaluated(live, data, "truncated")
-    assert final["status"] == "rejected" and "unreadable or corrupt" in final["error"]
+    response = post(live, {"method": "truncated"}, {"artifact": ("ckpt.zip", data)})
+    assert response.status_code == 400, response.text[:500]
+    assert "weights.safetensors is truncated or corrupt" in response.text
 
 
 # ---- refused by the harness's verifiers ---------------------------------------------------
@@ -552,9 +563,10 @@ def test_the_site_and_worker_still_evaluate_a_valid_submission_within_the_memory
     assert created.status_code == 201, created.text
     assert wait_done(live, live.token, created.json()["id"])["status"] == "done"
     statuses = [s["status"] for s in my_submissions(live)]
-    # only the worker-judged inputs and the valid one were ever stored; none failed
+    # only the worker-judged inputs and the valid one were ever stored (a truncated file is
+    # refused at upload); none failed
     assert statuses.count("done") == 1 and "failed" not in statuses
-    assert statuses.count("rejected") == len(WORKER) + len(MANIFESTS) + 1
+    assert statuses.count("rejected") == len(WORKER) + len(MANIFESTS)
     web = psutil.Process(live.procs[1].pid)
     peak = max(_peak_rss(p) for p in [web, *web.children(recursive=True)])
     RESULTS.mkdir(parents=True, exist_ok=True)

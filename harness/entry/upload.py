@@ -136,7 +136,7 @@ def evaluate_submission(
     if on_stage is not None:
         on_stage("running")
     if torch_reference:  # its run is the track's cached one
-        run = track.fp32_run
+        run = track.reference_run(progress)
     else:
         run = track.run(opened.network, progress, submission.label)
     efficiency = None

@@ -100,11 +100,17 @@ class LoadedTrack:
         with self.timer.stage("calibration_data"):
             return calibration_batches(self.calibration_cases, self.model_spec)
 
-    @cached_property
+    @property
     def fp32_run(self) -> EvaluationRun:
         """The FP32 reference evaluated once per track: every submission's ↓Δ% is against it."""
-        with self.timer.stage("fp32_reference"):
-            return self.run(self.model, progress=False, desc="fp32")
+        return self.reference_run()
+
+    def reference_run(self, progress: bool = False) -> EvaluationRun:
+        """``fp32_run``, computed on first use (with a progress bar when ``progress``) and kept."""
+        if "_fp32_run" not in self.__dict__:
+            with self.timer.stage("fp32_reference"):
+                self.__dict__["_fp32_run"] = self.run(self.model, progress, desc="fp32")
+        return self.__dict__["_fp32_run"]
 
     @cached_property
     def latency_volume(self) -> torch.Tensor:
