@@ -96,7 +96,11 @@ def test_study_pages_match_harness_study_and_compare_shows_the_ci(browser, tmp_p
                 scheme = row.get_attribute("data-scheme")
                 shown[scheme] = (row.find_element(By.CSS_SELECTOR, "td.dsc").text,
                                  row.find_element(By.CSS_SELECTOR, "td.nsd").text)  # fmt: skip
-            assert shown == expected[slug], slug
+            # the page adds issue 26's activation-calibration rows (per-tensor RTN with
+            # percentile and MSE calibration) that the default `harness study` does not print
+            calibrated = {k for k in shown if re.fullmatch(r"w\d+a\d+-per-tensor-(p99\.99|mse)", k)}
+            assert len(calibrated) == 4, sorted(shown)
+            assert {k: v for k, v in shown.items() if k not in calibrated} == expected[slug], slug
             assert browser.find_element(By.ID, "family").text in ("CNN", "HYBRID")
             browser.save_screenshot(str(ARTIFACTS / f"study-{slug}.png"))
 

@@ -32,7 +32,7 @@ PREFIX = "/opt/python"
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 DISTRIBUTIONS = (
     *("torch", "monai", "nibabel", "safetensors", "numpy", "scipy", "einops", "tqdm"),
-    *("onnx", "onnxscript", "dynamic-network-architectures"),
+    *("onnx", "onnxscript", "onnxruntime", "dynamic-network-architectures"),
 )
 _STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
 _STDLIB_SKIP_PREFIX = ("config-",)
