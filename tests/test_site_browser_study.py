@@ -115,7 +115,7 @@ def test_study_pages_match_harness_study_and_compare_shows_the_ci(browser, tmp_p
         classes = browser.find_elements(By.CSS_SELECTOR, "#compare-classes tbody tr")
         assert len(classes) == 5  # the phantoms' foreground classes
         first = classes[0].find_elements(By.TAG_NAME, "td")
-        assert re.search(r"\(-?\d\.\d{4}", first[3].text)  # the second entry's DSC with its Δ
+        assert re.search(r"\(-?\d\.\d{4}", first[4].text)  # the second entry's DSC with its Δ
         verdict = browser.find_element(By.CSS_SELECTOR, "#compare-summary td.verdict").text
         assert verdict in ("resolved", "within noise")
         summary = browser.find_element(By.ID, "compare-summary").text
