@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.backends import backend_names
 from harness.inference.latency import MIN_PAIRS, PROTOCOL_BURST, PROTOCOL_PAIRS
-from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
+from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 
 def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path") -> None:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from harness.data.phantoms import PHANTOM_SIZES
+from harness.data.phantom_sizes import PHANTOM_SIZES
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.data.dataset import write_splits
-from harness.data.phantoms import PhantomSize, write_phantom_dataset
+from harness.data.phantom_sizes import PhantomSize
+from harness.data.phantoms import write_phantom_dataset
 
 DEMO_SEED = 0
 DEMO_CASES = 28

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
+
+from harness.data.phantom_sizes import PHANTOM_SIZES, PhantomSize
 
 PHANTOM_LABELS: dict[int, str] = {
     0: "background",
@@ -59,8 +60,6 @@ CLINICAL_LABELS: dict[int, str] = {
     12: "gallbladder",
     13: "pancreas",
 }
-PhantomSize = Literal["demo", "clinical"]
-PHANTOM_SIZES: tuple[PhantomSize, ...] = ("demo", "clinical")
 FOV_INPLANE_MM = 180.0
 FOV_Z_MM = 170.0
 #: The clinical grid: 512×512 slices of 0.8 mm (a 41 cm field of view), 200 slices of 2.5 mm.

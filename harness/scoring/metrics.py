@@ -65,13 +65,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import KDTree
 
 from harness.errors import HarnessError
+from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
 from harness.scoring.surfels import Surfels, corner_grid_shape, surfels_by_class
 
 if TYPE_CHECKING:
@@ -94,16 +94,6 @@ EMPTY_BOTH_SCORE: float = 1.0
 #: Score of a class present in exactly one of prediction and reference (DSC and NSD).
 EMPTY_ONE_SCORE: float = 0.0
 
-
-class NsdDefinition(StrEnum):
-    """What a surface is in NSD (see the module docstring)."""
-
-    SUBVOXEL = "subvoxel"  # area-weighted surfels on the voxel-corner grid: the publication's
-    VOXEL = "voxel"  # edge voxels, each counting 1: MONAI's default
-
-
-#: The publication's definition, so that NSD on the board is comparable with published NSD.
-DEFAULT_NSD_DEFINITION = NsdDefinition.SUBVOXEL
 
 # Voxels processed per chunk in the counting passes: bounds temporary memory on large volumes.
 _CHUNK = 1 << 22

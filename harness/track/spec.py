@@ -14,7 +14,7 @@ from harness.inference.latency import (
     PROTOCOL_PAIRS,
     LatencyProtocol,
 )
-from harness.scoring.metrics import DEFAULT_NSD_DEFINITION, NsdDefinition
+from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 TRACK_SPEC_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
