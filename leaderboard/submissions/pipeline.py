@@ -120,10 +120,12 @@ def _evaluate(
     return evaluate_submission(track, upload, about=_about(submission), on_stage=on_stage).result
 
 
-def store_evaluation(submission: Submission, result: dict) -> Evaluation:
-    """Store a result document as the next version of ``submission`` and as its latest
-    Evaluation (the caller holds the submission's row lock)."""
-    columns = ResultSummary.of(result).columns()
+def store_evaluation(
+    submission: Submission, result: dict, summary: ResultSummary | None = None
+) -> Evaluation:
+    """Store a result document (its ``summary`` when the caller has read it already) as the next
+    version of ``submission`` and as its latest Evaluation (the caller holds the row lock)."""
+    columns = (summary or ResultSummary.of(result)).columns()
     scores = {"track": submission.track, "result": result, "created_at": timezone.now()} | columns
     latest = submission.versions.aggregate(latest=Max("version"))["latest"] or 0
     EvaluationVersion.objects.create(submission=submission, version=latest + 1, **scores)
@@ -172,7 +174,7 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
         locked = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
         )
-        store_evaluation(locked, result)
+        store_evaluation(locked, result, summary)
         log.append(summary.scores_line())
         locked.advance(Status.DONE, log="\n".join(log))
         ranking.refresh(locked.track)
