@@ -16,4 +16,5 @@ COPY templates templates
 RUN pip install '.[gpu]' && useradd --system --uid 10001 --home /srv medquant \
     && mkdir -p /srv/var && chown -R medquant /srv/var
 USER medquant
-CMD ["celery", "-A", "leaderboard", "worker", "-Q", "gpu", "--concurrency", "1"]
+# one GPU per host: researchers' submissions (gpu) and, beside them, the baselines (gpu-baselines)
+CMD ["celery", "-A", "leaderboard", "worker", "-Q", "gpu,gpu-baselines", "--concurrency", "1"]

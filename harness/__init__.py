@@ -11,8 +11,9 @@ circle between layers):
 on; PTQ methods only by ``entry`` (baselines), ``analysis`` and ``cli``.
 Dependency direction: leaderboard → harness → reference_methods, never the reverse.
 
-Every package may import: ``harness.errors`` (who is at fault) and ``harness.onnxruntime_session``
-(ONNX Runtime sessions, the reference executor of ONNX semantics).
+Every package may import: ``harness.errors`` (who is at fault), ``harness.onnxruntime_session``
+(ONNX Runtime sessions, the reference executor of ONNX semantics) and ``harness.progress`` (the
+progress of long loops, for whoever listens).
 """
 
 __version__ = "0.1.0"

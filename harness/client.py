@@ -2,7 +2,8 @@
 
 ``submit`` uploads a quantized checkpoint folder (manifest.json + weights.safetensors), a
 checkpoint zip or an ONNX file in one multipart call authenticated by a personal token;
-``wait`` polls the submission until it finishes.
+``wait`` polls the submission until it finishes, reporting each change of its standing (status,
+queue position, step); ``cancel`` withdraws a queued one.
 
 Depends on: ``harness.artifacts`` (the files an artifact kind consists of).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -115,13 +117,35 @@ def status(url: str, token: str | None, submission_id: int) -> dict:
     return _request(f"{url.rstrip('/')}/api/v1/submissions/{submission_id}/", token)
 
 
+def cancel(url: str, token: str, submission_id: int) -> dict:
+    """Cancel a queued submission of yours; its status document (ApiError once it started)."""
+    return _request(f"{url.rstrip('/')}/api/v1/submissions/{submission_id}/cancel/", token, b"")
+
+
+def standing(document: dict) -> tuple:
+    """What of a status document is news to a waiting user: the status, the queue position and
+    the step reported (not the estimate, which moves with the clock)."""
+    queue = document.get("queue") or {}
+    return (document["status"], queue.get("position"), queue.get("stage"), queue.get("done"))
+
+
 def wait(
-    url: str, token: str | None, submission_id: int, timeout_s: float, poll_s: float = 2.0
+    url: str,
+    token: str | None,
+    submission_id: int,
+    timeout_s: float,
+    poll_s: float = 2.0,
+    on_change: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Poll until the submission finishes; raises ApiError after ``timeout_s``."""
+    """Poll until the submission finishes, calling ``on_change`` with the status document
+    whenever its ``standing`` changes; raises ApiError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
+    seen = None
     while True:
         current = status(url, token, submission_id)
+        if on_change is not None and standing(current) != seen:
+            seen = standing(current)
+            on_change(current)
         if current["status"] in FINISHED:
             return current
         if time.monotonic() > deadline:

@@ -32,6 +32,7 @@ urlpatterns = [
     path("submissions/<int:pk>/", submissions.submission_detail, name="submission"),
     path("submissions/<int:pk>/artifact", submissions.baseline_artifact, name="baseline-artifact"),
     path("submissions/<int:pk>/status", submissions.submission_status, name="submission-status"),
+    path("submissions/<int:pk>/cancel", submissions.cancel_submission, name="cancel-submission"),
     path("tokens/", accounts.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke", accounts.revoke_token, name="revoke-token"),
     path("signup/", accounts.signup, name="signup"),

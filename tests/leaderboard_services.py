@@ -111,13 +111,21 @@ def postgres_server() -> Iterator[str]:
 
 class LiveSite:
     """The site served by gunicorn (``web_threads`` threads per worker) with one Celery worker
-    and the reconciler, sharing ``env`` (database, broker)."""
+    (researchers' and baselines' queues) and the reconciler, sharing ``env`` (database, broker);
+    with ``baseline_worker`` the baselines' queue has a worker of its own, as in ``make run``."""
 
-    def __init__(self, env: dict[str, str], web_threads: int = 1, worker_concurrency: int = 1):
+    def __init__(
+        self,
+        env: dict[str, str],
+        web_threads: int = 1,
+        worker_concurrency: int = 1,
+        baseline_worker: bool = False,
+    ):
         self.env = env
         self.url = ""
         self.web_threads = web_threads
         self.worker_concurrency = worker_concurrency
+        self.baseline_worker = baseline_worker
         self.procs: list[subprocess.Popen] = []
         self.log_dir: Path | None = None
 
@@ -130,9 +138,14 @@ class LiveSite:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr}")
         return done.stdout
 
-    def worker_command(self) -> list[str]:
+    def worker_command(self, baselines: bool = False) -> list[str]:
+        """The researchers' worker (also serving the baselines without ``baseline_worker``), or
+        with ``baselines`` the baselines' own."""
+        queues = "cpu" if self.baseline_worker else "cpu,cpu-baselines"
+        name = "baselines@%h" if baselines else "celery@%h"
         return [str(Path(sys.executable).parent / "celery"), "-A", "leaderboard", "worker", "-Q",
-                "cpu", "-c", str(self.worker_concurrency), "--without-gossip", "--without-mingle",
+                "cpu-baselines" if baselines else queues, "-n", name, "-c",
+                str(self.worker_concurrency), "--without-gossip", "--without-mingle",
                 "--loglevel", "INFO"]  # fmt: skip
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
@@ -161,6 +174,8 @@ class LiveSite:
                     "-w", "2", "--threads", str(self.web_threads), "--access-logfile", "-"],
             "reconciler": [sys.executable, "manage.py", "reconcile", "--every", "5"],
         }  # fmt: skip
+        if self.baseline_worker:
+            commands["baselines"] = self.worker_command(baselines=True)
         for name, command in commands.items():
             self.procs.append(self._spawn(name, command))
         wait_for(lambda: requests.get(self.url + "/", timeout=2).ok, "gunicorn")

@@ -99,8 +99,18 @@ def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):
     track = tiny_tracks["w8a8"]
     assert queue_for(Submission(track=track, kind=Kind.CHECKPOINT)) == "cpu"
     assert queue_for(Submission(track=track, kind=Kind.CONTAINER)) == "containers"
+    # baselines (and the FP32 row) have queues of their own, served by their own workers
+    assert queue_for(Submission(track=track, kind=Kind.SCHEME, is_baseline=True)) == (
+        "cpu-baselines"
+    )
+    assert queue_for(Submission(track=track, kind=Kind.FP32, is_baseline=True)) == (
+        "cpu-baselines"
+    )
     track.backend = "tensorrt"
     assert queue_for(Submission(track=track, kind=Kind.ONNX)) == "gpu"
+    assert queue_for(Submission(track=track, kind=Kind.SCHEME, is_baseline=True)) == (
+        "gpu-baselines"
+    )
 
 
 def test_a_track_hands_its_nsd_definition_to_the_harness(tiny_tracks):

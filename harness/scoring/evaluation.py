@@ -15,7 +15,9 @@ dropped once preprocessed, since restoring needs only its grid. Inference stream
 a uint8 label map, never the K full-volume logits. A case being scored holds the label, the
 prediction and its restored int16 copy. For a 512×512×200 CT case inferred on its own grid that
 is ~0.3 GB per case held, ahead or behind, which ``PIPELINE_DEPTH`` bounds.
-Each case reports its seconds per stage and the process's peak RSS when it was scored."""
+Each case reports its seconds per stage and the process's peak RSS when it was scored; each
+inferred case is reported to the progress listener (``harness.progress``) as a count only, never
+by its id (test cases are hidden)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from harness.data.preprocessing import preprocess, read_case, restore_to_grid
 from harness.inference.efficiency import peak_rss_mb
 from harness.inference.sliding_window import label_dtype, predict_labels
 from harness.models.reference import ModelSpec
+from harness.progress import report
 from harness.scoring.hausdorff import hd95_per_class
 from harness.scoring.metrics import (
     DEFAULT_NSD_DEFINITION,
@@ -48,6 +51,8 @@ from harness.scoring.metrics import (
 
 #: Cases read ahead of, and scored behind, the one being inferred.
 PIPELINE_DEPTH = 2
+SCORING_STAGE = "inferring test cases"
+"""The progress stage of ``evaluate_cases`` (followed by its ``desc``)."""
 
 
 class StageTimer:
@@ -192,6 +197,7 @@ def evaluate_cases(
                 del image
                 scored.append(scorer.submit(score, case, prediction))
                 del case, prediction
+                report(f"{SCORING_STAGE} ({desc})", i + 1, len(cases))
             results = [f.result() for f in scored]
         except BaseException:
             for future in (*ahead, *scored):

@@ -1,9 +1,11 @@
 """API representations of tracks, leaderboard rows and submissions."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from leaderboard.submissions.intake import UPLOAD_KINDS
 from leaderboard.submissions.models import Submission
+from leaderboard.submissions.queueing import queue_state
 from leaderboard.tracks.models import Track
 
 
@@ -93,22 +95,48 @@ class LeaderboardRowSerializer(serializers.Serializer):
         return self._uncertainty(row).get("tied")
 
 
+class QueueStateSerializer(serializers.Serializer):
+    """``queueing.QueueState``: a pending submission's standing."""
+
+    position = serializers.IntegerField(
+        allow_null=True, help_text="1 = evaluated next; null once a worker holds it"
+    )
+    in_flight = serializers.IntegerField(help_text="submissions of its queue being evaluated now")
+    stage = serializers.CharField(help_text="the step its worker reports ('' before one)")
+    done = serializers.IntegerField(help_text="steps of that stage finished")
+    total = serializers.IntegerField(help_text="steps of that stage (0: unknown)")
+    typical_s = serializers.FloatField(
+        allow_null=True, help_text="median evaluation seconds of the track's recent ones"
+    )
+    estimate_s = serializers.FloatField(
+        allow_null=True, help_text="seconds until done, estimated for one worker"
+    )
+    lines = serializers.ListField(child=serializers.CharField(), help_text="the same, in words")
+
+
 class SubmissionSerializer(serializers.ModelSerializer):
     track = serializers.CharField(source="track.slug")
     entrant = serializers.CharField()
     mean_dsc = serializers.FloatField(source="evaluation.mean_dsc", default=None)
     mean_nsd = serializers.FloatField(source="evaluation.mean_nsd", default=None)
     gate_passed = serializers.BooleanField(source="evaluation.gate_passed", default=None)
+    queue = serializers.SerializerMethodField()
 
     class Meta:
         model = Submission
         fields = [
-            "id", "track", "kind", "method", "entrant", "is_baseline", "status", "error",
+            "id", "track", "kind", "method", "entrant", "is_baseline", "status", "queue", "error",
             "created_at", "validating_at", "running_at", "scoring_at", "finished_at",
             "mean_dsc", "mean_nsd", "gate_passed", "disqualified", "public_reason",
             "image_reference", "image_digest", "description", "hyperparameters",
             "calibration_cases", "paper_url", "code_url",
         ]  # fmt: skip
+
+    @extend_schema_field(QueueStateSerializer(allow_null=True))
+    def get_queue(self, submission: Submission) -> dict | None:
+        """Where a pending submission stands (None once it has finished)."""
+        state = queue_state(submission)
+        return state.as_dict() if state else None
 
 
 class SubmitSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ urlpatterns = [
     path("v1/tracks/<slug:slug>/compare/", views.compare_entries, name="api-compare"),
     path("v1/submissions/", views.submissions, name="api-submissions"),
     path("v1/submissions/<int:pk>/", views.submission_detail, name="api-submission"),
+    path("v1/submissions/<int:pk>/cancel/", views.cancel_submission, name="api-cancel"),
     path("v1/submissions/<int:pk>/result/", views.submission_result, name="api-result"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),

@@ -10,10 +10,16 @@ from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.decorators import api_view, parser_classes, renderer_classes, throttle_classes
+from rest_framework.decorators import (
+    api_view,
+    parser_classes,
+    permission_classes,
+    renderer_classes,
+    throttle_classes,
+)
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.permissions import SAFE_METHODS
+from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
@@ -33,6 +39,7 @@ from leaderboard.api.serializers import (
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
+from leaderboard.submissions.queueing import cancel
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.views import (
@@ -244,6 +251,30 @@ def submissions(request):
 @api_view(["GET"])
 def submission_detail(request, pk: int):
     """Status and summary of one submission (yours, or any finished public one)."""
+    return Response(SubmissionSerializer(_visible(request, pk)).data)
+
+
+@extend_schema(
+    request=None,
+    responses={200: SubmissionSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
+               409: ErrorSerializer},
+)  # fmt: skip
+@api_view(["POST"])
+@permission_classes([IsAuthenticated])
+def cancel_submission(request, pk: int):
+    """Cancel your queued submission (a cancelled one does not count against the quota); 409
+    once a worker has started it."""
+    submission = Submission.objects.filter(pk=pk, user=request.user).first()
+    if submission is None:
+        raise Http404(f"no submission {pk} of yours")
+    if not cancel(pk):
+        submission.refresh_from_db()
+        return Response(
+            {"error": {"status": 409, "code": "not_queued",
+                       "message": f"submission {pk} is {submission.status}: only a queued "
+                                  "submission can be cancelled"}},
+            status=status.HTTP_409_CONFLICT,
+        )  # fmt: skip
     return Response(SubmissionSerializer(_visible(request, pk)).data)
 
 

@@ -30,6 +30,8 @@ class Status(models.TextChoices):
 
 
 PENDING = (Status.QUEUED, Status.VALIDATING, Status.RUNNING, Status.SCORING)
+IN_FLIGHT = (Status.VALIDATING, Status.RUNNING, Status.SCORING)
+"""Pending and held by a worker."""
 FINISHED = (Status.DONE, Status.FAILED, Status.REJECTED, Status.CANCELLED)
 STAGE_TIMESTAMPS = {
     Status.VALIDATING: "validating_at",
@@ -120,6 +122,12 @@ class Submission(models.Model):
         help_text="last sign of life: when it was (re-)enqueued, or its worker's latest beat "
         "while evaluating (the reconciler re-enqueues a pending one that went quiet)",
     )
+
+    progress_stage = models.CharField(
+        max_length=200, blank=True, help_text="the evaluation step under way (a worker writes it)"
+    )
+    progress_done = models.PositiveIntegerField(default=0, help_text="steps of it finished")
+    progress_total = models.PositiveIntegerField(default=0, help_text="its steps (0: unknown)")
 
     hidden = models.BooleanField(default=False)
     disqualified = models.BooleanField(default=False)

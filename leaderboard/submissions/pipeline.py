@@ -34,12 +34,14 @@ from harness.entry.upload import Submission as HarnessSubmission
 from harness.entry.upload import evaluate_submission
 from harness.errors import SubmissionError
 from harness.models.interface import ONNX_FILE
+from harness.progress import reporting
 from harness.track.loaded import LoadedTrack
 from leaderboard.submissions.artifacts import unpack_checkpoint
 from leaderboard.submissions.container_runs import run_container
 from leaderboard.submissions.models import Evaluation, EvaluationVersion, Kind, Status, Submission
 from leaderboard.submissions.stages import MAX_ATTEMPTS, advance, enter_running, fail, start
 from leaderboard.submissions.worker import (
+    Progress,
     heartbeat,
     is_out_of_memory,
     memory_limit_message,
@@ -140,7 +142,8 @@ def run(submission_id: int, *, worker: str = "") -> str:
     submission = start(submission_id)
     if submission is None:
         return Submission.objects.get(pk=submission_id).status
-    with heartbeat(submission_id):
+    progress = Progress()
+    with heartbeat(submission_id, progress), reporting(progress):
         return _run(submission, submission_id, worker)
 
 

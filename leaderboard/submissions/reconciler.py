@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from leaderboard.config import HARD_LIMIT_MARGIN_S
 from leaderboard.submissions import tasks
-from leaderboard.submissions.models import Status, Submission
+from leaderboard.submissions.models import IN_FLIGHT, Status, Submission
 
 logger = logging.getLogger(__name__)
 EVERY_S = 10
@@ -44,7 +44,6 @@ this long after it was last sent."""
 QUIET_S = 45
 """Four and a half heartbeats (``worker.HEARTBEAT_S``) without one: the worker evaluating it
 is gone."""
-IN_FLIGHT = (Status.VALIDATING, Status.RUNNING, Status.SCORING)
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")  # kombu's Redis priority lists
 
 

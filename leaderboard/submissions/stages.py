@@ -35,7 +35,9 @@ def start(submission_id: int) -> Submission | None:
             submission.advance(Status.FAILED, error=message)
             return None
         submission.attempts += 1
-        submission.advance(Status.VALIDATING, error="")
+        submission.advance(
+            Status.VALIDATING, error="", progress_stage="", progress_done=0, progress_total=0
+        )
         return submission
 
 

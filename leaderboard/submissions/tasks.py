@@ -17,6 +17,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from harness.containers.sandbox import remove_orphans
+from leaderboard.celery import BASELINE_QUEUE_SUFFIX
 from leaderboard.config import HARD_LIMIT_MARGIN_S
 from leaderboard.submissions import pipeline
 from leaderboard.submissions.models import Kind, Submission
@@ -103,8 +104,14 @@ def record_failure(*, submission_id: int, message: str) -> None:
 
 
 def queue_for(submission: Submission) -> str:
-    """Quantizer containers run on the ``containers`` queue; the rest where the track says."""
-    return CONTAINER_QUEUE if submission.kind == Kind.CONTAINER else submission.track.queue
+    """Quantizer containers run on the ``containers`` queue; a reference baseline (or the FP32
+    row) on the baseline queue of the track's backend, which its own workers serve; the rest
+    where the track says."""
+    if submission.kind == Kind.CONTAINER:
+        return CONTAINER_QUEUE
+    if submission.is_baseline:
+        return submission.track.queue + BASELINE_QUEUE_SUFFIX
+    return submission.track.queue
 
 
 def time_limit_s(submission: Submission) -> int:

@@ -10,12 +10,14 @@ from django.core.exceptions import ValidationError
 from django.db.models.fields.json import KeyTextTransform
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from harness.cli.quantize import quantize_command
 from leaderboard.submissions.forms import SubmitForm
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata, method_names
 from leaderboard.submissions.models import Kind, Status, Submission
+from leaderboard.submissions.queueing import cancel, queue_state
 from leaderboard.tracks.views import bundle_folder
 
 
@@ -73,7 +75,8 @@ def submission_detail(request, pk: int):
         )
     )  # fmt: skip
     context = {"submission": submission, "owner": owner, "evaluation": evaluation,
-               "versions": versions, "reproduction": reproduction(submission)}  # fmt: skip
+               "versions": versions, "reproduction": reproduction(submission),
+               "queue": queue_state(submission)}  # fmt: skip
     return render(request, "submissions/detail.html", context)
 
 
@@ -116,16 +119,34 @@ def baseline_artifact(request, pk: int):
 
 
 def submission_status(request, pk: int):
-    """Live status (polled by the page's script)."""
+    """Live status and standing (polled by the page's script)."""
     submission, _ = visible_submission(request, pk)
+    state = queue_state(submission)
     return JsonResponse(
         {
             "id": submission.pk,
             "status": submission.status,
             "error": submission.error,
             "pending": submission.is_pending,
+            "queue": state.as_dict() if state else None,
         }  # fmt: skip
     )
+
+
+@login_required
+@require_POST
+def cancel_submission(request, pk: int):
+    """The owner cancels a queued submission (it then does not count against the quota)."""
+    submission = get_object_or_404(Submission, pk=pk, user=request.user)
+    if cancel(submission.pk):
+        messages.success(request, f"submission #{pk} cancelled; it does not count in your quota")
+    else:
+        messages.error(
+            request,
+            f"submission #{pk} is {Submission.objects.get(pk=pk).status}: only a queued "
+            "submission can be cancelled",
+        )
+    return redirect("submission", pk=pk)
 
 
 @login_required

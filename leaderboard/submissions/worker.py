@@ -1,10 +1,13 @@
-"""What a worker process keeps around the evaluation of a submission: its heartbeat, the
-evaluation's memory limit (recognising an allocation it refused) and the tracks it has loaded."""
+"""What a worker process keeps around the evaluation of a submission: its heartbeat and
+progress, the evaluation's memory limit (recognising an allocation it refused) and the tracks it
+has loaded."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,30 +26,71 @@ CACHED_TRACKS = 4
 HEARTBEAT_S = 10
 """How often a worker evaluating a submission writes its heartbeat (the reconciler takes a
 pending submission quiet for ``reconciler.QUIET_S`` as abandoned by a dead worker)."""
+PROGRESS_WRITE_S = 1.0
+"""Progress is written at most once a second: fresh for a page that polls every few seconds, a
+handful of row updates per evaluation."""
+STAGE_CHARS = Submission._meta.get_field("progress_stage").max_length
+
+
+class Progress:
+    """The latest step the harness reported (``harness.progress``): written to the row by the
+    heartbeat thread, at most once per ``PROGRESS_WRITE_S``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: tuple[str, int, int] | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        with self._lock:
+            self._latest = (stage[:STAGE_CHARS], done, total)
+
+    def take(self) -> tuple[str, int, int] | None:
+        """The step reported since the last ``take`` (None: none)."""
+        with self._lock:
+            latest, self._latest = self._latest, None
+            return latest
 
 
 @contextmanager
-def heartbeat(submission_id: int, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-    """Write ``heartbeat_at`` now and every ``every_s`` seconds until the block ends (from a
-    thread with its own database connection; a failed beat is retried at the next one). Inside a
-    caller's transaction (the pipeline run in-process, as the tests do) the beats would wait on
-    the row lock that transaction holds: there only the stage writes count."""
+def heartbeat(
+    submission_id: int, progress: Progress | None = None, every_s: float = HEARTBEAT_S
+) -> Iterator[None]:
+    """Write ``heartbeat_at`` now and every ``every_s`` seconds until the block ends, and the
+    ``progress`` reported meanwhile within ``PROGRESS_WRITE_S`` (from a thread with its own
+    database connection; a failed write is retried at the next one). Inside a caller's
+    transaction (the pipeline run in-process, as the tests do) the writes would wait on the row
+    lock that transaction holds: there only the stage writes count."""
     if connection.in_atomic_block:
         yield
         return
     stop = threading.Event()
 
     def beat() -> None:
+        last_beat = -math.inf
         try:
             while True:
-                try:
-                    Submission.objects.filter(pk=submission_id).update(heartbeat_at=timezone.now())
-                except DatabaseError as error:
-                    logger.warning(
-                        "heartbeat of submission %s not written: %s", submission_id, error
-                    )
-                    connection.close()
-                if stop.wait(every_s):
+                fields = {}
+                step = progress.take() if progress is not None else None
+                if step is not None:
+                    stage, done, total = step
+                    fields |= {
+                        "progress_stage": stage,
+                        "progress_done": done,
+                        "progress_total": total,
+                    }
+                if time.monotonic() - last_beat >= every_s:
+                    fields["heartbeat_at"] = timezone.now()
+                if fields:
+                    try:
+                        Submission.objects.filter(pk=submission_id).update(**fields)
+                        if "heartbeat_at" in fields:
+                            last_beat = time.monotonic()
+                    except DatabaseError as error:
+                        logger.warning(
+                            "heartbeat of submission %s not written: %s", submission_id, error
+                        )
+                        connection.close()
+                if stop.wait(min(every_s, PROGRESS_WRITE_S)):
                     return
         finally:
             connection.close()

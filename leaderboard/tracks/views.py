@@ -25,7 +25,7 @@ from harness.data.bundle import write_calibration_bundle
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
 from leaderboard.submissions.intake import accepted_kinds
-from leaderboard.submissions.models import Evaluation, Kind, Submission
+from leaderboard.submissions.models import PENDING, Evaluation, Kind, Submission
 from leaderboard.tracks import charts, compare, ranking
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.uncertainty import board_uncertainty
@@ -273,10 +273,14 @@ def track_detail(request, slug: str):
     is cached until the ranks change (it holds nothing personal), for others the board is."""
     anonymous = not request.user.is_authenticated and not get_messages(request)
     version = ranking.board_version(slug, with_siblings=True) if anonymous else None
+    baselines_pending = Submission.objects.filter(
+        track__slug=slug, is_baseline=True, status__in=PENDING
+    ).count()
     page_key = ranking.versioned_key(
         "anonymous-page",
         request.get_host(),
         version,
+        baselines_pending,
         query_digest(request.GET),
         settings.MEDQUANT_CONTAINERS,  # the submit form offers container uploads only if on
     )
@@ -305,6 +309,7 @@ def track_detail(request, slug: str):
         ),
         "model_files": track.reference_model.files(),
         "off_board": off_board(request, track),
+        "baselines_pending": baselines_pending,
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
     response = render(request, "tracks/track.html", context, status=status)
