@@ -83,7 +83,7 @@ def test_result_version_3_holds_hd95_per_case_class_and_summary_and_version_2_st
     schema = json.loads(SCHEMA_PATH.read_text())
     document = _document(with_hd95=True)
     jsonschema.validate(document, schema)
-    assert document["schema_version"] == 3
+    assert document["schema_version"] == 4
     assert document["cases"][1]["hd95"] == {"1": 3.0, "2": 5.5}
     assert document["cases"][1]["mean_hd95"] == pytest.approx(4.25)
     assert document["per_class"]["1"]["mean_hd95"] == pytest.approx(3.0)

@@ -74,7 +74,7 @@ def test_api_compares_two_baselines_per_class_and_case_with_the_paired_ci(client
     tensor.evaluation.refresh_from_db()
     assert data["entries"][0]["mean_hd95"] == first["summary"]["mean_hd95"] > 0
     assert tensor.evaluation.mean_hd95 == first["summary"]["mean_hd95"]
-    assert first["schema_version"] == 3
+    assert first["schema_version"] == 4
     jsonschema.validate(first, json.loads(SCHEMA_PATH.read_text()))
 
 

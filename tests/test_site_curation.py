@@ -103,9 +103,7 @@ def test_tasks_are_routed_to_the_queue_of_the_capability_they_need(tiny_tracks):
     assert queue_for(Submission(track=track, kind=Kind.SCHEME, is_baseline=True)) == (
         "cpu-baselines"
     )
-    assert queue_for(Submission(track=track, kind=Kind.FP32, is_baseline=True)) == (
-        "cpu-baselines"
-    )
+    assert queue_for(Submission(track=track, kind=Kind.FP32, is_baseline=True)) == "cpu-baselines"
     track.backend = "tensorrt"
     assert queue_for(Submission(track=track, kind=Kind.ONNX)) == "gpu"
     assert queue_for(Submission(track=track, kind=Kind.SCHEME, is_baseline=True)) == (

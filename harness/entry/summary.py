@@ -13,6 +13,12 @@ MB = 1e6
 """Sizes are shown in decimal megabytes (bytes / 10^6)."""
 
 
+def split_of(result: dict, split: str | None) -> dict:
+    """The ``split`` entry of a result document (case ids, per-class means, summary); empty when
+    ``split`` is None or the document has no such split (older documents have none)."""
+    return (result.get("splits") or {}).get(split, {}) if split else {}
+
+
 @dataclass(frozen=True)
 class ResultSummary:
     """Scores (mean DSC / NSD / HD95, the spread of mean DSC over resampled calibration sets, the
@@ -47,8 +53,11 @@ class ResultSummary:
     """One line: what verification read from the artifact (for logs, not a column)."""
 
     @classmethod
-    def of(cls, result: dict) -> ResultSummary:
-        summary = result["summary"]
+    def of(cls, result: dict, split: str | None = None) -> ResultSummary:
+        """The figures of ``result``; its accuracy figures over the cases of ``split`` (public or
+        private, see ``harness.scoring.splits``) where the document holds that split, else over
+        all its cases."""
+        summary = result["summary"] | split_of(result, split).get("summary", {})
         precision = result["submission"]["precision"]
         report = PrecisionReport.of(precision)
         size = report.size_bytes

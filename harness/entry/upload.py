@@ -156,6 +156,7 @@ def evaluate_submission(
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
         efficiency=efficiency,
         warnings=track.warnings(),
+        public_fraction=track.spec.public_fraction,
     )
     return Evaluated(result, run, submission.artifact)
 

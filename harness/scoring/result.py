@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import torch
 
 from harness import __version__
 from harness.scoring.evaluation import EvaluationRun
+from harness.scoring.splits import DEFAULT_PUBLIC_FRACTION, split_cases
 
 RESULT_SCHEMA = "medquant-result"
-RESULT_SCHEMA_VERSION = 3
-"""Version 3 adds HD95 (mm, per case and class, ``mean_hd95`` in the summary) on the surfaces of
-``track.nsd_definition``; version 2 named the NSD definition; version 1 used the voxel one."""
+RESULT_SCHEMA_VERSION = 4
+"""Version 4 adds ``splits`` (the public and private splits of the test cases, see
+``harness.scoring.splits``); version 3 added HD95 (mm, per case and class, ``mean_hd95`` in the
+summary) on the surfaces of ``track.nsd_definition``; version 2 named the NSD definition;
+version 1 used the voxel one."""
 SCHEMA_PATH = Path(__file__).with_name("result_schema.json")
 BOOTSTRAP_SAMPLES = 2000
 
@@ -81,13 +85,17 @@ def build_result(
     extra_timings: dict[str, float] | None = None,
     efficiency: dict | None = None,
     warnings: list[str] | None = None,
+    public_fraction: float = DEFAULT_PUBLIC_FRACTION,
 ) -> dict:
     """Assemble the result document; ``fp32`` is the reference run (None when this is it);
     ``accuracy_gate`` is the track's fraction of the FP32 mean DSC an entry must reach;
     ``fp32_size_bytes`` the FP32 reference's size on the track's backend, against which
     ``compression`` reports the entry's size, "× smaller" and effective bits per weight;
     ``efficiency`` holds real-backend latency, size and memory (ONNX submissions); ``warnings``
-    what the numbers should be read with (e.g. a receptive field beyond the roi)."""
+    what the numbers should be read with (e.g. a receptive field beyond the roi). ``splits``
+    holds the case ids, per-class means and summary of the public and private splits of the
+    cases (``harness.scoring.splits``, by ``public_fraction`` and ``seed``; an empty split is
+    left out)."""
     reference = fp32 or run
     with_hd95 = all(c.hd95 for c in run.cases)
     classes = sorted(c for c in labels if c != 0)
@@ -109,20 +117,14 @@ def build_result(
             }
             for c in run.cases
         ],
-        "per_class": {
-            str(k): {
-                "name": labels[k],
-                "mean_dsc": float(np.mean([c.dsc[k] for c in run.cases])),
-                "mean_nsd": float(np.mean([c.nsd[k] for c in run.cases])),
-            }
-            for k in classes
-        },
+        "per_class": _per_class(run, labels),
         "summary": _summary(run, reference, seed, accuracy_gate),
         "environment": environment(seed),
         "timings": timings,
     }
     if with_hd95:
         _add_hd95(document, run, reference, classes)
+    document["splits"] = _splits(run, reference, labels, seed, accuracy_gate, public_fraction)
     if efficiency is not None:
         document["efficiency"] = efficiency
     if fp32_size_bytes:
@@ -143,6 +145,46 @@ def _add_hd95(document: dict, run: EvaluationRun, reference: EvaluationRun, clas
     summary["mean_hd95"] = float(np.mean([c.mean_hd95 for c in run.cases]))
     if all(c.hd95 for c in reference.cases):
         summary["fp32_mean_hd95"] = float(np.mean([c.mean_hd95 for c in reference.cases]))
+
+
+def _splits(
+    run: EvaluationRun,
+    reference: EvaluationRun,
+    labels: dict[int, str],
+    seed: int,
+    gate: float,
+    public_fraction: float,
+) -> dict:
+    """Per split: its case ids, per-class means and summary, each as the whole document has
+    them over all cases (the FP32 figures over the same cases)."""
+    splits = {}
+    ids = [c.case_id for c in run.cases]
+    for name, chosen in split_cases(ids, public_fraction, seed).items():
+        if not chosen:
+            continue
+        part = replace(run, cases=[c for c in run.cases if c.case_id in chosen])
+        base = replace(reference, cases=[c for c in reference.cases if c.case_id in chosen])
+        per_class, summary = _per_class(part, labels), _summary(part, base, seed, gate)
+        if all(c.hd95 for c in part.cases):
+            for k, scores in per_class.items():
+                scores["mean_hd95"] = float(np.mean([c.hd95[int(k)] for c in part.cases]))
+            summary["mean_hd95"] = float(np.mean([c.mean_hd95 for c in part.cases]))
+            if all(c.hd95 for c in base.cases):
+                summary["fp32_mean_hd95"] = float(np.mean([c.mean_hd95 for c in base.cases]))
+        splits[name] = {"case_ids": chosen, "per_class": per_class, "summary": summary}
+    return splits
+
+
+def _per_class(run: EvaluationRun, labels: dict[int, str]) -> dict:
+    """Mean DSC and NSD per foreground class over the run's cases."""
+    return {
+        str(k): {
+            "name": labels[k],
+            "mean_dsc": float(np.mean([c.dsc[k] for c in run.cases])),
+            "mean_nsd": float(np.mean([c.nsd[k] for c in run.cases])),
+        }
+        for k in sorted(c for c in labels if c != 0)
+    }
 
 
 def _case_scores(case) -> dict:

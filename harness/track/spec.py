@@ -15,14 +15,16 @@ from harness.inference.latency import (
     LatencyProtocol,
 )
 from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
+from harness.scoring.splits import DEFAULT_PUBLIC_FRACTION
 
-TRACK_SPEC_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-"""Version 2 lacked ``label_map`` (none: the model's labels must be the dataset's),
-``latency_pairs`` and ``latency_burst`` (the protocol's defaults). Version 1
-lacked ``granularities``, ``accuracy_gate``, ``time_limit_s``,
-``bits_per_weight_budget``, ``division``, ``nsd_definition`` and ``latency_threads`` (defaults
-apply; a spec without ``nsd_definition`` is scored by the publication's subvoxel NSD)."""
+TRACK_SPEC_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+"""Version 3 lacked ``public_fraction`` (half the test cases public). Version 2 lacked
+``label_map`` (none: the model's labels must be the dataset's), ``latency_pairs`` and
+``latency_burst`` (the protocol's defaults). Version 1 lacked ``granularities``,
+``accuracy_gate``, ``time_limit_s``, ``bits_per_weight_budget``, ``division``,
+``nsd_definition`` and ``latency_threads`` (defaults apply; a spec without ``nsd_definition`` is
+scored by the publication's subvoxel NSD)."""
 DEFAULT_ACCURACY_GATE = 0.99
 """MLPerf-style: an entry passes when its mean DSC is at least 99% of the FP32 mean DSC."""
 DEFAULT_BUDGET_MARGIN_BITS = 0.5
@@ -63,7 +65,9 @@ class TrackSpec:
     interleaved pairs and calls per side and pair (``harness.inference.latency``: fewer pairs
     time a large-patch network in minutes, for a wider interval); ``label_map`` (model label
     name, dataset label name) pairs by which predictions are relabelled when the two name their
-    organs differently (see ``harness.track.labels``; empty: they must agree as they are).
+    organs differently (see ``harness.track.labels``; empty: they must agree as they are);
+    ``public_fraction`` the share of the test cases in the public split, ranked and shown per case
+    during the phase (``harness.scoring.splits``; 1: no private split).
     """
 
     model_dir: Path
@@ -87,6 +91,7 @@ class TrackSpec:
     latency_pairs: int = PROTOCOL_PAIRS
     latency_burst: int = PROTOCOL_BURST
     label_map: tuple[tuple[str, str], ...] = ()
+    public_fraction: float = DEFAULT_PUBLIC_FRACTION
 
     def __post_init__(self) -> None:
         pairs = self.label_map.items() if isinstance(self.label_map, dict) else self.label_map
@@ -102,6 +107,8 @@ class TrackSpec:
             raise HarnessError("max_float_mac_fraction must lie in [0, 1]")
         if not 0.0 < self.accuracy_gate <= 1.0:
             raise HarnessError("accuracy_gate must be a fraction in (0, 1]")
+        if not 0.0 < self.public_fraction <= 1.0:
+            raise HarnessError("public_fraction must be a fraction in (0, 1]")
         if self.nsd_tolerance_mm <= 0:
             raise HarnessError("nsd_tolerance_mm must be positive")
         if self.nsd_definition not in tuple(NsdDefinition):

@@ -42,6 +42,7 @@ from leaderboard.submissions.models import Status, Submission
 from leaderboard.submissions.queueing import cancel
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
+from leaderboard.tracks.phases import shown_result
 from leaderboard.tracks.views import (
     leaderboard_options,
     parse_as_of,
@@ -195,7 +196,11 @@ def compare_entries(request, slug: str):
     (``resolved`` when it excludes 0)."""
     track = _track(request, slug)
     ids = compare.parse_ids(request.query_params.getlist("ids"))
-    return Response(compare.comparison(track, compare.comparable(track, ids, request.user)))
+    return Response(
+        compare.comparison(
+            track, compare.comparable(track, ids, request.user), staff=request.user.is_staff
+        )
+    )
 
 
 def _visible(request, pk: int) -> Submission:
@@ -281,7 +286,9 @@ def cancel_submission(request, pk: int):
 @extend_schema(responses={200: dict, 404: ErrorSerializer, 409: ErrorSerializer})
 @api_view(["GET"])
 def submission_result(request, pk: int):
-    """The full result document (schema medquant-result v1) of a finished submission."""
+    """The result document (schema medquant-result, see its ``schema_version``) of a finished
+    submission: per case for the public split only, summary and per class on the split the
+    board ranks on (maintainers get all of it)."""
     submission = _visible(request, pk)
     if not hasattr(submission, "evaluation"):
         return Response(
@@ -289,4 +296,6 @@ def submission_result(request, pk: int):
                        "message": f"submission {pk} is {submission.status}; no result yet"}},
             status=status.HTTP_409_CONFLICT,
         )  # fmt: skip
-    return Response(submission.evaluation.result)
+    return Response(
+        shown_result(submission.evaluation.result, submission.track, staff=request.user.is_staff)
+    )

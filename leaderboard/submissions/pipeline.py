@@ -125,9 +125,11 @@ def _evaluate(
 def store_evaluation(
     submission: Submission, result: dict, summary: ResultSummary | None = None
 ) -> Evaluation:
-    """Store a result document (its ``summary`` when the caller has read it already) as the next
-    version of ``submission`` and as its latest Evaluation (the caller holds the row lock)."""
-    columns = (summary or ResultSummary.of(result)).columns()
+    """Store a result document (its ``summary`` on the split the track ranks on, when the caller
+    has read it already) as the next version of ``submission`` and as its latest Evaluation, the
+    columns on that split (the caller holds the row lock)."""
+    split = submission.track.ranked_split
+    columns = (summary or ResultSummary.of(result, split)).columns()
     scores = {"track": submission.track, "result": result, "created_at": timezone.now()} | columns
     latest = submission.versions.aggregate(latest=Max("version"))["latest"] or 0
     EvaluationVersion.objects.create(submission=submission, version=latest + 1, **scores)
@@ -170,13 +172,15 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
             log.append(f"rejected: {message}")
             advance(submission_id, Status.REJECTED, error=message, log="\n".join(log))
             return Status.REJECTED
-    summary = ResultSummary.of(result)
+    summary = ResultSummary.of(result, submission.track.ranked_split)
     log.append(summary.verification)
     advance(submission_id, Status.SCORING)
     with transaction.atomic():
         locked = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
         )
+        if locked.track.ranked_split != submission.track.ranked_split:  # published meanwhile
+            summary = ResultSummary.of(result, locked.track.ranked_split)
         store_evaluation(locked, result, summary)
         log.append(summary.scores_line())
         locked.advance(Status.DONE, log="\n".join(log))

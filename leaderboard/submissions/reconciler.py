@@ -14,6 +14,9 @@ never duplicates a result. Quiet time is counted only while the reconciler itsel
 database (``Reconciler.database_back_at``): after a database outage, workers' retries get their
 chance before anything is declared abandoned.
 
+Each pass also publishes the final ranking of tracks whose phase has ended
+(``leaderboard.tracks.phases``).
+
 It runs on its own (``manage.py reconcile``), started by ``manage.py serve`` on the embedded
 stack and as the ``reconciler`` service of ``containers/compose.yaml``.
 """
@@ -34,6 +37,7 @@ from django.utils import timezone
 from leaderboard.config import HARD_LIMIT_MARGIN_S
 from leaderboard.submissions import tasks
 from leaderboard.submissions.models import IN_FLIGHT, Status, Submission
+from leaderboard.tracks.phases import publish_due
 
 logger = logging.getLogger(__name__)
 EVERY_S = 10
@@ -103,9 +107,12 @@ class Reconciler:
     database_ok: bool = True
 
     def reconcile(self, now: datetime | None = None) -> Counter:
-        """One pass; counts of submissions re-sent by reason."""
+        """One pass; counts of submissions re-sent by reason, and of tracks whose phase ended
+        and whose final ranking on the private split was published (``tracks.phases``)."""
         now = now or timezone.now()
         report: Counter = Counter()
+        if published := publish_due(now):
+            report["final ranking published"] += len(published)
         quiet_since = now - timedelta(seconds=QUIET_S)
         abandoned = Submission.objects.filter(status__in=IN_FLIGHT).filter(
             Q(heartbeat_at__lt=quiet_since) | Q(heartbeat_at__isnull=True)

@@ -18,6 +18,7 @@ from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata, method_names
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.submissions.queueing import cancel, queue_state
+from leaderboard.tracks.phases import shown_result
 from leaderboard.tracks.views import bundle_folder
 
 
@@ -74,7 +75,11 @@ def submission_detail(request, pk: int):
             harness_version=KeyTextTransform("harness_version", "result__environment"),
         )
     )  # fmt: skip
+    result = evaluation and shown_result(
+        evaluation.result, submission.track, staff=request.user.is_staff
+    )
     context = {"submission": submission, "owner": owner, "evaluation": evaluation,
+               "result": result,
                "versions": versions, "reproduction": reproduction(submission),
                "queue": queue_state(submission)}  # fmt: skip
     return render(request, "submissions/detail.html", context)

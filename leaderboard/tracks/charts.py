@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from plotly.io.json import to_json_plotly
 
+from harness.entry.summary import split_of
 from leaderboard.submissions.models import Evaluation, Kind, Status
 from leaderboard.tracks.models import Track
 
@@ -91,12 +92,15 @@ def dsc_versus(
 
 
 def per_class_dsc(evaluations: list[Evaluation]) -> str | None:
-    """Grouped bars: per-class mean DSC of the selected entries."""
+    """Grouped bars: per-class mean DSC of the selected entries (on the split the track ranks
+    on, as the board's figures)."""
     if not evaluations:
         return None
     data = []
     for evaluation in evaluations:
-        per_class = evaluation.result["per_class"].values()
+        result = evaluation.result  # the per-class means of the split the track ranks on
+        per_class = (split_of(result, evaluation.track.ranked_split) or result)["per_class"]
+        per_class = per_class.values()
         data.append(
             {
                 "type": "bar",

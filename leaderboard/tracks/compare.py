@@ -1,5 +1,6 @@
 """Side-by-side comparison of two to four entries of one track: per-class and per-case DSC / NSD /
-HD95 (mm; None on results older than schema version 3),
+HD95 (mm; None on results older than schema version 3), every figure over the test cases the
+viewer may see per case (the public split; every case for maintainers),
 their differences against the first entry, and whether each difference is larger than the noise
 of the test cases.
 
@@ -13,12 +14,14 @@ computed for the mean DSC over cases and for each class's mean DSC.
 
 from __future__ import annotations
 
+import numpy as np
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 
 from harness.scoring.result import BOOTSTRAP_SAMPLES, paired_bootstrap_ci
 from leaderboard.submissions.models import Evaluation, Status
 from leaderboard.tracks.models import Track
+from leaderboard.tracks.phases import shown_result
 
 MIN_ENTRIES = 2
 MAX_ENTRIES = 4
@@ -73,11 +76,22 @@ def difference(values: list[float], reference: list[float], seed: int) -> dict:
     return {"mean": mean, "ci95": [low, high], "resolved": resolved}
 
 
-def comparison(track: Track, evaluations: list[Evaluation]) -> dict:
+def _mean(values: list[float | None]) -> float | None:
+    return None if not values or None in values else float(np.mean(values))
+
+
+def comparison(track: Track, evaluations: list[Evaluation], *, staff: bool) -> dict:
     """Entries, per-class and per-case rows (each value with its difference to the first entry)
-    and the paired-bootstrap significance of each entry's mean-DSC difference to the first."""
-    results = [e.result for e in evaluations]
+    and the paired-bootstrap significance of each entry's mean-DSC difference to the first, all
+    over the test cases the viewer may see per case (``phases.shown_result``: the public split,
+    or every case for maintainers)."""
+    results = [shown_result(e.result, track, staff=staff) for e in evaluations]
     case_ids = [c["case_id"] for c in results[0]["cases"]]
+    if not case_ids:
+        raise ValidationError(
+            {"ids": "these entries have no per-case results you may see: their documents "
+                    "predate the track's public split (a re-evaluation adds it)"}
+        )  # fmt: skip
     cases = [{c["case_id"]: c for c in r["cases"]} for r in results]
     for evaluation, by_id in zip(evaluations, cases, strict=True):
         if sorted(by_id) != sorted(case_ids):
@@ -88,9 +102,10 @@ def comparison(track: Track, evaluations: list[Evaluation]) -> dict:
     classes = results[0]["classes"]
     entries = [
         {"submission": e.submission_id, "method": e.submission.method,
-         "entrant": e.submission.entrant, "mean_dsc": e.mean_dsc, "mean_nsd": e.mean_nsd,
-         "mean_hd95": e.mean_hd95}
-        for e in evaluations
+         "entrant": e.submission.entrant,
+         **{f"mean_{m}": _mean([by_id[c].get(f"mean_{m}") for c in case_ids])
+            for m in ("dsc", "nsd", "hd95")}}
+        for e, by_id in zip(evaluations, cases, strict=True)
     ]  # fmt: skip
 
     def side_by_side(values: list[float | None]) -> list[dict]:
@@ -103,9 +118,11 @@ def comparison(track: Track, evaluations: list[Evaluation]) -> dict:
         dsc = [[by_id[c]["dsc"][key] for c in case_ids] for by_id in cases]
         per_class.append({
             "class": name,
-            "dsc": side_by_side([r["per_class"][key]["mean_dsc"] for r in results]),
-            "nsd": side_by_side([r["per_class"][key]["mean_nsd"] for r in results]),
-            "hd95": side_by_side([r["per_class"][key].get("mean_hd95") for r in results]),
+            "dsc": side_by_side([_mean(d) for d in dsc]),
+            "nsd": side_by_side([_mean([by_id[c]["nsd"][key] for c in case_ids])
+                                 for by_id in cases]),
+            "hd95": side_by_side([_mean([by_id[c].get("hd95", {}).get(key) for c in case_ids])
+                                  for by_id in cases]),
             "dsc_difference": [None] + [difference(d, dsc[0], track.seed) for d in dsc[1:]],
         })  # fmt: skip
     per_case = [

@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 from harness.models.onnx_graph import ONNX_ARCHITECTURE
 from harness.models.reference import read_spec
 from harness.scoring.rank_analysis import RankingRule
+from harness.scoring.splits import PUBLIC, SPLITS
 from harness.track.labels import label_lut
 from harness.track.spec import DEFAULT_BUDGET_MARGIN_BITS, TrackSpec, graph_backend_refusal
 
@@ -212,8 +213,27 @@ class Track(models.Model):
         help_text="model label → dataset label, by name, when the two name their organs "
         "differently (empty: the model's labels must be the dataset's)",
     )
+    public_fraction = models.FloatField(
+        default=SPEC_DEFAULTS["public_fraction"],
+        help_text="share of the test cases in the public split, ranked and shown per case during "
+        "the phase; the rest (the private split) is scored, shown to maintainers only and "
+        "published as the final ranking when the phase ends (1: no private split)",
+    )
     opens_at = models.DateTimeField(default=timezone.now)
-    closes_at = models.DateTimeField(null=True, blank=True)
+    closes_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="the phase end: submissions close and the final ranking on the private split "
+        "is published (empty: the phase runs on, ranked on the public split)",
+    )
+    ranked_split = models.CharField(
+        max_length=10,
+        choices=[(s, s) for s in SPLITS],
+        default=PUBLIC,
+        editable=False,
+        help_text="the split the stored scores rank on (private once the phase end has been "
+        "published, see leaderboard.tracks.phases)",
+    )
     is_public = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     ranked_at = models.DateTimeField(
@@ -377,4 +397,5 @@ class Track(models.Model):
             latency_pairs=self.latency_pairs,
             latency_burst=self.latency_burst,
             label_map=dict(self.label_map or {}),
+            public_fraction=self.public_fraction,
         )

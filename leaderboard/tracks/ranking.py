@@ -164,7 +164,7 @@ def _store_aggregate_ranks(track: Track) -> None:
     scores = {}
     if _aggregated(track):
         scores = aggregate_ranks(
-            track, rankable(track).order_by().values_list("pk", "result__cases")
+            track, rankable(track).order_by().values_list("pk", "result__cases", "result__splits")
         )
     changed = []
     for evaluation in Evaluation.objects.filter(track=track).only(AGGREGATE):
@@ -275,7 +275,9 @@ def board_as_of(
     ordered = versions.order_by(*_order(track, stored=False), "pk")
     rows = list(ordered.values_list(*IDENTITY_FIELDS, *keys))
     if _aggregated(track):  # mean per-case ranks among the versions standing then
-        scores = aggregate_ranks(track, ordered.values_list("pk", "result__cases"))
+        scores = aggregate_ranks(
+            track, ordered.values_list("pk", "result__cases", "result__splits")
+        )
         rows = sorted(
             ((*row[:6], scores.get(row[0]), *row[6:]) for row in rows),
             key=lambda row: (row[6] is None, row[6] or 0.0),

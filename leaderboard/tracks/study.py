@@ -26,6 +26,7 @@ from django.db import connection
 from django.db.models import Max
 
 from harness.analysis.study import STUDY_GRANULARITIES, calibration_rows, format_metric
+from harness.scoring.splits import SPLITS
 from harness.track.spec import WEIGHT_ONLY_ACTIVATION_BITS, precision_prefix
 from leaderboard.submissions.models import Evaluation, Kind
 from leaderboard.tracks.models import Dataset, ReferenceModel, Track
@@ -44,8 +45,11 @@ GRANULARITY_LABELS = {
 }
 CELL_FIELDS = (
     "submission_id", "track__slug", "mean_dsc", "dsc_drop_pct", "mean_nsd", "submission__scheme",
-    "result__summary__nsd_drop_pct", "mean_hd95", "calibration_sd",
+    "result__summary__nsd_drop_pct", "mean_hd95", "calibration_sd", "track__ranked_split",
+    *(f"result__splits__{split}__summary__nsd_drop_pct" for split in SPLITS),
 )  # fmt: skip
+"""The stored columns (on the split the track ranks on) and the NSD drop of that split (of all
+cases for a document without splits)."""
 
 
 def _version(tracks) -> str:
@@ -91,7 +95,9 @@ def precision_of(weight_bits: int, activation_bits: int | None) -> tuple[str, st
 
 
 def _cell(values: dict) -> dict:
-    nsd_drop = values["result__summary__nsd_drop_pct"]
+    nsd_drop = values[f"result__splits__{values['track__ranked_split']}__summary__nsd_drop_pct"]
+    if nsd_drop is None:
+        nsd_drop = values["result__summary__nsd_drop_pct"]
     return {
         "submission": values["submission_id"],
         "track": values["track__slug"],

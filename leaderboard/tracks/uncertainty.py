@@ -22,16 +22,27 @@ from harness.scoring.rank_analysis import (
 )
 from leaderboard.tracks.models import CASE_METRICS, Track
 
+CaseRows = Iterable[tuple[int, list | None, dict | None]]
+"""(pk, result cases, result splits) of the entries of one board scope."""
+
+
+def ranked_cases(cases: list, splits: dict | None, split: str) -> list:
+    """The cases of ``split`` (a result's ``splits`` names their ids); all of them for a result
+    without splits."""
+    ids = ((splits or {}).get(split) or {}).get("case_ids")
+    return cases if ids is None else [c for c in cases if c["case_id"] in set(ids)]
+
 
 def case_table(
-    rows: Iterable[tuple[int, list | None]], metrics: list[tuple[str, bool]]
+    rows: CaseRows, metrics: list[tuple[str, bool]], split: str
 ) -> tuple[list[int], list[tuple[np.ndarray, bool]]]:
-    """From (pk, result cases) pairs: the pks that have every metric on every shared case, and
-    per metric (values[entries, cases], higher is better)."""
+    """From (pk, result cases, result splits) rows: the pks that have every metric on every
+    shared case of ``split``, and per metric (values[entries, cases], higher is better)."""
     usable: list[tuple[int, dict]] = []
-    for pk, cases in rows:
-        if not cases:
+    for pk, all_cases, splits in rows:
+        if not all_cases:
             continue
+        cases = ranked_cases(all_cases, splits, split)
         by_id = {c["case_id"]: c for c in cases}
         if all(f"mean_{key}" in c and c[f"mean_{key}"] is not None for c in cases
                for key, _ in metrics):  # fmt: skip
@@ -48,23 +59,24 @@ def case_table(
     return [pk for pk, _ in usable], tables
 
 
-def aggregate_ranks(track: Track, rows: Iterable[tuple[int, list | None]]) -> dict[int, float]:
-    """pk → mean per-case rank (rank then aggregate) of the entries in ``rows``."""
-    pks, tables = case_table(rows, track.case_metrics())
+def aggregate_ranks(track: Track, rows: CaseRows) -> dict[int, float]:
+    """pk → mean per-case rank (rank then aggregate) of the entries in ``rows``, on the cases of
+    the split the track ranks on."""
+    pks, tables = case_table(rows, track.case_metrics(), track.ranked_split)
     if not pks:
         return {}
     scores, _ = aggregate_scores(tables, RankingRule.RANK_THEN_AGGREGATE)
     return dict(zip(pks, scores.tolist(), strict=True))
 
 
-def board_uncertainty(track: Track, rows: Iterable[tuple[int, list | None]]) -> dict:
+def board_uncertainty(track: Track, rows: CaseRows) -> dict:
     """The bootstrap rank analysis of the entries in ``rows`` (one board scope): ``entries``
     maps pk → {interval, p_best, tied}; ``tau`` is the median Kendall's τ, ``samples`` and
     ``cases`` what it rests on. Empty with fewer than two entries or no shared case."""
     metrics = track.case_metrics()
     if track.ranking_metric not in CASE_METRICS:  # e.g. size: nothing to resample
         return {}
-    pks, tables = case_table(rows, metrics)
+    pks, tables = case_table(rows, metrics, track.ranked_split)
     if len(pks) < 2:
         return {}
     result: RankUncertainty = rank_uncertainty(tables, track.ranking_rule, track.seed)

@@ -225,7 +225,7 @@ def board_context(track: Track, params) -> dict:
                 if track.backend_runner.measures_latency
                 else None
             ),
-            "per_class": charts.per_class_dsc(list(compared.select_related("submission"))),
+            "per_class": charts.per_class_dsc(list(compared.select_related("submission", "track"))),
             "grid": charts.baseline_grid(track),
         },
         "plotted": len(plotted),
@@ -238,7 +238,9 @@ def rank_uncertainty_of(track: Track, best_per_team: bool) -> dict:
     ``leaderboard.tracks.uncertainty``)."""
     field = "rank_best" if best_per_team else "rank_all"
     scope = Evaluation.objects.filter(track=track, **{f"{field}__isnull": False})
-    return board_uncertainty(track, scope.order_by(field, "pk").values_list("pk", "result__cases"))
+    return board_uncertainty(
+        track, scope.order_by(field, "pk").values_list("pk", "result__cases", "result__splits")
+    )
 
 
 def with_uncertainty(track: Track, rows, best_per_team: bool) -> list:
@@ -324,7 +326,9 @@ def compare_entries(request, slug: str):
     track = public_track(request, slug)
     try:
         ids = compare.parse_ids(request.GET.getlist("ids"))
-        data = compare.comparison(track, compare.comparable(track, ids, request.user))
+        data = compare.comparison(
+            track, compare.comparable(track, ids, request.user), staff=request.user.is_staff
+        )
     except ValidationError as error:
         message = " ".join(m for ms in error.message_dict.values() for m in ms)
         return render(
