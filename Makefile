@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: venv demo
 	mkdir -p var
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py seed_demo --demo $(DEMO)
 	OMP_NUM_THREADS=1 $(PY) manage.py serve 127.0.0.1:8000
 

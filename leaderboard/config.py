@@ -1,5 +1,5 @@
 """Settings helpers read from the environment: ``DATABASE_URL`` parsing, the secret key, the
-broker's visibility timeout and bundled asset paths."""
+broker's visibility timeout."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-
-import plotly
 
 PERSISTENT = {"CONN_MAX_AGE": 60}
 """Connections are kept for a minute across requests: opening one (and, on SQLite, setting it up)
@@ -121,8 +119,3 @@ def visibility_timeout_s(longest_track_limit_s: int) -> int:
     """The broker visibility timeout: longer than any task may run (the longest track limit, its
     hard-limit margin and slack), so a running task is never redelivered."""
     return longest_track_limit_s + HARD_LIMIT_MARGIN_S + VISIBILITY_SLACK_S
-
-
-def plotly_js_dir() -> Path:
-    """Folder of the plotly.min.js bundled with the Python package (served as a static file)."""
-    return Path(plotly.__file__).parent / "package_data"

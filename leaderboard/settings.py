@@ -1,12 +1,12 @@
 """Leaderboard settings: embedded defaults (SQLite, local files) unless the environment says."""
 
 import os
+import warnings
 from pathlib import Path
 
 from leaderboard.config import (
     database_from_url,
     embedded_secret_key,
-    plotly_js_dir,
     secret_key,
     visibility_timeout_s,
 )
@@ -83,10 +83,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Files: local folders by default; S3-compatible storage when MEDQUANT_S3_BUCKET is set.
 STATIC_URL = "static/"
-STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT")  # collectstatic target (containers)
-STATICFILES_DIRS = [("plotly", plotly_js_dir())]
-# Serve static files from the apps and plotly's bundle even before `collectstatic` has run.
-WHITENOISE_USE_FINDERS = True
+# `collectstatic` (run by `make run` and the containers) writes each file with its gzip and
+# Brotli forms beside it (CompressedStaticFilesStorage), which WhiteNoise serves to browsers that
+# accept them; before it has run, the apps' files are served as they are (finders).
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or VAR_DIR / "static")
+WHITENOISE_USE_FINDERS = not STATIC_ROOT.is_dir()
+# ... and WhiteNoise's warning that STATIC_ROOT does not exist yet says nothing new then
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 MEDIA_ROOT = VAR_DIR / "media"
 MEDIA_URL = "media/"
 STORAGES = {
@@ -221,7 +224,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "MedQuant Leaderboard API",
     "DESCRIPTION": "Tracks, leaderboards and one-call submissions of quantized 3D segmentation "
     "models. Authenticate with `Authorization: Token <your token>`.",
-    "VERSION": "1",
+    "VERSION": "v1",
     "SERVE_INCLUDE_SCHEMA": False,
     "REDOC_DIST": "SIDECAR",
 }

@@ -2,7 +2,9 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from leaderboard.accounts import views as accounts
 from leaderboard.submissions import views as submissions
@@ -11,6 +13,8 @@ from leaderboard.tracks import views as tracks
 
 urlpatterns = [
     path("", tracks.home, name="home"),
+    # browsers ask for /favicon.ico whatever the page links: the site's icon
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("tracks/<slug:slug>/", tracks.track_detail, name="track"),
     path("tracks/<slug:slug>/compare/", tracks.compare_entries, name="compare"),
     path(

@@ -218,11 +218,13 @@ def live_site(
     quota: int,
     *,
     servers: tuple[RedisServer, PostgresServer] | None = None,
+    collect_static: bool = False,
     **site_options,
 ):
     """The tiny W8A8 track served live. ``stack``: ``sqla+sqlite`` (the embedded default) or
     ``redis+postgres`` (both started here, or the running ``servers`` a test controls);
-    ``site_options`` go to ``LiveSite``."""
+    ``collect_static``: static files collected (with their compressed forms) before the server
+    starts, as ``make run`` does; ``site_options`` go to ``LiveSite``."""
     var.mkdir(parents=True, exist_ok=True)
     model_dir = shutil.copytree(model_dir, var / "model")  # create_track adds model.onnx
     env = site_env(var)
@@ -237,6 +239,8 @@ def live_site(
         site.manage("import_dataset", str(dataset_dir), "--slug", "tiny")
         site.manage("create_track", "--dataset", "tiny", "--model", str(model_dir), "--wbits",
                     "8", "--abits", "8", "--quota", str(quota))  # fmt: skip
+        if collect_static:
+            site.manage("collectstatic", "--noinput")
         site.start(var)
         stack_.callback(site.stop)
         yield site

@@ -4,9 +4,11 @@ worker's result, find the entry ranked on the track page with its chart rendered
 every step are kept in ``test-artifacts/browser/``."""
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from leaderboard_fixtures import checkpoint_zip, tiny_checkpoints
 from leaderboard_services import TINY_TRACK, live_site
 from selenium import webdriver
@@ -97,3 +99,46 @@ def test_participant_signs_up_submits_through_the_form_and_sees_the_ranked_entry
         assert len(points) >= 1
         shot("track-ranked")
     assert len(list(ARTIFACTS.glob("*.png"))) >= 5
+
+
+PAGE_WEIGHT_LIMIT_BYTES = 1_500_000
+"""The issue's target for a track page with its charts, everything the browser fetched."""
+
+
+def test_track_page_with_charts_is_light(browser, tiny_track, tmp_path):
+    """The track page with its Plotly charts, as ``make run`` serves it (static files collected
+    with their compressed forms): every byte the browser transferred, and how long the page took
+    to load (printed, for the note: timings depend on the machine's load)."""
+    with live_site(
+        *tiny_track, tmp_path / "var", "sqla+sqlite", quota=5, collect_static=True
+    ) as site:
+        site.manage("run_baselines", TINY_TRACK, "--methods", "rtn")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the FP32 row and an RTN baseline give the charts
+            board = requests.get(f"{site.url}/api/v1/tracks/{TINY_TRACK}/leaderboard/").json()
+            if board["count"] >= 1 and board["reference"]:
+                break
+            time.sleep(1)
+        browser.get(f"{site.url}/tracks/{TINY_TRACK}/")
+        WebDriverWait(browser, 60).until(
+            ready.presence_of_element_located((By.CSS_SELECTOR, "#chart-size .main-svg"))
+        )
+        WebDriverWait(browser, 60).until(
+            lambda b: b.execute_script("return document.readyState") == "complete"
+        )
+        measured = browser.execute_script(
+            """const nav = performance.getEntriesByType("navigation")[0];
+            const resources = performance.getEntriesByType("resource");
+            return {page: nav.transferSize, load_ms: nav.loadEventEnd - nav.startTime,
+                    resources: resources.map(
+                        (r) => [r.name, r.transferSize, r.decodedBodySize])};"""
+        )
+        plotly = [r for r in measured["resources"] if "plotly" in r[0]]
+        total = measured["page"] + sum(r[1] for r in measured["resources"])
+        browser.save_screenshot(str(ARTIFACTS / "track-page-weight.png"))
+    print(
+        f"track page: {total} bytes transferred ({measured['page']} the page, plotly "
+        f"{plotly[0][1]} of {plotly[0][2]} decoded), loaded in {measured['load_ms']:.0f} ms"
+    )
+    assert len(plotly) == 1 and plotly[0][1] < plotly[0][2] / 2  # served compressed
+    assert total < PAGE_WEIGHT_LIMIT_BYTES

@@ -55,7 +55,7 @@ def test_track_page_ranks_baselines_and_embeds_the_charts(client, evaluated_base
         .exclude(scheme__endswith="-p99.99")
     }
     assert dict(zip(grid["data"][0]["x"], grid["data"][0]["z"][0], strict=True)) == rtn
-    assert client.get("/static/plotly/plotly.min.js").status_code == 200
+    assert client.get("/static/plotly/plotly-cartesian-4.1.1.min.js").status_code == 200
 
 
 def test_the_baseline_grid_follows_a_sibling_track_finishing_after_the_page_was_cached(

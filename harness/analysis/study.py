@@ -216,8 +216,10 @@ def run_study(
 
 
 def format_metric(value: float, drop_pct: float) -> str:
-    """A table cell as the study prints it: ``0.874 (↓1.2%)``."""
-    return f"{value:.3f} (↓{drop_pct:.1f}%)"
+    """A table cell as the study prints it: ``0.874 (↓1.2%)``; a gain over FP32 is ``(↑0.3%)``
+    and a drop that rounds to nothing ``(↓0.0%)``, never ``(↓-0.0%)``."""
+    shown = round(drop_pct, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{value:.3f} ({'↑' if shown < 0 else '↓'}{abs(shown):.1f}%)"
 
 
 def format_table(rows: list[dict], title: str = "") -> str:

@@ -23,10 +23,13 @@ class CSVRenderer(BaseRenderer):
     charset = "utf-8"
 
     def render(self, data, accepted_media_type=None, renderer_context=None) -> str:
+        """Rows as CSV under a header line: the first row's keys, or with no row the columns
+        ``renderer_context["header"]`` names (an empty board is a header alone)."""
         rows = data if isinstance(data, list) else [data]
+        header = list(rows[0]) if rows else (renderer_context or {}).get("header", [])
         out = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(out, fieldnames=list(rows[0]), extrasaction="ignore")
+        if header:
+            writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
             writer.writeheader()
             writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         return out.getvalue()

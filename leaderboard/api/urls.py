@@ -4,6 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from leaderboard.api import views
 
 urlpatterns = [
+    path("", views.api_root, name="api-root"),
+    path("v1/", views.api_root, name="api-root-v1"),
     path("v1/tracks/", views.track_list, name="api-tracks"),
     path("v1/tracks/<slug:slug>/", views.track_detail, name="api-track"),
     path("v1/tracks/<slug:slug>/leaderboard/", views.leaderboard, name="api-leaderboard"),

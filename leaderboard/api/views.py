@@ -91,6 +91,8 @@ def _track(request, slug: str) -> Track:
         OpenApiParameter("activation_bits", int),
     ],
     responses={200: PaginatedTracks, 400: ErrorSerializer},
+    operation_id="tracks_list",
+    summary="List public tracks",
 )
 @api_view(["GET"])
 def track_list(request):
@@ -100,9 +102,14 @@ def track_list(request):
     return _paginated(request, tracks, TrackSerializer)
 
 
-@extend_schema(responses={200: TrackSerializer, 404: ErrorSerializer})
+@extend_schema(
+    responses={200: TrackSerializer, 404: ErrorSerializer},
+    operation_id="tracks_retrieve",
+    summary="One track's settings",
+)
 @api_view(["GET"])
 def track_detail(request, slug: str):
+    """A public track: precision, backend, budget, ranking rule and limits."""
     return Response(TrackSerializer(_track(request, slug)).data)
 
 
@@ -120,6 +127,8 @@ def track_detail(request, slug: str):
         ),
     ],
     responses={200: PaginatedLeaderboard, 404: ErrorSerializer},
+    operation_id="leaderboard_retrieve",
+    summary="A track's ranked entries (JSON or CSV)",
 )
 @api_view(["GET"])
 @renderer_classes([JSONRenderer, BrowsableAPIRenderer, CSVRenderer])
@@ -161,7 +170,8 @@ def leaderboard(request, slug: str):
         data["compare"] = reverse("api-compare", args=[track.slug]) + "?ids=ID&ids=ID"
     if not exported:
         return Response(data)
-    content = renderer.render(data, renderer.media_type, {"request": request})
+    context = {"request": request, "header": list(LeaderboardRowSerializer().fields)}
+    content = renderer.render(data, renderer.media_type, context)
     content = content.encode() if isinstance(content, str) else content
     if version is not None:
         cache.set(key, content, settings.BOARD_CACHE_SECONDS)
@@ -187,7 +197,9 @@ def _exported(content: bytes, renderer, slug: str, csv: bool) -> HttpResponse:
             "first is the reference of the differences",
         )
     ],
-    responses={200: dict},
+    responses={200: dict, 400: ErrorSerializer, 404: ErrorSerializer},
+    operation_id="entries_compare",
+    summary="Two to four entries side by side",
 )  # fmt: skip
 @api_view(["GET"])
 def compare_entries(request, slug: str):
@@ -220,8 +232,12 @@ def _visible(request, pk: int) -> Submission:
     request={"multipart/form-data": SubmitSerializer},
     responses={201: SubmissionSerializer, 400: ErrorSerializer, 401: ErrorSerializer,
                429: ErrorSerializer},
+    operation_id="submissions_create", summary="Submit a quantized model in one call",
 )  # fmt: skip
-@extend_schema(methods=["GET"], responses=PaginatedSubmissions)
+@extend_schema(
+    methods=["GET"], responses=PaginatedSubmissions, operation_id="submissions_list",
+    summary="Your submissions",
+)  # fmt: skip
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FormParser])
 @throttle_classes([AnonRateThrottle, UserRateThrottle, SubmitThrottle])
@@ -252,7 +268,11 @@ def submissions(request):
     return Response(SubmissionSerializer(submission).data, status=status.HTTP_201_CREATED)
 
 
-@extend_schema(responses={200: SubmissionSerializer, 404: ErrorSerializer})
+@extend_schema(
+    responses={200: SubmissionSerializer, 404: ErrorSerializer},
+    operation_id="submissions_retrieve",
+    summary="A submission's status, standing and scores",
+)
 @api_view(["GET"])
 def submission_detail(request, pk: int):
     """Status and summary of one submission (yours, or any finished public one)."""
@@ -263,6 +283,7 @@ def submission_detail(request, pk: int):
     request=None,
     responses={200: SubmissionSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
                409: ErrorSerializer},
+    operation_id="submissions_cancel", summary="Cancel a queued submission of yours",
 )  # fmt: skip
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
@@ -283,7 +304,11 @@ def cancel_submission(request, pk: int):
     return Response(SubmissionSerializer(_visible(request, pk)).data)
 
 
-@extend_schema(responses={200: dict, 404: ErrorSerializer, 409: ErrorSerializer})
+@extend_schema(
+    responses={200: dict, 404: ErrorSerializer, 409: ErrorSerializer},
+    operation_id="submissions_result",
+    summary="A finished submission's result document",
+)
 @api_view(["GET"])
 def submission_result(request, pk: int):
     """The result document (schema medquant-result, see its ``schema_version``) of a finished
@@ -298,4 +323,38 @@ def submission_result(request, pk: int):
         )  # fmt: skip
     return Response(
         shown_result(submission.evaluation.result, submission.track, staff=request.user.is_staff)
+    )
+
+
+API_ENDPOINTS = {
+    "tracks": "api-tracks",
+    "submissions": "api-submissions",
+    "schema": "api-schema",
+    "docs": "api-docs",
+}
+"""The entry points the API root lists (the rest hang off tracks and submissions)."""
+
+
+@extend_schema(exclude=True)
+@api_view(["GET"])
+def api_root(request):
+    """The API's entry points, with the templates of the per-track and per-submission ones."""
+    endpoints = {
+        name: request.build_absolute_uri(reverse(url)) for name, url in API_ENDPOINTS.items()
+    }
+    tracks, submissions_url = endpoints["tracks"], endpoints["submissions"]
+    return Response(
+        {
+            "version": "v1",
+            "endpoints": endpoints
+            | {
+                "track": tracks + "{slug}/",
+                "leaderboard": tracks + "{slug}/leaderboard/",
+                "compare": tracks + "{slug}/compare/?ids={id}&ids={id}",
+                "submission": submissions_url + "{id}/",
+                "result": submissions_url + "{id}/result/",
+                "cancel": submissions_url + "{id}/cancel/",
+            },
+            "authentication": "Authorization: Token <your token> (create one at /tokens/)",
+        }
     )

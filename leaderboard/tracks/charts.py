@@ -12,7 +12,17 @@ from harness.entry.summary import split_of
 from leaderboard.submissions.models import Evaluation, Kind, Status
 from leaderboard.tracks.models import Track
 
-LAYOUT = {"margin": {"l": 60, "r": 20, "t": 70, "b": 50}, "height": 380, "template": "plotly_white"}
+LAYOUT = {
+    "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+    "height": 420,
+    "template": "plotly_white",
+    # below the plot, across its width: long entry names never narrow the plot area
+    "legend": {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},
+}
+LEGEND_MARGIN_PX = 110
+"""Bottom margin of a chart with a legend: its axis title and two rows of legend entries."""
+MIN_GRID_CELLS = 2
+"""A granularity × bit-width grid of one cell compares nothing: it is not drawn."""
 GRANULARITY_ORDER = {"per-tensor": 0, "per-channel": 1, "adaptive": 2}
 
 
@@ -83,6 +93,7 @@ def dsc_versus(
         ),  # fmt: skip
         "layout": LAYOUT
         | {
+            "margin": LAYOUT["margin"] | {"b": LEGEND_MARGIN_PX},
             "title": {"text": title},
             "xaxis": {"title": {"text": title.split(" vs ")[1]}},
             "yaxis": {"title": {"text": "mean DSC"}},
@@ -110,6 +121,7 @@ def per_class_dsc(evaluations: list[Evaluation]) -> str | None:
             }
         )
     layout = LAYOUT | {
+        "margin": LAYOUT["margin"] | {"b": LEGEND_MARGIN_PX},
         "title": {"text": "per-class DSC"},
         "yaxis": {"title": {"text": "mean DSC"}},
         "barmode": "group",
@@ -124,7 +136,7 @@ CALIBRATED_SCHEME = r"-(mse|p[0-9.]+)$"
 def baseline_grid(track: Track) -> str | None:
     """Heatmap of the RTN baselines' mean DSC (MedQuanBench's granularity study, symmetric
     activations calibrated by max): granularity × bit-width over the tracks of the same model,
-    dataset and backend."""
+    dataset and backend; None below ``MIN_GRID_CELLS`` cells."""
     rows = (
         Evaluation.objects.filter(
             track__reference_model=track.reference_model,
@@ -142,7 +154,7 @@ def baseline_grid(track: Track) -> str | None:
     )
     cells = {(r["granularity"], f"W{r['weight_bits']}A{r['activation_bits'] or 16}"): r["mean_dsc"]
              for r in rows}  # fmt: skip
-    if not cells:
+    if len(cells) < MIN_GRID_CELLS:
         return None
     grans = sorted({g for g, _ in cells}, key=lambda g: (GRANULARITY_ORDER.get(g, 3), g))
     precisions = list(dict.fromkeys(p for _, p in cells))
