@@ -231,6 +231,23 @@ def test_hostile_container_is_contained_with_a_specific_error(
     _still_serving(docker_client, track, input_dir, helper_image, tmp_path)
 
 
+def test_a_declared_volume_is_a_size_capped_tmpfs_not_host_disk(
+    docker_client, track, input_dir, helper_image, tmp_path
+):
+    """``VOLUME /scratch`` would give the quantizer an anonymous volume on the host's disk: the
+    sandbox puts a tmpfs capped at ``tmp_bytes`` there instead, and no volume is left behind."""
+    limits = ContainerLimits(**LIMITS.__dict__ | {"tmp_bytes": 16 << 20})
+    image = script_image(docker_client, "fill_volume", instructions=("VOLUME /scratch",))
+    before = {v.name for v in docker_client.volumes.list()}
+    outcome = run(docker_client, image, track, input_dir, helper_image, tmp_path, limits)
+    assert outcome.status == "failed" and "exited with status 3" in outcome.error, outcome
+    assert "No space left on device" in outcome.logs
+    written = int(outcome.logs.split("wrote ")[1].split()[0])
+    assert 0 < written <= limits.tmp_bytes
+    assert {v.name for v in docker_client.volumes.list()} == before
+    _still_serving(docker_client, track, input_dir, helper_image, tmp_path)
+
+
 def test_reading_test_labels_finds_nothing(docker_client, track, input_dir, helper_image, tmp_path):
     case = track.test_cases[0]
     image = script_image(docker_client, "read_labels", str(case.label), case.case_id)

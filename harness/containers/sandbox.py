@@ -168,6 +168,8 @@ def run_quantizer_container(
         output_mount = Mount("/output", volume.name, type="volume", no_copy=True)
         helper = _start_helper(client, helper_image, output_mount, labels, created)
         try:
+            sandbox = _sandbox(limits, labels)
+            sandbox["tmpfs"] |= _declared_volumes_as_tmpfs(client, image, limits)
             quantizer = client.containers.create(
                 image.reference,
                 name=f"medquant-quantizer-{run}",
@@ -175,7 +177,7 @@ def run_quantizer_container(
                 mounts=[Mount("/input", str(input_dir), type="bind", read_only=True), output_mount],
                 environment={"HOME": "/tmp", "OMP_NUM_THREADS": str(math.ceil(limits.cpus))},
                 device_requests=_device_requests(gpu),
-                **_sandbox(limits, labels),
+                **sandbox,
             )
             created.append(quantizer)
             watch = _Watch(client, quantizer.id)
@@ -401,6 +403,24 @@ def _sandbox(limits: ContainerLimits, labels: dict[str, str]) -> dict:
             type=LogConfig.types.JSON,
             config={"max-size": str(max(4 * limits.log_bytes, 1 << 20)), "max-file": "2"},
         ),
+    }
+
+
+SANDBOX_PATHS = ("/input", "/output", "/tmp")
+"""Paths the sandbox mounts itself: an image's VOLUME there is covered by that mount."""
+
+
+def _declared_volumes_as_tmpfs(
+    client: docker.DockerClient, image: PinnedImage, limits: ContainerLimits
+) -> dict[str, str]:
+    """A size-capped tmpfs (``limits.tmp_bytes``, counted in the container's memory) over each
+    ``VOLUME`` the image declares: Docker would otherwise give each an anonymous volume on the
+    host's disk, writable past the read-only root and every other limit."""
+    declared = client.images.get(image.reference).attrs.get("Config", {}).get("Volumes") or {}
+    return {
+        path: f"rw,nosuid,nodev,size={limits.tmp_bytes}"
+        for path in declared
+        if path.rstrip("/") not in SANDBOX_PATHS
     }
 
 

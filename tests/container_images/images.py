@@ -22,15 +22,21 @@ SCRIPTS = Path(__file__).resolve().parent / "quantizers"
 
 
 def build_image(
-    client: docker.DockerClient, name: str, files: dict[str, bytes], entrypoint: list[str]
+    client: docker.DockerClient,
+    name: str,
+    files: dict[str, bytes],
+    entrypoint: list[str],
+    instructions: tuple[str, ...] = (),
 ) -> str:
-    """Image ID of the base plus ``files`` (paths under /opt/medquant) running ``entrypoint``."""
+    """Image ID of the base plus ``files`` (paths under /opt/medquant) running ``entrypoint``,
+    with extra Dockerfile ``instructions`` (``VOLUME /scratch``, say)."""
     base = _base(client)
     dockerfile = "\n".join(
         [
             f"FROM {base}",
             "COPY --chown=0:0 medquant /opt/medquant",
             "ENV PYTHONPATH=/opt/medquant",
+            *instructions,
             f"ENTRYPOINT {json.dumps(entrypoint)}",
         ]
     ).encode()
@@ -84,7 +90,11 @@ def example_quantizer_image(client: docker.DockerClient) -> str:
     return build_image(client, "example-quantizer", files, ["python", "/opt/medquant/quantize.py"])
 
 
-def script_image(client: docker.DockerClient, script: str, *args: str) -> str:
-    """A quantizer that runs ``quantizers/<script>.py`` with ``args``."""
+def script_image(
+    client: docker.DockerClient, script: str, *args: str, instructions: tuple[str, ...] = ()
+) -> str:
+    """A quantizer that runs ``quantizers/<script>.py`` with ``args`` (and extra Dockerfile
+    ``instructions``)."""
     files = {f"{script}.py": (SCRIPTS / f"{script}.py").read_bytes()}
-    return build_image(client, script, files, ["python", f"/opt/medquant/{script}.py", *args])
+    entrypoint = ["python", f"/opt/medquant/{script}.py", *args]
+    return build_image(client, script, files, entrypoint, instructions)
