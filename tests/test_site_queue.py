@@ -95,15 +95,15 @@ def test_page_api_and_poll_show_position_and_the_reported_step(tiny_tracks, alic
 
     Submission.objects.filter(pk=submission.pk).update(
         status=Status.RUNNING, validating_at=timezone.now(),
-        progress_stage=f"{SCORING_STAGE} (checkpoint)", progress_done=3, progress_total=8,
+        progress_stage=SCORING_STAGE, progress_done=3, progress_total=8,
     )  # fmt: skip
     polled = client.get(reverse("submission-status", args=[submission.pk])).json()
     assert polled["queue"]["position"] is None
-    assert polled["queue"]["lines"][0] == f"step: {SCORING_STAGE} (checkpoint): 3 of 8"
+    assert polled["queue"]["lines"][0] == f"step: {SCORING_STAGE}: 3 of 8"
     body = api(alice).get(f"/api/v1/submissions/{submission.pk}/").json()
     assert body["queue"]["done"] == 3 and body["queue"]["total"] == 8
     page = client.get(reverse("submission", args=[submission.pk])).content.decode()
-    assert f"step: {SCORING_STAGE} (checkpoint): 3 of 8" in page and 'id="cancel"' not in page
+    assert f"step: {SCORING_STAGE}: 3 of 8" in page and 'id="cancel"' not in page
 
 
 @pytest.mark.django_db(transaction=True)

@@ -52,7 +52,9 @@ from harness.scoring.metrics import (
 #: Cases read ahead of, and scored behind, the one being inferred.
 PIPELINE_DEPTH = 2
 SCORING_STAGE = "inferring test cases"
-"""The progress stage of ``evaluate_cases`` (followed by its ``desc``)."""
+"""The progress stage ``evaluate_cases`` reports by default (an entry's run)."""
+FP32_SCORING_STAGE = "inferring test cases with the FP32 reference"
+"""The progress stage of the FP32 reference's run (the track's, once per worker)."""
 
 
 class StageTimer:
@@ -139,12 +141,14 @@ def evaluate_cases(
     desc: str = "evaluate",
     nsd_definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
     label_lut: Sequence[int] | None = None,
+    stage: str = SCORING_STAGE,
 ) -> EvaluationRun:
     """Run ``model`` on ``cases`` and score it against their labels on the foreground classes
     (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``; HD95 on
     the same surfaces, see ``harness.scoring.hausdorff``). ``label_lut`` relabels the prediction
     first: model class i becomes dataset label ``label_lut[i]`` (None: the model's class ids are
-    the dataset's label ids)."""
+    the dataset's label ids). Each inferred case is reported as a step of ``stage`` (a fixed
+    name: ``desc`` may hold a worker's path)."""
     timer = timer or StageTimer()
     lut = None
     if label_lut is not None:
@@ -197,7 +201,7 @@ def evaluate_cases(
                 del image
                 scored.append(scorer.submit(score, case, prediction))
                 del case, prediction
-                report(f"{SCORING_STAGE} ({desc})", i + 1, len(cases))
+                report(stage, i + 1, len(cases))
             results = [f.result() for f in scored]
         except BaseException:
             for future in (*ahead, *scored):

@@ -27,7 +27,13 @@ from harness.models.reference import (
 )
 from harness.onnxruntime_session import graph_reference
 from harness.scoring.context import whole_volume_agreement
-from harness.scoring.evaluation import EvaluationRun, StageTimer, evaluate_cases
+from harness.scoring.evaluation import (
+    FP32_SCORING_STAGE,
+    SCORING_STAGE,
+    EvaluationRun,
+    StageTimer,
+    evaluate_cases,
+)
 from harness.track.labels import label_lut
 from harness.track.spec import TrackSpec, graph_backend_refusal
 
@@ -109,7 +115,9 @@ class LoadedTrack:
         """``fp32_run``, computed on first use (with a progress bar when ``progress``) and kept."""
         if "_fp32_run" not in self.__dict__:
             with self.timer.stage("fp32_reference"):
-                self.__dict__["_fp32_run"] = self.run(self.model, progress, desc="fp32")
+                self.__dict__["_fp32_run"] = self.run(
+                    self.model, progress, desc="fp32", stage=FP32_SCORING_STAGE
+                )
         return self.__dict__["_fp32_run"]
 
     @cached_property
@@ -209,7 +217,10 @@ class LoadedTrack:
             "backend": self.spec.backend,
         }
 
-    def run(self, model: nn.Module, progress: bool, desc: str) -> EvaluationRun:
+    def run(
+        self, model: nn.Module, progress: bool, desc: str, stage: str = SCORING_STAGE
+    ) -> EvaluationRun:
+        """``model`` scored on the track's test cases (``stage``: its progress step's name)."""
         return evaluate_cases(
             model,
             self.model_spec,
@@ -220,6 +231,7 @@ class LoadedTrack:
             desc=desc,
             nsd_definition=self.spec.nsd_definition,
             label_lut=self.label_lut,
+            stage=stage,
         )
 
 

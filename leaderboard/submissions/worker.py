@@ -27,27 +27,30 @@ HEARTBEAT_S = 10
 """How often a worker evaluating a submission writes its heartbeat (the reconciler takes a
 pending submission quiet for ``reconciler.QUIET_S`` as abandoned by a dead worker)."""
 PROGRESS_WRITE_S = 1.0
-"""Progress is written at most once a second: fresh for a page that polls every few seconds, a
+"""Progress is written at most once a second: fresh for a page that polls every two seconds, a
 handful of row updates per evaluation."""
 STAGE_CHARS = Submission._meta.get_field("progress_stage").max_length
 
 
 class Progress:
-    """The latest step the harness reported (``harness.progress``): written to the row by the
-    heartbeat thread, at most once per ``PROGRESS_WRITE_S``."""
+    """The latest step the harness reported (``harness.progress``), for the heartbeat thread to
+    write to the row; ``reported`` wakes that thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: tuple[str, int, int] | None = None
+        self.reported = threading.Event()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         with self._lock:
             self._latest = (stage[:STAGE_CHARS], done, total)
+        self.reported.set()
 
     def take(self) -> tuple[str, int, int] | None:
         """The step reported since the last ``take`` (None: none)."""
         with self._lock:
             latest, self._latest = self._latest, None
+            self.reported.clear()
             return latest
 
 
@@ -55,18 +58,20 @@ class Progress:
 def heartbeat(
     submission_id: int, progress: Progress | None = None, every_s: float = HEARTBEAT_S
 ) -> Iterator[None]:
-    """Write ``heartbeat_at`` now and every ``every_s`` seconds until the block ends, and the
-    ``progress`` reported meanwhile within ``PROGRESS_WRITE_S`` (from a thread with its own
-    database connection; a failed write is retried at the next one). Inside a caller's
-    transaction (the pipeline run in-process, as the tests do) the writes would wait on the row
-    lock that transaction holds: there only the stage writes count."""
+    """Write ``heartbeat_at`` now and every ``every_s`` seconds until the block ends, and each
+    step of ``progress`` as it is reported — at most one write per ``PROGRESS_WRITE_S``, the
+    last step written when the block ends — from a thread with its own database connection (a
+    failed write is retried at the next one). Inside a caller's transaction (the pipeline run
+    in-process, as the tests do) the writes would wait on the row lock that transaction holds:
+    there only the stage writes count."""
     if connection.in_atomic_block:
         yield
         return
     stop = threading.Event()
+    wake = progress.reported if progress is not None else threading.Event()
 
     def beat() -> None:
-        last_beat = -math.inf
+        last_beat = last_write = -math.inf
         try:
             while True:
                 fields = {}
@@ -78,20 +83,25 @@ def heartbeat(
                         "progress_done": done,
                         "progress_total": total,
                     }
-                if time.monotonic() - last_beat >= every_s:
+                now = time.monotonic()
+                if now - last_beat >= every_s:
                     fields["heartbeat_at"] = timezone.now()
                 if fields:
                     try:
                         Submission.objects.filter(pk=submission_id).update(**fields)
+                        last_write = now
                         if "heartbeat_at" in fields:
-                            last_beat = time.monotonic()
+                            last_beat = now
                     except DatabaseError as error:
                         logger.warning(
                             "heartbeat of submission %s not written: %s", submission_id, error
                         )
                         connection.close()
-                if stop.wait(min(every_s, PROGRESS_WRITE_S)):
+                        last_beat = last_write = now  # the next try comes at the next beat
+                if stop.is_set():
                     return
+                wake.wait(max(0.0, every_s - (time.monotonic() - last_beat)))
+                stop.wait(max(0.0, PROGRESS_WRITE_S - (time.monotonic() - last_write)))
         finally:
             connection.close()
 
@@ -101,6 +111,7 @@ def heartbeat(
         yield
     finally:
         stop.set()
+        wake.set()
         thread.join()
 
 
