@@ -89,7 +89,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT") or VAR_DIR / "static")
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.is_dir()
 # ... and WhiteNoise's warning that STATIC_ROOT does not exist yet says nothing new then
-warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 MEDIA_ROOT = VAR_DIR / "media"
 MEDIA_URL = "media/"
 STORAGES = {
