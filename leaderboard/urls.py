@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from leaderboard import request_errors
 from leaderboard.accounts import views as accounts
 from leaderboard.submissions import views as submissions
 from leaderboard.tracks import study_views
@@ -40,3 +41,5 @@ urlpatterns = [
     path("api/", include("leaderboard.api.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = request_errors.bad_request

@@ -192,8 +192,10 @@ def compare_entries(request, slug: str):
 
 
 def _visible(request, pk: int) -> Submission:
+    """Submission ``pk`` if the viewer may see it: their own, any for staff, else only a finished
+    entry that is neither hidden nor disqualified."""
     mine = Q(user=request.user) if request.user.is_authenticated else Q(pk__in=[])
-    public = Q(status=Status.DONE, hidden=False)
+    public = Q(status=Status.DONE, hidden=False, disqualified=False)
     queryset = Submission.objects.select_related("track", "team", "user", "evaluation")
     submission = queryset.filter(Q(pk=pk) & (mine | public)).first()
     if submission is None and request.user.is_staff:
