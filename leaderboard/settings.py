@@ -216,8 +216,13 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": os.environ.get("MEDQUANT_RATE_ANON", "120/min"),
         "user": os.environ.get("MEDQUANT_RATE_USER", "600/min"),
-        "submit": os.environ.get("MEDQUANT_RATE_SUBMIT", "30/hour"),
+        "submit": os.environ.get("MEDQUANT_RATE_SUBMIT", "30/hour"),  # API and web form
+        "signup": os.environ.get("MEDQUANT_RATE_SIGNUP", "10/hour"),  # per client address
     },
+    # The client address the throttles count by: the connection's, unless this many reverse
+    # proxies of ours stand in front (then the X-Forwarded-For entry the nearest one appended);
+    # with 0 (the default) X-Forwarded-For is ignored, so a client cannot pick its address.
+    "NUM_PROXIES": int(os.environ.get("MEDQUANT_TRUSTED_PROXIES", "0")),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "MedQuant Leaderboard API",

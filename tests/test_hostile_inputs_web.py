@@ -1,6 +1,7 @@
 """Hostile requests against the site's web side (issue 24), every input generated here: the
 ``as_of`` extremes, Django's request-size refusals on every route (400 with the reason: JSON
-under ``/api/``, a page elsewhere), the visibility of hidden and disqualified entries. Each test
+under ``/api/``, a page elsewhere), the visibility of hidden and disqualified entries, throttles
+a client cannot escape (spoofed X-Forwarded-For, the web form, sign-ups). Each test
 checks the database as well as the response."""
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.files.base import ContentFile
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from leaderboard_fixtures import site_storage, tiny_tracks
@@ -239,3 +242,84 @@ def test_a_hidden_or_disqualified_entry_and_its_artifact_are_for_its_owner_and_s
     assert b"".join(artifact.streaming_content) == b"PK-the-baseline-bytes"
     baseline.refresh_from_db()
     assert getattr(baseline, flag) and baseline.status == Status.DONE
+
+
+# ---- throttles that cannot be bypassed -----------------------------------------------------
+
+
+def _rate(scope: str) -> tuple[int, int]:
+    """(requests, seconds) of a DRF throttle scope as the site configures it."""
+    from rest_framework.throttling import SimpleRateThrottle
+
+    rate = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"][scope]
+    return SimpleRateThrottle.parse_rate(None, rate)
+
+
+def test_x_forwarded_for_is_ignored_unless_a_trusted_proxy_is_configured(client, track):
+    assert settings.REST_FRAMEWORK["NUM_PROXIES"] == 0
+    allowed, _ = _rate("anon")
+    statuses = [
+        client.get("/api/v1/tracks/", headers={"X-Forwarded-For": f"10.{i // 256}.{i % 256}.1"})
+        .status_code
+        for i in range(allowed + 5)
+    ]  # fmt: skip
+    assert statuses == [200] * allowed + [429] * 5
+    # the refused address is the connection's: a real local client is refused too, a client
+    # claiming 127.0.0.1 from elsewhere is not (the header is ignored either way)
+    assert client.get("/api/v1/tracks/").status_code == 429
+    elsewhere = client.get(
+        "/api/v1/tracks/", REMOTE_ADDR="192.0.2.7", headers={"X-Forwarded-For": "127.0.0.1"}
+    )
+    assert elsewhere.status_code == 200
+
+
+def test_behind_a_trusted_proxy_the_address_it_appended_is_the_clients(client, track, settings):
+    settings.REST_FRAMEWORK = settings.REST_FRAMEWORK | {"NUM_PROXIES": 1}
+    allowed, _ = _rate("anon")
+    spoofed = [
+        client.get("/api/v1/tracks/", headers={"X-Forwarded-For": f"10.0.0.{i}, 198.51.100.9"})
+        .status_code
+        for i in range(allowed + 1)
+    ]  # fmt: skip
+    assert spoofed[-1] == 429 and spoofed.count(200) == allowed
+    other = client.get("/api/v1/tracks/", headers={"X-Forwarded-For": "198.51.100.10"})
+    assert other.status_code == 200
+
+
+def test_the_web_form_shares_the_apis_submission_throttle(client, track, users):
+    token = ApiToken.issue(users["owner"], "ci")[1]
+    allowed, _ = _rate("submit")
+    client.force_login(users["owner"])
+    form = client.post("/submit/", {"track": track.pk, "kind": "checkpoint", "method": "form"})
+    assert form.status_code == 200  # counted, refused by the form's own checks
+    api = [
+        client.post("/api/v1/submissions/", {"track": track.slug},
+                    headers={"Authorization": f"Token {token}"}).status_code
+        for _ in range(allowed)
+    ]  # fmt: skip
+    assert api == [400] * (allowed - 1) + [429]
+    refused = client.post("/submit/", {"track": track.pk, "kind": "checkpoint", "method": "m"})
+    assert refused.status_code == 429
+    assert "too many submissions (through the API and this form together)" in (
+        refused.content.decode()
+    )
+    assert not Submission.objects.exists()
+
+
+def test_sign_ups_are_limited_per_client_address(track):
+    allowed, _ = _rate("signup")
+
+    def sign_up(name: str, address: str, forwarded: str):
+        form = {"username": name, "password1": "Sup3r-secret-pw", "password2": "Sup3r-secret-pw"}
+        return Client().post(
+            "/signup/", form, REMOTE_ADDR=address, headers={"X-Forwarded-For": forwarded}
+        )
+
+    made = [sign_up(f"sock{i}", "203.0.113.5", f"10.1.0.{i}").status_code for i in range(allowed)]
+    assert made == [302] * allowed
+    refused = sign_up("one-too-many", "203.0.113.5", "10.1.0.250")
+    assert refused.status_code == 429
+    assert "too many sign-ups from your address: the limit is" in refused.content.decode()
+    assert sign_up("neighbour", "203.0.113.6", "10.1.0.251").status_code == 302
+    names = set(User.objects.values_list("username", flat=True))
+    assert "one-too-many" not in names and {"neighbour", f"sock{allowed - 1}"} <= names

@@ -13,7 +13,6 @@ from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes, renderer_classes, throttle_classes
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.permissions import SAFE_METHODS
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
@@ -33,6 +32,7 @@ from leaderboard.api.serializers import (
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
+from leaderboard.throttles import SubmitThrottle
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.views import (
@@ -50,15 +50,6 @@ class TrackFilter(filters.FilterSet):
     class Meta:
         model = Track
         fields = ["backend", "weight_bits", "activation_bits"]
-
-
-class SubmitThrottle(UserRateThrottle):
-    """Rate of submissions (POST) per user; reads are not counted."""
-
-    scope = "submit"
-
-    def allow_request(self, request, view) -> bool:
-        return request.method in SAFE_METHODS or super().allow_request(request, view)
 
 
 def _paginated(request, items, serializer_class) -> Response:

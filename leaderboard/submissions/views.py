@@ -16,11 +16,22 @@ from leaderboard.submissions.forms import SubmitForm
 from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata, method_names
 from leaderboard.submissions.models import Kind, Status, Submission
+from leaderboard.throttles import SubmitThrottle, refused
 from leaderboard.tracks.views import bundle_folder
+
+SUBMISSIONS = "submissions (through the API and this form together)"
 
 
 @login_required
 def submit(request):
+    """The submission form; a POST counts against the API's submission rate (``SubmitThrottle``)
+    and is refused (429, with the reason, before the upload is read) once it is used up."""
+    if request.method == "POST":
+        reason = refused(SubmitThrottle(), request, SUBMISSIONS)
+        if reason is not None:
+            context = {"form": SubmitForm(initial=request.GET.dict()), "refused": reason,
+                       "method_names": method_names()}  # fmt: skip
+            return render(request, "submissions/submit.html", context, status=429)
     form = SubmitForm(request.POST or None, request.FILES or None, initial=request.GET.dict())
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
