@@ -130,6 +130,12 @@ MEDQUANT_EVALUATION_MEMORY_BYTES = (
 # engine sees under the same name (it is bind-mounted as the quantizer's /input).
 MEDQUANT_CONTAINERS = os.environ.get("MEDQUANT_CONTAINERS", "0") == "1"
 MEDQUANT_MAX_IMAGE_BYTES = int(os.environ.get("MEDQUANT_MAX_IMAGE_MB", "4096")) * 1024 * 1024
+# Largest request body read at all (its declared Content-Length; more is refused unread, 413):
+# the largest upload this site takes plus the form's other fields.
+MEDQUANT_MAX_REQUEST_BYTES = (
+    max(MEDQUANT_MAX_ARTIFACT_BYTES, MEDQUANT_MAX_IMAGE_BYTES if MEDQUANT_CONTAINERS else 0)
+    + DATA_UPLOAD_MAX_MEMORY_SIZE
+)
 MEDQUANT_CONTAINER_REGISTRY = os.environ.get("MEDQUANT_CONTAINER_REGISTRY", "")
 MEDQUANT_CONTAINER_HELPER_IMAGE = os.environ.get(
     "MEDQUANT_CONTAINER_HELPER_IMAGE", "python:3.11-slim"

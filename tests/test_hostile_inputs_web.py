@@ -6,9 +6,21 @@ checks the database as well as the response."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import select
+import shutil
+import socket
+import struct
+import tempfile
+import time
+import zipfile
+from pathlib import Path
 
+import psutil
 import pytest
+import requests
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
@@ -16,12 +28,20 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
-from leaderboard_fixtures import site_storage, tiny_tracks
+from leaderboard_fixtures import checkpoint_zip, site_storage, tiny_checkpoints, tiny_tracks
+from leaderboard_services import TINY_TRACK, live_site, sign_up_and_create_token, submit, wait_done
 
+from harness.artifacts.uploads import (
+    ZIP_ENTRY_LIMIT,
+    UploadError,
+    check_checkpoint_zip,
+    check_zip_entry_count,
+)
 from leaderboard.accounts.models import ApiToken
+from leaderboard.middleware import ANONYMOUS_BODY_BYTES
 from leaderboard.submissions.models import Evaluation, EvaluationVersion, Kind, Status, Submission
 
-__all__ = ["site_storage", "tiny_tracks"]
+__all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
 
 AS_OF_EXTREMES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
 TOO_MANY = 1001  # one over Django's DATA_UPLOAD_MAX_NUMBER_FIELDS default (1000)
@@ -323,3 +343,269 @@ def test_sign_ups_are_limited_per_client_address(track):
     assert sign_up("neighbour", "203.0.113.6", "10.1.0.251").status_code == 302
     names = set(User.objects.values_list("username", flat=True))
     assert "one-too-many" not in names and {"neighbour", f"sock{allowed - 1}"} <= names
+
+
+# ---- zips counted before they are read -----------------------------------------------------
+
+_LOCAL = struct.Struct("<4s5H3L2H")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_END = struct.Struct("<4s4H2LH")
+_DOS_DATE_1980 = 0x21
+_DIRECTORY_ATTRIBUTES = (0o40755 << 16) | 0x10
+
+
+def write_folder_zip(out, entries: int, *, declared: int | None = None) -> None:
+    """A zip of ``entries`` empty folder entries written to the file ``out`` record by record
+    (ZIP64 end records, so any count; ``declared``: the count the end records claim, if not
+    the true one) — what Python's zipfile reads, never held whole in memory here."""
+    start = out.tell()
+    with tempfile.TemporaryFile() as central:
+        for i in range(entries):
+            name = b"d%07d/" % i
+            offset = out.tell() - start
+            out.write(
+                _LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, _DOS_DATE_1980, 0, 0, 0, len(name), 0)
+            )
+            out.write(name)
+            central.write(_CENTRAL.pack(b"PK\x01\x02", 20, 20, 0, 0, 0, _DOS_DATE_1980, 0, 0, 0,
+                          len(name), 0, 0, 0, 0, _DIRECTORY_ATTRIBUTES, offset))  # fmt: skip
+            central.write(name)
+        cd_offset, cd_size = out.tell() - start, central.tell()
+        central.seek(0)
+        shutil.copyfileobj(central, out)
+    count = entries if declared is None else declared
+    record_offset = out.tell() - start
+    out.write(_ZIP64_END.pack(b"PK\x06\x06", _ZIP64_END.size - 12, 45, 45, 0, 0, count, count,
+                              cd_size, cd_offset))  # fmt: skip
+    out.write(_ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, record_offset, 1))
+    out.write(_END.pack(b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+
+
+def folder_zip(entries: int, **options) -> bytes:
+    buffer = io.BytesIO()
+    write_folder_zip(buffer, entries, **options)
+    return buffer.getvalue()
+
+
+def test_the_generated_folder_zip_is_one_python_reads():
+    with zipfile.ZipFile(io.BytesIO(folder_zip(3))) as archive:
+        assert archive.namelist() == ["d0000000/", "d0000001/", "d0000002/"]
+        assert all(info.is_dir() for info in archive.infolist())
+
+
+@pytest.mark.parametrize(
+    "entries, declared", [(ZIP_ENTRY_LIMIT + 1, None), (5000, 2)], ids=["over", "lying count"]
+)
+def test_a_zip_listing_more_entries_than_a_checkpoint_holds_is_refused(entries, declared):
+    data = folder_zip(entries, declared=declared)
+    with pytest.raises(UploadError, match=f"the zip lists more than {ZIP_ENTRY_LIMIT} entries"):
+        check_checkpoint_zip(io.BytesIO(data), len(data), 2**30)
+
+
+def test_a_checkpoint_zip_within_the_entry_limit_is_counted_exactly(tiny_checkpoints):
+    data = checkpoint_zip(tiny_checkpoints["w8a8"], folder="ckpt")
+    assert check_zip_entry_count(io.BytesIO(data), len(data)) == 2
+    check_checkpoint_zip(io.BytesIO(data), len(data), 2**30)
+
+
+# ---- the live site: what the web process reads and keeps ----------------------------------
+
+TOO_MANY_FOLDERS = 3_000_000  # the issue's zip: 283 MB of folder entries
+WEB_RSS_GROWTH_LIMIT = 100 * 2**20
+UNREAD_BODY_LIMIT = 10 * 2**20
+ANONYMOUS_BODY = 2**30
+OVERSIZED_BODY = 700 * 2**20  # over the 512 MiB artifact limit (+ 8 MiB of form)
+BOUNDARY = "medquant-hostile-boundary"
+RESULTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "hostile"
+
+
+@pytest.fixture(scope="module")
+def live(tiny_track, tmp_path_factory):
+    """The tiny track served by gunicorn with a Celery worker; ``token``: a participant's."""
+    var = tmp_path_factory.mktemp("hostile_web_var")
+    with live_site(*tiny_track, var, "sqla+sqlite", 100) as site:
+        _, site.token = sign_up_and_create_token(site, "mallory")
+        site.var = var
+        yield site
+
+
+def _web_workers(live) -> list[psutil.Process]:
+    return psutil.Process(live.procs[1].pid).children(recursive=True)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _multipart_file(path: Path, fields: dict[str, str], write_file) -> None:
+    """A multipart/form-data body on disk: ``fields`` and one ``artifact`` file whose bytes
+    ``write_file(out)`` writes."""
+    with open(path, "wb") as out:
+        for name, value in fields.items():
+            out.write(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                      f"{value}\r\n".encode())  # fmt: skip
+        part = 'name="artifact"; filename="ckpt.zip"\r\nContent-Type: application/zip'
+        out.write(f"--{BOUNDARY}\r\nContent-Disposition: form-data; {part}\r\n\r\n".encode())
+        write_file(out)
+        out.write(f"\r\n--{BOUNDARY}--\r\n".encode())
+
+
+def _media_files(live) -> set[Path]:
+    return {p for p in (live.var / "media").rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_zip_of_3_million_folders_is_refused_with_little_web_memory(live, tmp_path):
+    body = tmp_path / "body"
+    fields = {"track": TINY_TRACK, "kind": "checkpoint", "method": "3M folders"}
+    _multipart_file(body, fields, lambda out: write_folder_zip(out, TOO_MANY_FOLDERS))
+    workers = _web_workers(live)
+    before = {}
+    for worker in workers:  # reset each worker's peak RSS (VmHWM) to its current RSS
+        Path(f"/proc/{worker.pid}/clear_refs").write_text("5")
+        before[worker.pid] = _status_kib(worker.pid, "VmRSS")
+    media = _media_files(live)
+    with open(body, "rb") as data:
+        response = requests.post(
+            f"{live.url}/api/v1/submissions/", data=data, timeout=300,
+            headers={"Authorization": f"Token {live.token}",
+                     "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )  # fmt: skip
+    growth = max(_status_kib(pid, "VmHWM") - rss for pid, rss in before.items())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "web_rss_growth_3M_folder_zip.txt").write_text(
+        f"{growth / 2**20:.1f} MiB for a {body.stat().st_size / 2**20:.0f} MiB request\n"
+    )
+    assert response.status_code == 400, response.text[:500]
+    message = response.json()["error"]["message"]
+    assert f"the zip lists more than {ZIP_ENTRY_LIMIT} entries" in message
+    assert growth <= WEB_RSS_GROWTH_LIMIT, f"web RSS grew {growth / 2**20:.0f} MiB"
+    assert not [s for s in _my_submissions(live) if s["method"] == "3M folders"]
+    assert _media_files(live) == media
+
+
+def _my_submissions(live) -> list[dict]:
+    headers = {"Authorization": f"Token {live.token}"}
+    return requests.get(f"{live.url}/api/v1/submissions/", headers=headers).json()["results"]
+
+
+def send_declared_body(live, path: str, declared: int, headers: dict[str, str]):
+    """POST ``declared`` bytes (zeros) to ``path`` over a raw socket, as fast as the server
+    takes them, until it answers or closes; (bytes the server accepted — an upper bound on what
+    it read —, the first line of its answer or "")."""
+    host, port = live.url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {declared}",
+             f"Content-Type: multipart/form-data; boundary={BOUNDARY}"]  # fmt: skip
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    chunk, sent, answer = bytes(64 * 1024), 0, b""
+    deadline = time.monotonic() + 120
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        sock.setblocking(False)
+        while sent < declared and time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock], [], 5)
+            if readable:
+                with contextlib.suppress(OSError):
+                    answer = sock.recv(65536)
+                break
+            if writable:
+                try:
+                    sent += sock.send(chunk[: declared - sent])
+                except OSError:  # reset: the server closed without reading the rest
+                    break
+    return sent, answer.split(b"\r\n", 1)[0].decode()
+
+
+@pytest.mark.slow
+@pytest.mark.services
+@pytest.mark.parametrize(
+    "who, path, declared, status",
+    [
+        ("anonymous", "/api/v1/submissions/", ANONYMOUS_BODY, 401),
+        ("self-made CSRF cookie", "/submit/", ANONYMOUS_BODY, 403),
+        ("token", "/api/v1/submissions/", OVERSIZED_BODY, 413),
+    ],
+)
+def test_a_body_the_site_will_not_take_is_refused_before_it_is_read(
+    live, who, path, declared, status
+):
+    cookie = "a" * 32
+    headers = {
+        "anonymous": {},
+        "self-made CSRF cookie": {"Cookie": f"csrftoken={cookie}", "X-CSRFToken": cookie},
+        "token": {"Authorization": f"Token {live.token}"},
+    }[who]
+    count = len(_my_submissions(live))
+    started = time.monotonic()
+    sent, answer = send_declared_body(live, path, declared, headers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "unread_bodies.txt", "a") as out:
+        out.write(f"{who} {path} declared {declared / 2**20:.0f} MiB: the server accepted "
+                  f"{sent / 2**20:.2f} MiB, answered {answer!r} in "
+                  f"{time.monotonic() - started:.2f} s\n")  # fmt: skip
+    assert sent < UNREAD_BODY_LIMIT, f"the server took {sent / 2**20:.0f} MiB"
+    assert answer.startswith(f"HTTP/1.1 {status}"), answer
+    assert len(_my_submissions(live)) == count
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_a_rejected_uploads_file_is_deleted_from_the_media_folder(live, tiny_checkpoints, tmp_path):
+    ckpt = Path(shutil.copytree(tiny_checkpoints["w8a8"], tmp_path / "ckpt"))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    (ckpt / "manifest.json").write_text(json.dumps(manifest | {"format": "pickle"}))
+    media = _media_files(live)
+    created = submit(live, live.token, ckpt, "only the worker reads the format")
+    assert created.status_code == 201, created.text
+    pk = created.json()["id"]
+    done = wait_done(live, live.token, pk)
+    assert done["status"] == "rejected" and "unknown checkpoint format" in done["error"], done
+    assert _media_files(live) == media
+    stored = live.manage(
+        "shell", "-c",
+        f"from leaderboard.submissions.models import Submission as S; "
+        f"s = S.objects.get(pk={pk}); print(repr(s.artifact.name), s.artifact_sha256 != '')",
+    )  # fmt: skip
+    assert stored.strip().splitlines()[-1].split() == ["''", "True"]
+
+
+@pytest.mark.parametrize("path, status", [("/api/v1/submissions/", 401), ("/submit/", 403)])
+def test_an_anonymous_upload_is_refused_with_the_reason_and_small_forms_still_pass(
+    client, track, path, status
+):
+    upload = {"track": track.slug, "kind": "checkpoint", "method": "anonymous",
+              "artifact": io.BytesIO(bytes(ANONYMOUS_BODY_BYTES))}  # fmt: skip
+    response = client.post(path, upload)
+    assert response.status_code == status, response.content[:300]
+    text = response.content.decode()
+    assert "uploads need an account: log in, or send your API token" in text
+    if path.startswith("/api/"):
+        assert response.json()["error"]["code"] == "not_authenticated"
+    signup = {"username": "newcomer", "password1": "Sup3r-secret-pw",
+              "password2": "Sup3r-secret-pw"}  # fmt: skip
+    assert client.post("/signup/", signup).status_code == 302
+    assert not Submission.objects.exists()
+    assert User.objects.filter(username="newcomer").exists()
+
+
+def test_an_upload_with_a_revoked_token_is_refused_unread_with_the_tokens_reason(
+    client, track, users
+):
+    row, raw = ApiToken.issue(users["owner"], "old")
+    row.revoke()
+    upload = {"track": track.slug, "kind": "checkpoint", "method": "revoked",
+              "artifact": io.BytesIO(bytes(ANONYMOUS_BODY_BYTES))}  # fmt: skip
+    response = client.post(
+        "/api/v1/submissions/", upload, headers={"Authorization": f"Token {raw}"}
+    )
+    assert response.status_code == 401
+    message = response.json()["error"]["message"]
+    assert message.startswith("invalid token: this token was revoked; uploads need an account")
+    assert not Submission.objects.exists()

@@ -14,9 +14,15 @@ MAX_ATTEMPTS = 3
 
 def advance(submission_id: int, status: Status, **fields) -> Submission:
     """Move the submission to ``status`` with ``fields`` (``Submission.advance`` checks the
-    transition)."""
+    transition). A rejected upload's stored file is deleted once that is committed (its
+    digest stays on the row): a refused artifact is never scored, so keeping it (a container
+    archive can be gigabytes) would only fill the storage."""
     with transaction.atomic():
         submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if status == Status.REJECTED and submission.artifact and not submission.is_baseline:
+            storage, name = submission.artifact.storage, submission.artifact.name
+            fields["artifact"] = ""
+            transaction.on_commit(lambda: storage.delete(name))
         submission.advance(status, **fields)
         return submission
 
