@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import select
 import shutil
 import socket
@@ -18,6 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import onnx
 import psutil
 import pytest
 import requests
@@ -30,15 +32,24 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from leaderboard_fixtures import checkpoint_zip, site_storage, tiny_checkpoints, tiny_tracks
 from leaderboard_services import TINY_TRACK, live_site, sign_up_and_create_token, submit, wait_done
+from onnx import TensorProto, helper
 
+from harness.artifacts.onnx.verify import (
+    OnnxInterface,
+    OnnxVerificationError,
+    PrecisionLimits,
+    verify_onnx,
+)
 from harness.artifacts.uploads import (
     ZIP_ENTRY_LIMIT,
     UploadError,
     check_checkpoint_zip,
+    check_onnx_upload,
     check_zip_entry_count,
 )
 from leaderboard.accounts.models import ApiToken
 from leaderboard.middleware import ANONYMOUS_BODY_BYTES
+from leaderboard.submissions import stages
 from leaderboard.submissions.models import Evaluation, EvaluationVersion, Kind, Status, Submission
 
 __all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
@@ -609,3 +620,117 @@ def test_an_upload_with_a_revoked_token_is_refused_unread_with_the_tokens_reason
     message = response.json()["error"]["message"]
     assert message.startswith("invalid token: this token was revoked; uploads need an account")
     assert not Submission.objects.exists()
+
+
+# ---- ONNX external data and the worker's paths ---------------------------------------------
+
+ONNX_INTERFACE = OnnxInterface("image", (1, 8, 8, 8), "logits", (2, 8, 8, 8))
+ONNX_LIMITS = PrecisionLimits(weight_bits=8, activation_bits=8)
+HIDDEN_LABEL = "demo/dataset/labelsTr/case_000.nii.gz"  # a path that exists on a worker
+
+
+def _external(name: str, dtype: int = TensorProto.FLOAT) -> TensorProto:
+    tensor = TensorProto(name=name, data_type=dtype, dims=[4])
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", HIDDEN_LABEL), ("offset", "0"), ("length", "16")):
+        tensor.external_data.add(key=key, value=value)
+    return tensor
+
+
+def _inline(name: str, dtype: int = TensorProto.FLOAT) -> TensorProto:
+    return helper.make_tensor(name, dtype, [4], [0, 1, 2, 3])
+
+
+def _sparse(values: TensorProto, indices: TensorProto) -> onnx.SparseTensorProto:
+    return helper.make_sparse_tensor(values, indices, [8])
+
+
+def _external_data_models() -> dict[str, onnx.ModelProto]:
+    """A valid two-channel graph with one tensor whose data lies in ``HIDDEN_LABEL``, in each
+    place the ONNX format lets a tensor sit."""
+    made = {}
+    places = ["initializer", "sparse initializer values", "sparse initializer indices",
+              "Constant value", "Constant sparse_value", "training-info initializer"]  # fmt: skip
+    for place in places:
+        nodes = [helper.make_node("Concat", ["image", "image"], ["logits"], axis=1)]
+        graph = helper.make_graph(
+            nodes, "hidden-label",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 8, 8, 8])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, 8, 8, 8])],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        graph = model.graph  # (make_model copies it)
+        if place == "initializer":
+            graph.initializer.append(_external("w"))
+        elif place.startswith("sparse initializer"):
+            values, indices = _inline("s"), _inline("s_idx", TensorProto.INT64)
+            values = _external("s") if place.endswith("values") else values
+            indices = (
+                _external("s_idx", TensorProto.INT64) if place.endswith("indices") else indices
+            )
+            graph.sparse_initializer.append(_sparse(values, indices))
+        elif place == "Constant value":
+            graph.node.append(helper.make_node("Constant", [], ["c"], value=_external("c")))
+        elif place == "Constant sparse_value":
+            sparse = _sparse(_inline("c"), _external("c_idx", TensorProto.INT64))
+            graph.node.append(helper.make_node("Constant", [], ["c"], sparse_value=sparse))
+        else:
+            init = helper.make_graph([], "init", [], [], initializer=[_external("t")])
+            model.training_info.add().initialization.CopyFrom(init)
+        made[place] = model
+    return made
+
+
+@pytest.mark.parametrize("place", list(_external_data_models()))
+def test_onnx_external_data_is_refused_wherever_the_tensor_sits_naming_no_worker_path(
+    tmp_path, place
+):
+    data = _external_data_models()[place].SerializeToString()
+    expected = f"references external data file {HIDDEN_LABEL!r}"
+    with pytest.raises(UploadError, match=re.escape(expected)):  # the site, at upload
+        check_onnx_upload(io.BytesIO(data), "model.onnx", len(data), 2**30)
+    path = tmp_path / "work" / "model.onnx"  # the worker, on its copy
+    path.parent.mkdir()
+    path.write_bytes(data)
+    with pytest.raises(OnnxVerificationError, match=re.escape(expected)) as refused:
+        verify_onnx(path, ONNX_INTERFACE, ONNX_LIMITS)
+    assert str(tmp_path) not in str(refused.value)
+
+
+def _validating(track, user) -> Submission:
+    submission = Submission.objects.create(
+        track=track, user=user, kind=Kind.ONNX, method="m", status=Status.VALIDATING
+    )
+    submission.artifact.save("model.onnx", ContentFile(b"onnx bytes"), save=True)
+    return submission
+
+
+def test_a_rejection_reason_and_log_carry_no_worker_path(
+    track, users, settings, django_capture_on_commit_callbacks
+):
+    submission = _validating(track, users["owner"])
+    stored = Path(submission.artifact.path)
+    work = Path(settings.MEDQUANT_WORK_DIR) / "tmpa1b2c3"
+    engine = f"[ONNXRuntimeError] : Load model from {work}/model.onnx failed: bad graph"
+    log = f"attempt 1\nunpacked into {work}\nscratch {tempfile.gettempdir()}/tmpzz/x.bin"
+    with django_capture_on_commit_callbacks(execute=True):
+        stages.advance(submission.pk, Status.REJECTED, error=engine, log=log)
+    submission.refresh_from_db()
+    assert submission.error == (
+        "[ONNXRuntimeError] : Load model from <work>/tmpa1b2c3/model.onnx failed: bad graph"
+    )
+    for text in (submission.error, submission.log):
+        for folder in (settings.MEDQUANT_WORK_DIR, settings.MEDIA_ROOT, tempfile.gettempdir()):
+            assert not re.search(re.escape(str(folder)) + r"(?![\w.-])", text), (folder, text)
+    assert "<tmp>/tmpzz/x.bin" in submission.log
+    # the rejected upload's file is gone, its digest stays
+    assert submission.artifact.name == "" and not stored.exists()
+
+
+def test_a_failure_message_carries_no_worker_path(track, users, settings):
+    submission = _validating(track, users["owner"])
+    stages.fail(submission.pk, f"internal error reading {settings.MEDIA_ROOT}/submissions/x")
+    submission.refresh_from_db()
+    assert submission.status == Status.FAILED
+    assert submission.error == "internal error reading <media>/submissions/x"
+    assert str(settings.MEDIA_ROOT) not in submission.log
