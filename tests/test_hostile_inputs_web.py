@@ -507,14 +507,18 @@ def _my_submissions(live) -> list[dict]:
 
 
 def send_declared_body(live, path: str, declared: int, headers: dict[str, str]):
-    """POST ``declared`` bytes (zeros) to ``path`` over a raw socket, as fast as the server
-    takes them, until it answers or closes; (bytes the server accepted — an upper bound on what
-    it read —, the first line of its answer or "")."""
+    """POST ``declared`` bytes to ``path`` over a raw socket — a well-formed multipart body
+    whose one file part is zeros, so a server that parses it spools them all — as fast as the
+    server takes them, until it answers or closes; (bytes the server accepted — an upper bound
+    on what it read —, the first line of its answer or "")."""
     host, port = live.url.removeprefix("http://").split(":")
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {declared}",
              f"Content-Type: multipart/form-data; boundary={BOUNDARY}"]  # fmt: skip
     lines += [f"{k}: {v}" for k, v in headers.items()]
-    chunk, sent, answer = bytes(64 * 1024), 0, b""
+    part = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="artifact"; '
+            f'filename="big.zip"\r\nContent-Type: application/zip\r\n\r\n').encode()  # fmt: skip
+    zeros, sent, answer = bytes(64 * 1024), 0, b""
+    pending = part + zeros  # the body opens the file part, then zeros
     deadline = time.monotonic() + 120
     with socket.create_connection((host, int(port))) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
@@ -528,9 +532,10 @@ def send_declared_body(live, path: str, declared: int, headers: dict[str, str]):
                 break
             if writable:
                 try:
-                    sent += sock.send(chunk[: declared - sent])
+                    taken = sock.send(pending[: declared - sent])
                 except OSError:  # reset: the server closed without reading the rest
                     break
+                sent, pending = sent + taken, pending[taken:] or zeros
     return sent, answer.split(b"\r\n", 1)[0].decode()
 
 
