@@ -50,6 +50,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # before the CSRF check and the views read the request (it needs the user)
+    "leaderboard.middleware.RequestLimitsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -131,6 +133,12 @@ MEDQUANT_EVALUATION_MEMORY_BYTES = (
 # engine sees under the same name (it is bind-mounted as the quantizer's /input).
 MEDQUANT_CONTAINERS = os.environ.get("MEDQUANT_CONTAINERS", "0") == "1"
 MEDQUANT_MAX_IMAGE_BYTES = int(os.environ.get("MEDQUANT_MAX_IMAGE_MB", "4096")) * 1024 * 1024
+# Largest request body read at all (its declared Content-Length; more is refused unread, 413):
+# the largest upload this site takes plus the form's other fields.
+MEDQUANT_MAX_REQUEST_BYTES = (
+    max(MEDQUANT_MAX_ARTIFACT_BYTES, MEDQUANT_MAX_IMAGE_BYTES if MEDQUANT_CONTAINERS else 0)
+    + DATA_UPLOAD_MAX_MEMORY_SIZE
+)
 MEDQUANT_CONTAINER_REGISTRY = os.environ.get("MEDQUANT_CONTAINER_REGISTRY", "")
 MEDQUANT_CONTAINER_HELPER_IMAGE = os.environ.get(
     "MEDQUANT_CONTAINER_HELPER_IMAGE", "python:3.11-slim"
@@ -217,8 +225,13 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": os.environ.get("MEDQUANT_RATE_ANON", "120/min"),
         "user": os.environ.get("MEDQUANT_RATE_USER", "600/min"),
-        "submit": os.environ.get("MEDQUANT_RATE_SUBMIT", "30/hour"),
+        "submit": os.environ.get("MEDQUANT_RATE_SUBMIT", "30/hour"),  # API and web form
+        "signup": os.environ.get("MEDQUANT_RATE_SIGNUP", "10/hour"),  # per client address
     },
+    # The client address the throttles count by: the connection's, unless this many reverse
+    # proxies of ours stand in front (then the X-Forwarded-For entry the nearest one appended);
+    # with 0 (the default) X-Forwarded-For is ignored, so a client cannot pick its address.
+    "NUM_PROXIES": int(os.environ.get("MEDQUANT_TRUSTED_PROXIES", "0")),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "MedQuant Leaderboard API",

@@ -6,6 +6,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from leaderboard import request_errors
 from leaderboard.accounts import views as accounts
 from leaderboard.submissions import views as submissions
 from leaderboard.tracks import study_views
@@ -45,3 +46,5 @@ urlpatterns = [
     path("api/", include("leaderboard.api.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = request_errors.bad_request

@@ -58,6 +58,21 @@ ZIP_ERRORS = (
 )
 """What reading a corrupt zip raises: bad CRC, truncated data, broken deflate streams."""
 _CHUNK = 1 << 20
+ZIP_ENTRY_LIMIT = 16
+"""Most entries (files and folders) a checkpoint zip may list: it holds two files, in at most one
+folder whose parents may be listed too. Counted from the central directory's records before
+Python's zipfile builds an object per entry (3 million folder entries cost it 1.6 GB)."""
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+_CENTRAL_HEADER = struct.Struct("<4s6H3L5H2L")
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+_MAX_COMMENT = 0xFFFF
+_ZIP64_MARKERS = (0xFFFF, 0xFFFFFFFF)
+"""Field values of the end-of-central-directory record that mean "see the ZIP64 record"."""
 
 
 class UploadError(SubmissionError):
@@ -188,11 +203,75 @@ def _corrupt(error: Exception) -> UploadError:
     )
 
 
+def _central_directory(stream: BinaryIO, size: int) -> tuple[int, int, int]:
+    """(entries declared, start, size) of the zip's central directory, read from its end
+    records only (ZIP64 where the classic fields overflow); the start is where the directory
+    really lies (before the end records), as zipfile reads it, so data prepended to the zip
+    does not shift it."""
+    tail_size = min(size, _EOCD.size + _MAX_COMMENT)
+    stream.seek(size - tail_size)
+    tail = stream.read(tail_size)
+    at = tail.rfind(_EOCD_SIGNATURE)
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise UploadError("the upload is not a zip file")
+    end = size - tail_size + at
+    _, _, _, _, entries, cd_size, _, _ = _EOCD.unpack_from(tail, at)
+    if entries not in _ZIP64_MARKERS and cd_size not in _ZIP64_MARKERS:
+        return entries, end - cd_size, cd_size
+    locator_at = end - _ZIP64_LOCATOR.size
+    if locator_at < _ZIP64_EOCD.size:
+        raise UploadError("the zip's ZIP64 end record is missing")
+    stream.seek(locator_at)
+    locator = stream.read(_ZIP64_LOCATOR.size)
+    if locator[:4] != _ZIP64_LOCATOR_SIGNATURE:
+        raise UploadError("the zip's ZIP64 end record is missing")
+    record_at = locator_at - _ZIP64_EOCD.size
+    stream.seek(record_at)
+    record = stream.read(_ZIP64_EOCD.size)
+    if record[:4] != _ZIP64_EOCD_SIGNATURE:
+        raise UploadError("the zip's ZIP64 end record is corrupt")
+    *_, entries, cd_size, _ = _ZIP64_EOCD.unpack(record)
+    return entries, record_at - cd_size, cd_size
+
+
+def check_zip_entry_count(stream: BinaryIO, size: int, limit: int = ZIP_ENTRY_LIMIT) -> int:
+    """The number of entries of the zip in ``stream`` (``size`` bytes), refused with an
+    UploadError once over ``limit``: the count its end record declares, then the central
+    directory's records themselves, walked header by header up to ``limit`` + 1 (a lying
+    count is caught; nothing per entry is kept), so a zip of millions of entries is refused
+    after reading a few of them."""
+    declared, start, cd_size = _central_directory(stream, size)
+    too_many = UploadError(
+        f"the zip lists more than {limit} entries (files and folders); a checkpoint zip holds "
+        f"only {MANIFEST_NAME} and {WEIGHTS_NAME}"
+    )
+    if declared > limit:
+        raise too_many
+    if start < 0:
+        raise UploadError("the zip's central directory lies outside the file")
+    stream.seek(start)
+    count = read = 0
+    while read < cd_size:
+        header = stream.read(_CENTRAL_HEADER.size)
+        if len(header) < _CENTRAL_HEADER.size or header[:4] != _CENTRAL_SIGNATURE:
+            raise UploadError("the zip's central directory is corrupt")
+        fields = _CENTRAL_HEADER.unpack(header)
+        name_length, extra_length, comment_length = fields[10:13]
+        variable = name_length + extra_length + comment_length
+        stream.seek(variable, 1)
+        read += _CENTRAL_HEADER.size + variable
+        count += 1
+        if count > limit:
+            raise too_many
+    return count
+
+
 def _read_checkpoint_zip(stream: BinaryIO, size: int, max_bytes: int) -> None:
     check_size(size, max_bytes, "the upload")
     stream.seek(0)
     if not zipfile.is_zipfile(stream):
         raise UploadError("the upload is not a zip file")
+    check_zip_entry_count(stream, size)
     stream.seek(0)
     with zipfile.ZipFile(stream) as archive:
         members = _member_names(archive, max_bytes)

@@ -8,9 +8,17 @@ from django.views.decorators.http import require_POST
 
 from leaderboard.accounts.forms import SignupForm, TokenForm
 from leaderboard.accounts.models import ApiToken
+from leaderboard.throttles import SignupThrottle, refused
 
 
 def signup(request):
+    """Sign-up form; attempts (POST) are limited per client address (``SignupThrottle``), the
+    one over the rate is refused (429) with the reason."""
+    if request.method == "POST":
+        reason = refused(SignupThrottle(), request, "sign-ups from your address")
+        if reason is not None:
+            context = {"form": SignupForm(), "refused": reason}
+            return render(request, "accounts/signup.html", context, status=429)
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()

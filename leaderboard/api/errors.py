@@ -10,6 +10,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from leaderboard.request_errors import REQUEST_SIZE_ERRORS, request_size_reason
+
 
 def _first_message(detail) -> str:
     if isinstance(detail, dict):
@@ -28,9 +30,19 @@ INTERNAL_ERROR_MESSAGE = (
 )
 
 
+class RequestTooLarge(exceptions.APIException):
+    """Django refused the request's size (too many fields or files, a field too large)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "request_too_large"
+
+
 def error_body_handler(exc, context):
-    """DRF's handler with the one error body; an exception DRF does not know is an internal error:
-    logged with its traceback and answered 500 with the same body (never the HTML error page)."""
+    """DRF's handler with the one error body; Django's request-size errors are 400 with their
+    reason; an exception DRF does not know is an internal error: logged with its traceback and
+    answered 500 with the same body (never the HTML error page)."""
+    if isinstance(exc, REQUEST_SIZE_ERRORS):
+        exc = RequestTooLarge(request_size_reason(exc))
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}

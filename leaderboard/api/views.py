@@ -19,7 +19,7 @@ from rest_framework.decorators import (
 )
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
@@ -40,6 +40,7 @@ from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.submissions.queueing import cancel
+from leaderboard.throttles import SubmitThrottle
 from leaderboard.tracks import compare, ranking
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.phases import shown_result
@@ -58,15 +59,6 @@ class TrackFilter(filters.FilterSet):
     class Meta:
         model = Track
         fields = ["backend", "weight_bits", "activation_bits"]
-
-
-class SubmitThrottle(UserRateThrottle):
-    """Rate of submissions (POST) per user; reads are not counted."""
-
-    scope = "submit"
-
-    def allow_request(self, request, view) -> bool:
-        return request.method in SAFE_METHODS or super().allow_request(request, view)
 
 
 def _paginated(request, items, serializer_class) -> Response:
@@ -216,8 +208,10 @@ def compare_entries(request, slug: str):
 
 
 def _visible(request, pk: int) -> Submission:
+    """Submission ``pk`` if the viewer may see it: their own, any for staff, else only a finished
+    entry that is neither hidden nor disqualified."""
     mine = Q(user=request.user) if request.user.is_authenticated else Q(pk__in=[])
-    public = Q(status=Status.DONE, hidden=False)
+    public = Q(status=Status.DONE, hidden=False, disqualified=False)
     queryset = Submission.objects.select_related("track", "team", "user", "evaluation")
     submission = queryset.filter(Q(pk=pk) & (mine | public)).first()
     if submission is None and request.user.is_staff:

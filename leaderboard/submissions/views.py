@@ -18,12 +18,23 @@ from leaderboard.submissions.intake import accept
 from leaderboard.submissions.metadata import metadata, method_names
 from leaderboard.submissions.models import Kind, Status, Submission
 from leaderboard.submissions.queueing import cancel, queue_state
+from leaderboard.throttles import SubmitThrottle, refused
 from leaderboard.tracks.phases import shown_result
 from leaderboard.tracks.views import bundle_folder
+
+SUBMISSIONS = "submissions (through the API and this form together)"
 
 
 @login_required
 def submit(request):
+    """The submission form; a POST counts against the API's submission rate (``SubmitThrottle``)
+    and is refused (429, with the reason, before the upload is read) once it is used up."""
+    if request.method == "POST":
+        reason = refused(SubmitThrottle(), request, SUBMISSIONS)
+        if reason is not None:
+            context = {"form": SubmitForm(initial=request.GET.dict()), "refused": reason,
+                       "method_names": method_names()}  # fmt: skip
+            return render(request, "submissions/submit.html", context, status=429)
     form = SubmitForm(request.POST or None, request.FILES or None, initial=request.GET.dict())
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -53,14 +64,18 @@ def submit(request):
 
 
 def visible_submission(request, pk: int) -> tuple[Submission, bool]:
-    """The submission and whether the viewer owns it; others see only finished, shown entries."""
+    """The submission and whether the viewer owns it (maintainers count as owners); others see
+    only finished entries that are neither hidden nor disqualified (README: those stay visible
+    to their owner and to maintainers only)."""
     submission = get_object_or_404(
         Submission.objects.select_related("track", "team", "user", "evaluation"), pk=pk
     )
     owner = request.user.is_authenticated and (
         submission.user_id == request.user.pk or request.user.is_staff
     )
-    public = submission.status == Status.DONE and not submission.hidden
+    public = (
+        submission.status == Status.DONE and not submission.hidden and not submission.disqualified
+    )
     if not (owner or public):
         raise Http404("no such submission")
     return submission, owner
@@ -115,8 +130,11 @@ def reproduction(submission: Submission) -> dict | None:
 
 
 def baseline_artifact(request, pk: int):
-    """The stored artifact a baseline was scored as (a checkpoint zip or an ONNX file)."""
-    submission = get_object_or_404(Submission, pk=pk, is_baseline=True, status=Status.DONE)
+    """The stored artifact a baseline was scored as (a checkpoint zip or an ONNX file); a hidden
+    or disqualified baseline's only to maintainers (``visible_submission``)."""
+    submission, _ = visible_submission(request, pk)
+    if not (submission.is_baseline and submission.status == Status.DONE):
+        raise Http404("no finished baseline with this id")
     if not submission.artifact:
         raise Http404("this baseline keeps no artifact (it is the FP32 reference model)")
     name = submission.artifact.name.rsplit("/", 1)[-1]

@@ -49,8 +49,11 @@ def parse_ids(values: list[str]) -> list[int]:
 
 def comparable(track: Track, ids: list[int], user) -> list[Evaluation]:
     """The evaluations of submissions ``ids`` on ``track``, in the order given: finished, shown
-    entries (the FP32 reference row included), or any of the viewer's own (all for staff)."""
-    visible = Q(submission__status=Status.DONE, submission__hidden=False)
+    entries (the FP32 reference row included; neither hidden nor disqualified), or any of the
+    viewer's own (all for staff)."""
+    visible = Q(
+        submission__status=Status.DONE, submission__hidden=False, submission__disqualified=False
+    )
     if user.is_authenticated:
         visible |= Q() if user.is_staff else Q(submission__user=user)
     found = {

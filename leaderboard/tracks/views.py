@@ -159,8 +159,10 @@ def leaderboard_options(params) -> dict:
 
 
 def parse_as_of(text: str) -> datetime | None:
-    """The moment of ``?as_of=``: a date (the end of that day, UTC) or an ISO date-time (UTC
-    unless it names its zone); None when empty; a ValidationError says what is accepted."""
+    """The moment of ``?as_of=``, in UTC: a date (the end of that day) or an ISO date-time (UTC
+    unless it names its zone; one whose UTC time falls outside years 1 to 9999, such as
+    0001-01-01T00:00:00+01:00, is the earliest or latest moment there is: before every entry or
+    after all of them); None when empty; a ValidationError says what is accepted."""
     if not text:
         return None
     try:
@@ -175,7 +177,16 @@ def parse_as_of(text: str) -> datetime | None:
         raise ValidationError(
             {"as_of": f"{text!r} is not a date (YYYY-MM-DD) or an ISO date-time"}
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (
+            datetime.min.replace(tzinfo=UTC)
+            if moment.year == 1
+            else datetime.max.replace(tzinfo=UTC)
+        )
 
 
 def board_context(track: Track, params) -> dict:

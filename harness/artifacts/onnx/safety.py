@@ -218,7 +218,7 @@ def _check_size(path: Path, max_bytes: int) -> int:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise OnnxVerificationError(f"ONNX file {path} does not exist") from None
+        raise OnnxVerificationError(f"ONNX file {path.name} does not exist") from None
     if size > max_bytes:
         raise OnnxVerificationError(
             f"ONNX file is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.1f} MiB"
@@ -287,18 +287,27 @@ def check_containers(model: onnx.ModelProto) -> None:
 
 
 def _tensors(model: onnx.ModelProto):
-    graph = model.graph
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
+    """Every TensorProto anywhere in ``model`` — initializers, sparse values and indices, node
+    attributes (dense and sparse), training-info graphs, … — found by walking every message
+    field the protobuf holds, so no place a tensor can sit is left out."""
+    stack: list = [model]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, TensorProto):
+            yield message
+            continue
+        for field, value in message.ListFields():
+            if field.message_type is None:  # a scalar, string or bytes field
+                continue
+            if hasattr(value, "ListFields"):  # one message
+                stack.append(value)
+            else:  # a repeated field of messages
+                stack.extend(value)
 
 
 def check_external_data(model: onnx.ModelProto) -> None:
+    """Refuse any tensor that keeps its data outside the file (weights must be inside the
+    upload): checked before anything resolves a location, so no path on the worker is read."""
     for tensor in _tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
