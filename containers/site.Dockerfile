@@ -14,4 +14,5 @@ RUN pip install . && useradd --system --uid 10001 --home /srv medquant \
     && chown -R medquant /srv/var
 USER medquant
 EXPOSE 8000
-CMD ["gunicorn", "leaderboard.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4"]
+# threaded workers, stated timeouts, a memory limit per worker (leaderboard/gunicorn_conf.py)
+CMD ["gunicorn", "-c", "python:leaderboard.gunicorn_conf", "leaderboard.wsgi"]
