@@ -55,7 +55,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         default=PROTOCOL_PAIRS,
         help=f"interleaved FP32/entry pairs of the latency protocol at most (at least "
         f"{MIN_PAIRS}; default {PROTOCOL_PAIRS}; it stops sooner once the speed-up interval is "
-        f"{PROTOCOL_CI_WIDTH:.0%} of the speed-up wide): fewer time a large network sooner, "
+        f"{PROTOCOL_CI_WIDTH:.0%}% of the speed-up wide): fewer time a large network sooner, "
         "for a wider interval",
     )
     p.add_argument(

@@ -23,6 +23,9 @@ starting sides count equally), the protocol stops once the interval's relative w
 A quiet machine stops at ``MIN_PAIRS``, a noisy one keeps timing up to the maximum. (Stopping on
 the interval makes its coverage slightly optimistic, as any data-dependent stopping rule does; the
 minimum of ``MIN_PAIRS`` pairs bounds how early a lucky run can stop.)
+
+numpy (like torch) is imported by the functions that compute: the protocol's settings are read by
+command-line parsers that start without either.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROTOCOL_WARMUP = 2
 """Untimed calls of each network before the pairs: the first call of a compiled network pays
@@ -82,6 +86,8 @@ def time_calls(call: Callable[[], object], warmup: int, runs: int) -> list[float
 
 def latency_stats(seconds: Sequence[float]) -> dict:
     """Median and p95 (linear interpolation) in milliseconds, with the number of runs."""
+    import numpy as np
+
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     return {
         "median_ms": float(np.median(ms)),
@@ -92,6 +98,8 @@ def latency_stats(seconds: Sequence[float]) -> dict:
 
 def spread_stats(seconds: Sequence[float]) -> dict:
     """Median, quartiles and interquartile range in milliseconds (linear interpolation)."""
+    import numpy as np
+
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     if ms.size == 0:
         raise HarnessError("no timings to summarise")
@@ -158,6 +166,8 @@ def relative_width(speedup: Mapping[str, Any]) -> float:
 
 def pair_fastest(times: Sequence[Sequence[float]]) -> np.ndarray:
     """The fastest call of each pair (seconds), one per pair."""
+    import numpy as np
+
     if not times or not all(len(pair) for pair in times):
         raise HarnessError("every pair needs at least one timing per side")
     fastest = np.array([min(pair) for pair in times], dtype=np.float64)
@@ -179,6 +189,8 @@ def speedup_interval(
     entry is faster), i.e. the ratio of the two ``median_ms`` the protocol reports, with the
     percentile interval of that ratio over bootstrap resamples of whole pairs. ``median`` is the
     point estimate (the name of the result document's field)."""
+    import numpy as np
+
     if len(fp32) != len(entry) or not fp32:
         raise HarnessError("speed-up needs equally many FP32 and entry pairs, at least one")
     a, b = pair_fastest(fp32), pair_fastest(entry)
