@@ -46,8 +46,9 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+## BENCHMARK_ARGS: extra options (the CI smoke run, tests/test_benchmarks.py, passes --cases 1)
 benchmark: venv demo
-	$(PY) benchmarks/harness_overhead.py --demo $(DEMO)
+	$(PY) benchmarks/harness_overhead.py --demo $(DEMO) $(BENCHMARK_ARGS)
 
 ## Retrain the shipped demo checkpoints with the settings recorded in their model.json
 demo-models: venv

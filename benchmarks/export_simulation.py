@@ -13,7 +13,7 @@ put UNETR's file 0.009-0.010 DSC below the scheme's simulation (UNet, SegResNet 
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -35,7 +35,10 @@ def _mean_dsc(run: EvaluationRun) -> float:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="export_sim_"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", help="work folder (default: a new temporary one)")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="export_sim_"))
     dataset = make_phantoms(out / "dataset", DEMO_CASES, DEMO_SEED)
     print("model | weights | activations | outputs | simulated | exported | Δ | agreement")
     for name, folder in shipped_models().items():

@@ -15,7 +15,11 @@ Two overheads are printed, both as a fraction of the time spent in ``inference``
 Torch runs with ``--threads`` intra-op threads (default 1, leaving this 2-core machine's second
 core to the pipeline's background threads).
 
+``--cases N`` scores only the first N test cases (the CI smoke run, ``tests/test_benchmarks.py``,
+takes 1: it checks that the benchmark runs, not its figures).
+
     python benchmarks/harness_overhead.py [--demo DIR] [--model NAME] [--scheme SCHEME]
+        [--cases N]
 """
 
 from __future__ import annotations
@@ -39,14 +43,24 @@ from reference_methods.simulator.scheme import QuantConfig, quantize
 TARGET = 0.15
 
 
-def measure(spec: TrackSpec, submission: Submission) -> tuple[dict[str, float], float]:
-    """Busy seconds per stage and wall seconds of one submission on a freshly opened track (the
-    FP32 reference run is not included)."""
+def measure(
+    spec: TrackSpec, submission: Submission, cases: int | None
+) -> tuple[dict[str, float], float]:
+    """Busy seconds per stage and wall seconds of one submission on a freshly opened track, scored
+    on its first ``cases`` test cases (all when None; the FP32 reference run is not included)."""
     start = time.perf_counter()
     track = LoadedTrack.open(spec)
     timer = StageTimer()
     opened = open_submission(track, submission, timer)
-    run = track.run(opened.network, progress=False, desc=submission.label)
+    run = evaluate_cases(
+        opened.network,
+        track.model_spec,
+        track.test_cases[:cases],
+        track.dataset.labels,
+        spec.nsd_tolerance_mm,
+        nsd_definition=spec.nsd_definition,
+        label_lut=track.label_lut,
+    )
     wall = time.perf_counter() - start
     return dict(track.timer.seconds) | dict(timer.seconds) | dict(run.timer.seconds), wall
 
@@ -77,7 +91,12 @@ def main() -> None:
     parser.add_argument("--model", default="segresnet", help="shipped demo model")
     parser.add_argument("--scheme", default="w8a8-per-channel")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--cases", type=int, help="score only the first N test cases (default: all)"
+    )
     args = parser.parse_args()
+    if args.cases is not None and args.cases < 1:
+        parser.error(f"--cases must be at least 1, got {args.cases}")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,18 +111,19 @@ def main() -> None:
 
         evaluate_cases(quantized, track.model_spec, track.test_cases[:1], track.dataset.labels, 2.0)
 
-        n = len(track.test_cases)
+        n = len(track.test_cases[: args.cases])
         print(
             f"model {track.model_spec.name} ({track.model_spec.architecture}), scheme {args.scheme}"
         )
         print(f"{n} test cases, {len(track.calibration_cases)} calibration cases")
         print(f"torch intra-op threads: {torch.get_num_threads()}, CPU cores: {os.cpu_count()}")
         a = report(
-            "checkpoint submission", *measure(spec, Submission("checkpoint", checkpoint=ckpt))
+            "checkpoint submission",
+            *measure(spec, Submission("checkpoint", checkpoint=ckpt), args.cases),
         )
         b = report(
             "scheme quantized by the harness",
-            *measure(spec, Submission("scheme", scheme=args.scheme)),
+            *measure(spec, Submission("scheme", scheme=args.scheme), args.cases),
         )
         print(f"\nside by side: checkpoint overhead {a:.1%}, scheme overhead {b:.1%} of inference")
 

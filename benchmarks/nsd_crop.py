@@ -15,6 +15,7 @@ to the bounding box of the classes' voxels first. Peak memory is numpy's allocat
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 import tracemalloc
@@ -73,6 +74,7 @@ def measure(run, *args) -> tuple[float, float, dict[int, float]]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     image, label, _ = make_phantom(seed=0, index=0, size="clinical")
     pred = prediction(label, image > BODY_HU, np.random.default_rng(0))
     ids = [int(c) for c in np.unique(label) if c > 0]

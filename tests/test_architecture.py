@@ -224,7 +224,7 @@ def test_a_registered_toy_backend_is_offered_by_the_cli_and_accepted_by_trackspe
 ):
     spec = TrackSpec(model_dir=Path("m"), dataset_dir=Path("d"), backend="toy-cpu")
     assert get_backend(spec.backend) is toy_backend
-    parser = build_parser(["evaluate"])
+    parser = build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--help"])
     assert "toy-cpu" in capsys.readouterr().out

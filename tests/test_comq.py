@@ -239,6 +239,32 @@ def test_both_gram_algorithms_equal_the_explicit_unfold(layer, shape, shifted, m
     torch.testing.assert_close(got, explicit.mT @ explicit, rtol=1e-5, atol=1e-4)
 
 
+TRANSPOSED = [  # (stride, kernel, padding, output padding, dilation) per axis; input size
+    ((2, 2, 2), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), (5, 4, 6)),  # MONAI UNet's up-conv
+    ((2, 2, 2), (2, 2, 2), (0, 0, 0), (0, 0, 0), (1, 1, 1), (3, 5, 4)),  # kernel = stride
+    ((3, 2, 1), (2, 5, 3), (0, 2, 1), (2, 1, 0), (1, 1, 1), (4, 3, 5)),  # kernel < stride
+    ((2, 3, 2), (4, 3, 5), (3, 1, 1), (0, 2, 1), (2, 3, 1), (3, 4, 2)),  # dilation shares stride
+    ((4, 2, 3), (3, 4, 2), (2, 0, 1), (3, 1, 2), (3, 1, 2), (2, 3, 3)),
+    ((1, 1, 2), (3, 1, 3), (2, 0, 0), (0, 0, 1), (1, 1, 1), (4, 2, 3)),  # padding crops
+]
+
+
+@pytest.mark.parametrize("shifted", [True, False], ids=["shifted-products", "unfold"])
+@pytest.mark.parametrize("geometry", TRANSPOSED)
+def test_transposed_gram_equals_the_zero_stuffed_gram(geometry, shifted, monkeypatch):
+    # the phase-by-phase Gram skips the stuffed zeros; X from the zero-stuffed equivalent conv
+    # (``input_columns``) and from one-hot kernels (``_explicit_columns``) gives the same H
+    stride, kernel, padding, output_padding, dilation, size = geometry
+    layer = nn.ConvTranspose3d(3, 2, kernel, stride, padding, output_padding, 1, True, dilation)
+    x = torch.randn(2, 3, *size, generator=_seeded(11))
+    monkeypatch.setattr(gram, "shifted_products_preferred", lambda *args: shifted)
+    got = gram.input_gram(layer, x)
+    stuffed = torch.cat(list(input_columns(layer, x))).double().transpose(0, 1)
+    explicit = _explicit_columns(layer, x).double().transpose(0, 1)
+    torch.testing.assert_close(got, stuffed.mT @ stuffed, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got, explicit.mT @ explicit, rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("dilation", [1, 2, 4, 8, 16])
 def test_shifted_products_regions_do_not_multiply_with_the_dilation(dilation):
     # a boundary segment per box edge, however thick: at most (1 + 2 (k - 1))^3 regions

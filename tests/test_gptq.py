@@ -230,3 +230,18 @@ def test_sequential_fits_later_layers_on_the_partially_quantized_inputs():
         hidden = model[1](sequential[0](calibration[0]))
     expected = gptq.gptq(model[2].weight.detach(), (hidden.T @ hidden).double()[None], 2)
     assert torch.equal(sequential[2].weight_codes, expected.codes)
+
+
+@pytest.mark.parametrize("size", [1, 7, 300])
+def test_the_inverse_factor_is_the_cholesky_factor_of_the_inverse(size):
+    # one Cholesky of H reversed gives the factor GPTQ used to take from chol(inv(chol(H)))
+    generator = torch.Generator().manual_seed(size)
+    x = torch.randn(2 * size, size, generator=generator, dtype=torch.float64)
+    hessian = x.T @ x + 0.01 * torch.eye(size, dtype=torch.float64)
+    upper = gptq.inverse_cholesky_upper(hessian)
+    expected = torch.linalg.cholesky(
+        torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True
+    )
+    assert torch.equal(upper, upper.triu()) and bool((upper.diagonal() > 0).all())
+    torch.testing.assert_close(upper, expected, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(upper.T @ upper @ hessian, torch.eye(size, dtype=torch.float64))

@@ -2,16 +2,21 @@
 the starting side alternating) after warm-up; each side's latency is the median of its per-pair
 fastest calls and the speed-up is exactly FP32's latency over the entry's, its interval a
 bootstrap over pairs that contains it, holds the true ratio and narrows with more pairs; a
-disturbed call does not move it; spread statistics are quartiles in milliseconds."""
+disturbed call does not move it; the protocol stops once the interval is narrow enough (after an
+even number of at least MIN_PAIRS pairs, at most the maximum); spread statistics are quartiles
+in milliseconds."""
 
 import numpy as np
 import pytest
 
 from harness.errors import HarnessError
+from harness.inference import latency
 from harness.inference.latency import (
     MIN_PAIRS,
+    PROTOCOL_CI_WIDTH,
     LatencyProtocol,
     interleaved_pairs,
+    relative_width,
     speedup_interval,
     spread_stats,
 )
@@ -42,6 +47,8 @@ def test_fewer_than_the_minimum_pairs_are_refused():
         LatencyProtocol(unit="per_case")
     with pytest.raises(HarnessError, match="one call"):
         LatencyProtocol(burst=0)
+    with pytest.raises(HarnessError, match="width to stop at"):
+        LatencyProtocol(ci_width=0.0)
 
 
 def test_the_speedup_compares_the_fastest_calls_and_ignores_disturbed_ones():
@@ -128,8 +135,21 @@ def test_measure_reports_the_result_document_shape():
         threads=1, warmup=1, pairs=MIN_PAIRS, burst=2, unit="per_patch_batch"
     )
     report = protocol.measure(lambda: sum(range(20000)), lambda: sum(range(2000)))
-    assert set(report) == {"threads", "warmup", "pairs", "entry", "fp32", "speedup", "unit"}
+    assert set(report) == {
+        "threads",
+        "warmup",
+        "pairs",
+        "max_pairs",
+        "entry",
+        "fp32",
+        "speedup",
+        "ci_width",
+        "target_ci_width",
+        "unit",
+    }
     assert (report["threads"], report["warmup"], report["pairs"]) == (1, 1, MIN_PAIRS)
+    assert (report["max_pairs"], report["target_ci_width"]) == (MIN_PAIRS, PROTOCOL_CI_WIDTH)
+    assert report["ci_width"] == pytest.approx(relative_width(report["speedup"]))
     assert report["unit"] == "per_patch_batch"
     for side in ("entry", "fp32"):
         assert set(report[side]) == {"median_ms", "iqr_ms", "p25_ms", "p75_ms"}
@@ -137,3 +157,64 @@ def test_measure_reports_the_result_document_shape():
     low, high = report["speedup"]["ci95"]
     assert low <= report["speedup"]["median"] <= high
     assert report["speedup"]["median"] > 1  # the "entry" does a tenth of the work
+
+
+class _Clock:
+    """A clock the timed calls advance by the durations they are given (the protocol reads it
+    through ``time.perf_counter``), so the stopping rule sees exactly these timings."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def call(self, durations) -> object:
+        durations = iter(durations)
+
+        def run() -> None:
+            self.now += next(durations)
+
+        return run
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    return clock
+
+
+def _stream(rng, seconds: float, noise: float):
+    while True:
+        yield seconds * rng.lognormal(0, noise)
+
+
+def test_a_quiet_machine_stops_at_the_minimum_pairs(clock):
+    fp32 = clock.call(iter(lambda: 0.2, None))
+    entry = clock.call(iter(lambda: 0.1, None))
+    report = LatencyProtocol(warmup=1, pairs=40).measure(fp32, entry)
+    assert report["pairs"] == MIN_PAIRS and report["max_pairs"] == 40
+    assert report["ci_width"] == pytest.approx(0.0, abs=1e-9)
+    assert report["speedup"]["median"] == pytest.approx(2.0)
+
+
+def test_a_noisy_machine_takes_the_maximum_pairs(clock):
+    rng = np.random.default_rng(3)
+    fp32, entry = clock.call(_stream(rng, 0.2, 0.5)), clock.call(_stream(rng, 0.1, 0.5))
+    report = LatencyProtocol(warmup=1, pairs=16, burst=1).measure(fp32, entry)
+    assert report["pairs"] == 16 and report["ci_width"] > PROTOCOL_CI_WIDTH
+
+
+def test_the_protocol_stops_at_the_first_even_pair_count_whose_interval_is_narrow_enough(clock):
+    rng = np.random.default_rng(5)
+    fp32_s, entry_s = 0.2 * rng.lognormal(0, 0.03, 60), 0.1 * rng.lognormal(0, 0.03, 60)
+    protocol = LatencyProtocol(warmup=0, pairs=60, burst=1, ci_width=0.04)
+    report = protocol.measure(clock.call(fp32_s), clock.call(entry_s))
+    taken = report["pairs"]
+    assert MIN_PAIRS < taken < 60 and taken % 2 == 0
+    assert report["ci_width"] <= 0.04
+    # no earlier even count of the same timings was narrow enough
+    for n in range(MIN_PAIRS, taken, 2):
+        speedup = speedup_interval([[t] for t in fp32_s[:n]], [[t] for t in entry_s[:n]])
+        assert relative_width(speedup) > 0.04

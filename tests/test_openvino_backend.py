@@ -95,7 +95,7 @@ def test_the_registry_offers_openvino_to_trackspec_and_the_cli(capsys):
     assert backend.unavailable_reason() is None
     assert [k.name for k in backend.artifact_kinds] == ["onnx"]
     TrackSpec(model_dir=Path("m"), dataset_dir=Path("d"), backend="openvino-cpu")
-    parser = build_parser(["evaluate"])
+    parser = build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--help"])
     assert "openvino-cpu" in capsys.readouterr().out

@@ -2,7 +2,8 @@
 everything else derives from (TrackSpec, the CLI, the site's track field, worker queues, accepted
 submission kinds, the quantizer container's output).
 
-A module is imported only when its backend is asked for, so listing names costs nothing. Adding a
+A module is imported only when its backend is asked for, and the protocol (``base``) only when
+``Backend`` or ``OpenedArtifact`` is, so listing names costs nothing. Adding a
 backend is one module with a ``Backend`` subclass named ``BACKEND`` plus one line here.
 
 Depends on: ``harness.artifacts``, ``harness.inference``, ``harness.models`` and
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import TYPE_CHECKING
 
-from harness.backends.base import Backend, OpenedArtifact
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.backends.base import Backend, OpenedArtifact
 
 BACKEND_MODULES: dict[str, str] = {
     "simulated": "harness.backends.simulated",
@@ -26,6 +30,19 @@ BACKEND_MODULES: dict[str, str] = {
 """Track setting → module whose ``BACKEND`` implements it."""
 
 __all__ = ["BACKEND_MODULES", "Backend", "OpenedArtifact", "backend_names", "get_backend"]
+
+
+_BASE_NAMES = ("Backend", "OpenedArtifact")
+"""Re-exported from ``base`` on first use: it imports the artifact checks (and numpy), which a
+command-line parser listing ``backend_names`` does not need."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _BASE_NAMES:
+        from harness.backends import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def backend_names() -> tuple[str, ...]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 
 from harness.cli import analysis, data, evaluate, models, quantize, submit, train
 from harness.errors import HarnessError
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; ``quantize``'s method options are added only when ``argv`` (None: always)
-    asks for that command, since listing them imports every method."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (no command's heavy imports: see ``tests/test_cli_startup``)."""
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -30,7 +28,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     data.register(sub, common)
     train.register(sub, common)
     models.register(sub, common)
-    quantize.register(sub, common, method_options=argv is None or "quantize" in argv)
+    quantize.register(sub, common)
     evaluate.register(sub, common)
     analysis.register(sub, common)
     submit.register(sub, common)
@@ -39,7 +37,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (HarnessError, ValueError) as err:  # ValueError: a method's or scheme's option

@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from harness.backends import backend_names
-from harness.inference.latency import MIN_PAIRS, PROTOCOL_BURST, PROTOCOL_PAIRS
+from harness.inference.latency import (
+    MIN_PAIRS,
+    PROTOCOL_BURST,
+    PROTOCOL_CI_WIDTH,
+    PROTOCOL_PAIRS,
+)
 from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
 
 
@@ -48,8 +53,10 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         "--latency-pairs",
         type=int,
         default=PROTOCOL_PAIRS,
-        help=f"interleaved FP32/entry pairs of the latency protocol (at least {MIN_PAIRS}; "
-        f"default {PROTOCOL_PAIRS}): fewer time a large network sooner, for a wider interval",
+        help=f"interleaved FP32/entry pairs of the latency protocol at most (at least "
+        f"{MIN_PAIRS}; default {PROTOCOL_PAIRS}; it stops sooner once the speed-up interval is "
+        f"{PROTOCOL_CI_WIDTH:.0%}% of the speed-up wide): fewer time a large network sooner, "
+        "for a wider interval",
     )
     p.add_argument(
         "--latency-burst",

@@ -1,9 +1,11 @@
 """``harness quantize``: a reference PTQ method → quantized checkpoint. Its method options, their
-help and the list of methods come from the method registry (``reference_methods.methods``)."""
+help and the list of methods come from the method registry (``reference_methods.methods``), read
+by the parser from a copy as data (``METHOD_OPTIONS_PATH``) so that it starts without torch."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,29 +101,61 @@ def quantize_command(
     return [*argv, "--out", out]
 
 
-def add_method_options(p: argparse.ArgumentParser) -> None:
-    """One flag per registered method option (``--block-size`` for ``block_size``), typed and
-    documented from the config dataclasses; unset flags are not passed to the method."""
+METHOD_OPTIONS_PATH = Path(__file__).with_name("method_options.json")
+"""The registry's method options as data (``method_option_table``), so that the parser, ``harness
+quantize --help`` included, starts without importing the methods and torch; a test checks it
+against the registry (regenerate: ``python -m harness.cli.quantize``)."""
+_PARSERS = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "list": lambda text: tuple(part for part in text.split(",") if part),
+}
+"""Command-line text → value per option kind (as ``MethodOption.parse``)."""
+
+
+def method_option_table() -> dict:
+    """Every registered method and option (kind, default, help, choices, owners), from the method
+    registry: imports the methods, and torch."""
     from reference_methods.methods import METHODS, all_options, methods_with
 
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    for name, option in all_options().items():
+    return {
+        "methods": list(METHODS),
+        "options": {
+            name: {
+                "kind": option.kind.__name__,
+                "required": option.required,
+                "default": None if option.required else option.default,
+                "help": option.help,
+                "choices": list(option.choices) if option.choices else None,
+                "owners": list(methods_with(name)),
+            }
+            for name, option in all_options().items()
+        },
+    }
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per registered method option (``--block-size`` for ``block_size``), typed and
+    documented from ``METHOD_OPTIONS_PATH``; unset flags are not passed to the method."""
+    table = json.loads(METHOD_OPTIONS_PATH.read_text())
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(table['methods'])}")
+    for name, option in table["options"].items():
         flag = "--" + name.replace("_", "-")
-        owners = ", ".join(methods_with(name))
-        text = f"{owners}: {option.help}"
-        if option.choices:
-            text += f" ({' or '.join(option.choices)})"
-        if not option.required and option.default is not None and option.kind is not bool:
-            text += f" (default {option.default})"
-        if option.kind is bool:
+        text = f"{', '.join(option['owners'])}: {option['help']}"
+        if option["choices"]:
+            text += f" ({' or '.join(option['choices'])})"
+        kind, default = option["kind"], option["default"]
+        if not option["required"] and default is not None and kind != "bool":
+            text += f" (default {default})"
+        if kind == "bool":
             p.add_argument(flag, dest=name, action="store_true", default=None, help=text)
         else:
-            p.add_argument(flag, dest=name, type=option.parse, help=text)
+            p.add_argument(flag, dest=name, type=_PARSERS[kind], help=text)
 
 
-def register(sub, common: argparse.ArgumentParser, *, method_options: bool) -> None:
-    """``method_options`` False leaves them out (they import the methods, and torch): for a
-    command line that does not run ``quantize``."""
+def register(sub, common: argparse.ArgumentParser) -> None:
+    """The ``quantize`` command, its scheme flags and every method's option flags."""
     p = sub.add_parser(
         "quantize",
         parents=[common],
@@ -161,6 +195,9 @@ def register(sub, common: argparse.ArgumentParser, *, method_options: bool) -> N
     )
     p.add_argument("--group-size", type=int, help="group-wise weights: inputs per scale")
     p.add_argument("--skip", help="comma-separated module names kept in floating point")
-    if method_options:
-        add_method_options(p)
+    add_method_options(p)
     p.set_defaults(func=cmd_quantize)
+
+
+if __name__ == "__main__":
+    METHOD_OPTIONS_PATH.write_text(json.dumps(method_option_table(), indent=2) + "\n")

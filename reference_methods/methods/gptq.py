@@ -6,7 +6,7 @@ Per layer, with W the (m, n) rows view of the weight and H = X^T X the Gram of i
 column at a time (the Optimal Brain Surgeon update, shared by all output rows):
 
     H <- H + damp * mean(diag H) * I             (dead inputs, H_jj = 0, first get H_jj = 1)
-    U = chol(H^-1)^T   (upper triangular: H^-1 = U^T U)
+    U = chol(H^-1)^T   (upper triangular: H^-1 = U^T U; from one Cholesky of H reversed)
     for j = 1 .. n:    q_j = quant(w_j)           (column j of the current W)
                        e_j = (w_j - q_j) / U_jj
                        w_k <- w_k - e_j U_jk      for every later column k > j,
@@ -99,6 +99,31 @@ def gptq(
     return QuantizedWeight(granularity, torch.cat(codes), scale, group_size=group_size)
 
 
+INVERSE_BLOCK = 256
+"""Columns of L^-1 per triangular solve: each solve skips the rows above its block, where L^-1 is
+zero, so the inverse costs n^3 / 3 multiply-adds instead of a full solve's n^3."""
+
+
+def inverse_cholesky_upper(hessian: torch.Tensor) -> torch.Tensor:
+    """U, upper triangular with a positive diagonal, with H^-1 = U^T U (the Cholesky factor of
+    H^-1) of a symmetric positive definite H, from one Cholesky factorization and one triangular
+    inverse (2 n^3 / 3 multiply-adds) instead of a Cholesky, an inverse and a second Cholesky
+    (4 n^3 / 3), in the same precision: with J the reversal permutation, J H J = L L^T gives
+    H^-1 = (J L^-1 J)^T (J L^-1 J), and J L^-1 J is upper triangular with a positive diagonal,
+    hence that factor. Raises ``torch.linalg.LinAlgError`` where H is not positive definite."""
+    lower = torch.linalg.cholesky(hessian.flip(0, 1))
+    size = len(lower)
+    inverse = torch.zeros_like(lower)
+    for start in range(0, size, INVERSE_BLOCK):
+        stop = min(start + INVERSE_BLOCK, size)
+        unit = torch.zeros(size - start, stop - start, dtype=lower.dtype)
+        unit[: stop - start].fill_diagonal_(1.0)
+        inverse[start:, start:stop] = torch.linalg.solve_triangular(
+            lower[start:, start:], unit, upper=False
+        )
+    return inverse.flip(0, 1)
+
+
 def _gptq_rows(
     weight: torch.Tensor,
     gram: torch.Tensor,
@@ -123,8 +148,7 @@ def _gptq_rows(
     )
     hessian = hessian[order][:, order]
     try:
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-        upper = torch.linalg.cholesky(inverse, upper=True)
+        upper = inverse_cholesky_upper(hessian)
     except torch.linalg.LinAlgError as error:
         raise ValueError(
             f"the damped Gram is not positive definite (damp {damp}): raise damp"

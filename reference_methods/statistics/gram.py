@@ -9,11 +9,17 @@ X @ W_rows^T and ||X W^T - X Q^T||_F^2 = tr((W - Q) H (W - Q)^T):
 - ConvTranspose3d: the equivalent direct convolution (input zero-stuffed by the stride, padded by
   dilation*(k-1) - padding at the start and that + output_padding at the end, stride 1, flipped
   kernel), its columns put back in the transposed weight's (c_in, kd, kh, kw) order.
+The Gram of a ConvTranspose3d is computed without those stuffed zeros: per axis, output voxel o
+takes only the taps a with a d = (o + p) mod s (a phase), and on one phase's outputs the layer is
+a stride-1 conv of x itself with those taps; H is block-diagonal over the phases (a row of X is
+zero off its phase's taps), each block the Gram of such a conv (``_transposed_gram``): every
+output voxel is still one row, but with about k^3 / s^3 of the columns (stride 2, kernel 3: 8
+phases of 1 to 8 taps instead of 27), so the products shrink about s^6-fold.
 Rows come in slabs of the first output axis, at most ``max_values`` numbers at a time, so the full
 N x n matrix of a 3D conv is never materialised. Each chunk's product is float32 over the upper
 block triangle only; H sums the chunks in float64 and is mirrored at the end.
 
-Stride-1 ungrouped convs (and every ConvTranspose3d, through its stride-1 equivalent) can skip the
+Stride-1 ungrouped convs (and every phase of a ConvTranspose3d) can skip the
 receptive fields altogether. Block (a, b) of H, for kernel taps a and b, is the box sum
     H_ab = sum_{q in B(a)} x(q) x(q + d*e)^T,  e = b - a,  B(a) = d*a + [0, O)  (O: output size)
 over the padded input x. With F_e(R) = sum_{q in R} x(q) x(q + d*e)^T and each box B(a) written by
@@ -91,22 +97,19 @@ def input_columns(
 
 def input_gram(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """H (conv groups, n, n) in float64 of ``layer``'s inputs over the batch ``x``: for stride-1
-    ungrouped convs and transposed convs from shifted channel products or from receptive fields,
-    whichever ``shifted_products_preferred`` expects to be faster; else from receptive fields
-    (``input_columns``). Both give the same H up to float32 rounding of the products."""
+    ungrouped convs and each phase of a transposed conv from shifted channel products or from
+    receptive fields, whichever ``shifted_products_preferred`` expects to be faster; else from
+    receptive fields (``input_columns``). All give the same H up to float32 rounding of the
+    products (a transposed conv's equals the Gram of its zero-stuffed ``input_columns``)."""
     x = x.detach().to(torch.float32)
     kind = layer_kind(layer)
     if kind == "conv_transpose3d":
-        stuffed, padding = _equivalent_conv_input(layer, x if x.ndim == 5 else x[None])
-        if shifted_products_preferred(stuffed.shape, layer.kernel_size, padding, layer.dilation):
-            flipped = _flipped_taps(x.shape[-4], layer.kernel_size)
-            gram = _shifted_products_gram(stuffed, layer.kernel_size, padding, layer.dilation)
-            return gram[flipped][:, flipped][None]
-    elif kind == "conv3d" and layer.groups == 1 and tuple(layer.stride) == (1, 1, 1):
+        return _transposed_gram(layer, x if x.ndim == 5 else x[None])[None]
+    if kind == "conv3d" and layer.groups == 1 and tuple(layer.stride) == (1, 1, 1):
         batch = x if x.ndim == 5 else x[None]
-        padding = _padding_pairs(layer)
-        if shifted_products_preferred(batch.shape, layer.kernel_size, padding, layer.dilation):
-            return _shifted_products_gram(batch, layer.kernel_size, padding, layer.dilation)[None]
+        return _stride_one_gram(batch, layer.kernel_size, _padding_pairs(layer), layer.dilation)[
+            None
+        ]
     accumulator = GramAccumulator(*gram_shape(layer)[:2])
     for columns in input_columns(layer, x):
         accumulator.add(columns)
@@ -267,6 +270,96 @@ def _equivalent_conv_input(
         before = d * (k - 1) - p
         padding.append((before, before + extra))
     return stuffed, padding
+
+
+def _stride_one_gram(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    padding: list[tuple[int, int]],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """H (n, n) in float64 of a stride-1 ungrouped conv over the batch ``x`` (B, C, *S): shifted
+    channel products or receptive fields, whichever ``shifted_products_preferred`` expects to be
+    faster."""
+    if shifted_products_preferred(x.shape, kernel, padding, dilation):
+        return _shifted_products_gram(x, kernel, padding, dilation)
+    accumulator = GramAccumulator(1, x.shape[1] * math.prod(kernel))
+    for columns in _conv_columns(x, kernel, (1, 1, 1), padding, dilation, 1, MAX_VALUES):
+        accumulator.add(columns)
+    return accumulator.gram()[0]
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """One axis of one output phase of a transposed conv: the output voxels o with
+    (o + p) mod s = r, which only the taps a with a d mod s = r reach. On them the layer is a
+    stride-1 conv of the input x itself (no zero-stuffing) with ``kernel`` = len(``taps``) taps
+    ``dilation`` d / gcd(d, s) apart and (before, after) ``padding``; sub-kernel tap m is the
+    layer's tap ``taps[m]``."""
+
+    taps: tuple[int, ...]
+    padding: tuple[int, int]
+    dilation: int
+
+
+def _axis_phases(
+    size: int, stride: int, kernel: int, dilation: int, padding: int, output_padding: int
+) -> list[_Phase]:
+    """The phases of one axis of a transposed conv over ``size`` input voxels that some output
+    voxel and some tap reach. Output o takes tap a from input i = (o + p - a d) / s where that is
+    an integer in [0, size); with o + p = r + s t and the residue's taps a_0 + m s / g
+    (g = gcd(d, s)), i = t - q_0 - m d / g, q_0 = (a_0 d - r) / s: a conv over x with the taps
+    in reverse order, one output per t."""
+    outputs = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    step = dilation // math.gcd(dilation, stride)
+    phases = []
+    for residue in range(stride):
+        taps = [a for a in range(kernel) if a * dilation % stride == residue]
+        first = -((residue - padding) // stride)  # t of the first output, ceil((p - r) / s)
+        last = (outputs - 1 + padding - residue) // stride
+        if not taps or last < first:
+            continue
+        shift = (taps[0] * dilation - residue) // stride + step * (len(taps) - 1)  # q_0 + ...
+        before = shift - first  # input i = t - shift + m' d / g for reversed tap m'
+        after = last - shift + step * (len(taps) - 1) + 1 - size
+        phases.append(_Phase(tuple(reversed(taps)), (before, after), step))
+    return phases
+
+
+def _transposed_gram(layer: nn.ConvTranspose3d, x: torch.Tensor) -> torch.Tensor:
+    """H (n, n) in float64 of an ungrouped ConvTranspose3d over the batch ``x`` (B, C, *S),
+    without the products with the zeros a stuffed input would hold: a row of X is non-zero only
+    on the taps of its output voxel's phase (per axis, ``_axis_phases``), so H is block-diagonal
+    over the phases, each block the Gram of a stride-1 conv of x (``_stride_one_gram``) put at its
+    taps' columns (c, a0, a1, a2) of the transposed weight's rows view."""
+    channels, kernel = x.shape[1], layer.kernel_size
+    per_axis = [
+        _axis_phases(size, *geometry)
+        for size, *geometry in zip(
+            x.shape[2:],
+            layer.stride,
+            kernel,
+            layer.dilation,
+            layer.padding,
+            layer.output_padding,
+            strict=True,
+        )
+    ]
+    gram = torch.zeros(
+        channels * math.prod(kernel), channels * math.prod(kernel), dtype=torch.float64
+    )
+    for phase in itertools.product(*per_axis):
+        block = _stride_one_gram(
+            x,
+            tuple(len(p.taps) for p in phase),
+            [p.padding for p in phase],
+            tuple(p.dilation for p in phase),
+        )
+        taps = torch.tensor(list(itertools.product(*(p.taps for p in phase))))
+        flat_taps = (taps[:, 0] * kernel[1] + taps[:, 1]) * kernel[2] + taps[:, 2]
+        columns = (torch.arange(channels)[:, None] * math.prod(kernel) + flat_taps).reshape(-1)
+        gram[columns[:, None], columns[None, :]] = block
+    return gram
 
 
 def _flipped_taps(channels: int, kernel: tuple[int, ...]) -> torch.Tensor:
