@@ -19,6 +19,7 @@ from harness.artifacts.kinds import ARTIFACT_KINDS
 from harness.artifacts.precision import check_for_track
 from harness.backends import Backend, OpenedArtifact, backend_names, get_backend
 from harness.entry.evaluated import Evaluated
+from harness.entry.isolation import run_isolated
 from harness.errors import CheckpointError, SubmissionError
 from harness.scoring.evaluation import EvaluationRun, StageTimer
 from harness.scoring.result import build_result
@@ -159,6 +160,25 @@ def evaluate_submission(
         public_fraction=track.spec.public_fraction,
     )
     return Evaluated(result, run, submission.artifact)
+
+
+def evaluate_untrusted(
+    track: LoadedTrack,
+    submission: Submission,
+    *,
+    about: Mapping | None = None,
+    on_stage: StageCallback | None = None,
+) -> dict:
+    """``evaluate_submission``'s result document for an uploaded artifact, evaluated in a child
+    process (``harness.entry.isolation``): an engine crash is the artifact's fault. What every
+    evaluation of the track reads (the FP32 run and export, the calibration patches, the
+    latency volume) is computed first, here, so that the worker keeps it for the next one."""
+    track.warm()
+
+    def work(stage: Callable[[str], None]) -> dict:
+        return evaluate_submission(track, submission, about=about, on_stage=stage).result
+
+    return run_isolated(work, engine=track.spec.backend, on_stage=on_stage)
 
 
 def _efficiency(track: LoadedTrack, opened: OpenedArtifact) -> dict | None:

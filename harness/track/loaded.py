@@ -120,6 +120,18 @@ class LoadedTrack:
                 )
         return self.__dict__["_fp32_run"]
 
+    def warm(self) -> None:
+        """Compute now what every evaluation of an upload reads — the FP32 run, the calibration
+        patches, the FP32 file size, and where the backend needs them the latency volume and
+        the reference graph — so that a process forked afterwards (``harness.entry.isolation``)
+        starts with them and this one keeps them."""
+        self.reference_run()
+        needed = ["calibration", "fp32_size_bytes"]
+        needed += ["latency_volume"] if self.backend.measures_latency else []
+        needed += ["fp32_graph"] if self.backend.scores("onnx") else []
+        for name in needed:
+            getattr(self, name)
+
     @cached_property
     def latency_volume(self) -> torch.Tensor:
         """The first test case, preprocessed (its label is never read): the volume real backends

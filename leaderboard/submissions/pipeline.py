@@ -1,6 +1,6 @@
 """The evaluation of one submission, stage by stage: a thin adapter between a Submission row and
-the harness's three entry points — ``harness.entry.upload.evaluate_submission`` (an upload),
-``harness.entry.baseline.compute_baseline`` (a reference baseline) and
+the harness's three entry points — ``harness.entry.upload.evaluate_untrusted`` (an upload, in
+a child process), ``harness.entry.baseline.compute_baseline`` (a reference baseline) and
 ``harness.entry.container.evaluate_quantizer_container`` (a quantizer container, through
 ``container_runs``) — whose result document it stores as it is, columns from the harness's
 ``ResultSummary``.
@@ -31,7 +31,7 @@ from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.entry.baseline import compute_baseline, compute_reference
 from harness.entry.summary import ResultSummary
 from harness.entry.upload import Submission as HarnessSubmission
-from harness.entry.upload import evaluate_submission
+from harness.entry.upload import evaluate_untrusted
 from harness.errors import SubmissionError
 from harness.models.interface import ONNX_FILE
 from harness.progress import reporting
@@ -118,8 +118,9 @@ def _evaluate(
         return baseline.result
     if submission.kind not in EVALUATED_KINDS:
         raise SubmissionError(f"{submission.get_kind_display()} submissions cannot be evaluated")
-    upload = _upload(submission, workdir)
-    return evaluate_submission(track, upload, about=_about(submission), on_stage=on_stage).result
+    upload = _upload(submission, workdir)  # untrusted: run in a child process (an engine crash
+    # is the artifact's fault, rejected and counted in the quota)
+    return evaluate_untrusted(track, upload, about=_about(submission), on_stage=on_stage)
 
 
 def store_evaluation(

@@ -1,0 +1,133 @@
+"""Untrusted artifacts run in a child process (``harness.entry.isolation``): a file that makes
+OpenVINO die of SIGSEGV (the tiny UNet's INT8 export plus a GatherND whose index lies past its
+data, summed, × 0 and added to the logits) is rejected naming the engine and the signal — on the
+site too, counted in the quota — and the process that asked goes on serving; an honest file's
+result is the same as in-process, with its steps and stages forwarded."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from leaderboard_fixtures import site_storage
+from onnx import helper, numpy_helper
+
+from harness.artifacts.onnx.int8_scheme import int8_model
+from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT
+from harness.artifacts.onnx.qdq_export import export_qdq
+from harness.entry.isolation import run_isolated
+from harness.entry.upload import Submission, evaluate_submission, evaluate_untrusted
+from harness.errors import SubmissionError
+from harness.progress import reporting
+from harness.track.loaded import LoadedTrack
+from harness.track.spec import TrackSpec
+
+__all__ = ["site_storage"]
+pytestmark = pytest.mark.slow
+OUT_OF_RANGE = 2**31
+"""A GatherND index far past any logits tensor of the tiny track."""
+
+
+@pytest.fixture(scope="module")
+def track(tiny_track) -> LoadedTrack:
+    dataset, model_dir = tiny_track
+    spec = TrackSpec(model_dir=model_dir, dataset_dir=dataset, backend="openvino-cpu",
+                     weight_bits=8, activation_bits=8)  # fmt: skip
+    return LoadedTrack.open(spec)
+
+
+@pytest.fixture(scope="module")
+def files(track, tmp_path_factory) -> dict[str, Path]:
+    """The honest INT8 export and the one that crashes OpenVINO."""
+    root = tmp_path_factory.mktemp("isolation")
+    model = int8_model(track.model, track.calibration)
+    honest = export_qdq(
+        model, track.model_spec, track.calibration, root / "int8.onnx",
+        placement=OPENVINO_PLACEMENT,
+    )  # fmt: skip
+    graph = onnx.load(honest)
+    logits = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = ["logits_orig" if o == logits else o for o in node.output]
+    graph.graph.initializer.extend([
+        numpy_helper.from_array(np.array([[OUT_OF_RANGE]], dtype=np.int64), "past_the_end"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ])  # fmt: skip
+    graph.graph.node.extend([
+        helper.make_node("GatherND", ["logits_orig", "past_the_end"], ["gathered"]),
+        helper.make_node("ReduceSum", ["gathered"], ["summed"], keepdims=0),
+        helper.make_node("Mul", ["summed", "zero"], ["nothing"]),
+        helper.make_node("Add", ["logits_orig", "nothing"], [logits]),
+    ])  # fmt: skip
+    crash = root / "crash.onnx"
+    onnx.save(graph, crash)
+    return {"honest": honest, "crash": crash}
+
+
+def test_an_engine_crash_is_the_artifacts_fault_and_the_caller_serves_on(track, files):
+    with pytest.raises(SubmissionError) as rejected:
+        evaluate_untrusted(track, Submission("onnx", onnx=files["crash"]))
+    assert str(rejected.value).startswith(
+        "the openvino-cpu engine crashed running this artifact (SIGSEGV)"
+    )
+    # this process is alive and evaluates the next file
+    result = evaluate_untrusted(track, Submission("onnx", onnx=files["honest"]))
+    assert result["summary"]["mean_dsc"] >= 0
+
+
+def test_an_honest_file_scores_as_in_process_with_steps_and_stages_forwarded(track, files):
+    steps, stages = [], []
+    with reporting(lambda stage, done, total: steps.append((stage, done, total))):
+        isolated = evaluate_untrusted(
+            track, Submission("onnx", onnx=files["honest"]), on_stage=stages.append
+        )
+    direct = evaluate_submission(track, Submission("onnx", onnx=files["honest"])).result
+    assert isolated["cases"] == direct["cases"] and isolated["summary"] == direct["summary"]
+    assert stages == ["running"]
+    assert steps and steps[-1][1:] == (len(track.test_cases), len(track.test_cases))
+
+
+def test_what_the_child_raises_comes_back_as_what_it_means():
+    def rejects(stage):
+        raise SubmissionError("4-bit weights on an 8-bit track")
+
+    with pytest.raises(SubmissionError, match="4-bit weights on an 8-bit track"):
+        run_isolated(rejects, engine="test")
+
+    def our_bug(stage):
+        raise KeyError("summary")
+
+    with pytest.raises(RuntimeError, match="KeyError: 'summary'") as failed:
+        run_isolated(our_bug, engine="test")
+    assert not isinstance(failed.value, SubmissionError)  # our bug: failed, not rejected
+
+
+def test_the_site_rejects_the_crash_and_counts_it_in_the_quota(
+    tiny_track, site_storage, django_user_model, files
+):
+    from rest_framework.test import APIClient
+
+    from leaderboard.accounts.models import ApiToken
+    from leaderboard.submissions import pipeline
+    from leaderboard.submissions.models import Status, Submission
+    from leaderboard.tracks.seeding import create_track, import_dataset, import_model
+
+    dataset_dir, model_dir = tiny_track
+    track = create_track(
+        import_dataset(dataset_dir, slug="tiny"), import_model(model_dir), weight_bits=8,
+        activation_bits=8, backend="openvino-cpu", bits_per_weight_budget=9,
+    )  # fmt: skip
+    user = django_user_model.objects.create_user("mallory", password="pw-mallory-123")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiToken.issue(user, 'test')[1]}")
+    with files["crash"].open("rb") as upload:
+        created = client.post(
+            "/api/v1/submissions/",
+            {"track": track.slug, "kind": "onnx", "method": "crash", "artifact": upload},
+            format="multipart",
+        )
+    assert created.status_code == 201, created.json()
+    assert pipeline.run(created.json()["id"]) == Status.REJECTED
+    row = Submission.objects.get(pk=created.json()["id"])
+    assert row.error.startswith("the openvino-cpu engine crashed running this artifact (SIGSEGV)")
+    assert Submission.objects.counted_for_quota(user, track).count() == 1
