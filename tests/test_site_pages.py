@@ -165,7 +165,8 @@ def test_submit_form_queues_the_checkpoint_and_my_submissions_refreshes_while_pe
     mine = client.get(reverse("my-submissions")).content.decode()
     assert 'http-equiv="refresh"' not in mine and "status-done" in mine
     status = client.get(reverse("submission-status", args=[submission.pk])).json()
-    assert status == {"id": submission.pk, "status": "done", "error": "", "pending": False}
+    assert status == {"id": submission.pk, "status": "done", "error": "", "pending": False,
+                      "queue": None}  # fmt: skip
 
 
 def test_submission_page_shows_logs_to_its_owner_only(client, alice, tiny_tracks, tiny_checkpoints):
