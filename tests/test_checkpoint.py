@@ -349,6 +349,17 @@ def test_non_finite_or_non_positive_scales_are_refused(ckpt, buffer, value, prob
     assert _refusal(ckpt) == f"layer '{UP}': {buffer} has {problem} values"
 
 
+@pytest.mark.parametrize(("value", "problem"), [(1e300, "non-finite"), (1e-320, "non-positive")])
+def test_float64_scales_are_judged_as_the_float32_they_are_computed_in(ckpt, value, problem):
+    def spoil(tensors):
+        scale = tensors[f"{UP}.weight_scale"].to(torch.float64)
+        scale.view(-1)[0] = value
+        tensors[f"{UP}.weight_scale"] = scale
+
+    _edit_tensors(ckpt, spoil)
+    assert _refusal(ckpt) == f"layer '{UP}': weight_scale has {problem} values"
+
+
 def test_static_scales_declared_dynamic_are_refused(ckpt):
     def as_dynamic(manifest):
         manifest["layers"][UP].update(activation_scale="dynamic")

@@ -173,6 +173,19 @@ def _zero_scale(data: bytes, model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
 
 
+def _float64_scale(value: float):
+    """A weight DequantizeLinear's scale stored as float64 ``value``."""
+
+    def spoil(data: bytes, model: onnx.ModelProto) -> bytes:
+        tensor = _initializer(model, _weight_dq(model, _first_conv(model)).input[1])
+        values = numpy_helper.to_array(tensor).astype(np.float64)
+        values.reshape(-1)[0] = value
+        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+        return model.SerializeToString()
+
+    return spoil
+
+
 def _computed_weight(data: bytes, model: onnx.ModelProto) -> bytes:
     conv = _first_conv(model)
     doubled = conv.input[1] + "_doubled"
@@ -248,6 +261,10 @@ REJECTED = [
     ("undefined-tensor", _undefined_input, W8A8, ["reads tensor 'ghost'"]),
     ("missing-dq-scale", _missing_scale, W8A8, ["DequantizeLinear node '", "no scale input"]),
     ("zero-scale", _zero_scale, W8A8, ["holds zero, negative or non-finite"]),
+    # a float64 scale (1e300 is inf, 1e-320 is 0 in the float32 engines compute in) is not a type
+    # DequantizeLinear takes
+    ("float64-scale-1e300", _float64_scale(1e300), W8A8, ["has unsupported type: tensor(double)"]),
+    ("float64-scale-1e-320", _float64_scale(1e-320), W8A8, ["unsupported type: tensor(double)"]),
     ("computed-weight", _computed_weight, W8A8, ["produced by Mul node 'scaler'"]),
     ("float-activations-on-a8", _float_activations, W8A8, ["input 'image' is not quantized"]),
     (

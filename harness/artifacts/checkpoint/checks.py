@@ -99,6 +99,10 @@ def integer_range(name: str, buffer: str, values: torch.Tensor) -> tuple[int, in
 
 
 def check_finite(label: str, tensor: torch.Tensor, positive: bool) -> None:
+    """Finite (and positive) as the float32 the simulator computes in: a float64 1e300 is inf
+    there, a 1e-320 is 0."""
+    if tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
     if not torch.isfinite(tensor).all():
         raise CheckpointError(f"{label} has non-finite values")
     if positive and not (tensor > 0).all():
