@@ -73,8 +73,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--closes-at",
             type=_moment,
-            help="the deadline: when the phase closes and the private ranking is published "
-            "(ISO 8601, e.g. 2027-03-01T12:00Z; default: open-ended)",
+            help="the deadline: submissions close then (ISO 8601, e.g. 2027-03-01T12:00Z; "
+            "default: open-ended)",
         )
 
     def handle(
