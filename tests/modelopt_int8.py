@@ -31,7 +31,9 @@ def modelopt_int8(fp32: Path, batches: list[np.ndarray], input_name: str, out: P
     patches = out.with_suffix(".patches.npy")
     np.save(patches, np.concatenate(batches).astype(np.float32))
     command = [sys.executable, "-c", _CHILD, str(source), str(patches), input_name, str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=out.parent
+    )  # in the output's folder: the temporary files ORT's tools leave in the cwd go there
     if done.returncode != 0 or not out.is_file():
         raise RuntimeError(f"ModelOpt INT8 failed ({done.returncode}): {done.stderr[-2000:]}")
     return out
