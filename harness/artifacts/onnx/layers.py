@@ -268,7 +268,7 @@ def _constant_quantize(
     return elem, codes
 
 
-def input_quantizer(op: WeightedOp, index: GraphIndex) -> onnx.NodeProto | None:
+def _input_quantizer(op: WeightedOp, index: GraphIndex) -> onnx.NodeProto | None:
     """The DequantizeLinear whose integer grid ``op``'s activation input lies on, through
     grid-preserving ops (``GraphIndex.grid_sources``): the one it copies, or the first of several
     (a Concat's inputs) that share one per-tensor grid -- the same scale, zero-point and integer
@@ -300,7 +300,7 @@ def _per_tensor_grid(node: onnx.NodeProto, index: GraphIndex) -> tuple | None:
 
 def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
     """Bits of the quantizer feeding ``op``'s activation input, None when it is float."""
-    producer = input_quantizer(op, index)
+    producer = _input_quantizer(op, index)
     if producer is None:
         return None
     found = _quantizer_bits(producer, index)
@@ -310,7 +310,7 @@ def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
 def _activation_grid(op: WeightedOp, index: GraphIndex) -> str | None:
     """``symmetric`` or ``asymmetric`` grid of the quantizer feeding ``op``'s activation input
     (None when it is float): read from its zero-point and integer type."""
-    producer = input_quantizer(op, index)
+    producer = _input_quantizer(op, index)
     if producer is None:
         return None
     found = _quantizer_bits(producer, index)
