@@ -194,3 +194,30 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "missing dataset description" in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_tracks_settings_from_the_command_line(demo, tmp_path, capsys):
+    """Budget, granularities, division and accuracy gate given to ``harness evaluate`` are the
+    track's: a W8A8 per-channel checkpoint (8 bits + a float32 scale per channel) is refused
+    under a budget of 8.01 bits per weight and on a per-tensor-only track, and scored on an open
+    track with a 0.5 gate."""
+    track = LoadedTrack.open(
+        TrackSpec(model_dir=demo / "models" / "unet", dataset_dir=demo / "dataset")
+    )
+    quantized = quantize(
+        track.model, QuantConfig.from_scheme("w8a8-per-channel"), track.calibration
+    )
+    save_checkpoint(quantized, tmp_path / "ckpt")
+    args = ["--dataset", str(demo / "dataset"), "--model", str(demo / "models" / "unet"),
+            "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "r.json"),
+            "--weight-bits", "8", "--activation-bits", "8"]  # fmt: skip
+    for extra, message in [
+        (["--bits-per-weight-budget", "8.01"], "this track's budget is 8.01 bits per weight"),
+        (["--granularities", "per-tensor"], "allowed: per-tensor"),
+    ]:
+        assert run_cli("evaluate", *args, *extra) == 2
+        assert message in capsys.readouterr().err
+    assert run_cli("evaluate", *args, "--division", "open", "--accuracy-gate", "0.5") == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["submission"]["precision"]["division"] == "open"
+    assert result["summary"]["accuracy_gate"]["min_fraction_of_fp32"] == 0.5

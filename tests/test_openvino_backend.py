@@ -121,6 +121,22 @@ def test_an_upload_is_verified_then_runs_under_the_inferer_as_its_graph_says(tra
     assert torch.allclose(fp32, predict_probabilities(track.model, volume, window), atol=1e-4)
 
 
+def test_an_upload_carries_openvinos_deviation_from_ort_and_is_refused_beyond_the_bound(
+    track, files, monkeypatch
+):
+    """The engine check on an upload: OpenVINO's logits on the first calibration patch against
+    ONNX Runtime's on the same file, recorded; beyond ``ENGINE_DEVIATION`` the upload is refused
+    naming it (the real files OpenVINO runs off ORT: ``test_peer_toolkits``)."""
+    from harness.entry import engine_agreement
+
+    result = evaluate_submission(track, Submission("onnx", onnx=files["int8"])).result
+    deviation = result["submission"]["precision"]["engine_deviation"]
+    assert 0 < deviation <= engine_agreement.ENGINE_DEVIATION
+    monkeypatch.setattr(engine_agreement, "ENGINE_DEVIATION", deviation / 2)
+    with pytest.raises(SubmissionError, match=rf"by {deviation:.3f} \(mean \|Δ logit\|"):
+        evaluate_submission(track, Submission("onnx", onnx=files["int8"]))
+
+
 def test_fp32_upload_on_an_int8_track_is_refused_by_the_verifier(track, files):
     with pytest.raises(SubmissionError, match="DequantizeLinear"):
         get_backend("openvino-cpu").open(files["fp32"], track.checks())

@@ -13,6 +13,7 @@ from harness.inference.latency import (
     PROTOCOL_PAIRS,
 )
 from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
+from harness.track.spec import DEFAULT_ACCURACY_GATE, DIVISIONS
 
 
 def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path") -> None:
@@ -33,7 +34,9 @@ def add_track_args(p: argparse.ArgumentParser, out_help: str = "result JSON path
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
-    """The track's backend (choices from the backend registry) and its precision limits."""
+    """The track's backend (choices from the backend registry), its precision limits and the
+    rest of its settings: budget, division, float-MAC allowance, granularities, accuracy gate and
+    latency protocol."""
     p.add_argument("--backend", choices=backend_names(), default="simulated")
     p.add_argument("--weight-bits", type=int, help="track limit on weight bits")
     p.add_argument("--activation-bits", type=int, help="track limit on activation bits")
@@ -42,6 +45,33 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="share of weighted-op MACs an ONNX file may keep with float weights",
+    )
+    p.add_argument(
+        "--bits-per-weight-budget",
+        type=float,
+        help="most effective bits per weight an artifact may store (default: weight bits + "
+        "0.5); e.g. 16.1 for ModelOpt's fp16-stored weights",
+    )
+    p.add_argument(
+        "--division",
+        choices=DIVISIONS,
+        default=DIVISIONS[0],
+        help="closed: post-training quantization only (weights within reach of FP32); "
+        "open: any weights",
+    )
+    p.add_argument(
+        "--granularities",
+        type=granularity_list,
+        default=(),
+        help="comma-separated granularity labels an entry may have (default: any), e.g. "
+        "per-channel,per-tensor",
+    )
+    p.add_argument(
+        "--accuracy-gate",
+        type=float,
+        default=DEFAULT_ACCURACY_GATE,
+        help=f"an entry passes when its mean DSC is at least this fraction of FP32's "
+        f"(default {DEFAULT_ACCURACY_GATE})",
     )
     p.add_argument(
         "--latency-threads",
@@ -83,8 +113,20 @@ def open_track(args: argparse.Namespace):
         weight_bits=getattr(args, "weight_bits", None),
         activation_bits=getattr(args, "activation_bits", None),
         max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
+        bits_per_weight_budget=getattr(args, "bits_per_weight_budget", None),
+        division=getattr(args, "division", DIVISIONS[0]),
+        granularities=getattr(args, "granularities", ()),
+        accuracy_gate=getattr(args, "accuracy_gate", DEFAULT_ACCURACY_GATE),
         latency_threads=getattr(args, "latency_threads", 1),
         latency_pairs=getattr(args, "latency_pairs", PROTOCOL_PAIRS),
         latency_burst=getattr(args, "latency_burst", PROTOCOL_BURST),
     )
     return LoadedTrack.open(spec)
+
+
+def granularity_list(text: str) -> tuple[str, ...]:
+    """``per-channel,per-tensor`` → ("per-channel", "per-tensor"); an empty list is refused."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected NAME[,NAME...], got {text!r}")
+    return names

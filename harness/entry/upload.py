@@ -3,8 +3,10 @@ checkpoint or an ONNX file — into its result document (see ``harness.scoring.r
 
 The entry point a worker calls for an upload: the artifact is opened by the track's backend, which
 verifies it once and checks its precision against the track by the one precision check before
-the engine loads it (``Backend.open``); then it is scored and measured, reusing the verified
-artifact.
+the engine loads it (``Backend.open``); on an engine other than ONNX Runtime, the engine's output
+on the first calibration patch is compared with ONNX Runtime's on the same file and an upload it
+does not run faithfully is refused (``harness.entry.engine_agreement``); then it is scored and
+measured, reusing the verified artifact.
 ``SubmissionError`` means the artifact is at fault.
 """
 
@@ -18,9 +20,10 @@ from typing import Literal
 from harness.artifacts.kinds import ARTIFACT_KINDS
 from harness.artifacts.precision import check_for_track
 from harness.backends import Backend, OpenedArtifact, backend_names, get_backend
+from harness.entry.engine_agreement import check_engine_agreement
 from harness.entry.evaluated import Evaluated
 from harness.entry.isolation import run_isolated
-from harness.errors import CheckpointError, SubmissionError
+from harness.errors import CheckpointError, HarnessError, SubmissionError
 from harness.scoring.evaluation import EvaluationRun, StageTimer
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
@@ -64,11 +67,14 @@ class Submission:
 
 
 def open_submission(
-    track: LoadedTrack, submission: Submission, timer: StageTimer
+    track: LoadedTrack, submission: Submission, timer: StageTimer, *, own_file: bool = False
 ) -> OpenedArtifact:
     """The network a submission stands for and the precision read from it, checked against the
     track's limits (the FP32 reference has none: its export is checked as the reference network
-    only)."""
+    only); an ONNX file on an engine other than ONNX Runtime with the engine's deviation from
+    ONNX Runtime recorded, and refused beyond the tolerance unless it is the harness's
+    ``own_file`` (a baseline: the engine's own PTQ, or an export whose placement was already
+    chosen by that deviation)."""
     backend = track.backend
     if submission.kind == "fp32" and submission.artifact is None:
         return OpenedArtifact(track.model, FP32_PRECISION | {"size_bytes": track.fp32_size_bytes})
@@ -91,8 +97,29 @@ def open_submission(
     checks = track.checks(_unlimited(track) if submission.kind == "fp32" else None)
     with timer.stage("verify"):
         opened = backend.open(Path(submission.artifact), checks)
-    precision = opened.precision | {"artifact_sha256": opened.verified.sha256}
+        precision = opened.precision | {"artifact_sha256": opened.verified.sha256}
+        if submission.kind == "onnx":
+            deviation = _engine_deviation(track, opened, enforce=not own_file)
+            if deviation is not None:
+                precision["engine_deviation"] = deviation
     return replace(opened, precision=precision)
+
+
+def _engine_deviation(track: LoadedTrack, opened: OpenedArtifact, *, enforce: bool) -> float | None:
+    """The engine's deviation from ONNX Runtime on the file, on the first calibration patch
+    (None on ONNX Runtime itself); with ``enforce``, ``SubmissionError`` beyond the tolerance
+    (``harness.entry.engine_agreement``)."""
+    batches = track.calibration
+    if not batches:
+        raise HarnessError("the track has no calibration patch to check the engine on")
+    return check_engine_agreement(
+        track.backend.name,
+        opened.network,
+        opened.verified.path,
+        batches[0][:1],
+        track.spec.latency_threads,
+        enforce=enforce,
+    )
 
 
 def _unlimited(track: LoadedTrack):
@@ -123,14 +150,16 @@ def evaluate_submission(
     about: Mapping | None = None,
     timings: Mapping[str, float] | None = None,
     on_stage: StageCallback | None = None,
+    own_file: bool = False,
 ) -> Evaluated:
     """Result document of ``submission`` and its run, against ``fp32`` or the track's cached FP32
     reference run. ``about`` is submission metadata (method, scheme label, container) recorded in
     the document's ``submission`` entry; ``timings`` are seconds of stages run before this call
     (a quantizer container, a baseline's quantization). The FP32 reference's torch network is
-    not run again: its row is the track's cached run."""
+    not run again: its row is the track's cached run. ``own_file``: the artifact is the
+    harness's own (a baseline), see ``open_submission``."""
     timer = StageTimer()
-    opened = open_submission(track, submission, timer)
+    opened = open_submission(track, submission, timer, own_file=own_file)
     torch_reference = submission.kind == "fp32" and submission.artifact is None
     if fp32 is None and not torch_reference:
         fp32 = track.fp32_run

@@ -266,6 +266,8 @@ class Track(models.Model):
             except HarnessError as error:
                 raise ValidationError(str(error)) from None
             self._check_labels()
+        if self.closes_at is not None and self.opens_at and self.closes_at <= self.opens_at:
+            raise ValidationError({"closes_at": "the deadline must come after the phase opens"})
         longest = settings.MEDQUANT_LONGEST_TIME_LIMIT_S
         if self.time_limit_s + self.quantizer_timeout_s > longest:
             raise ValidationError(

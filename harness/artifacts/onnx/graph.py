@@ -1,8 +1,16 @@
 """Read-only views of an ONNX graph: producers and constants by tensor name, the weight and
-activation paths of every weighted op (Conv, ConvTranspose, Gemm, MatMul) and its MACs.
+activation paths of every weighted op (Conv, ConvTranspose, Gemm, MatMul), the quantizer grid an
+activation lies on and its MACs.
 
 MACs per sample (batch dimension excluded): Conv = output voxels × weight elements; ConvTranspose =
 input voxels × weight elements; Gemm/MatMul = output rows × weight elements.
+
+Grid-preserving ops (``GraphIndex.grid_sources``): an op whose every output value is one of its
+input's values, or 0.0 (which every affine grid with an integer zero-point holds), keeps its input
+on the integer grid a DequantizeLinear put it on: the pass-through ops, Slice, Split, MaxPool (its
+values, not its indices), Resize in ``nearest`` mode, Pad copying values (``edge``, ``reflect``,
+``wrap``) or padding with 0, and Concat of inputs that all lie on one per-tensor grid (the same
+scale, zero-point and integer type), as NNCF writes a Concat: one shared quantizer for its inputs.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ INTEGER_BITS = {
     TensorProto.UINT32: 32,
 }
 
+
+GRID_COPYING_OPS = frozenset({*PASS_THROUGH_OPS, "Slice", "Split", "MaxPool"})
+"""Ops whose first input's values are all their first output reads (see module docstring)."""
+COPYING_PAD_MODES = frozenset({"edge", "reflect", "wrap"})
+"""Pad modes that only repeat the input's values."""
 
 QUANTIZERS = ("QuantizeLinear", "DequantizeLinear")
 """The Q/DQ pair every quantized tensor passes through."""
@@ -86,6 +99,56 @@ class GraphIndex:
             name = node.input[0]
         return name, self.producer.get(name)
 
+    def grid_sources(self, name: str) -> list[onnx.NodeProto] | None:
+        """The DequantizeLinear nodes whose values the tensor ``name`` copies, walked back
+        through grid-preserving ops (see module docstring; whether a Concat's sources share one
+        grid is the caller's to decide); None when some value of it is computed otherwise."""
+        found: list[onnx.NodeProto] = []
+        pending, seen = [name], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            node = self.producer.get(current)
+            if node is None:
+                return None
+            if node.op_type == "DequantizeLinear":
+                found.append(node)
+                continue
+            sources = self._grid_inputs(node, current)
+            if sources is None:
+                return None
+            pending.extend(sources)
+        return found
+
+    def _grid_inputs(self, node: onnx.NodeProto, output: str) -> list[str] | None:
+        """The inputs whose values ``node``'s ``output`` copies, None when it computes new ones."""
+        if node.domain not in ("", "ai.onnx") or not node.input or not node.input[0]:
+            return None
+        kind = node.op_type
+        first_output = node.output[0] == output
+        if kind == "Concat":
+            return [name for name in node.input if name]
+        if kind in GRID_COPYING_OPS and (first_output or kind == "Split"):
+            return [node.input[0]]
+        if kind == "Resize" and first_output and _attribute(node, "mode", b"nearest") == b"nearest":
+            return [node.input[0]]
+        if kind == "Pad" and first_output:
+            mode = _attribute(node, "mode", b"constant").decode()
+            if mode in COPYING_PAD_MODES or (mode == "constant" and self._pads_with_zero(node)):
+                return [node.input[0]]
+        return None
+
+    def _pads_with_zero(self, node: onnx.NodeProto) -> bool:
+        """Whether a constant-mode Pad's value is 0 (absent, or a constant 0)."""
+        if _attribute(node, "value", 0.0) != 0.0:  # opset < 11 carries it as an attribute
+            return False
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        source, _ = self.follow(node.input[2])
+        return source in self.constants and not np.any(self.array(source))
+
     def is_constant(self, name: str) -> bool:
         """True when ``name`` is computed from initializers/Constants only (no graph input)."""
         stack, seen = [name], set()
@@ -99,6 +162,14 @@ class GraphIndex:
                 return False
             stack.extend(node.input)
         return True
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    """The value of ``node``'s attribute ``name`` (int, float or bytes), ``default`` if absent."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
 
 
 @dataclass(frozen=True)

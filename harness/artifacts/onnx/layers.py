@@ -8,7 +8,10 @@ weight; the bits, storage and grid of its input quantizer. A weight produced oth
 run time) is refused here: it is no artifact the harness can measure.
 
 Bits of a weight = min(storage bits, fewest bits spanning its code range max - min), so int8
-storage holding codes in [-7, 7] counts as 4-bit; activation bits = storage bits of the quantizer.
+storage holding codes in [-7, 7] counts as 4-bit; activation bits = storage bits of the quantizer
+whose grid the input lies on, through ops that keep values on it (Reshape, Transpose, Slice,
+Split, MaxPool, nearest Resize, Pad with zero, a Concat of inputs sharing one per-tensor grid:
+``GraphIndex.grid_sources``).
 A weight stored as a float initializer and quantized at run time (QuantizeLinear → DequantizeLinear,
 as ModelOpt writes it) counts at its code bits and is reported as stored (``weight_storage``,
 ``run_time_quantized_weight_layers``). Float weights and activations count at their float width.
@@ -265,10 +268,40 @@ def _constant_quantize(
     return elem, codes
 
 
+def _input_quantizer(op: WeightedOp, index: GraphIndex) -> onnx.NodeProto | None:
+    """The DequantizeLinear whose integer grid ``op``'s activation input lies on, through
+    grid-preserving ops (``GraphIndex.grid_sources``): the one it copies, or the first of several
+    (a Concat's inputs) that share one per-tensor grid -- the same scale, zero-point and integer
+    type --; None when the input is float or its sources lie on different grids."""
+    sources = index.grid_sources(op.activation)
+    if not sources:
+        return None
+    grids = {_per_tensor_grid(node, index) for node in sources} if len(sources) > 1 else set()
+    if len(grids) > 1 or None in grids:
+        return None
+    return sources[0]
+
+
+def _per_tensor_grid(node: onnx.NodeProto, index: GraphIndex) -> tuple | None:
+    """(scale, zero-point, integer type) of a per-tensor DequantizeLinear with constant
+    parameters, None for any other."""
+    bits = _quantizer_bits(node, index)
+    scale_name, _ = index.follow(node.input[1])
+    if bits is None or scale_name not in index.constants or index.array(scale_name).size != 1:
+        return None
+    zero = 0
+    if len(node.input) > 2 and node.input[2]:
+        zero_name, _ = index.follow(node.input[2])
+        if zero_name not in index.constants or index.array(zero_name).size != 1:
+            return None
+        zero = int(index.array(zero_name).reshape(()))
+    return float(index.array(scale_name).reshape(())), zero, bits[1]
+
+
 def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
     """Bits of the quantizer feeding ``op``'s activation input, None when it is float."""
-    _, producer = index.follow(op.activation)
-    if producer is None or producer.op_type != "DequantizeLinear":
+    producer = _input_quantizer(op, index)
+    if producer is None:
         return None
     found = _quantizer_bits(producer, index)
     return None if found is None else found[0]
@@ -277,8 +310,8 @@ def _activation_bits(op: WeightedOp, index: GraphIndex) -> int | None:
 def _activation_grid(op: WeightedOp, index: GraphIndex) -> str | None:
     """``symmetric`` or ``asymmetric`` grid of the quantizer feeding ``op``'s activation input
     (None when it is float): read from its zero-point and integer type."""
-    _, producer = index.follow(op.activation)
-    if producer is None or producer.op_type != "DequantizeLinear":
+    producer = _input_quantizer(op, index)
+    if producer is None:
         return None
     found = _quantizer_bits(producer, index)
     if found is None:

@@ -2,9 +2,13 @@ import argparse
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_datetime
+from django.utils.timezone import is_naive, make_aware
 
 from harness.backends import backend_names
+from harness.cli.common import granularity_list
 from harness.errors import HarnessError
+from harness.track.spec import DEFAULT_ACCURACY_GATE, DIVISIONS
 from leaderboard.tracks.models import Dataset, ReferenceModel
 from leaderboard.tracks.seeding import create_track, export_onnx, import_model
 
@@ -33,9 +37,67 @@ class Command(BaseCommand):
             "score as the dataset label of the same name, else as background)",
         )
 
+        parser.add_argument(
+            "--bits-per-weight-budget",
+            type=float,
+            help="most effective bits per weight an entry may store (default: weight bits + "
+            "0.5); e.g. 16.1 for ModelOpt's fp16-stored weights",
+        )
+        parser.add_argument(
+            "--division",
+            choices=DIVISIONS,
+            default=DIVISIONS[0],
+            help="closed: post-training quantization only; open: any weights",
+        )
+        parser.add_argument(
+            "--max-float-mac-fraction",
+            type=float,
+            default=0.0,
+            help="share of an ONNX file's weighted-op MACs that may keep float weights",
+        )
+        parser.add_argument(
+            "--granularities",
+            type=granularity_list,
+            default=(),
+            help="comma-separated granularity labels an entry may have (default: any)",
+        )
+        parser.add_argument(
+            "--accuracy-gate",
+            type=float,
+            default=DEFAULT_ACCURACY_GATE,
+            help="an entry passes when its mean DSC is at least this fraction of FP32's",
+        )
+        parser.add_argument(
+            "--opens-at", type=_moment, help="when the phase opens (ISO 8601; default: now)"
+        )
+        parser.add_argument(
+            "--closes-at",
+            type=_moment,
+            help="the deadline: submissions close then (ISO 8601, e.g. 2027-03-01T12:00Z; "
+            "default: open-ended)",
+        )
+
     def handle(
-        self, *args, dataset, model, wbits, abits, backend, quota, hidden, label_map, **options
+        self,
+        *args,
+        dataset,
+        model,
+        wbits,
+        abits,
+        backend,
+        quota,
+        hidden,
+        label_map,
+        bits_per_weight_budget,
+        division,
+        max_float_mac_fraction,
+        granularities,
+        accuracy_gate,
+        opens_at,
+        closes_at,
+        **options,
     ):
+        phase = {"opens_at": opens_at} if opens_at is not None else {}
         try:
             reference = _reference_model(model)
             export_onnx(reference)
@@ -48,6 +110,13 @@ class Command(BaseCommand):
                 daily_quota=quota,
                 is_public=not hidden,
                 label_map=label_map,
+                bits_per_weight_budget=bits_per_weight_budget,
+                division=division,
+                max_float_mac_fraction=max_float_mac_fraction,
+                granularities=list(granularities),
+                accuracy_gate=accuracy_gate,
+                closes_at=closes_at,
+                **phase,
             )
         except (Dataset.DoesNotExist, HarnessError) as error:
             raise CommandError(str(error)) from error
@@ -69,3 +138,11 @@ def _label_map(text: str) -> dict[str, str]:
     if not pairs or any(len(pair) != 2 or not all(n.strip() for n in pair) for pair in pairs):
         raise argparse.ArgumentTypeError(f"expected MODEL=DATASET[,MODEL=DATASET...], got {text!r}")
     return {model.strip(): dataset.strip() for model, dataset in pairs}
+
+
+def _moment(text: str):
+    """An ISO 8601 date-time (a naive one read in the site's time zone)."""
+    moment = parse_datetime(text.replace("Z", "+00:00"))
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 date-time, got {text!r}")
+    return make_aware(moment) if is_naive(moment) else moment
