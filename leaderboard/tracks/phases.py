@@ -34,10 +34,11 @@ def shown_result(result: dict, track: Track, *, staff: bool) -> dict:
     ranked = split_of(result, track.ranked_split)
     visible = set(public.get("case_ids", ()))
     shown = copy.deepcopy({k: v for k, v in result.items() if k != "splits"})
-    shown["cases"] = [c for c in shown["cases"] if c["case_id"] in visible]
-    shown["case_costs"] = [c for c in shown.get("case_costs", []) if c["case_id"] in visible]
-    info = shown["track"]
-    info["test_cases"] = [c for c in info.get("test_cases", []) if c in visible]
+    for key in ("cases", "case_costs"):
+        shown[key] = [c for c in shown.get(key, []) if c["case_id"] in visible]
+    if "track" in shown:
+        info = shown["track"]
+        info["test_cases"] = [c for c in info.get("test_cases", []) if c in visible]
     if ranked:
         shown["per_class"] = copy.deepcopy(ranked["per_class"])
         shown["summary"] |= copy.deepcopy(ranked["summary"])

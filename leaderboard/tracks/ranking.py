@@ -27,7 +27,14 @@ from django.db.models import F, Max, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from harness.scoring.rank_analysis import RankingRule
-from leaderboard.submissions.models import PENDING, Evaluation, EvaluationVersion, Kind, Status
+from leaderboard.submissions.models import (
+    PENDING,
+    Evaluation,
+    EvaluationVersion,
+    Kind,
+    Status,
+    Submission,
+)
 from leaderboard.tracks.models import Track
 from leaderboard.tracks.uncertainty import aggregate_ranks
 
@@ -192,7 +199,9 @@ def cache_key(track: Track, scope: str, params, *, with_siblings: bool = False) 
 
 
 BOARD_VERSION_SQL = """
-    SELECT MAX(s.ranked_at), MAX(s.created_at), COUNT(s.id)
+    SELECT MAX(s.ranked_at), MAX(s.created_at), COUNT(s.id),
+        (SELECT COUNT(*) FROM {submission} b JOIN {track} bt ON bt.id = b.track_id
+            WHERE bt.slug = %s AND b.is_baseline AND b.status IN ({pending}))
     FROM {track} t JOIN {track} s ON s.id = t.id OR (%s AND s.reference_model_id =
         t.reference_model_id AND s.dataset_id = t.dataset_id AND s.backend = t.backend)
     WHERE t.slug = %s AND t.is_public
@@ -209,14 +218,19 @@ def board_version(slug: str, *, with_siblings: bool = False) -> str | None:
     """The ranking version ``cache_key`` keys on, for a public track named by ``slug``, in one
     plain query (no ORM compilation: it decides whether a cached page can be served at all);
     None when there is no such public track. It changes whenever the track (and, with
-    ``with_siblings``, one of the same model, dataset and backend) is re-ranked or created."""
+    ``with_siblings``, one of the same model, dataset and backend) is re-ranked or created, and
+    whenever the number of its baselines still pending does (the page says how many)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            BOARD_VERSION_SQL.format(track=connection.ops.quote_name(Track._meta.db_table)),
-            [with_siblings, slug],
+            BOARD_VERSION_SQL.format(
+                track=connection.ops.quote_name(Track._meta.db_table),
+                submission=connection.ops.quote_name(Submission._meta.db_table),
+                pending=", ".join(["%s"] * len(PENDING)),
+            ),
+            [slug, *PENDING, with_siblings, slug],
         )
-        ranked, created, count = cursor.fetchone()
-    return None if not count else f"{slug}:{ranked}:{created}:{count}:{with_siblings}"
+        ranked, created, count, pending = cursor.fetchone()
+    return None if not count else f"{slug}:{ranked}:{created}:{count}:{with_siblings}:{pending}"
 
 
 def board(

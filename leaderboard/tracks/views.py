@@ -286,14 +286,10 @@ def track_detail(request, slug: str):
     is cached until the ranks change (it holds nothing personal), for others the board is."""
     anonymous = not request.user.is_authenticated and not get_messages(request)
     version = ranking.board_version(slug, with_siblings=True) if anonymous else None
-    baselines_pending = Submission.objects.filter(
-        track__slug=slug, is_baseline=True, status__in=PENDING
-    ).count()
     page_key = ranking.versioned_key(
         "anonymous-page",
         request.get_host(),
-        version,
-        baselines_pending,
+        version,  # it counts the track's pending baselines too
         query_digest(request.GET),
         settings.MEDQUANT_CONTAINERS,  # the submit form offers container uploads only if on
     )
@@ -322,7 +318,9 @@ def track_detail(request, slug: str):
         ),
         "model_files": track.reference_model.files(),
         "off_board": off_board(request, track),
-        "baselines_pending": baselines_pending,
+        "baselines_pending": Submission.objects.filter(
+            track=track, is_baseline=True, status__in=PENDING
+        ).count(),
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
     }
     response = render(request, "tracks/track.html", context, status=status)
