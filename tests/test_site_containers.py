@@ -298,7 +298,7 @@ def test_api_refuses_a_bad_container_upload_with_a_field_error(
 ):
     settings.MEDQUANT_CONTAINERS = True
     api = APIClient()
-    api.force_authenticate(alice)
+    api.force_login(alice)  # a real session: bodies are judged before DRF authenticates
     data = {"track": tiny_tracks["w8a8"].slug, "kind": "container", "method": "q", "image": image}
     if upload:
         data["artifact"] = SimpleUploadedFile(*upload)
@@ -311,7 +311,7 @@ def test_api_refuses_an_image_tarball_over_the_size_limit(settings, tiny_tracks,
     settings.MEDQUANT_CONTAINERS = True
     settings.MEDQUANT_MAX_IMAGE_BYTES = 1 << 20
     api = APIClient()
-    api.force_authenticate(alice)
+    api.force_login(alice)  # a real session: bodies are judged before DRF authenticates
     data = {"track": tiny_tracks["w8a8"].slug, "kind": "container", "method": "q",
             "artifact": SimpleUploadedFile("q.tar", b"\0" * (2 << 20))}  # fmt: skip
     response = api.post("/api/v1/submissions/", data, format="multipart")
