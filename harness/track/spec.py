@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.backends import Backend, backend_names
+from harness.backends import backend_names
 from harness.errors import HarnessError
 from harness.inference.latency import (
     MIN_PAIRS,
@@ -16,6 +17,9 @@ from harness.inference.latency import (
 )
 from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
 from harness.scoring.splits import DEFAULT_PUBLIC_FRACTION
+
+if TYPE_CHECKING:  # the command line's parsers read this module: no backend (numpy) at start-up
+    from harness.backends import Backend
 
 TRACK_SPEC_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
