@@ -61,6 +61,7 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--granularities",
+        dest="track_granularities",  # `harness study` has a --granularities of its own
         type=granularity_list,
         default=(),
         help="comma-separated granularity labels an entry may have (default: any), e.g. "
@@ -115,7 +116,7 @@ def open_track(args: argparse.Namespace):
         max_float_mac_fraction=getattr(args, "max_float_mac_fraction", 0.0),
         bits_per_weight_budget=getattr(args, "bits_per_weight_budget", None),
         division=getattr(args, "division", DIVISIONS[0]),
-        granularities=getattr(args, "granularities", ()),
+        granularities=getattr(args, "track_granularities", ()),
         accuracy_gate=getattr(args, "accuracy_gate", DEFAULT_ACCURACY_GATE),
         latency_threads=getattr(args, "latency_threads", 1),
         latency_pairs=getattr(args, "latency_pairs", PROTOCOL_PAIRS),
