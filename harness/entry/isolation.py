@@ -81,9 +81,12 @@ def _child(work: Work, pipe) -> None:
     Torch runs on one thread here: an OpenMP team the parent may have started does not exist
     after a fork, and a parallel region would wait for it forever (as PyTorch's DataLoader
     workers, which are forked too)."""
+    import faulthandler
+
     import torch
 
     torch.set_num_threads(1)
+    faulthandler.disable()  # a crash is reported by the parent, not as a traceback in the log
 
     def send(kind: str, payload) -> None:
         pipe.write(json.dumps([kind, payload]) + "\n")
