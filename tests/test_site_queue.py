@@ -2,6 +2,7 @@
 the step a worker reports, an estimate from the track's recent evaluations, cancelling a queued
 submission (not counted in the quota), and the board's word that baselines are still running."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -121,6 +122,7 @@ def test_worker_writes_the_harness_progress_to_the_row(tiny_tracks, alice):
             submission.refresh_from_db()
             if submission.progress_done == 2:
                 break
+            time.sleep(0.05)  # the heartbeat thread writes meanwhile
     assert (submission.progress_stage, submission.progress_done, submission.progress_total) == (
         "inferring test cases (onnx)", 2, 8
     )  # fmt: skip

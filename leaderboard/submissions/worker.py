@@ -53,6 +53,12 @@ class Progress:
             self.reported.clear()
             return latest
 
+    def put_back(self, step: tuple[str, int, int]) -> None:
+        """A step ``take`` gave that could not be written: kept unless a newer one came."""
+        with self._lock:
+            if self._latest is None:
+                self._latest = step
+
 
 @contextmanager
 def heartbeat(
@@ -98,6 +104,8 @@ def heartbeat(
                         )
                         connection.close()
                         last_beat = last_write = now  # the next try comes at the next beat
+                        if step is not None:
+                            progress.put_back(step)
                 if stop.is_set():
                     return
                 wake.wait(max(0.0, every_s - (time.monotonic() - last_beat)))
