@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from leaderboard.submissions.models import IN_FLIGHT, Status, Submission
+from leaderboard.submissions.models import IN_FLIGHT, PENDING, Status, Submission
 from leaderboard.submissions.tasks import queue_for
 
 RECENT_EVALUATIONS = 20
@@ -95,11 +95,11 @@ def typical_seconds(submission: Submission) -> float | None:
     return None
 
 
-def _same_queue(submission: Submission, statuses: tuple[Status, ...]) -> list[Submission]:
-    """Other submissions in ``statuses`` that wait on or run from ``submission``'s queue."""
+def _same_queue(submission: Submission) -> list[Submission]:
+    """Other pending submissions that wait on or run from ``submission``'s queue (one query)."""
     queue = queue_for(submission)
     others = (
-        Submission.objects.filter(status__in=statuses, is_baseline=submission.is_baseline)
+        Submission.objects.filter(status__in=PENDING, is_baseline=submission.is_baseline)
         .exclude(pk=submission.pk)
         .select_related("track")
     )
@@ -111,17 +111,17 @@ def queue_state(submission: Submission) -> QueueState | None:
     if not submission.is_pending:
         return None
     typical = typical_seconds(submission)
-    in_flight = len(_same_queue(submission, IN_FLIGHT))
+    others = _same_queue(submission)
+    in_flight = sum(other.status in IN_FLIGHT for other in others)
     position = None
     if submission.status == Status.QUEUED:
-        waiting = _same_queue(submission, (Status.QUEUED,))
-        ahead = [
-            other
-            for other in waiting
-            if (other.created_at, other.pk) < (submission.created_at, submission.pk)
-        ]
-        position = len(ahead) + 1
-        estimate = None if typical is None else (len(ahead) + in_flight + 1) * typical
+        mine = (submission.created_at, submission.pk)
+        ahead = sum(
+            other.status == Status.QUEUED and (other.created_at, other.pk) < mine
+            for other in others
+        )
+        position = ahead + 1
+        estimate = None if typical is None else (ahead + in_flight + 1) * typical
     else:
         running = (timezone.now() - submission.validating_at).total_seconds()
         estimate = None if typical is None else max(typical - running, 0.0)
