@@ -116,6 +116,9 @@ MEDQUANT_MAX_ARTIFACT_BYTES = int(os.environ.get("MEDQUANT_MAX_ARTIFACT_MB", "51
 # engine bind-mounts /input from here, so there it must be the same path on the host and inside the
 # worker (see containers/compose.yaml).
 MEDQUANT_WORK_DIR = Path(os.environ.get("MEDQUANT_WORK_DIR", VAR_DIR / "work"))
+# The FP32 reference runs the harness computes once per track and every worker reads
+# (``harness.track.run_cache``): on the storage the workers share (``var`` in compose).
+MEDQUANT_CACHE_DIR = Path(os.environ.setdefault("MEDQUANT_CACHE_DIR", str(VAR_DIR / "cache")))
 
 # Address space of one evaluation (RLIMIT_AS in each Celery pool child; 0: none): whatever
 # escapes verification and allocates beyond it ends `rejected: exceeds the memory limit` instead

@@ -219,12 +219,14 @@ def live_site(
     *,
     servers: tuple[RedisServer, PostgresServer] | None = None,
     collect_static: bool = False,
+    track_options: tuple[str, ...] = (),
     **site_options,
 ):
     """The tiny W8A8 track served live. ``stack``: ``sqla+sqlite`` (the embedded default) or
     ``redis+postgres`` (both started here, or the running ``servers`` a test controls);
     ``collect_static``: static files collected (with their compressed forms) before the server
-    starts, as ``make run`` does; ``site_options`` go to ``LiveSite``."""
+    starts, as ``make run`` does; ``track_options``: more ``create_track`` options;
+    ``site_options`` go to ``LiveSite``."""
     var.mkdir(parents=True, exist_ok=True)
     model_dir = shutil.copytree(model_dir, var / "model")  # create_track adds model.onnx
     env = site_env(var)
@@ -238,7 +240,7 @@ def live_site(
         site.manage("migrate", "--noinput")
         site.manage("import_dataset", str(dataset_dir), "--slug", "tiny")
         site.manage("create_track", "--dataset", "tiny", "--model", str(model_dir), "--wbits",
-                    "8", "--abits", "8", "--quota", str(quota))  # fmt: skip
+                    "8", "--abits", "8", "--quota", str(quota), *track_options)  # fmt: skip
         if collect_static:
             site.manage("collectstatic", "--noinput")
         site.start(var)

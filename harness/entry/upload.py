@@ -12,7 +12,7 @@ measured, reusing the verified artifact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,7 @@ from harness.entry.engine_agreement import check_engine_agreement
 from harness.entry.evaluated import Evaluated
 from harness.entry.isolation import run_isolated
 from harness.errors import CheckpointError, HarnessError, SubmissionError
-from harness.scoring.evaluation import EvaluationRun, StageTimer
+from harness.scoring.evaluation import CaseMetrics, EvaluationRun, StageTimer
 from harness.scoring.result import build_result
 from harness.track.loaded import LoadedTrack
 from reference_methods.simulator.scheme import QuantConfig, quantize
@@ -151,13 +151,16 @@ def evaluate_submission(
     timings: Mapping[str, float] | None = None,
     on_stage: StageCallback | None = None,
     own_file: bool = False,
+    cases: Sequence[CaseMetrics] | None = None,
 ) -> Evaluated:
     """Result document of ``submission`` and its run, against ``fp32`` or the track's cached FP32
     reference run. ``about`` is submission metadata (method, scheme label, container) recorded in
     the document's ``submission`` entry; ``timings`` are seconds of stages run before this call
     (a quantizer container, a baseline's quantization). The FP32 reference's torch network is
     not run again: its row is the track's cached run. ``own_file``: the artifact is the
-    harness's own (a baseline), see ``open_submission``."""
+    harness's own (a baseline), see ``open_submission``. ``cases``: every test case already
+    scored, in chunks (``harness.entry.fan_out``): the document is assembled from them, the
+    artifact verified and its efficiency measured here, as in the serial run."""
     timer = StageTimer()
     opened = open_submission(track, submission, timer, own_file=own_file)
     torch_reference = submission.kind == "fp32" and submission.artifact is None
@@ -167,6 +170,8 @@ def evaluate_submission(
         on_stage("running")
     if torch_reference:  # its run is the track's cached one
         run = track.reference_run(progress)
+    elif cases is not None:
+        run = EvaluationRun.of_cases(cases, [c.case_id for c in track.test_cases])
     else:
         run = track.run(opened.network, progress, submission.label)
     efficiency = None
@@ -197,15 +202,21 @@ def evaluate_untrusted(
     *,
     about: Mapping | None = None,
     on_stage: StageCallback | None = None,
+    cases: Sequence[CaseMetrics] | None = None,
+    timings: Mapping[str, float] | None = None,
 ) -> dict:
-    """``evaluate_submission``'s result document for an uploaded artifact, evaluated in a child
-    process (``harness.entry.isolation``): an engine crash is the artifact's fault. What every
+    """``evaluate_submission``'s result document for an uploaded artifact (assembled from
+    ``cases`` when they were scored in chunks, with ``timings`` such as their wall-clock
+    seconds), evaluated in a child process
+    (``harness.entry.isolation``): an engine crash is the artifact's fault. What every
     evaluation of the track reads (the FP32 run and export, the calibration patches, the
     latency volume) is computed first, here, so that the worker keeps it for the next one."""
     track.warm()
 
     def work(stage: Callable[[str], None]) -> dict:
-        return evaluate_submission(track, submission, about=about, on_stage=stage).result
+        return evaluate_submission(
+            track, submission, about=about, on_stage=stage, cases=cases, timings=timings
+        ).result
 
     return run_isolated(work, engine=track.spec.backend, on_stage=on_stage)
 

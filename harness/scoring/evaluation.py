@@ -106,6 +106,32 @@ class CaseMetrics:
         """Mean HD95 over the classes (mm; None when not computed)."""
         return mean_over_classes(self.hd95) if self.hd95 else None
 
+    def to_json(self) -> dict:
+        """A JSON-ready form (class ids as strings); ``from_json`` restores it exactly (JSON
+        floats round-trip bit for bit)."""
+        return {
+            "case_id": self.case_id,
+            "dsc": {str(k): v for k, v in self.dsc.items()},
+            "nsd": {str(k): v for k, v in self.nsd.items()},
+            "hd95": {str(k): v for k, v in self.hd95.items()},
+            "seconds": dict(self.seconds),
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CaseMetrics:
+        def per_class(values: dict) -> dict[int, float]:
+            return {int(k): float(v) for k, v in values.items()}
+
+        return cls(
+            case_id=str(data["case_id"]),
+            dsc=per_class(data["dsc"]),
+            nsd=per_class(data["nsd"]),
+            seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
+            peak_rss_mb=data.get("peak_rss_mb"),
+            hd95=per_class(data.get("hd95", {})),
+        )
+
 
 @dataclass(frozen=True)
 class _Scoring:
@@ -128,6 +154,44 @@ class EvaluationRun:
     cases: list[CaseMetrics]
     timer: StageTimer = field(default_factory=StageTimer)
     wall_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        """A JSON-ready form; ``from_json`` restores it exactly."""
+        return {
+            "cases": [c.to_json() for c in self.cases],
+            "seconds": dict(self.timer.seconds),
+            "wall_seconds": self.wall_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> EvaluationRun:
+        timer = StageTimer()
+        for name, seconds in data.get("seconds", {}).items():
+            timer.add(str(name), float(seconds))
+        cases = [CaseMetrics.from_json(c) for c in data["cases"]]
+        return cls(cases, timer, float(data.get("wall_seconds", 0.0)))
+
+    @classmethod
+    def of_cases(cls, cases: Sequence[CaseMetrics], order: Sequence[str]) -> EvaluationRun:
+        """The run of cases scored apart (chunks on several workers), in the order ``order``
+        of their ids — the serial run's order — their stage seconds summed: exactly the
+        per-case figures one run of them all computes. Raises ``ValueError`` when a case of
+        ``order`` is missing or one is scored twice."""
+        by_id: dict[str, CaseMetrics] = {}
+        for case in cases:
+            if case.case_id in by_id:
+                raise ValueError(f"case {case.case_id!r} was scored twice")
+            by_id[case.case_id] = case
+        missing = [case_id for case_id in order if case_id not in by_id]
+        if missing or len(by_id) != len(order):
+            raise ValueError(
+                f"{len(missing)} case(s) unscored, {len(by_id)} given for {len(order)}"
+            )
+        timer = StageTimer()
+        for case in cases:
+            for name, seconds in case.seconds.items():
+                timer.add(name, seconds)
+        return cls([by_id[case_id] for case_id in order], timer, 0.0)
 
 
 def evaluate_cases(

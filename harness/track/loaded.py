@@ -3,6 +3,7 @@ cached, reused across the submissions a worker evaluates on it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,7 @@ from harness.data.preprocessing import preprocess, read_case
 from harness.errors import DatasetError, ModelSpecError
 from harness.inference.context import agreement_warning, full_context_fraction
 from harness.models.calibration import calibration_batches
+from harness.models.interface import SPEC_FILE
 from harness.models.reference import (
     WEIGHTS_FILE,
     ModelSpec,
@@ -34,6 +36,7 @@ from harness.scoring.evaluation import (
     StageTimer,
     evaluate_cases,
 )
+from harness.track import run_cache
 from harness.track.labels import label_lut
 from harness.track.spec import TrackSpec, graph_backend_refusal
 
@@ -112,20 +115,43 @@ class LoadedTrack:
         return self.reference_run()
 
     def reference_run(self, progress: bool = False) -> EvaluationRun:
-        """``fp32_run``, computed on first use (with a progress bar when ``progress``) and kept."""
+        """``fp32_run``: read from the shared cache (``harness.track.run_cache``) or computed on
+        first use (with a progress bar when ``progress``) and cached; kept in this process."""
         if "_fp32_run" not in self.__dict__:
-            with self.timer.stage("fp32_reference"):
-                self.__dict__["_fp32_run"] = self.run(
-                    self.model, progress, desc="fp32", stage=FP32_SCORING_STAGE
-                )
+            key = self.fp32_run_key
+            run = run_cache.load_run(key)
+            if run is None:
+                with self.timer.stage("fp32_reference"):
+                    run = self.run(self.model, progress, desc="fp32", stage=FP32_SCORING_STAGE)
+                run_cache.store_run(key, run)
+            self.__dict__["_fp32_run"] = run
         return self.__dict__["_fp32_run"]
 
-    def warm(self) -> None:
-        """Compute now what every evaluation of an upload reads — the FP32 run, the calibration
-        patches, the FP32 file size, and where the backend needs them the latency volume and
-        the reference graph — so that a process forked afterwards (``harness.entry.isolation``)
-        starts with them and this one keeps them."""
-        self.reference_run()
+    @cached_property
+    def fp32_run_key(self) -> str:
+        """The cache key of this track's FP32 run: the weights, model spec, dataset fingerprint
+        and scoring settings (``run_cache.run_key`` adds the harness digest)."""
+        return run_cache.run_key(
+            {
+                "weights": self.weights_sha256,
+                "model_spec": (self.spec.model_dir / SPEC_FILE).read_text(),
+                "dataset": run_cache.dataset_fingerprint(
+                    self.dataset.root / "dataset.json", self.test_cases
+                ),
+                "test_cases": [c.case_id for c in self.test_cases],
+                "nsd": [self.spec.nsd_tolerance_mm, self.spec.nsd_definition],
+                "label_lut": self.label_lut,
+            }
+        )
+
+    def warm(self, fp32_run: bool = True) -> None:
+        """Compute now what every evaluation of an upload reads — the FP32 run (unless not
+        ``fp32_run``: a chunk of cases does not compare with it), the calibration patches, the
+        FP32 file size, and where the backend needs them the latency volume and the reference
+        graph — so that a process forked afterwards (``harness.entry.isolation``) starts with
+        them and this one keeps them."""
+        if fp32_run:
+            self.reference_run()
         needed = ["calibration", "fp32_size_bytes"]
         needed += ["latency_volume"] if self.backend.measures_latency else []
         needed += ["fp32_graph"] if self.backend.scores("onnx") else []
@@ -230,13 +256,25 @@ class LoadedTrack:
         }
 
     def run(
-        self, model: nn.Module, progress: bool, desc: str, stage: str = SCORING_STAGE
+        self,
+        model: nn.Module,
+        progress: bool,
+        desc: str,
+        stage: str = SCORING_STAGE,
+        case_ids: Sequence[str] | None = None,
     ) -> EvaluationRun:
-        """``model`` scored on the track's test cases (``stage``: its progress step's name)."""
+        """``model`` scored on the track's test cases, or those of them named by ``case_ids``
+        (a chunk of a fanned-out evaluation; ``stage``: its progress step's name)."""
+        cases = self.test_cases
+        if case_ids is not None:
+            unknown = set(case_ids) - {c.case_id for c in cases}
+            if unknown:
+                raise DatasetError(f"{len(unknown)} case(s) named are not test cases of the track")
+            cases = tuple(c for c in cases if c.case_id in set(case_ids))
         return evaluate_cases(
             model,
             self.model_spec,
-            self.test_cases,
+            cases,
             self.dataset.labels,
             self.spec.nsd_tolerance_mm,
             progress=progress,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -12,6 +13,8 @@ from django.core.files.base import File
 
 from harness.artifacts import uploads
 from harness.containers.images import check_image_upload
+from harness.entry.upload import Submission as HarnessSubmission
+from harness.models.interface import ONNX_FILE
 
 
 def max_bytes() -> int:
@@ -46,3 +49,16 @@ def sha256_of(upload: File) -> str:
 
 def unpack_checkpoint(stream: BinaryIO, size: int, dest: Path) -> Path:
     return uploads.unpack_checkpoint(stream, size, dest, max_bytes())
+
+
+def harness_upload(submission, workdir: Path) -> HarnessSubmission:
+    """A submission's uploaded checkpoint (unpacked safely) or ONNX file, copied into
+    ``workdir``, as the harness submission it is."""
+    if submission.kind == "checkpoint":
+        with submission.artifact.open("rb") as stream:
+            ckpt = unpack_checkpoint(stream, submission.artifact.size, workdir / "checkpoint")
+        return HarnessSubmission("checkpoint", checkpoint=ckpt)
+    path = workdir / ONNX_FILE
+    with submission.artifact.open("rb") as src, open(path, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return HarnessSubmission("onnx", onnx=path)

@@ -299,3 +299,28 @@ class EvaluationVersion(Scores):
 
     def __str__(self) -> str:
         return f"version {self.version} of {self.submission}"
+
+
+class CaseScore(models.Model):
+    """One test case of an upload scored by a chunk task of a fanned-out evaluation
+    (``leaderboard.submissions.fan_out``): its ``CaseMetrics`` as JSON, kept until the last
+    task assembles the result. ``round`` is the evaluation version it belongs to (a
+    re-evaluation scores every case again); one row per case and round, so a retried or
+    duplicated chunk stores nothing twice."""
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="case_scores")
+    round = models.PositiveIntegerField()
+    case_id = models.CharField(max_length=200)
+    metrics = models.JSONField()
+    worker = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["submission", "round", "case_id"], name="one_score_per_case_and_round"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"case {self.case_id} of {self.submission} (round {self.round})"

@@ -30,13 +30,12 @@ from django.utils import timezone
 from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.entry.baseline import compute_baseline, compute_reference
 from harness.entry.summary import ResultSummary
-from harness.entry.upload import Submission as HarnessSubmission
 from harness.entry.upload import evaluate_untrusted
 from harness.errors import SubmissionError
-from harness.models.interface import ONNX_FILE
 from harness.progress import reporting
 from harness.track.loaded import LoadedTrack
-from leaderboard.submissions.artifacts import unpack_checkpoint
+from leaderboard.submissions import fan_out
+from leaderboard.submissions.artifacts import harness_upload
 from leaderboard.submissions.container_runs import run_container
 from leaderboard.submissions.models import Evaluation, EvaluationVersion, Kind, Status, Submission
 from leaderboard.submissions.stages import MAX_ATTEMPTS, advance, enter_running, fail, start
@@ -64,19 +63,7 @@ def _store_artifact(submission: Submission, path: Path) -> None:
     Submission.objects.filter(pk=submission.pk).update(artifact=submission.artifact.name)
 
 
-def _upload(submission: Submission, workdir: Path) -> HarnessSubmission:
-    """An uploaded checkpoint (unpacked safely) or ONNX file, as the harness submission it is."""
-    if submission.kind == Kind.CHECKPOINT:
-        with submission.artifact.open("rb") as stream:
-            ckpt = unpack_checkpoint(stream, submission.artifact.size, workdir / "checkpoint")
-        return HarnessSubmission("checkpoint", checkpoint=ckpt)
-    path = workdir / ONNX_FILE
-    with submission.artifact.open("rb") as src, open(path, "wb") as out:
-        shutil.copyfileobj(src, out)
-    return HarnessSubmission("onnx", onnx=path)
-
-
-def _about(submission: Submission) -> dict:
+def about_of(submission: Submission) -> dict:
     """Submission metadata the harness records in the result document."""
     about = {"scheme": submission.scheme or submission.method}
     if submission.reference_method:
@@ -95,7 +82,7 @@ def _evaluate(
             enter_running(submission.pk, log)
 
     if submission.kind == Kind.CONTAINER:
-        about = _about(submission)
+        about = about_of(submission)
         return run_container(submission, track, workdir, log, worker=worker, about=about).result
     if submission.kind == Kind.FP32:
         return compute_reference(track, on_stage=on_stage).result
@@ -105,7 +92,7 @@ def _evaluate(
             method=submission.reference_method or "rtn",
             scheme=submission.scheme,
             workdir=workdir,
-            about=_about(submission),
+            about=about_of(submission),
             on_stage=on_stage,
         )
         _store_artifact(submission, baseline.artifact)
@@ -118,9 +105,11 @@ def _evaluate(
         return baseline.result
     if submission.kind not in EVALUATED_KINDS:
         raise SubmissionError(f"{submission.get_kind_display()} submissions cannot be evaluated")
-    upload = _upload(submission, workdir)  # untrusted: run in a child process (an engine crash
+    upload = harness_upload(
+        submission, workdir
+    )  # untrusted: run in a child process (an engine crash
     # is the artifact's fault, rejected and counted in the quota)
-    return evaluate_untrusted(track, upload, about=_about(submission), on_stage=on_stage)
+    return evaluate_untrusted(track, upload, about=about_of(submission), on_stage=on_stage)
 
 
 def store_evaluation(
@@ -161,6 +150,8 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
         return Status.FAILED
     with tempfile.TemporaryDirectory(dir=settings.MEDQUANT_WORK_DIR) as tmp:
         try:
+            if fan_out.applies(submission, track):
+                return fan_out.dispatch(submission, track, log)
             result = _evaluate(submission, track, Path(tmp), log, worker)
         except SubmissionError as error:
             log.append(f"rejected: {error}")
@@ -173,9 +164,14 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
             log.append(f"rejected: {message}")
             advance(submission_id, Status.REJECTED, error=message, log="\n".join(log))
             return Status.REJECTED
+    advance(submission_id, Status.SCORING)
+    return finish(submission, submission_id, result, log)
+
+
+def finish(submission: Submission, submission_id: int, result: dict, log: list[str]) -> str:
+    """Store ``result`` as the submission's next version and end it ``done`` (ranked)."""
     summary = ResultSummary.of(result, submission.track.ranked_split)
     log.append(summary.verification)
-    advance(submission_id, Status.SCORING)
     with transaction.atomic():
         locked = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)

@@ -5,9 +5,10 @@ every pending submission whose message is gone:
   sent because the broker was down when the submission was accepted), once ``QUEUED_GRACE_S``
   has passed since it was last sent;
 - *in flight* (validating, running, scoring) whose worker has gone quiet — no heartbeat for
-  ``QUIET_S`` (the worker was killed) — or that has outrun its time limit plus the hard-limit
-  margin. It goes back to ``queued``; ``stages.start`` counts the interrupted attempt and ends
-  it ``failed`` ("interrupted N times") once it cannot be run.
+  ``QUIET_S`` (the worker was killed) and no task of it waiting on the broker (the chunks of a
+  fanned-out evaluation, ``fan_out``, wait there between workers) — or that has outrun its
+  time limit plus the hard-limit margin. It goes back to ``queued``; ``stages.start`` counts
+  the interrupted attempt and ends it ``failed`` ("interrupted N times") once it cannot be run.
 
 Re-sending is idempotent: ``stages.start`` skips a finished submission, so a duplicate message
 never duplicates a result. Quiet time is counted only while the reconciler itself reaches the
@@ -117,8 +118,9 @@ class Reconciler:
         abandoned = Submission.objects.filter(status__in=IN_FLIGHT).filter(
             Q(heartbeat_at__lt=quiet_since) | Q(heartbeat_at__isnull=True)
         )
-        if self.database_back_at <= quiet_since:
-            for submission in abandoned.select_related("track"):
+        if self.database_back_at <= quiet_since and abandoned.exists():
+            waiting_work = broker_submission_ids() or set()  # chunks of a fanned-out one
+            for submission in abandoned.exclude(pk__in=waiting_work).select_related("track"):
                 report["abandoned by its worker"] += self._requeue(submission.pk, now)
         for submission in Submission.objects.filter(status__in=IN_FLIGHT).select_related("track"):
             limit = tasks.time_limit_s(submission) + HARD_LIMIT_MARGIN_S + QUIET_S

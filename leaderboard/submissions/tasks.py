@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from harness.containers.sandbox import remove_orphans
 from leaderboard.celery import BASELINE_QUEUE_SUFFIX
 from leaderboard.config import HARD_LIMIT_MARGIN_S
-from leaderboard.submissions import pipeline
+from leaderboard.submissions import fan_out, pipeline
 from leaderboard.submissions.models import Kind, Submission
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,69 @@ def evaluate(self, *, submission_id: int) -> str:
         raise
     except Exception as error:
         logger.exception("evaluation of submission %s crashed", submission_id)
+        _record_failure(
+            submission_id,
+            f"evaluation failed with an internal error ({type(error).__name__}); "
+            "the maintainers can see the details and will re-run it",
+        )
+        return "failed"
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    max_retries=MAX_RETRIES,
+)
+def score_chunk(self, *, submission_id: int, round: int, case_ids: list[str]) -> str:
+    """Score one chunk of a fanned-out submission's test cases (``fan_out.score_chunk``;
+    idempotent: cases stored already are skipped)."""
+    return _guarded(
+        self,
+        submission_id,
+        lambda: fan_out.score_chunk(
+            submission_id, round, case_ids, worker=self.request.hostname or ""
+        ),
+    )
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    max_retries=MAX_RETRIES,
+)
+def assemble(self, *, submission_id: int, round: int) -> str:
+    """Assemble and store the result of a fanned-out submission (``fan_out.assemble``;
+    idempotent: a submission no longer ``scoring`` is left as it is)."""
+    return _guarded(self, submission_id, lambda: fan_out.assemble(submission_id, round))
+
+
+def _guarded(task, submission_id: int, work) -> str:
+    """``work()`` with an evaluation's error handling: over the time limit or crashed, the
+    submission ends ``failed``; infrastructure errors propagate (the task retries)."""
+    try:
+        return work()
+    except SoftTimeLimitExceeded:
+        limit = time_limit_s(Submission.objects.get(pk=submission_id))
+        _record_failure(
+            submission_id, f"evaluation stopped: a task exceeded the track's {limit} s limit"
+        )
+        return "failed"
+    except INFRASTRUCTURE_ERRORS:
+        if task.request.retries >= task.max_retries:
+            _record_failure(
+                submission_id, "evaluation failed: infrastructure unavailable, retries ran out"
+            )
+        raise
+    except Exception as error:
+        logger.exception("a task of submission %s crashed", submission_id)
         _record_failure(
             submission_id,
             f"evaluation failed with an internal error ({type(error).__name__}); "
@@ -131,6 +194,31 @@ def send(submission: Submission) -> None:
     limit = time_limit_s(submission)
     evaluate.apply_async(
         kwargs={"submission_id": submission.pk},
+        queue=queue_for(submission),
+        soft_time_limit=limit,
+        time_limit=limit + HARD_LIMIT_MARGIN_S,
+        headers={SUBMISSION_HEADER: submission.pk},
+    )
+
+
+def send_chunk(submission: Submission, round: int, case_ids: list[str]) -> None:
+    """Publish one chunk of a fanned-out submission on its evaluation queue (with the
+    submission's header: the reconciler sees its work waiting)."""
+    limit = time_limit_s(submission)
+    score_chunk.apply_async(
+        kwargs={"submission_id": submission.pk, "round": round, "case_ids": case_ids},
+        queue=queue_for(submission),
+        soft_time_limit=limit,
+        time_limit=limit + HARD_LIMIT_MARGIN_S,
+        headers={SUBMISSION_HEADER: submission.pk},
+    )
+
+
+def send_assembly(submission: Submission, round: int) -> None:
+    """Publish the assembly of a fanned-out submission whose cases are all stored."""
+    limit = time_limit_s(submission)
+    assemble.apply_async(
+        kwargs={"submission_id": submission.pk, "round": round},
         queue=queue_for(submission),
         soft_time_limit=limit,
         time_limit=limit + HARD_LIMIT_MARGIN_S,

@@ -219,6 +219,11 @@ class Track(models.Model):
         "the phase; the rest (the private split) is scored, shown to maintainers only and "
         "published as the final ranking when the phase ends (1: no private split)",
     )
+    cases_per_task = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="test cases per Celery task when an upload is scored (its cases fanned out "
+        "over the workers, the result assembled by a last task); 0: one task scores them all",
+    )
     opens_at = models.DateTimeField(default=timezone.now)
     closes_at = models.DateTimeField(
         null=True,

@@ -68,6 +68,13 @@ class Command(BaseCommand):
             help="an entry passes when its mean DSC is at least this fraction of FP32's",
         )
         parser.add_argument(
+            "--cases-per-task",
+            type=int,
+            default=0,
+            help="test cases per Celery task when an upload is scored: its cases are fanned "
+            "out over the workers (default 0: one task scores them all)",
+        )
+        parser.add_argument(
             "--opens-at", type=_moment, help="when the phase opens (ISO 8601; default: now)"
         )
         parser.add_argument(
@@ -95,9 +102,12 @@ class Command(BaseCommand):
         accuracy_gate,
         opens_at,
         closes_at,
+        cases_per_task,
         **options,
     ):
         phase = {"opens_at": opens_at} if opens_at is not None else {}
+        if cases_per_task < 0:
+            raise CommandError(f"--cases-per-task is a count of cases, not {cases_per_task}")
         try:
             reference = _reference_model(model)
             export_onnx(reference)
@@ -116,6 +126,7 @@ class Command(BaseCommand):
                 granularities=list(granularities),
                 accuracy_gate=accuracy_gate,
                 closes_at=closes_at,
+                cases_per_task=cases_per_task,
                 **phase,
             )
         except (Dataset.DoesNotExist, HarnessError) as error:
