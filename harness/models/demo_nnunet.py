@@ -43,7 +43,7 @@ ARCH_KWARGS = {
 } | DEFAULT_3D_LAYERS
 PATCH_SIZE = [32, 64, 64]
 SPACING = [5.5, 3.0, 3.0]
-TRAINING = TrainConfig(iterations=800, batch_size=2, learning_rate=2e-3)
+TRAINING = TrainConfig(iterations=1200, batch_size=2, learning_rate=2e-3, class_balanced=True)
 
 
 def foreground_statistics(dataset_dir: Path, split: str = "train") -> dict[str, float]:

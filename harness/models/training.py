@@ -18,13 +18,18 @@ from harness.models.reference import ModelSpec
 @dataclass(frozen=True)
 class TrainConfig:
     """Patch-based training: ``iterations`` steps of ``batch_size`` random roi-sized patches,
-    a fraction of them centred on a foreground voxel; AdamW with cosine decay; DiceCE loss."""
+    a fraction of them centred on a foreground voxel; AdamW with cosine decay; DiceCE loss.
+
+    ``class_balanced`` picks the foreground voxel as nnU-Net's oversampling does: first a class
+    present in the volume, uniformly, then a voxel of it, so a small structure (the aorta of the
+    phantoms) is centred as often as a large one instead of in proportion to its volume."""
 
     iterations: int = 1200
     batch_size: int = 2
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     foreground_fraction: float = 0.7
+    class_balanced: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -57,8 +62,10 @@ def sample_patch(
     roi: tuple[int, int, int],
     rng: np.random.Generator,
     foreground: bool,
+    class_balanced: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A roi-sized crop (zero-padded where the volume is smaller), optionally around foreground."""
+    """A roi-sized crop (zero-padded where the volume is smaller), optionally around foreground
+    (a voxel of a uniformly drawn present class when ``class_balanced``)."""
     pad = [max(0, r - s) for r, s in zip(roi, label.shape, strict=True)]
     if any(pad):
         widths = [(p // 2, p - p // 2) for p in pad]
@@ -67,7 +74,11 @@ def sample_patch(
         label = torch.nn.functional.pad(label, flat)
     shape = label.shape
     if foreground and bool((label > 0).any()):
-        fg = torch.nonzero(label > 0)
+        target = label > 0
+        if class_balanced:
+            present = torch.unique(label[target])
+            target = label == present[rng.integers(len(present))]
+        fg = torch.nonzero(target)
         centre = fg[rng.integers(len(fg))].tolist()
         start = [min(max(c - r // 2, 0), s - r) for c, r, s in zip(centre, roi, shape, strict=True)]
     else:
@@ -101,6 +112,7 @@ def train(
                 roi,
                 rng,
                 foreground=rng.random() < config.foreground_fraction,
+                class_balanced=config.class_balanced,
             )
             for _ in range(config.batch_size)
         ]
