@@ -14,6 +14,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from harness.entry.summary import result_lines
     from harness.entry.upload import Submission, evaluate_submission
     from harness.scoring.result import write_result
+    from harness.track import run_cache
 
     if sum(bool(x) for x in (args.scheme, args.checkpoint, args.onnx)) > 1:
         raise HarnessError("give one of --scheme, --checkpoint or --onnx")
@@ -28,7 +29,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     track = open_track(args)
     if args.context_check:
         _print_context_check(track.context_check)
-    result = evaluate_submission(track, submission, progress=not args.quiet).result
+    with run_cache.caching_in(run_cache.user_cache_dir()):  # the FP32 run of earlier calls
+        result = evaluate_submission(track, submission, progress=not args.quiet).result
     write_result(result, args.out)
     print("\n".join(result_lines(result, submission.label, args.out)))
 

@@ -9,8 +9,9 @@ would cost what the cache saves), the scoring settings (test split, NSD toleranc
 definition, label map) and the harness's digest (its version and the source of the modules that
 compute the figures). Anything else changed is a different key, so a stale run is never read.
 
-The folder is ``MEDQUANT_CACHE_DIR`` (the site points it at its shared storage); unset, nothing
-is cached. Files are written whole (a temporary file renamed into place), so a reader never
+The folder is ``MEDQUANT_CACHE_DIR`` (the site points it at its shared storage; ``harness
+evaluate`` at the user's cache folder when it is unset, ``user_cache_dir``); unset, nothing is
+cached. Files are written whole (a temporary file renamed into place), so a reader never
 sees half of one and two workers writing the same key at once both write the same bytes."""
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 
 import harness
@@ -30,9 +33,11 @@ from harness.scoring.evaluation import EvaluationRun
 
 logger = logging.getLogger(__name__)
 CACHE_DIR_VARIABLE = "MEDQUANT_CACHE_DIR"
-SCORING_SOURCES = ("scoring", "inference", "data")
+SCORING_SOURCES = ("scoring", "inference", "data", "models")
 """Packages of the harness whose source decides a run's figures (what the harness digest
-hashes): the metrics, the sliding-window inference, reading and preprocessing."""
+hashes): the metrics, the sliding-window inference, reading and preprocessing, the networks."""
+LIBRARIES = ("torch", "monai", "numpy", "scipy", "nibabel")
+"""Libraries whose version is part of the harness digest: they compute the figures too."""
 
 
 def cache_dir() -> Path | None:
@@ -41,10 +46,31 @@ def cache_dir() -> Path | None:
     return Path(folder) if folder else None
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/medquant`` (``~/.cache/medquant`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medquant"
+
+
+@contextmanager
+def caching_in(folder: Path) -> Iterator[None]:
+    """Cache in ``folder`` for the block unless a folder is configured already."""
+    if cache_dir() is not None:
+        yield
+        return
+    os.environ[CACHE_DIR_VARIABLE] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop(CACHE_DIR_VARIABLE, None)
+
+
 @cache
 def harness_digest() -> str:
-    """SHA-256 of the harness version and the source files of ``SCORING_SOURCES``."""
+    """SHA-256 of the harness version, the source files of ``SCORING_SOURCES`` and the versions
+    of ``LIBRARIES``."""
     digest = hashlib.sha256(harness.__version__.encode())
+    for library in LIBRARIES:
+        digest.update(f"{library}=={version(library)}".encode())
     root = Path(harness.__file__).parent
     for package in SCORING_SOURCES:
         for path in sorted((root / package).rglob("*.py")):
