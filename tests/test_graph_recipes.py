@@ -4,8 +4,8 @@ calibration patches with a working ONNX Runtime reader; each peer toolkit's reci
 track page (ONNX Runtime ``quantize_static``, NNCF's ONNX backend, ModelOpt ONNX INT8), run as
 printed in a shell, and the page's worked example ``harness quantize-graph`` each write a file
 the track accepts (closed W8A8; ModelOpt's where the budget and float-MAC allowance cover its
-fp16 weights and float convs) within 1% of FP32's mean DSC; the torch-only commands name these
-routes instead."""
+fp16 weights and float convs) within 1% of FP32's mean DSC, and the ONNX Runtime recipe does so
+on the torch reference's track too; the torch-only commands name these routes instead."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from harness.cli.graph import (
     toolkit_recipes,
 )
 from harness.data.demo import make_phantoms
-from harness.demo import DEMO_GRAPH_MODEL, DEMO_MODELS_DIR, write_onnx_source
+from harness.demo import DEMO_GRAPH_MODEL, DEMO_MODELS_DIR, shipped_models, write_onnx_source
 from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import SubmissionError
 from harness.inference.latency import MIN_PAIRS
@@ -71,6 +71,19 @@ def track(graph_dirs) -> LoadedTrack:
     loaded = LoadedTrack.open(spec)
     assert not loaded.model_spec.has_torch_network
     loaded.reference_run()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def torch_track(graph_dirs) -> LoadedTrack:
+    """The same network as a torch reference (the shipped SegResNet folder) on the closed W8A8
+    ONNX Runtime track: the recipes start from its FP32 export."""
+    dataset, _ = graph_dirs
+    spec = TrackSpec(model_dir=shipped_models()[DEMO_GRAPH_MODEL], dataset_dir=dataset,
+                     backend="onnxruntime-cpu", weight_bits=8, activation_bits=8,
+                     division="closed", latency_pairs=MIN_PAIRS, latency_burst=1)  # fmt: skip
+    loaded = LoadedTrack.open(spec)
+    assert loaded.model_spec.has_torch_network
     return loaded
 
 
@@ -155,6 +168,16 @@ def test_each_toolkit_recipe_as_printed_writes_a_file_the_track_accepts(
             _accepted(track, tmp_path / "q.onnx")
     else:
         assert result["efficiency"]["kernels"]["integer_ops"]
+
+
+def test_the_ort_recipe_as_printed_on_a_torch_reference_track(torch_track, tmp_path):
+    spec = torch_track.spec
+    recipe = toolkit_recipes(dataset=str(spec.dataset_dir), model=str(spec.model_dir))["ort"]
+    _shell(recipe.text, tmp_path)
+    exported = onnx.load(str(tmp_path / "calib/model.onnx"))  # the torch reference's FP32 export
+    assert [i.name for i in exported.graph.input] == [INPUT_NAME]
+    result = _accepted(torch_track, tmp_path / "q.onnx")
+    assert result["efficiency"]["kernels"]["integer_ops"]
 
 
 def test_quantize_graph_as_printed_writes_a_file_the_track_accepts(track, graph_dirs, tmp_path):
