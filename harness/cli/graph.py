@@ -121,7 +121,7 @@ def toolkit_recipes(
             (
                 first,
                 f"PYTHONPATH={shlex.quote(calib)} python - <<'EOF'",
-                "from calibration_reader import PatchReader",
+                "from calibration_reader import PatchReader; "
                 "from onnxruntime.quantization import QuantFormat, QuantType, quantize_static",
                 f"quantize_static({fp32!r}, {out!r}, PatchReader(), quant_format=QuantFormat.QDQ, "
                 "per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)",
