@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli import analysis, data, evaluate, models, quantize, submit, train
+from harness.cli import analysis, data, evaluate, graph, models, quantize, submit, train
 from harness.errors import HarnessError
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub, common)
     models.register(sub, common)
     quantize.register(sub, common)
+    graph.register(sub, common)
     evaluate.register(sub, common)
     analysis.register(sub, common)
     submit.register(sub, common)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli.common import add_backend_args, add_track_args, open_track
+from harness.cli.graph import refuse_graph_reference
 from harness.errors import HarnessError
 
 
@@ -58,6 +59,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
 
     if args.checkpoint and args.int8:
         raise HarnessError("give --checkpoint or --int8, not both")
+    refuse_graph_reference(args, "export-onnx" + (" --int8" if args.int8 else ""))
     track = open_track(args)
     reference = track.torch_model("export-onnx")
     if args.checkpoint or args.int8:

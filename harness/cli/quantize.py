@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from harness.cli.common import add_track_args, open_track
+from harness.cli.graph import refuse_graph_reference
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -38,6 +39,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         name: getattr(args, name) for name in all_options() if getattr(args, name, None) is not None
     }
     method_config(args.method, scheme, options)  # refuse bad options before reading any data
+    refuse_graph_reference(args, "quantize")
     track = open_track(args)
     start = time.perf_counter()
     with quantization_bars(not args.quiet):

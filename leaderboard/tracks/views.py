@@ -21,9 +21,11 @@ from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils.html import format_html
 
+from harness.cli.graph import quantize_graph_command, toolkit_recipes
 from harness.data.bundle import write_calibration_bundle
 from harness.data.dataset import load_dataset
 from harness.errors import HarnessError
+from harness.models.onnx_graph import ONNX_ARCHITECTURE
 from leaderboard.submissions.intake import accepted_kinds
 from leaderboard.submissions.models import PENDING, Evaluation, Kind, Submission
 from leaderboard.tracks import charts, compare, ranking
@@ -281,6 +283,21 @@ def off_board(request, track: Track) -> list[Submission]:
     return list(rows.select_related("evaluation", "user", "team"))
 
 
+def graph_routes(track: Track) -> dict:
+    """What an ONNX track's page prints of the routes from its FP32 graph
+    (``harness.cli.graph``): each peer toolkit's recipe, whether the reference is an ONNX graph
+    and, for one, the ``harness quantize-graph`` line of its worked example; nothing on a
+    checkpoint track."""
+    if track.takes_checkpoints:
+        return {}
+    model = f"{track.reference_model.slug}/"
+    return {
+        "toolkit_recipes": toolkit_recipes(model=model),
+        "graph_reference": track.reference_model.architecture == ONNX_ARCHITECTURE,
+        "graph_example": quantize_graph_command(model=model),
+    }
+
+
 def track_detail(request, slug: str):
     """A track's page; for visitors without an account (and no pending message) the whole page
     is cached until the ranks change (it holds nothing personal), for others the board is."""
@@ -322,7 +339,7 @@ def track_detail(request, slug: str):
             track=track, is_baseline=True, status__in=PENDING
         ).count(),
         "accepted_kinds": [Kind(k) for k in accepted_kinds(track)],
-    }
+    } | graph_routes(track)
     response = render(request, "tracks/track.html", context, status=status)
     if version is not None and status == HTTPStatus.OK:
         cache.set(page_key, response.content, settings.BOARD_CACHE_SECONDS)
