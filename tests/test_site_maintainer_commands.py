@@ -63,6 +63,16 @@ def test_a_model_registered_under_a_slug_is_found_by_it_and_never_registered_twi
     assert Track.objects.count() == 2
 
 
+def test_create_track_names_a_track_of_long_model_and_dataset_slugs(registered):
+    from leaderboard.tracks.seeding import import_model
+
+    import_model(registered, slug="demo-segresnet-onnx-graph")
+    call_command("create_track", "--dataset", "phantoms", "--model", "demo-segresnet-onnx-graph",
+                 "--wbits", "8", "--abits", "8", "--backend", "onnxruntime-cpu")  # fmt: skip
+    slug = Track.objects.get().slug
+    assert slug == "demo-segresnet-onnx-graph-phantoms-w8a8-onnxruntime-cpu" and len(slug) > 50
+
+
 def test_an_unknown_method_name_is_an_error_naming_the_known_ones(registered):
     call_command("create_track", "--dataset", "phantoms", "--model", str(registered),
                  "--wbits", "4", "--abits", "4")  # fmt: skip

@@ -121,7 +121,9 @@ class TrackQuerySet(models.QuerySet):
 class Track(models.Model):
     """What is ranked: a reference model on a dataset split at a precision on a backend."""
 
-    slug = models.SlugField(unique=True)
+    slug = models.SlugField(
+        unique=True, max_length=120, help_text="model-dataset-precision-backend by default"
+    )
     title = models.CharField(max_length=160)
     description = models.TextField(blank=True)
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="tracks")
