@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from leaderboard_fixtures import site_storage
 from modelopt_int8 import modelopt_int8
 
 from harness.artifacts.onnx.verify import (
@@ -35,6 +36,7 @@ from harness.models.interface import ONNX_FILE
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
+__all__ = ["site_storage"]
 TRT_REASON = unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(TRT_REASON is not None, reason=str(TRT_REASON))
 
@@ -208,3 +210,32 @@ def test_modelopt_baselines_cpu_step_runs_for_real_in_a_child(track, trt_track, 
     fp32 = track.run(track.model, False, "fp32")
     result = evaluate_submission(track, Submission("onnx", onnx=out), fp32=fp32).result
     assert result["submission"]["precision"]["weight_bits"] == 8
+
+
+@pytest.mark.django_db
+def test_site_modelopt_baseline_with_tensorrt_import_blocked_ends_with_the_reason(
+    tiny_track, site_storage, without_tensorrt, caplog
+):
+    from leaderboard.submissions import pipeline
+    from leaderboard.submissions.models import Status
+    from leaderboard.tracks.seeding import (
+        create_track,
+        import_dataset,
+        import_model,
+        queue_baselines,
+    )
+
+    dataset_dir, model_dir = tiny_track
+    track = create_track(
+        import_dataset(dataset_dir, slug="tiny"), import_model(model_dir),
+        weight_bits=8, activation_bits=8, backend="tensorrt", bits_per_weight_budget=9,
+        max_float_mac_fraction=0.9,
+    )  # fmt: skip
+    queued = {s.scheme: s for s in queue_baselines(track)}
+    modelopt = queued[MODELOPT_PTQ.scheme]
+    assert modelopt.reference_method == MODELOPT_PTQ.method and modelopt.method == "ModelOpt INT8"
+    assert pipeline.run(modelopt.pk) == Status.FAILED
+    modelopt.refresh_from_db()
+    assert modelopt.error.startswith("backend unavailable: TensorRT is not installed")
+    assert "'gpu' queue" in modelopt.error and "internal error" not in modelopt.error
+    assert not any(record.exc_info for record in caplog.records)  # no traceback logged
