@@ -122,6 +122,24 @@ def _printed_example(page: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "openvino-cpu"])
+def test_an_onnx_track_pages_export_command_names_its_backend(
+    client, tiny_track, site_storage, backend
+):
+    from leaderboard.tracks.seeding import create_track, import_dataset, import_model
+
+    dataset_dir, model_dir = tiny_track
+    track = create_track(
+        import_dataset(dataset_dir, slug="tiny"), import_model(model_dir),
+        weight_bits=8, activation_bits=8, backend=backend,
+    )  # fmt: skip
+    lines = _printed_example(client.get(reverse("track", args=[track.slug])).content.decode())
+    (export,) = [line for line in lines if line.startswith("harness export-onnx")]
+    args = build_parser().parse_args(shlex.split(export)[1:])
+    assert args.backend == backend and args.checkpoint == "my_ckpt" and args.out == "q.onnx"
+
+
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_openvino_pages_example_runs_like_the_sites_own_baseline(
