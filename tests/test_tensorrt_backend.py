@@ -1,5 +1,8 @@
-"""The tensorrt backend: ModelOpt ONNX PTQ (runs on CPU here, for real), the `backend unavailable`
-path, and engine build / latency (need TensorRT and a CUDA GPU: skipped with the reason here)."""
+"""The tensorrt backend: ModelOpt ONNX PTQ (runs on CPU here, for real), registered as the
+backend's engine PTQ baseline (as NNCF is OpenVINO's), the `backend unavailable` path (also for
+that baseline, in the harness and on the site), and engine build / latency (need TensorRT and a
+CUDA GPU: skipped with the reason here). Tests named ``…tensorrt_import_blocked…`` make
+``import tensorrt`` fail (the GPU boundary, mocked) so that they hold on a GPU machine too."""
 
 import sys
 from dataclasses import replace
@@ -8,24 +11,32 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from leaderboard_fixtures import site_storage
+from modelopt_int8 import modelopt_int8
 
 from harness.artifacts.onnx.verify import (
     OnnxInterface,
     PrecisionLimits,
     verify_onnx,
 )
+from harness.artifacts.precision import check_for_track
+from harness.backends import get_backend
 from harness.backends.tensorrt import (
+    MODELOPT_PTQ,
     BackendUnavailable,
-    modelopt_baseline,
+    modelopt_quantize_in_child,
     require_tensorrt,
     unavailable_reason,
 )
 from harness.cli import main
+from harness.entry.baseline import baseline_methods, baselines_for, compute_baseline
 from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import SubmissionError
+from harness.models.interface import ONNX_FILE
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
+__all__ = ["site_storage"]
 TRT_REASON = unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(TRT_REASON is not None, reason=str(TRT_REASON))
 
@@ -51,9 +62,17 @@ def track(tiny_track) -> LoadedTrack:
 def modelopt_onnx(track, tmp_path_factory):
     """What a participant following the TensorRT recipe uploads: ModelOpt INT8 defaults,
     calibrated on the track's calibration cases."""
-    return modelopt_baseline(
-        track.model, track.model_spec, track.calibration, tmp_path_factory.mktemp("modelopt")
-    )
+    batches = [b.numpy().astype(np.float32) for b in track.calibration]
+    out = tmp_path_factory.mktemp("modelopt") / "modelopt_int8.onnx"
+    input_name = OnnxInterface.for_model(track.model_spec).input_name
+    return modelopt_int8(track.fp32_onnx, batches, input_name, out)
+
+
+@pytest.fixture
+def trt_track(track) -> LoadedTrack:
+    """The track on the tensorrt backend (its FP32 model and calibration already loaded)."""
+    spec = replace(track.spec, backend="tensorrt")
+    return LoadedTrack(spec, track.dataset, track.model_spec, track.model)
 
 
 @pytest.fixture
@@ -151,3 +170,72 @@ def test_engine_builds_and_matches_onnxruntime(track, modelopt_onnx, tmp_path):
     assert stats["size_bytes"] == engine.stat().st_size
     assert stats["latency_ms"]["per_batch"]["median_ms"] > 0
     assert np.isfinite(stats["throughput_patches_per_s"])
+
+
+def test_modelopt_is_the_tensorrt_backends_engine_ptq_baseline(track):
+    assert get_backend("tensorrt").engine_ptq == MODELOPT_PTQ
+    offered = {(b.method, b.scheme) for b in baselines_for(replace(track.spec, backend="tensorrt"))}
+    assert (MODELOPT_PTQ.method, MODELOPT_PTQ.scheme) in offered
+    assert MODELOPT_PTQ.method in baseline_methods()
+    on_ort = {b.method for b in baselines_for(track.spec)}
+    assert MODELOPT_PTQ.method not in on_ort
+
+
+def test_modelopt_baseline_with_tensorrt_import_blocked_says_backend_unavailable(
+    trt_track, tmp_path, without_tensorrt
+):
+    with pytest.raises(BackendUnavailable, match=r"^backend unavailable: TensorRT is not inst"):
+        compute_baseline(
+            trt_track, method=MODELOPT_PTQ.method, scheme=MODELOPT_PTQ.scheme, workdir=tmp_path
+        )
+    assert not (tmp_path / ONNX_FILE).exists()  # stopped before quantizing: nothing to score
+
+
+def test_modelopt_baselines_cpu_step_runs_for_real_in_a_child(track, trt_track, tmp_path):
+    from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
+
+    out = modelopt_quantize_in_child(
+        trt_track.fp32_onnx, trt_track.calibration, tmp_path / "m.onnx"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    verified = get_backend("tensorrt").verify(out, trt_track.checks())
+    check_for_track(verified.precision, trt_track.checks())
+    precision = verified.precision
+    assert precision["weight_bits"] == 8 and precision["activation_bits"] == 8
+    quantized = [layer for layer in precision["layers"] if layer["weight_granularity"] != "none"]
+    assert quantized and not precision["run_time_quantized_weight_layers"]  # stored as int8
+    assert precision["bits_per_weight"] < 16  # not ModelOpt's default float16 storage
+    # ModelOpt ran in its own interpreter: ORT's quantizer is not patched in this one
+    assert quantize_graph_int8(track.fp32_onnx, track.calibration, tmp_path / "ort.onnx").is_file()
+    fp32 = track.run(track.model, False, "fp32")
+    result = evaluate_submission(track, Submission("onnx", onnx=out), fp32=fp32).result
+    assert result["submission"]["precision"]["weight_bits"] == 8
+
+
+@pytest.mark.django_db
+def test_site_modelopt_baseline_with_tensorrt_import_blocked_ends_with_the_reason(
+    tiny_track, site_storage, without_tensorrt, caplog
+):
+    from leaderboard.submissions import pipeline
+    from leaderboard.submissions.models import Status
+    from leaderboard.tracks.seeding import (
+        create_track,
+        import_dataset,
+        import_model,
+        queue_baselines,
+    )
+
+    dataset_dir, model_dir = tiny_track
+    track = create_track(
+        import_dataset(dataset_dir, slug="tiny"), import_model(model_dir),
+        weight_bits=8, activation_bits=8, backend="tensorrt", bits_per_weight_budget=9,
+        max_float_mac_fraction=0.9,
+    )  # fmt: skip
+    queued = {s.scheme: s for s in queue_baselines(track)}
+    modelopt = queued[MODELOPT_PTQ.scheme]
+    assert modelopt.reference_method == MODELOPT_PTQ.method and modelopt.method == "ModelOpt INT8"
+    assert pipeline.run(modelopt.pk) == Status.FAILED
+    modelopt.refresh_from_db()
+    assert modelopt.error.startswith("backend unavailable: TensorRT is not installed")
+    assert "'gpu' queue" in modelopt.error and "internal error" not in modelopt.error
+    assert not any(record.exc_info for record in caplog.records)  # no traceback logged

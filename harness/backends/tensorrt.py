@@ -5,6 +5,12 @@ ModelOpt and CUDA are imported lazily, and where one is missing ``BackendUnavail
 
 ModelOpt's ONNX quantizer itself runs on CPU (``calibration_eps=["cpu"]``); its Q/DQ placement is
 TensorRT-style (weights stored in float, quantized by QuantizeLinear), which ORT does not fuse.
+It is the backend's engine PTQ baseline (as NNCF is OpenVINO's), the route of the real-INT8
+study: ``engine_quantize`` runs it in a child interpreter (``python -m harness.backends.tensorrt``),
+because importing ModelOpt patches ONNX Runtime's quantization module for the rest of the process
+(ORT's own ``quantize_static``, the graph-PTQ baseline, then fails in it). Without TensorRT the
+baseline stops before quantizing, with ``backend unavailable: <reason>``: its file could not be
+scored here.
 The latency protocol times the entry's engine against a plain FP32 engine of the reference, per
 patch batch, interleaved on the same GPU.
 """
@@ -12,6 +18,8 @@ patch batch, interleaved on the same GPU.
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -24,17 +32,35 @@ from torch import nn
 
 from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import ONNX
-from harness.backends.base import Backend, OpenedArtifact
+from harness.backends.base import Backend, EnginePtq, OpenedArtifact
 from harness.errors import BackendUnavailable, HarnessError
 from harness.inference.latency import latency_stats, time_calls
 
 if TYPE_CHECKING:
     from harness.inference.latency import LatencyProtocol
     from harness.inference.sliding_window import SlidingWindowSpec
-    from harness.models.reference import ModelSpec
 
 LATENCY_WARMUP = 1
 LATENCY_RUNS = 5
+MODELOPT_PTQ = EnginePtq(
+    scheme="modelopt-int8",
+    method="modelopt",
+    label="ModelOpt INT8",
+    description=(
+        "NVIDIA ModelOpt ONNX post-training quantization for TensorRT (quantize_mode int8, run "
+        "on CPU: per-channel int8 weights, per-tensor int8 activations on the layers ModelOpt "
+        "quantizes for TensorRT's INT8 kernels (convs of too few channels stay float), max "
+        "calibration on the track's calibration patches; weights stored as int8 codes, float "
+        "layers in float32), built into a TensorRT INT8 + FP16 engine"
+    ),
+)
+"""The ModelOpt → TensorRT route of the real-INT8 study, as the TensorRT backend's engine PTQ."""
+MODELOPT_BASELINE_OPTIONS = {"dq_only": True, "high_precision_dtype": "fp32"}
+"""ModelOpt's INT8 defaults but for storage: weights as int8 codes under DequantizeLinear (its
+default stores them in float16 behind a QuantizeLinear, 16 bits per weight as stored, over a W8A8
+track's budget) and the layers it leaves unquantized in float32 (not float16: the closed
+division's reach check compares them with the FP32 weights). TensorRT builds the same engine from
+either form: it folds the weight quantizer and runs float layers in FP16 under its FP16 flag."""
 
 
 def unavailable_reason() -> str | None:
@@ -64,6 +90,7 @@ def modelopt_quantize(
     input_name: str,
     nodes_to_quantize: list[str] | None = None,
     high_precision_dtype: str = "fp16",
+    dq_only: bool = False,
 ) -> Path:
     """ModelOpt ONNX PTQ, INT8 mode, max calibration on ``calibration`` (N, C, *roi) float32
     patches, run on CPU; writes the Q/DQ ONNX to ``out``."""
@@ -81,26 +108,49 @@ def modelopt_quantize(
         calibration_eps=["cpu"],
         nodes_to_quantize=nodes_to_quantize,
         high_precision_dtype=high_precision_dtype,
+        dq_only=dq_only,
         output_path=str(out),
         log_level="WARNING",
     )
     return out
 
 
-def modelopt_baseline(
-    model: nn.Module, model_spec: ModelSpec, calibration: list[torch.Tensor], out_dir: str | Path
+def modelopt_quantize_in_child(
+    fp32_onnx: str | Path, calibration: list[torch.Tensor], out: str | Path
 ) -> Path:
-    """The track's ModelOpt INT8 entry: FP32 export → ModelOpt PTQ calibrated on the track's
-    calibration patches (max) → ``out_dir/modelopt_int8.onnx``, ready for ``build_engine``."""
-    from harness.artifacts.onnx.export import export_fp32
-    from harness.models.interface import INPUT_NAME
+    """``modelopt_quantize`` of ``fp32_onnx`` with ``MODELOPT_BASELINE_OPTIONS`` on the
+    ``calibration`` patch batches, run in a child interpreter (module docstring) whose working
+    folder is ``out``'s (ModelOpt and ORT's tools leave intermediate files beside their input and
+    in the working folder: a copy of the FP32 file goes there). ``HarnessError`` with ModelOpt's
+    last error lines when it fails."""
+    if not calibration:
+        raise HarnessError("ModelOpt quantization needs calibration patches")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = out.with_suffix(".fp32.onnx")
+    source.write_bytes(Path(fp32_onnx).read_bytes())
+    patches = out.with_suffix(".calibration.npy")
+    np.save(patches, torch.cat(calibration).numpy().astype(np.float32), allow_pickle=False)
+    input_name = onnx_input_name(source)
+    command = [sys.executable, "-m", __name__, str(source), str(patches), input_name, str(out)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=out.parent)
+    finally:
+        source.unlink()
+        patches.unlink()
+    if done.returncode != 0 or not out.is_file():
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise HarnessError(
+            f"ModelOpt INT8 quantization failed (exit {done.returncode}): " + " | ".join(lines[-3:])
+        )
+    return out
 
-    out_dir = Path(out_dir)
-    fp32 = export_fp32(model, model_spec, out_dir / "fp32.onnx")
-    calibration = torch.cat(calibration).numpy()
-    return modelopt_quantize(
-        fp32, calibration, out_dir / "modelopt_int8.onnx", input_name=INPUT_NAME
-    )
+
+def onnx_input_name(path: str | Path) -> str:
+    """The name of the ONNX graph's first input (what ModelOpt's calibration data is keyed by)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
 def build_engine(
@@ -195,9 +245,14 @@ class TensorRTBackend(Backend):
     label = "TensorRT INT8 (GPU)"
     artifact_kinds = (ONNX,)
     queue = "gpu"
+    engine_ptq = MODELOPT_PTQ
 
     def unavailable_reason(self) -> str | None:
         return unavailable_reason()
+
+    def engine_quantize(self, fp32: Path, calibration: list[torch.Tensor], out: Path) -> Path:
+        self.require_available()
+        return modelopt_quantize_in_child(fp32, calibration, out)
 
     def load(self, verified: VerifiedArtifact, checks: TrackChecks) -> nn.Module:
         with tempfile.TemporaryDirectory(prefix="medquant-engine-") as engine_dir:
@@ -231,3 +286,15 @@ class TensorRTBackend(Backend):
 
 
 BACKEND = TensorRTBackend()
+
+
+def _modelopt_child(argv: list[str]) -> None:
+    """The child of ``modelopt_quantize_in_child``: FP32 file, calibration ``.npy``, input
+    name, output file."""
+    fp32, patches, input_name, out = argv
+    calibration = np.load(patches, allow_pickle=False)
+    modelopt_quantize(fp32, calibration, out, input_name=input_name, **MODELOPT_BASELINE_OPTIONS)
+
+
+if __name__ == "__main__":
+    _modelopt_child(sys.argv[1:])

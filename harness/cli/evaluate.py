@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from harness.backends import backend_names
 from harness.cli.common import add_backend_args, add_track_args, open_track
 from harness.cli.graph import refuse_graph_reference
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from harness.artifacts.onnx.placement import QdqPlacement
+
+EXPORT_PLACEMENTS = ("ort", "openvino")
+"""``--placement`` choices: the keys of ``harness.artifacts.onnx.placement.PLACEMENT_CHOICES``,
+spelled out here because ``harness --help`` builds this parser without importing numpy."""
+DEFAULT_EXPORT_BACKEND = "onnxruntime-cpu"
+"""The backend whose placement ``export-onnx`` writes when none is named: ONNX Runtime, the
+reference executor of Q/DQ semantics (its placement is ``ort``)."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -54,26 +68,36 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
     from harness.artifacts.onnx.agreement import SIMULATION_TOLERANCE, simulation_agreement
     from harness.artifacts.onnx.export import FP32_TOLERANCE, export_fp32
     from harness.artifacts.onnx.int8_scheme import int8_model
-    from harness.artifacts.onnx.qdq_export import export_qdq
+    from harness.artifacts.onnx.placement import PLACEMENT_CHOICES
     from harness.backends.onnxruntime import relative_difference
+    from harness.entry.engine_export import export_for_engine
 
     if args.checkpoint and args.int8:
         raise HarnessError("give --checkpoint or --int8, not both")
     refuse_graph_reference(args, "export-onnx" + (" --int8" if args.int8 else ""))
+    if args.placement and not (args.checkpoint or args.int8):
+        raise HarnessError("--placement places Q/DQ nodes: give it with --int8 or --checkpoint")
     track = open_track(args)
     reference = track.torch_model("export-onnx")
     if args.checkpoint or args.int8:
         calibration = track.calibration
-        if args.checkpoint:
-            model = load_checkpoint(Path(args.checkpoint), reference)
-        else:
-            model = int8_model(reference, calibration)
-        path = export_qdq(model, track.model_spec, calibration, args.out)
-        agreement = simulation_agreement(model, path, calibration[0])
+        checkpoint = load_checkpoint(Path(args.checkpoint), reference) if args.checkpoint else None
+
+        def model_for(placement: QdqPlacement) -> nn.Module:
+            if checkpoint is not None:
+                return checkpoint
+            return int8_model(
+                reference, calibration, requantize_outputs=placement.requantize_outputs
+            )
+
+        placements = (PLACEMENT_CHOICES[args.placement],) if args.placement else None
+        model, export = export_for_engine(track, model_for, Path(args.out), placements)
+        agreement = simulation_agreement(model, Path(args.out), calibration[0])
         print(
-            f"Q/DQ ONNX → {path}: the simulated model's quantizers exactly; on a calibration "
-            f"batch mean |ORT − simulated| / mean |simulated| {agreement.relative:.3g} "
-            f"(tolerance {SIMULATION_TOLERANCE}), max / max {agreement.largest:.3g}"
+            f"Q/DQ ONNX → {args.out} in {_placement_line(track.backend.name, export)}: the "
+            f"simulated model's quantizers exactly; on a calibration batch mean |ORT − simulated| "
+            f"/ mean |simulated| {agreement.relative:.3g} (tolerance {SIMULATION_TOLERANCE}), "
+            f"max / max {agreement.largest:.3g}"
         )
         return
     path = export_fp32(reference, track.model_spec, args.out)
@@ -87,6 +111,17 @@ def cmd_export_onnx(args: argparse.Namespace) -> None:
         f"FP32 ONNX → {path}; max |ORT − PyTorch| / max |PyTorch| {difference:.2g} "
         f"(tolerance {FP32_TOLERANCE})"
     )
+
+
+def _placement_line(backend: str, export: dict) -> str:
+    """``placement P`` and, where placements were compared on ``backend``'s engine, each one's
+    deviation from ONNX Runtime."""
+    line = f"placement {export['placement']}"
+    deviation = export.get("engine_deviation")
+    if deviation:
+        measured = ", ".join(f"{name} {value:.3f}" for name, value in deviation.items())
+        line += f" ({backend} vs ONNX Runtime, mean |Δ logit| / mean |logit|: {measured})"
+    return line
 
 
 def register(sub, common: argparse.ArgumentParser) -> None:
@@ -123,6 +158,22 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "--int8",
         action="store_true",
         help="export per-channel INT8 weights + static per-tensor INT8 activations (outputs "
-        "requantized for ONNX Runtime's integer kernels) as Q/DQ ONNX",
+        "requantized where the placement's engine needs it, as ONNX Runtime's integer kernels "
+        "do) as Q/DQ ONNX",
+    )
+    p.add_argument(
+        "--backend",
+        choices=backend_names(),
+        default=DEFAULT_EXPORT_BACKEND,
+        help="the track's backend: the Q/DQ file is written in its engine's own placement, the "
+        "first of its placements the engine runs as ONNX Runtime does (as the site's own INT8 "
+        f"baseline is; default {DEFAULT_EXPORT_BACKEND})",
+    )
+    p.add_argument(
+        "--placement",
+        choices=EXPORT_PLACEMENTS,
+        help="write this engine's Q/DQ placement whatever the backend: ort = uint8 activations "
+        "with zero-point 128 and requantized outputs (ONNX Runtime's QLinearConv); openvino = "
+        "int8 activations with zero-point 0 on layer inputs only, as NNCF places them",
     )
     p.set_defaults(func=cmd_export_onnx)

@@ -29,9 +29,8 @@ from harness.artifacts.onnx.graph_ptq import TOOL as GRAPH_PTQ_TOOL
 from harness.artifacts.onnx.graph_ptq import quantize_graph_int8
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.placement import QdqPlacement
-from harness.artifacts.onnx.qdq_export import export_qdq
 from harness.backends import backend_names, get_backend
-from harness.entry.engine_agreement import ENGINE_DEVIATION, engine_deviation
+from harness.entry.engine_export import export_for_engine
 from harness.entry.evaluated import Evaluated
 from harness.entry.upload import StageCallback, Submission, evaluate_submission
 from harness.models.interface import ONNX_FILE
@@ -246,51 +245,18 @@ def compute_baseline(
 
 def _int8_export(track: LoadedTrack, path: Path, skip: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """The standard INT8 export of the track's model (``skip`` layers in float) in the first of
-    the backend's placements that its engine runs faithfully (logits within ``ENGINE_DEVIATION``
-    of ONNX Runtime's on the same file; the closest one if none is), with the placement chosen
-    and each deviation measured."""
+    the backend's placements that its engine runs faithfully (``export_for_engine``; the INT8
+    scheme for each placement requantizes outputs where its engine needs it), with the placement
+    chosen and each deviation measured."""
     network = track.torch_model("the harness's INT8 export")
-    placements = track.backend.qdq_placements
-    if len(placements) == 1:
-        _int8_export_in(track, network, path, skip, placements[0])
-        return path, {"placement": placements[0].name}
-    candidates: dict[str, Path] = {}
-    deviation: dict[str, float] = {}
-    for placement in placements:
-        candidate = path.with_name(f"{path.stem}.{placement.name}.onnx")
-        _int8_export_in(track, network, candidate, skip, placement)
-        candidates[placement.name] = candidate
-        deviation[placement.name] = _engine_deviation(track, candidate)
-        if deviation[placement.name] <= ENGINE_DEVIATION:
-            break
-    faithful = [name for name, value in deviation.items() if value <= ENGINE_DEVIATION]
-    chosen = faithful[0] if faithful else min(deviation, key=deviation.get)
-    candidates.pop(chosen).replace(path)
-    for other in candidates.values():
-        other.unlink()
-    return path, {"placement": chosen, "engine_deviation": deviation}
 
+    def model_for(placement: QdqPlacement) -> nn.Module:
+        return int8_model(
+            network, track.calibration, skip=skip, requantize_outputs=placement.requantize_outputs
+        )
 
-def _int8_export_in(
-    track: LoadedTrack,
-    network: nn.Module,
-    path: Path,
-    skip: tuple[str, ...],
-    placement: QdqPlacement,
-) -> Path:
-    """The INT8 scheme for ``placement`` (outputs requantized where its engine needs it),
-    exported in it and checked against its simulation."""
-    model = int8_model(
-        network, track.calibration, skip=skip, requantize_outputs=placement.requantize_outputs
-    )
-    return export_qdq(model, track.model_spec, track.calibration, path, placement=placement)
-
-
-def _engine_deviation(track: LoadedTrack, path: Path) -> float:
-    """``engine_deviation`` of the track's backend on the Q/DQ file at ``path`` over the
-    calibration patches."""
-    network = track.backend.open_trusted(path, track.checks())
-    return engine_deviation(network, path, track.calibration, track.spec.latency_threads)
+    _, export = export_for_engine(track, model_for, path)
+    return path, export
 
 
 def _slower_layers_within_allowance(

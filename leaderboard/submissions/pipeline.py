@@ -7,8 +7,11 @@ a child process), ``harness.entry.baseline.compute_baseline`` (a reference basel
 
 Stages are written to the row under ``select_for_update`` (``stages``). The harness verifies the
 artifact (format, precision against the track) before scoring it. A ``SubmissionError`` (the
-artifact is at fault) ends the run ``rejected`` with the harness's message; any other error ends
-it ``failed`` (not counted in the quota; the traceback is logged for the maintainers);
+artifact is at fault) ends the run ``rejected`` with the harness's message; a
+``BackendUnavailable`` (this worker lacks the track's engine or accelerator: an environment
+limit, not a bug) ends it ``failed`` with that reason and where the job can run, no traceback;
+any other error ends it ``failed`` (not counted in the quota; the traceback is logged for the
+maintainers);
 infrastructure errors (database, broker, storage) propagate so that the Celery task retries.
 Running it again on a finished submission does nothing. Every stored result is kept as the
 submission's next ``EvaluationVersion``; its ``Evaluation`` (one row per submission) is the
@@ -31,7 +34,7 @@ from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.entry.baseline import compute_baseline, compute_reference
 from harness.entry.summary import ResultSummary
 from harness.entry.upload import evaluate_untrusted
-from harness.errors import SubmissionError
+from harness.errors import BackendUnavailable, SubmissionError
 from harness.progress import reporting
 from harness.track.loaded import LoadedTrack
 from leaderboard.submissions import fan_out
@@ -157,6 +160,15 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
             log.append(f"rejected: {error}")
             advance(submission_id, Status.REJECTED, error=str(error), log="\n".join(log))
             return Status.REJECTED
+        except BackendUnavailable as error:
+            message = (
+                f"{error} (this worker cannot run {submission.track.backend} tracks: a worker on "
+                f"the '{submission.track.queue}' queue that has it evaluates them; re-run it there)"
+            )
+            logger.warning("submission %s: %s", submission_id, message)
+            log.append(message)
+            advance(submission_id, Status.FAILED, error=message, log="\n".join(log))
+            return Status.FAILED
         except (MemoryError, RuntimeError) as error:
             if not is_out_of_memory(error):
                 raise

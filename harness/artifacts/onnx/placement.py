@@ -68,3 +68,5 @@ class QdqPlacement:
 ORT_PLACEMENT = QdqPlacement("uint8-zero-point-128", "uint8", requantize_outputs=True)
 OPENVINO_PLACEMENT = QdqPlacement("int8-symmetric", "int8", False, unsigned_non_negative=True)
 PLACEMENTS = {p.name: p for p in (ORT_PLACEMENT, OPENVINO_PLACEMENT)}
+PLACEMENT_CHOICES = {"ort": ORT_PLACEMENT, "openvino": OPENVINO_PLACEMENT}
+"""Each placement by the engine it is made for: what ``harness export-onnx --placement`` takes."""
