@@ -72,7 +72,7 @@ def verify_for_track(path: str | Path, checks: TrackChecks) -> VerifiedArtifact:
     report, index, digest = _measured(path, checks.interface, checks.limits.max_bytes)
     if checks.reference_graph is None:
         raise OnnxVerificationError("this track has no FP32 reference graph to match ONNX against")
-    check_reference_network(index.model, checks.reference_graph, closed=checks.closed)
+    check_reference_network(index, checks.reference_graph, closed=checks.closed)
     precision = report | {"reference_network": "matched", "division": checks.division}
     return VerifiedArtifact("onnx", Path(path), digest, precision, index)
 
