@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.artifacts.onnx.graph import GraphIndex, infer_shapes
 from harness.artifacts.onnx.graph_match import ForeignNode, check_graph_match
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.artifacts.onnx.verify import verify_for_track
+from harness.artifacts.onnx.verify import OnnxVerificationError, verify_for_track, verify_onnx
+from harness.errors import SubmissionError
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
 
@@ -193,3 +195,85 @@ def test_a_changed_attribute_is_a_foreign_node(track, int8_onnx):
     index = GraphIndex(model, infer_shapes(model))
     with pytest.raises(ForeignNode, match=rf"node '{concat.name}' \(Concat\)"):
         check_graph_match(index, track.checks().reference_graph)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_data_dependent_size_is_refused_before_it_runs_without_a_reference(
+    declared, track, int8_onnx, tmp_path
+):
+    """The run-time size check on its own (``verify_onnx`` has no reference graph): the Tile's
+    repeats come from the image, so its size is unknown before it runs -- also when the file
+    declares a small shape for it in ``value_info``."""
+    nodes, initializers = _attack("data-dependent-tile", track)
+    path = _appended(int8_onnx, nodes, initializers, tmp_path / "tile.onnx")
+    if declared:
+        model = onnx.load(str(path))
+        shape = ["N", *track.checks().interface.output_shape]
+        model.graph.value_info.append(helper.make_tensor_value_info("tiled", 1, shape))
+        onnx.save(model, str(path))
+    with pytest.raises(OnnxVerificationError, match=r"tensor 'tiled' \(output of node 'attack_ti"):
+        verify_onnx(path, track.checks().interface, track.checks().limits)
+
+
+OVER_LIMIT_BYTES = 2 << 30
+"""The tensor the over-limit graph allocates: 2 GiB, past the 1 GiB the test's child may add."""
+CHILD_HEADROOM_BYTES = 1 << 30
+
+
+def _over_limit_graph(path: Path) -> Path:
+    """A graph that Expands a 1-element input to ``OVER_LIMIT_BYTES`` of float32 and reduces it
+    (a stand-in for any run-time tensor beyond the evaluation's memory bound)."""
+    elements = OVER_LIMIT_BYTES // 4
+    shape = np.array([1, 1, elements // 2**20, 1024, 1024], np.int64)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Expand", ["image", "shape"], ["big"], "expand"),
+            helper.make_node("ReduceMean", ["big", "axes"], ["logits"], "reduce", keepdims=1),
+        ],
+        "over_limit",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 1, 1, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 1, 1, 1])],
+        [_constant("shape", shape), _constant("axes", np.array([2, 3, 4], np.int64))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
+def _limited(run):
+    """``run`` in an isolated child whose address space may grow by ``CHILD_HEADROOM_BYTES``
+    (as a worker's evaluation runs under ``MEDQUANT_EVALUATION_MEMORY_MB``)."""
+    import resource
+
+    from harness.entry.isolation import run_isolated
+
+    def work(_stage) -> dict:
+        status = Path("/proc/self/status").read_text()
+        mapped = int(status.split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + CHILD_HEADROOM_BYTES, -1))
+        run()
+        return {}
+
+    return run_isolated(work, engine="test")
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_a_run_time_tensor_past_the_memory_bound_is_a_rejection_naming_the_bound(engine, tmp_path):
+    """The engines allocate at run time under the evaluation's address-space bound: a tensor
+    past it ends as the artifact's fault (``SubmissionError``) naming the bound, not as a
+    crash, a kill or an internal error."""
+    path = _over_limit_graph(tmp_path / "over.onnx")
+    image = torch.ones(1, 1, 1, 1, 1)
+
+    def run() -> None:
+        if engine == "onnxruntime":
+            from harness.onnxruntime_session import OrtNetwork, create_session
+
+            OrtNetwork(create_session(path))(image)
+        else:
+            from harness.backends.openvino import OpenVinoNetwork
+
+            OpenVinoNetwork(path)(image)
+
+    with pytest.raises(SubmissionError, match=r"ran out of memory .* memory limit of \d+ MiB"):
+        _limited(run)
