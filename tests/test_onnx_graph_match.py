@@ -277,3 +277,23 @@ def test_a_run_time_tensor_past_the_memory_bound_is_a_rejection_naming_the_bound
 
     with pytest.raises(SubmissionError, match=r"ran out of memory .* memory limit of \d+ MiB"):
         _limited(run)
+
+
+def test_a_dequantizer_with_other_parameters_than_its_quantizer_is_a_foreign_node(track, int8_onnx):
+    """Q and DQ with different scales multiply the activation by their ratio: not a Q/DQ pair
+    that may be stripped, but a computation the reference does not make."""
+    model = onnx.load(str(int8_onnx))
+    index = GraphIndex(model)
+    dequantize = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and index.producer.get(n.input[0]) is not None
+        and index.producer[n.input[0]].op_type == "QuantizeLinear"
+    )
+    scale = index.array(index.follow(dequantize.input[1])[0]) * np.float32(4.0)
+    model.graph.initializer.append(_constant("rescaled", scale))
+    dequantize.input[1] = "rescaled"
+    shaped = GraphIndex(model, infer_shapes(model))
+    with pytest.raises(ForeignNode, match=rf"node '{dequantize.name}' \(DequantizeLinear\)"):
+        check_graph_match(shaped, track.checks().reference_graph)

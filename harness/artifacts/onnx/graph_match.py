@@ -34,7 +34,7 @@ are all refused naming it.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,9 +65,6 @@ DROPPED_ATTRIBUTES = frozenset({"kernel_shape"})
 DEFAULT_ATTRIBUTES = {"auto_pad": b"NOTSET", "group": 1}
 """Attribute values equal to the ONNX default, treated as absent (a value of all 1s for
 strides/dilations and all 0s for pads are defaults too)."""
-MAX_COMPARED_CONSTANT = 1 << 16
-"""Most elements of a non-weight constant compared by value; a larger one (none in the shipped
-exports) is compared by shape and dtype, like a weight."""
 
 
 class ForeignNode(SubmissionError):
@@ -90,9 +87,26 @@ def check_graph_match(
     """``ForeignNode`` naming the first node of ``submitted`` (a shape-inferred index of the
     upload) that the reference graph does not hold, or the node whose output is not the
     reference's output (see module docstring)."""
-    ref_index = GraphIndex(reference, infer_shapes(reference))
-    ref = _canonical(ref_index, None)
-    _canonical(submitted, ref)
+    _canonical(submitted, _reference_form(reference))
+
+
+_REFERENCE_FORMS: OrderedDict[int, tuple[onnx.ModelProto, _Canonical]] = OrderedDict()
+CACHED_REFERENCES = 4
+"""Reference graphs whose canonical form is kept (a worker serves a few tracks; each entry
+holds its graph, so an id is never reused while cached)."""
+
+
+def _reference_form(reference: onnx.ModelProto) -> _Canonical:
+    """The canonical form of a track's reference graph, computed once per graph object."""
+    key = id(reference)
+    cached = _REFERENCE_FORMS.get(key)
+    if cached is None or cached[0] is not reference:
+        form = _canonical(GraphIndex(reference, infer_shapes(reference)), None)
+        _REFERENCE_FORMS[key] = cached = (reference, form)
+        while len(_REFERENCE_FORMS) > CACHED_REFERENCES:
+            _REFERENCE_FORMS.popitem(last=False)
+    _REFERENCE_FORMS.move_to_end(key)
+    return cached[1]
 
 
 def _digest(*parts) -> bytes:
@@ -107,7 +121,6 @@ def _canonical(index: GraphIndex, reference: _Canonical | None) -> _Canonical:
     """The signatures of ``index``'s graph; with ``reference``, raise ``ForeignNode`` at the
     first node whose signature the reference lacks (see module docstring)."""
     graph = index.model.graph
-    types = index.types
     constant = {name for name in index.constants}
     folding = _ConstantFolder(index)
     out = _Canonical()
@@ -125,7 +138,7 @@ def _canonical(index: GraphIndex, reference: _Canonical | None) -> _Canonical:
         if not inputs:  # a source node that is not a Constant (ConstantOfShape needs an input)
             constant.update(name for name in node.output if name)
             continue
-        passed = _transparent(node, types)
+        passed = _transparent(node, index)
         if passed is not None:
             signature = out.tensor.get(passed)
             if signature is None:  # a constant passed through: folded above
@@ -210,13 +223,17 @@ def _domain(node: onnx.NodeProto) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
 
 
-def _transparent(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
+def _transparent(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     """The input whose value ``node`` passes on unchanged (up to rounding to a grid or to
-    another float width), None for a node that computes."""
+    another float width), None for a node that computes. A DequantizeLinear is transparent
+    only as the second half of a pair: reading a QuantizeLinear with the same scale, zero-point
+    and axis (one with other parameters would scale and shift the values: a computation)."""
     kind = node.op_type
     if not node.input or not node.input[0]:
         return None
     if kind in QUANTIZERS and node.domain in ("", "ai.onnx", "com.microsoft"):
+        if kind == "DequantizeLinear" and not _paired(node, index):
+            return None
         return node.input[0]
     if _domain(node):
         return None
@@ -224,9 +241,36 @@ def _transparent(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
         return node.input[0]
     if kind == "Cast":
         target = next((a.i for a in node.attribute if a.name == "to"), None)
-        if target in FLOAT_BITS and types.get(node.input[0]) in FLOAT_BITS:
+        if target in FLOAT_BITS and index.types.get(node.input[0]) in FLOAT_BITS:
             return node.input[0]
     return None
+
+
+def _paired(dequantize: onnx.NodeProto, index: GraphIndex) -> bool:
+    """Whether ``dequantize`` reads a QuantizeLinear with its scale, zero-point and attributes."""
+    quantize = index.producer.get(dequantize.input[0])
+    if quantize is None or quantize.op_type != "QuantizeLinear":
+        return False
+    for position in (1, 2):
+        values = []
+        for node in (quantize, dequantize):
+            name = node.input[position] if len(node.input) > position else ""
+            source = index.follow(name)[0] if name else ""
+            if name and source not in index.constants:
+                return False
+            values.append(index.array(source) if name else None)
+        first, second = values
+        if (first is None) != (second is None):
+            if position == 1 or np.any(first if first is not None else second):
+                return False
+        elif first is not None and (
+            first.shape != second.shape or not np.array_equal(first, second)
+        ):
+            return False
+    return all(
+        _attribute(quantize, name, default) == _attribute(dequantize, name, default)
+        for name, default in (("axis", 1), ("block_size", 0))
+    )
 
 
 def _clamps_at_zero(node: onnx.NodeProto, index: GraphIndex) -> bool:
@@ -286,10 +330,19 @@ class _ConstantFolder:
             return _digest("weight", shape)
         value = self._value(name)
         if value is None:
-            return _digest("constant", shape)
-        if value.size > MAX_COMPARED_CONSTANT:
-            return _digest("constant", value.shape, value.dtype.kind)
+            return self._structure(name)
         return _digest("constant", _value_key(value))
+
+    def _structure(self, name: str) -> bytes:
+        """A constant that cannot be folded, by the nodes that compute it, stored constants
+        by value (so its value is still the reference's where the reference computes it
+        alike)."""
+        if name in self.index.constants:
+            return _digest("constant", _value_key(self.index.array(name)))
+        producer = self.index.producer[name]
+        operands = tuple(self._structure(i) if i else b"" for i in producer.input)
+        node = _digest(producer.op_type, _domain(producer), _attributes(producer), operands)
+        return _digest(node, list(producer.output).index(name))
 
     def value_of(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor, None for a tensor computed at run time or a constant
