@@ -41,3 +41,30 @@ class BackendUnavailable(HarnessError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"backend unavailable: {reason}")
         self.reason = reason
+
+
+ENGINE_OUT_OF_MEMORY = ("Failed to allocate", "bad_alloc", "bad allocation")
+"""How ONNX Runtime (its arena: "Failed to allocate memory for requested buffer") and OpenVINO
+("Failed to allocate N bytes of memory", std::bad_alloc) report an allocation refused."""
+MIB = 2**20
+
+
+def out_of_memory(engine: str, doing: str, error: Exception) -> SubmissionError | None:
+    """The ``SubmissionError`` for an allocation ``engine`` was refused while ``doing``
+    something with an uploaded graph -- refused by this process's address-space bound
+    (``RLIMIT_AS``: the evaluation's memory limit on a worker), which it names -- or None when
+    ``error`` is another failure."""
+    import resource
+
+    if not any(marker in str(error) for marker in ENGINE_OUT_OF_MEMORY):
+        return None
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    bound = (
+        "the memory the host could give"
+        if limit == resource.RLIM_INFINITY
+        else f"this evaluation's memory limit of {limit // MIB} MiB"
+    )
+    return SubmissionError(
+        f"{engine} ran out of memory {doing}: a tensor or workspace of the graph does not fit "
+        f"in {bound}"
+    )

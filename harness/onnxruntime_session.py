@@ -17,7 +17,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from torch import nn
 
-from harness.errors import ModelSpecError, SubmissionError
+from harness.errors import ModelSpecError, SubmissionError, out_of_memory
 
 ORT_ERRORS = tuple(
     getattr(_ort_state, name)
@@ -55,7 +55,9 @@ def create_session(
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except ORT_ERRORS as error:
-        raise SubmissionError(f"ONNX Runtime cannot load the model: {error}") from error
+        raise out_of_memory("ONNX Runtime", "loading the model", error) or SubmissionError(
+            f"ONNX Runtime cannot load the model: {error}"
+        ) from error
 
 
 class OrtNetwork(nn.Module):
@@ -87,7 +89,9 @@ class OrtNetwork(nn.Module):
             try:
                 out = self.session.run([self.output_name], {self.input_name: chunk})[0]
             except ORT_ERRORS as error:
-                raise SubmissionError(f"ONNX Runtime failed to run the model: {error}") from error
+                raise out_of_memory("ONNX Runtime", "running the model", error) or SubmissionError(
+                    f"ONNX Runtime failed to run the model: {error}"
+                ) from error
             outputs.append(out[:rows])
         return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False))
 

@@ -75,8 +75,8 @@ def _openvino_runs(path: Path, batch) -> dict:
 
 def test_an_engine_crash_is_the_artifacts_fault_and_the_caller_serves_on(track, files):
     """OpenVINO itself on the crash file, in the child: the upload path never gets that far any
-    more (ONNX Runtime, which every upload on another engine is compared with, refuses the index
-    first), so the engine is called directly here."""
+    more (the verifier refuses the GatherND as a node the reference graph does not have), so the
+    engine is called directly here."""
     batch = track.calibration[0]
     with pytest.raises(SubmissionError) as rejected:
         run_isolated(lambda stage: _openvino_runs(files["crash"], batch), engine="openvino-cpu")
@@ -143,6 +143,8 @@ def test_the_site_rejects_the_crash_and_counts_it_in_the_quota(
     assert created.status_code == 201, created.json()
     assert pipeline.run(created.json()["id"]) == Status.REJECTED
     row = Submission.objects.get(pk=created.json()["id"])
-    # ONNX Runtime, run first to check that OpenVINO runs the file faithfully, names the index
-    assert "invalid index found, index = 2147483648" in row.error
+    # the verifier refuses it before any engine runs it: the GatherND is not the reference's
+    assert "node 'gathered' (GatherND) computes something the reference graph does not" in (
+        row.error
+    )
     assert Submission.objects.counted_for_quota(user, track).count() == 1

@@ -343,7 +343,9 @@ def test_a_modelopt_file_with_one_weight_moved_by_3_steps_is_refused(peers, tmp_
 
 def test_a_concat_of_inputs_on_different_grids_is_not_a_quantized_input(peers, tmp_path):
     """NNCF's UNETR file reads a Concat of two quantized tensors sharing one grid (accepted
-    above); give one of them another scale and the Conv reading the Concat reads a float input."""
+    above); give one of them another scale (its Q/DQ pair both: a DequantizeLinear whose scale
+    differs from its QuantizeLinear's is a computation, refused as a foreign node) and the Conv
+    reading the Concat reads a float input."""
     model = onnx.load(str(peers.file("unetr", "nncf-onnx")))
     producer = {name: node for node in model.graph.node for name in node.output}
     concat = next(
@@ -357,7 +359,8 @@ def test_a_concat_of_inputs_on_different_grids_is_not_a_quantized_input(peers, t
     scale = next(t for t in model.graph.initializer if t.name == dequantize.input[1])
     other = numpy_helper.to_array(scale) * np.float32(1.5)
     model.graph.initializer.append(numpy_helper.from_array(other, f"{scale.name}_other"))
-    dequantize.input[1] = f"{scale.name}_other"
+    quantize = producer[dequantize.input[0]]
+    dequantize.input[1] = quantize.input[1] = f"{scale.name}_other"
     changed = tmp_path / "concat.onnx"
     onnx.save(model, str(changed))
     track = peers.toolkit_track("unetr", "nncf-onnx")

@@ -26,7 +26,7 @@ from harness.artifacts.checks import TrackChecks, VerifiedArtifact
 from harness.artifacts.kinds import ONNX
 from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT, ORT_PLACEMENT
 from harness.backends.base import Backend, EnginePtq, OpenedArtifact
-from harness.errors import HarnessError, SubmissionError
+from harness.errors import HarnessError, SubmissionError, out_of_memory
 from harness.inference.efficiency import measure_network
 from harness.inference.latency import LatencyProtocol
 from harness.inference.sliding_window import SlidingWindowSpec
@@ -98,7 +98,9 @@ def compile_onnx(path: str | Path, threads: int, batch: int | None = None):
     try:
         compiled = ov.Core().compile_model(model, DEVICE, compile_config(threads))
     except RuntimeError as error:
-        raise SubmissionError(f"OpenVINO cannot compile the model: {_first_line(error)}") from error
+        raise out_of_memory("OpenVINO", "compiling the model", error) or SubmissionError(
+            f"OpenVINO cannot compile the model: {_first_line(error)}"
+        ) from error
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     if hint != ov.Type.f32:
         raise HarnessError(f"OpenVINO compiled with inference precision {hint}, not f32")
@@ -131,7 +133,9 @@ class OpenVinoNetwork(nn.Module):
         try:
             request.infer({0: array})
         except RuntimeError as error:
-            raise SubmissionError(f"OpenVINO failed to run the model: {error}") from error
+            raise out_of_memory("OpenVINO", "running the model", error) or SubmissionError(
+                f"OpenVINO failed to run the model: {error}"
+            ) from error
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
 
     def any_compiled(self):

@@ -58,7 +58,8 @@ def dtype_name(elem_type: int) -> str:
 
 
 class GraphIndex:
-    """Producers, constants and value shapes of a model's main graph, by tensor name."""
+    """Producers, constants and value shapes and element types of a model's main graph, by
+    tensor name."""
 
     def __init__(self, model: onnx.ModelProto, shapes: onnx.ModelProto | None = None) -> None:
         graph = model.graph
@@ -75,15 +76,19 @@ class GraphIndex:
                     if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                         self.constants[node.output[0]] = attr.t
         self.shapes: dict[str, list[int | None]] = {}
+        self.types: dict[str, int] = {}
         source = shapes if shapes is not None else model
         for info in (*source.graph.input, *source.graph.value_info, *source.graph.output):
             tensor = info.type.tensor_type
+            if tensor.elem_type:
+                self.types[info.name] = tensor.elem_type
             if tensor.HasField("shape"):
                 self.shapes[info.name] = [
                     d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
                 ]
         for name, tensor in self.constants.items():
             self.shapes[name] = list(tensor.dims)
+            self.types[name] = tensor.data_type
 
     def array(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.constants[name])

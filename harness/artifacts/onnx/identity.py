@@ -10,7 +10,9 @@ where an activation quantizer clamps at 0 in its place -- zero-point at the inte
 lowest code --, as ONNX Runtime's ``quantize_static`` removes a Relu before such a quantizer).
 Layers of one depth with identical signatures (parallel branches) are paired by their weights.
 Q/DQ nodes and pass-through ops are ignored, so Q/DQ files from the harness, ONNX Runtime's
-``quantize_static`` and ModelOpt all compare.
+``quantize_static`` and ModelOpt all compare. Then the whole graph must be the reference export
+node for node once Q/DQ pairs are removed (``graph_match``: the comparisons above come first as
+they name a differing layer more plainly).
 
 Post-training only: each weighted op's dequantized weight ŵ = scale · (code − zero) must lie
 within the quantizer's reach of the reference weight w: RMS(ŵ − w) ≤ ``REACH_STEPS`` · RMS(step),
@@ -31,6 +33,7 @@ import numpy as np
 import onnx
 
 from harness.artifacts.onnx.graph import GraphIndex, WeightedOp, weighted_ops
+from harness.artifacts.onnx.graph_match import check_graph_match
 from harness.artifacts.post_training import REACH_STEPS, out_of_reach
 from harness.errors import SubmissionError
 
@@ -79,11 +82,10 @@ class LayerSignature:
         return f"{self.op} with weight {list(self.weight_shape)}" + (f" ({attrs})" if attrs else "")
 
 
-def check_reference_network(
-    submitted: onnx.ModelProto, reference: onnx.ModelProto, *, closed: bool
-) -> None:
-    """NotReferenceNetwork naming the first layer or node that differs (see module docstring)."""
-    index, ref_index = GraphIndex(submitted), GraphIndex(reference)
+def check_reference_network(index: GraphIndex, reference: onnx.ModelProto, *, closed: bool) -> None:
+    """NotReferenceNetwork naming the first layer or node that differs (see module docstring);
+    ``index``: the upload, shape-inferred."""
+    submitted, ref_index = index.model, GraphIndex(reference)
     ops, layers = _ordered(index)
     ref_ops, ref_layers = _ordered(ref_index)
     if len(layers) != len(ref_layers):
@@ -115,6 +117,7 @@ def check_reference_network(
             f"{activations.get(name, 0)} times, the reference network "
             f"{ref_activations.get(name, 0)}"
         )
+    check_graph_match(index, reference)
     if closed:
         for group in _tied_groups(layers):
             candidates = [ref_index.array(ref_index.follow(ref_ops[i].weight)[0]) for i in group]

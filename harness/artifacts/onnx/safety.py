@@ -5,8 +5,10 @@ parsable protobuf; at most ``MAX_NODES`` nodes; no model-local functions, subgra
 data; allowed opset domains and op types (default domain + com.microsoft quantization ops); sane
 declared dimensions and initializer sizes; an acyclic graph at most ``MAX_GRAPH_DEPTH`` deep with
 every input defined; the track's input/output names, element type and shapes; Q/DQ scale inputs
-present; ``onnx.checker`` (full check, with shape inference); every tensor's inferred size within
-``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the input's; static, positive, finite Q/DQ scales.
+present; ``onnx.checker`` (full check, with shape inference); every tensor's shape known before
+the graph runs (inferred afresh at a fixed batch, not from the file's declarations) and its size
+within ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the input's (``check_run_time_sizes``); static,
+positive, finite Q/DQ scales.
 """
 
 from __future__ import annotations
@@ -188,8 +190,12 @@ class CheckedModel:
     sha256: str
 
 
-def checked_model(path: str | Path, interface: OnnxInterface, max_bytes: int) -> CheckedModel:
-    """Read ``path`` once and run every safety check on it (see module docstring)."""
+def checked_model(
+    path: str | Path, interface: OnnxInterface, max_bytes: int, *, sizes: bool = True
+) -> CheckedModel:
+    """Read ``path`` once and run every safety check on it (see module docstring); with
+    ``sizes=False`` all but ``check_run_time_sizes``, which the caller runs later (after the
+    reference-network match, which names a foreign node more plainly)."""
     path = Path(path)
     size = _check_size(path, max_bytes)
     data = path.read_bytes()
@@ -209,7 +215,8 @@ def checked_model(path: str | Path, interface: OnnxInterface, max_bytes: int) ->
             f"onnx.checker rejects the model: {first_line(error)}"
         ) from None
     index = GraphIndex(model, infer_shapes(model))
-    _check_inferred_sizes(index, interface)
+    if sizes:
+        check_run_time_sizes(model, interface)
     _check_quantizer_scales(index)
     return CheckedModel(index, size, opset, hashlib.sha256(data).hexdigest())
 
@@ -246,20 +253,61 @@ def check_node_count(graph: onnx.GraphProto) -> None:
         )
 
 
-def _check_inferred_sizes(index: GraphIndex, interface: OnnxInterface) -> None:
-    """No tensor the graph computes, by its inferred shape (batch excluded: unknown dimensions
-    count as 1), exceeds ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the track's input."""
+def check_run_time_sizes(model: onnx.ModelProto, interface: OnnxInterface) -> None:
+    """Every tensor the graph computes has a shape known before it runs and at most
+    ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the track's input elements per sample. Shapes are
+    inferred afresh -- the file's declared ``value_info`` dropped, the input's batch fixed (to
+    its declared size, else 1) -- so they are the shapes the engine computes at run time: a
+    tensor whose size depends on the values it reads (a Tile or Reshape fed from the data) has
+    no inferred shape and is refused, not counted as size 1."""
+    static, batch = _fixed_batch(model)
+    inferred = infer_shapes(static)
+    known = {
+        info.name: info.type.tensor_type
+        for info in (*inferred.graph.value_info, *inferred.graph.output)
+    }
+    constants = {t.name for t in model.graph.initializer}
     limit = MAX_ELEMENTS_PER_INPUT_ELEMENT * math.prod(interface.input_shape)
-    for name, dims in index.shapes.items():
-        if name in index.constants:
+    for node in model.graph.node:
+        if node.op_type == "Constant":
             continue
-        elements = math.prod(d for d in dims if d is not None)
-        if elements > limit:
-            raise OnnxVerificationError(
-                f"tensor {name!r} would hold {elements} elements per sample (inferred shape "
-                f"{['N' if d is None else d for d in dims]}); at most {limit} "
-                f"({MAX_ELEMENTS_PER_INPUT_ELEMENT}x the track's input) are allowed"
-            )
+        for name in node.output:
+            if not name or name in constants:
+                continue
+            tensor = known.get(name)
+            dims = None
+            if tensor is not None and tensor.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            if dims is None or None in dims:
+                raise OnnxVerificationError(
+                    f"tensor {name!r} (output of node {node.name!r}, {node.op_type}) has no "
+                    f"shape known before the graph runs (inferred {dims}): its size would depend "
+                    "on the values it reads; every tensor's size must be fixed by the track's "
+                    "input shape"
+                )
+            if math.prod(dims) > limit * batch:
+                raise OnnxVerificationError(
+                    f"tensor {name!r} would hold {math.prod(dims) // batch} elements per sample "
+                    f"(inferred shape {dims} at batch {batch}); at most {limit} "
+                    f"({MAX_ELEMENTS_PER_INPUT_ELEMENT}x the track's input) are allowed"
+                )
+
+
+def _fixed_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` without declared ``value_info`` whose input and output batch is a
+    fixed size (the input's declared one, else 1), and that size."""
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    del static.graph.value_info[:]
+    initializers = {t.name for t in static.graph.initializer}
+    values = [v for v in static.graph.input if v.name not in initializers]
+    first = values[0].type.tensor_type.shape.dim[0]
+    batch = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
+    for value in (*values, *static.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = batch
+    return static, batch
 
 
 def _all_nodes(graph: onnx.GraphProto):

@@ -9,7 +9,8 @@ external data; allowed opset domains and op types (default domain + com.microsof
 ops); sane declared dimensions and initializer sizes; an acyclic graph at most
 ``MAX_GRAPH_DEPTH`` deep with every input defined; the track's input/output names, element type
 and shapes; Q/DQ scale inputs present; ``onnx.checker`` (full check, with shape inference); every
-tensor's inferred size within ``MAX_ELEMENTS_PER_INPUT_ELEMENT`` times the input's; static,
+tensor's shape known before the graph runs, its size within ``MAX_ELEMENTS_PER_INPUT_ELEMENT``
+times the input's (on a track, after the reference-network match); static,
 positive, finite Q/DQ scales; every weighted op (Conv, ConvTranspose, Gemm, MatMul with a
 constant operand) takes its weight through DequantizeLinear from integer codes (an integer
 initializer, or QuantizeLinear of a float initializer as TensorRT-style tools write it) that need
@@ -51,7 +52,11 @@ from harness.artifacts.onnx.layers import (
     measure_layer,
     report,
 )
-from harness.artifacts.onnx.safety import OnnxVerificationError, checked_model
+from harness.artifacts.onnx.safety import (
+    OnnxVerificationError,
+    check_run_time_sizes,
+    checked_model,
+)
 from harness.artifacts.precision import check_precision
 from harness.models.interface import METADATA_PREFIX
 
@@ -69,10 +74,13 @@ def verify_for_track(path: str | Path, checks: TrackChecks) -> VerifiedArtifact:
     measured, then that it is the track's reference network (and, on a closed track,
     post-training quantized from its FP32 weights; see ``identity``). The file is read, parsed
     and hashed once, here; the track's limits are decided by the one precision check."""
-    report, index, digest = _measured(path, checks.interface, checks.limits.max_bytes)
     if checks.reference_graph is None:
         raise OnnxVerificationError("this track has no FP32 reference graph to match ONNX against")
-    check_reference_network(index.model, checks.reference_graph, closed=checks.closed)
+    report, index, digest = _measured(
+        path, checks.interface, checks.limits.max_bytes, sizes_after_identity=True
+    )
+    check_reference_network(index, checks.reference_graph, closed=checks.closed)
+    check_run_time_sizes(index.model, checks.interface)
     precision = report | {"reference_network": "matched", "division": checks.division}
     return VerifiedArtifact("onnx", Path(path), digest, precision, index)
 
@@ -100,11 +108,13 @@ def measure_onnx(
 
 
 def _measured(
-    path: str | Path, interface: OnnxInterface, max_bytes: int
+    path: str | Path, interface: OnnxInterface, max_bytes: int, *, sizes_after_identity=False
 ) -> tuple[dict, GraphIndex, str]:
     """The precision report of the file at ``path`` once it passed the safety checks and its
-    claims hold, the shape-inferred index of the model and the file's SHA-256."""
-    checked = checked_model(path, interface, max_bytes)
+    claims hold, the shape-inferred index of the model and the file's SHA-256; with
+    ``sizes_after_identity`` the run-time size check is the caller's, after the reference
+    network's match."""
+    checked = checked_model(path, interface, max_bytes, sizes=not sizes_after_identity)
     index = checked.index
     layers = [measure_layer(op, index) for op in weighted_ops(index)]
     measured = report(layers, activation_quantizers(index), checked.size, checked.opset)
