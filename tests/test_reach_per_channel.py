@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from harness.artifacts.checkpoint.save import save_checkpoint
 from harness.artifacts.onnx.int8_scheme import int8_model
 from harness.artifacts.onnx.qdq_export import export_qdq
-from harness.artifacts.post_training import MAX_GRID_SPAN, REACH_STEPS, reach_in_steps
+from harness.artifacts.post_training import REACH_STEPS, max_grid_span, reach_in_steps
 from harness.entry.upload import Submission, evaluate_submission
 from harness.errors import SubmissionError
 from harness.track.loaded import LoadedTrack
@@ -80,7 +80,7 @@ def test_an_outlier_scale_on_a_checkpoint_is_refused_naming_layer_channel_and_fi
         evaluate_submission(tiny, Submission("checkpoint", checkpoint=ckpt))
     message = str(refused.value)
     assert f"layer '{FIRST_LAYER}', output channel 0: a scale of 1e+04 spans" in message
-    assert "range its FP32 weights need at 8 bits (max |w| = " in message
+    assert "range of the channel's FP32 weights at 8 bits (max |w| = " in message
     assert "no post-training quantizer chooses a grid" in message
 
 
@@ -140,7 +140,7 @@ def test_an_outlier_scale_on_every_weight_of_an_onnx_is_refused_naming_node_and_
     with pytest.raises(
         SubmissionError,
         match=r"(Conv|ConvTranspose) node '[^']+', output channel 0: a scale of 1e\+04 spans "
-        r"[\d.e+]+ times the range its FP32 weights need at 8 bits \(max \|w\| = ",
+        r"[\d.e+]+ times the range of the channel's FP32 weights at 8 bits \(max \|w\| = ",
     ):
         evaluate_submission(track, Submission("onnx", onnx=path))
 
@@ -162,4 +162,19 @@ def test_weights_negated_channel_by_channel_on_an_onnx_are_refused_naming_the_ch
 
 def test_the_grid_bound_admits_round_to_nearest_at_every_bit_width():
     """RTN's grid spans (2^b − 1)/(2^b − 2) of 2·max|w|: within the bound from 2 to 8 bits."""
-    assert all((2**b - 1) / (2**b - 2) <= MAX_GRID_SPAN for b in range(2, 9))
+    assert all((2**b - 1) / (2**b - 2) <= max_grid_span(b) for b in range(2, 9))
+
+
+def test_a_low_rank_branch_larger_than_its_weight_is_refused_naming_the_layer(tiny, tmp_path):
+    """A branch inflated 10× (the residual's grid widens with it) is no truncated SVD."""
+    config = QuantConfig.from_scheme("w8a16-per-channel")
+    model = quantize_with("svd", tiny.model, config, tiny.calibration, {"rank": 1})
+    with torch.no_grad():
+        quantized_layers(model)[FIRST_LAYER].lowrank_u.mul_(10)
+    ckpt = save_checkpoint(model, tmp_path / "svd")
+    with pytest.raises(
+        SubmissionError,
+        match=rf"layer '{FIRST_LAYER}': its low-rank branch \(Frobenius norm [\d.]+\) is larger "
+        r"than the FP32 weight it approximates",
+    ):
+        evaluate_submission(tiny, Submission("checkpoint", checkpoint=ckpt))

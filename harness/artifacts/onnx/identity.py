@@ -15,7 +15,7 @@ Q/DQ nodes and pass-through ops are ignored, so Q/DQ files from the harness, ONN
 Post-training only: each weighted op's dequantized weight ŵ = scale · (code − zero) must lie
 within the quantizer's reach of the reference weight w, output channel by output channel, as for
 checkpoints (``harness.artifacts.post_training``): no scale's grid (2^b − 1 steps, b the bits its
-codes span) wider than ``MAX_GRID_SPAN`` times the 2·max|w| of the weights it covers, and each
+codes span) wider than ``max_grid_span(b)`` times the 2·max|w| of its channels, and each
 channel's RMS((ŵ − w) / step) ≤ ``REACH_STEPS``, the step being the scale of each weight's group
 (one per channel along the DequantizeLinear's axis, or one per tensor). A weight stored in floating
 point (kept float, or quantized at run time as ModelOpt stores it) must equal the reference at its
