@@ -275,7 +275,7 @@ def _output_axis(op: WeightedOp, ndim: int) -> int:
 def _rows(values: np.ndarray, axis: int) -> torch.Tensor:
     """The (channels, rest) rows view of ``values`` along its output-channel ``axis``."""
     moved = np.moveaxis(np.asarray(values), axis, 0)
-    return torch.from_numpy(np.ascontiguousarray(moved).reshape(moved.shape[0], -1))
+    return torch.from_numpy(np.array(moved).reshape(moved.shape[0], -1))  # a writable copy
 
 
 def _check_reach(op: WeightedOp, held: HeldWeight, reference: np.ndarray) -> None:
