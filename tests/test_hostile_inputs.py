@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 import tarfile
+import tracemalloc
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +43,13 @@ from harness.artifacts.onnx.verify import (
     PrecisionLimits,
     verify_onnx,
 )
-from harness.containers.images import ImageError, load_image_archive
+from harness.containers.images import (
+    MANIFEST,
+    MAX_ARCHIVE_MEMBERS,
+    ImageError,
+    check_image_upload,
+    load_image_archive,
+)
 from harness.containers.sandbox import _collect_output
 from harness.errors import SubmissionError
 
@@ -476,6 +483,11 @@ IMAGES = {
         "which is not a file",
     ),
     "image archive truncated": (None, {}, "not a readable tar file"),
+    "image of 200 layers": (
+        json.dumps([{"Config": "cfg", "Layers": [f"l{i}/layer.tar" for i in range(200)]}]).encode(),
+        {"cfg": b"{}"},
+        "the image has 200 layers; Docker loads at most 125",
+    ),
 }
 
 
@@ -491,6 +503,38 @@ def test_a_hostile_image_archive_is_an_image_error(tmp_path, name):
     # the archive is judged before Docker sees it: no engine is needed to refuse it
     with pytest.raises(ImageError, match=fragment):
         load_image_archive(None, archive, max_bytes=2**30, workdir=tmp_path)
+
+
+ARCHIVE_ENTRIES = 100_000
+"""Entries of the many-entry archive (51 MB of tar headers)."""
+ARCHIVE_READ_PEAK_LIMIT = 16 * 2**20
+"""Python memory reading it may take: the headers up to the cap (~1 KB each), not all of them."""
+
+
+def test_an_image_archive_of_100k_entries_is_refused_by_its_count_in_bounded_memory(tmp_path):
+    archive = tmp_path / "image.tar"
+    manifest = json.dumps([{"Config": "cfg", "Layers": ["layer.tar"]}]).encode()
+    with archive.open("wb") as out:
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(manifest)
+        out.write(info.tobuf() + manifest.ljust(512, b"\0"))
+        for i in range(ARCHIVE_ENTRIES):  # headers only, written directly: folders d0, d1, ...
+            folder = tarfile.TarInfo(f"d{i}")
+            folder.type = tarfile.DIRTYPE
+            out.write(folder.tobuf())
+        out.write(b"\0" * 1024)
+    for judge in (
+        lambda: check_image_upload(archive.open("rb"), archive.stat().st_size, 2**30),
+        lambda: load_image_archive(None, archive, max_bytes=2**30, workdir=tmp_path),
+    ):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ImageError, match=f"more than {MAX_ARCHIVE_MEMBERS} entries"):
+                judge()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < ARCHIVE_READ_PEAK_LIMIT, peak
 
 
 class _Helper:

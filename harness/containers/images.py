@@ -1,9 +1,11 @@
 """Quantizer images: a registry reference or an uploaded ``docker save`` archive, each pinned to
 the content digest that is then run and recorded on the submission.
 
-An archive is checked before Docker sees it: size limit, a plain (uncompressed) tar with only
-regular files, directories and symlinks that stay inside it, no absolute or ``..`` paths, and a
-``manifest.json`` naming exactly one image whose config and layers are in the archive. Its tags
+An archive is checked before Docker sees it: size limit, a plain (uncompressed) tar of at most
+``MAX_ARCHIVE_MEMBERS`` entries (counted header by header, so a million-entry archive costs no more
+memory than the cap) with only regular files, directories and symlinks that stay inside it, no
+absolute or ``..`` paths, and a ``manifest.json`` naming exactly one image of at most
+``MAX_IMAGE_LAYERS`` layers whose config and layers are in the archive. Its tags
 are dropped (an upload must never retag a local image); the loaded image ID must equal the SHA-256
 of the config it declares.
 """
@@ -31,6 +33,14 @@ _DROPPED = ("repositories",)  # legacy tag file: tags never come from an upload
 _CHUNK = 1 << 20
 MANIFEST_MAX_BYTES = _CHUNK
 """Largest ``docker save`` manifest read: a few hundred bytes per layer."""
+MAX_IMAGE_LAYERS = 125
+"""Docker's own limit on an image's layers (moby's ``maxLayerDepth``): a deeper image fails to load,
+so it is refused here with the reason instead."""
+MAX_ARCHIVE_MEMBERS = 1024
+"""Most entries a ``docker save`` archive may hold: it writes at most 5 per layer (the layer's
+folder, ``VERSION``, ``json``, ``layer.tar`` and its OCI blob) plus fewer than 10 for the image
+(manifest, index, config, ``oci-layout``, folders), 633 at ``MAX_IMAGE_LAYERS``; the cap bounds the
+headers held in memory while an archive is read."""
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, UnicodeError, ValueError)
 """What reading a corrupt or truncated tar raises (``ImageError`` is raised before these)."""
 
@@ -105,8 +115,10 @@ def check_image_upload(upload: BinaryIO, size: int, max_bytes: int) -> None:
     try:
         with tarfile.open(fileobj=upload, mode="r:") as tar:
             has_manifest = any(
-                PurePosixPath(member.name) == PurePosixPath(MANIFEST) for member in tar
+                PurePosixPath(member.name) == PurePosixPath(MANIFEST) for member in _headers(tar)
             )
+    except ImageError:
+        raise
     except _ARCHIVE_ERRORS as error:
         raise ImageError(
             "the image archive is not an uncompressed tar file (make it with "
@@ -135,6 +147,8 @@ def load_image_archive(
             images = client.images.load(stream)
     except docker.errors.APIError as error:
         raise ImageError(f"Docker refused the image archive: {error.explanation}") from None
+    except docker.errors.ImageLoadError as error:  # the engine read the archive and refused it
+        raise ImageError(f"Docker could not load the image archive: {error}") from None
     finally:
         clean.unlink(missing_ok=True)
     ids = {image.id for image in images}
@@ -150,7 +164,7 @@ def _sanitized_copy(archive: Path, dest: Path) -> str:
     """Copy ``archive`` to ``dest`` with tags removed; return the declared image ID."""
     try:
         with tarfile.open(archive, "r:") as tar:
-            members = {_checked_name(m): m for m in tar.getmembers()}
+            members = {_checked_name(m): m for m in _headers(tar)}
             manifest = _manifest(tar, members)
             config = _resolve(members, members[manifest["Config"]])
             if not config.isfile():
@@ -175,6 +189,20 @@ def _sanitized_copy(archive: Path, dest: Path) -> str:
     except _ARCHIVE_ERRORS as error:
         raise ImageError(f"image archive is not a readable tar file: {error}") from None
     return digest
+
+
+def _headers(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The archive's entries, read header by header; ImageError past ``MAX_ARCHIVE_MEMBERS``
+    (before the next header is read)."""
+    members = []
+    while (member := tar.next()) is not None:
+        if len(members) == MAX_ARCHIVE_MEMBERS:
+            raise ImageError(
+                f"the image archive holds more than {MAX_ARCHIVE_MEMBERS} entries; `docker save` "
+                f"writes at most 5 per layer (and an image has at most {MAX_IMAGE_LAYERS} layers)"
+            )
+        members.append(member)
+    return members
 
 
 def _checked_name(member: tarfile.TarInfo) -> str:
@@ -207,6 +235,11 @@ def _manifest(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo]) -> dict
     layers = entry.get("Layers")
     if not isinstance(entry.get("Config"), str) or not isinstance(layers, list) or not layers:
         raise ImageError(f"image archive {MANIFEST} lacks its Config or Layers")
+    if len(layers) > MAX_IMAGE_LAYERS:
+        raise ImageError(
+            f"the image has {len(layers)} layers; Docker loads at most {MAX_IMAGE_LAYERS} (squash "
+            "some of its build steps)"
+        )
     for path in (entry["Config"], *layers):
         if not isinstance(path, str) or posixpath.normpath(path) not in members:
             raise ImageError(f"image archive {MANIFEST} names {path!r}, which is not in it")

@@ -1,6 +1,7 @@
 """The quantizer-container entry point: run a participant's image sandboxed on the track's
 ``/input`` (``harness.containers``), then verify and evaluate what it wrote to ``/output`` exactly
-like an upload of the track's artifact kind."""
+like an upload of the track's artifact kind: in a child process (``evaluate_untrusted``), so an
+engine that crashes on the output takes down the child, and the quantizer is rejected."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from harness.containers.images import PinnedImage
 from harness.containers.protocol import output_artifact
 from harness.containers.sandbox import ContainerLimits, ContainerOutcome, run_quantizer_container
 from harness.entry.evaluated import Evaluated
-from harness.entry.upload import Submission, evaluate_submission
+from harness.entry.upload import Submission, evaluate_untrusted
 from harness.errors import SubmissionError
 from harness.scoring.evaluation import EvaluationRun
 from harness.track.loaded import LoadedTrack
@@ -42,7 +43,8 @@ def evaluate_quantizer_container(
     about: Mapping | None = None,
 ) -> Evaluated:
     """Run the quantizer, verify its output exactly like an upload of the track's kind
-    (checkpoint or ONNX, see ``output_artifact``) and evaluate it. ``about`` is submission
+    (checkpoint or ONNX, see ``output_artifact``) and evaluate it in a child process (the
+    ``Evaluated`` has no run: it stays in the child). ``about`` is submission
     metadata for the result document (its ``scheme`` defaults to the pinned image). A quantizer
     or output at fault raises ``QuantizerRejected`` (a ``SubmissionError``) with its run; a
     failing engine raises ``docker.errors``."""
@@ -63,7 +65,7 @@ def evaluate_quantizer_container(
     entry["container"] = outcome.result_entry(image)
     try:
         kind, path = output_artifact(outcome.output_dir, track.spec.backend)
-        evaluated = evaluate_submission(
+        result = evaluate_untrusted(
             track,
             Submission(kind.name, **{kind.name: path}),
             fp32=fp32,
@@ -73,4 +75,4 @@ def evaluate_quantizer_container(
     except SubmissionError as error:
         message = f"the quantizer's output was rejected: {error}"
         raise QuantizerRejected(message, outcome) from error
-    return Evaluated(evaluated.result, evaluated.run, evaluated.artifact, outcome)
+    return Evaluated(result, None, path, outcome)

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 class Evaluated:
     """An evaluation: its result document, the run it summarises, the artifact it scored (kept
     for download and reproduction; None for the FP32 reference on the simulator, which is the
-    reference model itself) and, for a quantizer container, the run that produced it."""
+    reference model itself) and, for a quantizer container, the run that produced it. ``run`` is
+    None where the evaluation ran in a child process (a quantizer container's output): only its
+    result document crosses back."""
 
     result: dict
-    run: EvaluationRun
+    run: EvaluationRun | None
     artifact: Path | None
     container: ContainerOutcome | None = None

@@ -202,12 +202,13 @@ def evaluate_untrusted(
     *,
     about: Mapping | None = None,
     on_stage: StageCallback | None = None,
+    fp32: EvaluationRun | None = None,
     cases: Sequence[CaseMetrics] | None = None,
     timings: Mapping[str, float] | None = None,
 ) -> dict:
-    """``evaluate_submission``'s result document for an uploaded artifact (assembled from
-    ``cases`` when they were scored in chunks, with ``timings`` such as their wall-clock
-    seconds), evaluated in a child process
+    """``evaluate_submission``'s result document for an untrusted artifact (an upload, or what a
+    quantizer container wrote; assembled from ``cases`` when they were scored in chunks, with
+    ``timings`` such as their wall-clock seconds), evaluated in a child process
     (``harness.entry.isolation``): an engine crash is the artifact's fault. What every
     evaluation of the track reads (the FP32 run and export, the calibration patches, the
     latency volume) is computed first, here, so that the worker keeps it for the next one."""
@@ -215,7 +216,13 @@ def evaluate_untrusted(
 
     def work(stage: Callable[[str], None]) -> dict:
         return evaluate_submission(
-            track, submission, about=about, on_stage=stage, cases=cases, timings=timings
+            track,
+            submission,
+            fp32=fp32,
+            about=about,
+            timings=timings,
+            on_stage=stage,
+            cases=cases,
         ).result
 
     return run_isolated(work, engine=track.spec.backend, on_stage=on_stage)

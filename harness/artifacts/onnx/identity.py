@@ -15,13 +15,15 @@ node for node once Q/DQ pairs are removed (``graph_match``: the comparisons abov
 they name a differing layer more plainly).
 
 Post-training only: each weighted op's dequantized weight ŵ = scale · (code − zero) must lie
-within the quantizer's reach of the reference weight w: RMS(ŵ − w) ≤ ``REACH_STEPS`` · RMS(step),
-the step being the scale of each weight's group (the same bound as for checkpoints, see
-``harness.artifacts.post_training``). A weight stored in floating point (kept float, or quantized
-at run time as ModelOpt stores it) must equal the reference at its stored precision; a magnitude
-below the storage type's smallest subnormal, which it cannot hold, may be stored as any value of
-at most that magnitude (ModelOpt's fp16 storage writes such weights as +2^-24 ≈ 6e-8, which
-quantizes to the reference's code).
+within the quantizer's reach of the reference weight w, output channel by output channel, as for
+checkpoints (``harness.artifacts.post_training``): no scale's grid (2^b − 1 steps, b the bits its
+codes span) wider than ``max_grid_span(b)`` times the 2·max|w| of its channels, and each
+channel's RMS((ŵ − w) / step) ≤ ``REACH_STEPS``, the step being the scale of each weight's group
+(one per channel along the DequantizeLinear's axis, or one per tensor). A weight stored in floating
+point (kept float, or quantized at run time as ModelOpt stores it) must equal the reference at its
+stored precision; a magnitude below the storage type's smallest subnormal, which it cannot hold,
+may be stored as any value of at most that magnitude (ModelOpt's fp16 storage writes such weights
+as +2^-24 ≈ 6e-8, which quantizes to the reference's code).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import torch
 
 from harness.artifacts.onnx.graph import GraphIndex, WeightedOp, weighted_ops
 from harness.artifacts.onnx.graph_match import check_graph_match
-from harness.artifacts.post_training import REACH_STEPS, out_of_reach
+from harness.artifacts.post_training import Reach, channel_reach, check_reach
 from harness.errors import SubmissionError
 
 FLOAT_WEIGHT_RTOL = 1e-5
@@ -124,7 +127,7 @@ def check_reference_network(index: GraphIndex, reference: onnx.ModelProto, *, cl
             for position in group:
                 held = _held(ops[position], index)
                 # parallel branches with one signature: the nearest reference weight not yet taken
-                nearest = int(np.argmin([_rms(held[0] - c) for c in candidates]))
+                nearest = int(np.argmin([_rms(held.weight - c) for c in candidates]))
                 _check_reach(ops[position], held, candidates.pop(nearest))
 
 
@@ -209,42 +212,81 @@ def _activations(model: onnx.ModelProto) -> Counter[str]:
     )
 
 
-def _held(op: WeightedOp, index: GraphIndex) -> tuple[np.ndarray, np.ndarray | None, np.dtype]:
-    """(the weight the op computes with, its quantization step or None when it is stored in
-    floating point, the dtype it is stored in)."""
+@dataclass(frozen=True)
+class HeldWeight:
+    """The weight a weighted op computes with (float64), and how it is stored: ``step`` (each
+    weight's quantization step), ``groups`` (each weight's scale: 0 per tensor, its channel along
+    ``axis`` per channel) and ``bits`` (the bits its codes span) when it comes from integer codes,
+    None when it is stored in floating point as ``dtype``."""
+
+    weight: np.ndarray
+    dtype: np.dtype
+    step: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    axis: int | None = None
+    bits: int | None = None
+
+
+def _held(op: WeightedOp, index: GraphIndex) -> HeldWeight:
+    """The weight ``op`` computes with and its storage (``HeldWeight``)."""
     source, producer = index.follow(op.weight)
     if producer is None or producer.op_type != "DequantizeLinear":
         stored = index.array(source)
-        return stored.astype(np.float64), None, stored.dtype
+        return HeldWeight(stored.astype(np.float64), stored.dtype)
     codes_name, quantizer = index.follow(producer.input[0])
     if quantizer is not None and quantizer.op_type == "QuantizeLinear":
         stored = index.array(index.follow(quantizer.input[0])[0])
-        return stored.astype(np.float64), None, stored.dtype
+        return HeldWeight(stored.astype(np.float64), stored.dtype)
     codes = index.array(codes_name).astype(np.float64)
     scale = index.array(index.follow(producer.input[1])[0]).astype(np.float64)
     zero = np.zeros_like(scale)
     if len(producer.input) > 2 and producer.input[2]:
         zero = index.array(index.follow(producer.input[2])[0]).astype(np.float64)
+    axis = None
+    groups = np.zeros(codes.shape, dtype=np.int64)
     if scale.size > 1:
         axis = next((a.i for a in producer.attribute if a.name == "axis"), 1) % codes.ndim
         shape = [1] * codes.ndim
         shape[axis] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape)
+        groups = np.broadcast_to(np.arange(scale.size).reshape(shape), codes.shape)
     step = np.broadcast_to(np.abs(scale), codes.shape)
-    return (codes - zero) * scale, step, codes.dtype
+    span = int(codes.max() - codes.min()) if codes.size else 0
+    bits = min(max(span.bit_length(), 1), 8 * index.array(codes_name).dtype.itemsize)
+    return HeldWeight((codes - zero) * scale, codes.dtype, step, groups, axis, bits)
 
 
 def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(values, dtype=np.float64))))
 
 
-def _check_reach(
-    op: WeightedOp, held: tuple[np.ndarray, np.ndarray | None, np.dtype], reference: np.ndarray
-) -> None:
-    """The weight ``op`` holds (``_held``) within ``REACH_STEPS`` RMS steps of ``reference``; one
-    stored in floating point equal to it at the stored precision."""
-    weight, step, dtype = held
-    if step is None:
+def _output_axis(op: WeightedOp, ndim: int) -> int:
+    """The output-channel axis of ``op``'s weight: Conv 0, ConvTranspose 1, Gemm by its transpose
+    flag, MatMul the weight's last axis on the right (its rows on the left)."""
+    node = op.node
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        flag = "transB" if op.weight_input == 1 else "transA"
+        transposed = next((a.i for a in node.attribute if a.name == flag), 0)
+        return (0 if transposed else 1) if op.weight_input == 1 else (1 if transposed else 0)
+    if node.op_type == "MatMul":
+        return ndim - 1 if op.weight_input == 1 else max(ndim - 2, 0)
+    return 0
+
+
+def _rows(values: np.ndarray, axis: int) -> torch.Tensor:
+    """The (channels, rest) rows view of ``values`` along its output-channel ``axis``."""
+    moved = np.moveaxis(np.asarray(values), axis, 0)
+    return torch.from_numpy(np.array(moved).reshape(moved.shape[0], -1))  # a writable copy
+
+
+def _check_reach(op: WeightedOp, held: HeldWeight, reference: np.ndarray) -> None:
+    """The weight ``op`` holds (``_held``) within a post-training quantizer's reach of
+    ``reference``, channel by channel (module docstring); one stored in floating point equal to it
+    at the stored precision."""
+    weight, dtype = held.weight, held.dtype
+    if held.step is None:
         expected = reference.astype(dtype).astype(np.float64)
         tiny = float(np.finfo(dtype).smallest_subnormal)
         unrepresentable = (np.abs(reference) < tiny) & (np.abs(weight) <= tiny)
@@ -257,9 +299,19 @@ def _check_reach(
                 "a closed track admits post-training quantization only"
             )
         return
-    distance = _rms(weight - reference.astype(np.float64))
-    rms_step = _rms(step)
-    if distance > REACH_STEPS * rms_step:
-        raise NotReferenceNetwork(
-            out_of_reach(f"{op.node.op_type} node {op.name!r}", distance / rms_step)
-        )
+    problem = check_reach(f"{op.node.op_type} node {op.name!r}", reach(op, held, reference))
+    if problem is not None:
+        raise NotReferenceNetwork(problem)
+
+
+def reach(op: WeightedOp, held: HeldWeight, reference: np.ndarray) -> Reach:
+    """The ``Reach`` of a weight stored as integer codes against the reference weight, its rows
+    the op's output channels (the DequantizeLinear's axis when its scales are per channel)."""
+    axis = held.axis if held.axis is not None else _output_axis(op, held.weight.ndim)
+    return channel_reach(
+        _rows(held.weight, axis),
+        _rows(reference.astype(np.float64), axis),
+        _rows(held.step, axis),
+        _rows(held.groups, axis),
+        held.bits,
+    )
