@@ -108,12 +108,18 @@ def test_what_the_child_raises_comes_back_as_what_it_means():
     with pytest.raises(SubmissionError, match="4-bit weights on an 8-bit track"):
         run_isolated(rejects, engine="test")
 
-    def our_bug(stage):
-        raise KeyError("summary")
+    def cannot_evaluate(stage):
+        raise ValueError("operands could not be broadcast together")
 
-    with pytest.raises(RuntimeError, match="KeyError: 'summary'") as failed:
-        run_isolated(our_bug, engine="test")
-    assert not isinstance(failed.value, SubmissionError)  # our bug: failed, not rejected
+    with pytest.raises(SubmissionError, match="on test failed: ValueError: operands could not"):
+        run_isolated(cannot_evaluate, engine="test")
+
+    def host_fault(stage):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(RuntimeError, match="No space left on device") as failed:
+        run_isolated(host_fault, engine="test")
+    assert not isinstance(failed.value, SubmissionError)  # the host's fault: failed
 
 
 def test_the_site_rejects_the_crash_and_counts_it_in_the_quota(
@@ -148,3 +154,56 @@ def test_the_site_rejects_the_crash_and_counts_it_in_the_quota(
         row.error
     )
     assert Submission.objects.counted_for_quota(user, track).count() == 1
+
+
+def _weight_dequantizer(graph: onnx.ModelProto) -> onnx.NodeProto:
+    """The first DequantizeLinear whose input is a stored (per-channel) weight."""
+    stored = {tensor.name: tensor for tensor in graph.graph.initializer}
+    for node in graph.graph.node:
+        weight = node.op_type == "DequantizeLinear" and node.input[0] in stored
+        if weight and numpy_helper.to_array(stored[node.input[1]]).size > 1:
+            return node
+    raise AssertionError("no per-channel weight DequantizeLinear in the export")
+
+
+def _scalar_zero_point(graph: onnx.ModelProto) -> None:
+    """Per-channel scales with one scalar zero-point (the issue's file that ended ``failed``)."""
+    node = _weight_dequantizer(graph)
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int8), "scalar_zp"))
+    node.input[2] = "scalar_zp"
+
+
+def _blocked_dequantizer(graph: onnx.ModelProto) -> None:
+    """An opset-21 blocked DequantizeLinear (``block_size`` 2 along the output channels: one
+    scale per pair of channels and per input position) on a weight."""
+    node = _weight_dequantizer(graph)
+    stored = {tensor.name: tensor for tensor in graph.graph.initializer}
+    codes = numpy_helper.to_array(stored[node.input[0]])
+    scales = numpy_helper.to_array(stored[node.input[1]])
+    blocks = (codes.shape[0] + 1) // 2
+    blocked = np.broadcast_to(
+        scales[::2].reshape(blocks, *[1] * (codes.ndim - 1)), (blocks, *codes.shape[1:])
+    ).copy()
+    graph.graph.initializer.extend([
+        numpy_helper.from_array(blocked, "blocked_scale"),
+        numpy_helper.from_array(np.zeros(blocked.shape, codes.dtype), "blocked_zp"),
+    ])  # fmt: skip
+    node.input[1:] = ["blocked_scale", "blocked_zp"]
+    del node.attribute[:]
+    node.attribute.extend(
+        [helper.make_attribute("axis", 0), helper.make_attribute("block_size", 2)]
+    )
+    for opset in graph.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 21)
+
+
+@pytest.mark.parametrize("make", [_scalar_zero_point, _blocked_dequantizer])
+def test_a_file_the_harness_cannot_evaluate_is_rejected_not_failed(track, files, make, tmp_path):
+    graph = onnx.load(files["honest"])
+    make(graph)
+    path = tmp_path / "odd.onnx"
+    onnx.save(graph, path)
+    with pytest.raises(SubmissionError) as refused:
+        evaluate_untrusted(track, Submission("onnx", onnx=path))
+    assert str(refused.value)  # the reason reaches the submitter

@@ -9,20 +9,27 @@ through a pipe in JSON lines only — never pickle: what comes back from a proce
 hostile file is data to parse, not objects to rebuild — ``["stage", name]``,
 ``["progress", [stage, done, total]]`` (re-reported to the parent's ``harness.progress``
 listener) and one closing ``["result", document]``, ``["rejected", message]``,
-``["memory", message]`` or ``["error", message]``. The child inherits the parent's resource
-limits (the evaluation's address-space cap) and is killed when the parent is interrupted (a
-time limit)."""
+``["memory", message]`` or ``["error", message]`` (``INFRASTRUCTURE_ERRORS`` and what is not an
+``Exception``; any other exception is a rejection, ``failure_message``). The child inherits the
+parent's resource limits (the evaluation's address-space cap) and is killed when the parent is
+interrupted (a time limit)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import traceback
 from collections.abc import Callable
 
 from harness.errors import SubmissionError
 from harness.progress import report, reporting
 
+INFRASTRUCTURE_ERRORS = (OSError,)
+"""Failures of the worker's host (disk, pipes, files), not of the artifact: they end ``failed``
+(``ChildError``) and are not counted in the quota. Any other exception raised while verifying or
+running an untrusted artifact is a rejection naming it: a file the harness cannot evaluate is
+refused, as a crash of its engine is."""
 Stage = Callable[[str], None]
 Work = Callable[[Stage], dict]
 
@@ -40,7 +47,7 @@ def run_isolated(work: Work, *, engine: str, on_stage: Stage | None = None) -> d
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(work, os.fdopen(write_fd, "w"))
+        _child(work, os.fdopen(write_fd, "w"), engine)
     os.close(write_fd)
     closing: list = ["error", "the evaluation ended without a result"]
     try:
@@ -76,7 +83,16 @@ def run_isolated(work: Work, *, engine: str, on_stage: Stage | None = None) -> d
     raise ChildError(payload)
 
 
-def _child(work: Work, pipe) -> None:
+def failure_message(engine: str, error: Exception) -> str:
+    """What a submitter reads when verifying or running their artifact raised ``error``."""
+    return (
+        f"verifying or running this artifact on {engine} failed: {type(error).__name__}: "
+        f"{error} (a file the harness cannot evaluate is refused; if you believe it is valid, "
+        "tell the maintainers: the traceback is in the worker's log)"
+    )
+
+
+def _child(work: Work, pipe, engine: str) -> None:
     """Run ``work`` and send its outcome; exit without running the parent's exit handlers.
     Torch runs on one thread here: an OpenMP team the parent may have started does not exist
     after a fork, and a parallel region would wait for it forever (as PyTorch's DataLoader
@@ -99,6 +115,11 @@ def _child(work: Work, pipe) -> None:
         send("rejected", str(error))
     except MemoryError as error:
         send("memory", str(error))
+    except INFRASTRUCTURE_ERRORS as error:
+        send("error", f"{type(error).__name__}: {error}")
+    except Exception as error:  # noqa: BLE001 — the artifact made verifying or running it fail
+        traceback.print_exc()  # for the maintainers, in the worker's log
+        send("rejected", failure_message(engine, error))
     except BaseException as error:  # noqa: BLE001 — reported to the parent, which decides
         send("error", f"{type(error).__name__}: {error}")
     finally:
