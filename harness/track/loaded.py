@@ -7,10 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import onnx
 
 from harness.artifacts.checks import OnnxInterface, PrecisionLimits, TrackChecks
 from harness.backends import Backend, get_backend
@@ -189,6 +192,8 @@ class LoadedTrack:
     @cached_property
     def fp32_graph(self) -> onnx.ModelProto:
         """``fp32_onnx`` parsed, once per track: what ONNX uploads are matched against."""
+        import onnx  # only ONNX tracks need it (0.7 s of a command's start-up)
+
         return onnx.load(str(self.fp32_onnx), load_external_data=False)
 
     def checks(self, spec: TrackSpec | None = None) -> TrackChecks:
