@@ -81,7 +81,7 @@ def dispatch(submission: Submission, track: LoadedTrack, log: list[str]) -> str:
         tasks.send_assembly(submission, round_)
         return Status.SCORING
     for chunk in missing:
-        tasks.send_chunk(submission, round_, chunk)
+        tasks.send_chunk(submission, round_, chunk, total=len(ids))
     return Status.RUNNING
 
 
@@ -94,9 +94,12 @@ def _write_progress(submission_id: int, done: int, total: int) -> None:
     )
 
 
-def score_chunk(submission_id: int, round_: int, case_ids: list[str], worker: str) -> str:
+def score_chunk(
+    submission_id: int, round_: int, case_ids: list[str], total: int, worker: str
+) -> str:
     """Score the cases of ``case_ids`` not stored yet, store them, and when they complete the
-    set, move to ``scoring`` and send the assembly. The submission's status afterwards."""
+    set of ``total`` test cases, move to ``scoring`` and send the assembly. The submission's
+    status afterwards."""
     from leaderboard.submissions.worker import open_track
 
     submission = Submission.objects.select_related("track").get(pk=submission_id)
@@ -123,7 +126,7 @@ def score_chunk(submission_id: int, round_: int, case_ids: list[str], worker: st
                     return _reject(submission_id, memory_limit_message())
         for metrics in scored:
             _store_case(submission, round_, metrics, worker)
-    return _after_chunk(submission_id, round_)
+    return _after_chunk(submission_id, round_, total)
 
 
 def _store_case(submission: Submission, round_: int, metrics: CaseMetrics, worker: str) -> None:
@@ -140,7 +143,7 @@ def _store_case(submission: Submission, round_: int, metrics: CaseMetrics, worke
         pass
 
 
-def _after_chunk(submission_id: int, round_: int) -> str:
+def _after_chunk(submission_id: int, round_: int, total: int) -> str:
     """Progress written; the assembly sent by the chunk that completes the set (once: the row
     lock orders the chunks, and only one sees ``running`` with every case stored)."""
     from leaderboard.submissions import tasks
@@ -151,10 +154,9 @@ def _after_chunk(submission_id: int, round_: int) -> str:
         )
         if submission.status != Status.RUNNING:
             return submission.status
-        total = int(submission.progress_total) or 0
         done = CaseScore.objects.filter(submission=submission, round=round_).count()
         _write_progress(submission_id, done, total)
-        if total and done >= total:
+        if done >= total:
             submission.advance(Status.SCORING)
             transaction.on_commit(lambda: tasks.send_assembly(submission, round_))
             return Status.SCORING

@@ -85,14 +85,14 @@ def evaluate(self, *, submission_id: int) -> str:
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     max_retries=MAX_RETRIES,
 )
-def score_chunk(self, *, submission_id: int, round: int, case_ids: list[str]) -> str:
+def score_chunk(self, *, submission_id: int, round: int, case_ids: list[str], total: int) -> str:
     """Score one chunk of a fanned-out submission's test cases (``fan_out.score_chunk``;
     idempotent: cases stored already are skipped)."""
     return _guarded(
         self,
         submission_id,
         lambda: fan_out.score_chunk(
-            submission_id, round, case_ids, worker=self.request.hostname or ""
+            submission_id, round, case_ids, total, worker=self.request.hostname or ""
         ),
     )
 
@@ -201,12 +201,17 @@ def send(submission: Submission) -> None:
     )
 
 
-def send_chunk(submission: Submission, round: int, case_ids: list[str]) -> None:
-    """Publish one chunk of a fanned-out submission on its evaluation queue (with the
-    submission's header: the reconciler sees its work waiting)."""
+def send_chunk(submission: Submission, round: int, case_ids: list[str], *, total: int) -> None:
+    """Publish one chunk of a fanned-out submission (``total``: its test cases) on its
+    evaluation queue, with the submission's header: the reconciler sees its work waiting."""
     limit = time_limit_s(submission)
     score_chunk.apply_async(
-        kwargs={"submission_id": submission.pk, "round": round, "case_ids": case_ids},
+        kwargs={
+            "submission_id": submission.pk,
+            "round": round,
+            "case_ids": case_ids,
+            "total": total,
+        },
         queue=queue_for(submission),
         soft_time_limit=limit,
         time_limit=limit + HARD_LIMIT_MARGIN_S,
