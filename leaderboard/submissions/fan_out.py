@@ -30,8 +30,15 @@ from harness.scoring.evaluation import CaseMetrics
 from harness.track.loaded import LoadedTrack
 from leaderboard.submissions.artifacts import harness_upload
 from leaderboard.submissions.models import CaseScore, Kind, Status, Submission
+from leaderboard.submissions.results import about_of, finish
+from leaderboard.submissions.routing import publish
 from leaderboard.submissions.stages import advance, enter_running
-from leaderboard.submissions.worker import heartbeat, is_out_of_memory, memory_limit_message
+from leaderboard.submissions.worker import (
+    heartbeat,
+    is_out_of_memory,
+    memory_limit_message,
+    open_track,
+)
 
 logger = logging.getLogger(__name__)
 FANNED_KINDS = frozenset({Kind.CHECKPOINT, Kind.ONNX})
@@ -74,14 +81,12 @@ def dispatch(submission: Submission, track: LoadedTrack, log: list[str]) -> str:
     )
     enter_running(submission.pk, log)
     _write_progress(submission.pk, len(stored), len(ids))
-    from leaderboard.submissions import tasks  # the tasks module imports the pipeline
-
     if not missing:
         advance(submission.pk, Status.SCORING)
-        tasks.send_assembly(submission, round_)
+        publish("assemble", submission, round=round_)
         return Status.SCORING
     for chunk in missing:
-        tasks.send_chunk(submission, round_, chunk, total=len(ids))
+        publish("score_chunk", submission, round=round_, case_ids=chunk, total=len(ids))
     return Status.RUNNING
 
 
@@ -100,8 +105,6 @@ def score_chunk(
     """Score the cases of ``case_ids`` not stored yet, store them, and when they complete the
     set of ``total`` test cases, move to ``scoring`` and send the assembly. The submission's
     status afterwards."""
-    from leaderboard.submissions.worker import open_track
-
     submission = Submission.objects.select_related("track").get(pk=submission_id)
     if submission.status != Status.RUNNING or current_round(submission) != round_:
         return submission.status
@@ -146,8 +149,6 @@ def _store_case(submission: Submission, round_: int, metrics: CaseMetrics, worke
 def _after_chunk(submission_id: int, round_: int, total: int) -> str:
     """Progress written; the assembly sent by the chunk that completes the set (once: the row
     lock orders the chunks, and only one sees ``running`` with every case stored)."""
-    from leaderboard.submissions import tasks
-
     with transaction.atomic():
         submission = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
@@ -158,7 +159,7 @@ def _after_chunk(submission_id: int, round_: int, total: int) -> str:
         _write_progress(submission_id, done, total)
         if done >= total:
             submission.advance(Status.SCORING)
-            transaction.on_commit(lambda: tasks.send_assembly(submission, round_))
+            transaction.on_commit(lambda: publish("assemble", submission, round=round_))
             return Status.SCORING
     return Status.RUNNING
 
@@ -176,9 +177,6 @@ def _reject(submission_id: int, message: str) -> str:
 def assemble(submission_id: int, round_: int) -> str:
     """The result document from the stored cases (the artifact verified again and its
     efficiency measured here), stored as the serial run stores it. The status afterwards."""
-    from leaderboard.submissions.pipeline import about_of, finish
-    from leaderboard.submissions.worker import open_track
-
     submission = Submission.objects.select_related("track").get(pk=submission_id)
     if submission.status != Status.SCORING or current_round(submission) != round_:
         return submission.status

@@ -26,13 +26,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import File
-from django.db import transaction
-from django.db.models import Max
-from django.utils import timezone
 
 from harness.analysis.calibration_robustness import baseline_calibration_spread
 from harness.entry.baseline import compute_baseline, compute_reference
-from harness.entry.summary import ResultSummary
 from harness.entry.upload import evaluate_untrusted
 from harness.errors import BackendUnavailable, SubmissionError
 from harness.progress import reporting
@@ -40,7 +36,8 @@ from harness.track.loaded import LoadedTrack
 from leaderboard.submissions import fan_out
 from leaderboard.submissions.artifacts import harness_upload
 from leaderboard.submissions.container_runs import run_container
-from leaderboard.submissions.models import Evaluation, EvaluationVersion, Kind, Status, Submission
+from leaderboard.submissions.models import Kind, Status, Submission
+from leaderboard.submissions.results import about_of, finish, store_evaluation
 from leaderboard.submissions.stages import MAX_ATTEMPTS, advance, enter_running, fail, start
 from leaderboard.submissions.worker import (
     Progress,
@@ -49,7 +46,6 @@ from leaderboard.submissions.worker import (
     memory_limit_message,
     open_track,
 )
-from leaderboard.tracks import ranking
 
 __all__ = ["MAX_ATTEMPTS", "fail", "run", "start", "store_evaluation"]
 logger = logging.getLogger(__name__)
@@ -64,14 +60,6 @@ def _store_artifact(submission: Submission, path: Path) -> None:
     with open(path, "rb") as handle:
         submission.artifact.save(path.name, File(handle), save=False)
     Submission.objects.filter(pk=submission.pk).update(artifact=submission.artifact.name)
-
-
-def about_of(submission: Submission) -> dict:
-    """Submission metadata the harness records in the result document."""
-    about = {"scheme": submission.scheme or submission.method}
-    if submission.reference_method:
-        about["method"] = submission.reference_method
-    return about
 
 
 def _evaluate(
@@ -113,21 +101,6 @@ def _evaluate(
     )  # untrusted: run in a child process (an engine crash
     # is the artifact's fault, rejected and counted in the quota)
     return evaluate_untrusted(track, upload, about=about_of(submission), on_stage=on_stage)
-
-
-def store_evaluation(
-    submission: Submission, result: dict, summary: ResultSummary | None = None
-) -> Evaluation:
-    """Store a result document (its ``summary`` on the split the track ranks on, when the caller
-    has read it already) as the next version of ``submission`` and as its latest Evaluation, the
-    columns on that split (the caller holds the row lock)."""
-    split = submission.track.ranked_split
-    columns = (summary or ResultSummary.of(result, split)).columns()
-    scores = {"track": submission.track, "result": result, "created_at": timezone.now()} | columns
-    latest = submission.versions.aggregate(latest=Max("version"))["latest"] or 0
-    EvaluationVersion.objects.create(submission=submission, version=latest + 1, **scores)
-    evaluation, _ = Evaluation.objects.update_or_create(submission=submission, defaults=scores)
-    return evaluation
 
 
 def run(submission_id: int, *, worker: str = "") -> str:
@@ -178,20 +151,3 @@ def _run(submission: Submission, submission_id: int, worker: str) -> str:
             return Status.REJECTED
     advance(submission_id, Status.SCORING)
     return finish(submission, submission_id, result, log)
-
-
-def finish(submission: Submission, submission_id: int, result: dict, log: list[str]) -> str:
-    """Store ``result`` as the submission's next version and end it ``done`` (ranked)."""
-    summary = ResultSummary.of(result, submission.track.ranked_split)
-    log.append(summary.verification)
-    with transaction.atomic():
-        locked = (
-            Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
-        )
-        if locked.track.ranked_split != submission.track.ranked_split:  # published meanwhile
-            summary = ResultSummary.of(result, locked.track.ranked_split)
-        store_evaluation(locked, result, summary)
-        log.append(summary.scores_line())
-        locked.advance(Status.DONE, log="\n".join(log))
-        ranking.refresh(locked.track)
-    return Status.DONE

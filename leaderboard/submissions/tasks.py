@@ -17,10 +17,17 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from harness.containers.sandbox import remove_orphans
-from leaderboard.celery import BASELINE_QUEUE_SUFFIX
 from leaderboard.config import HARD_LIMIT_MARGIN_S
 from leaderboard.submissions import fan_out, pipeline
-from leaderboard.submissions.models import Kind, Submission
+from leaderboard.submissions.models import Submission
+from leaderboard.submissions.routing import (
+    CONTAINER_QUEUE,
+    SUBMISSION_HEADER,
+    queue_for,
+    time_limit_s,
+)
+
+__all__ = ["CONTAINER_QUEUE", "SUBMISSION_HEADER", "queue_for", "time_limit_s"]
 
 logger = logging.getLogger(__name__)
 INFRASTRUCTURE_ERRORS = (
@@ -31,7 +38,6 @@ INFRASTRUCTURE_ERRORS = (
     docker.errors.DockerException,  # the Docker engine of a container worker failed
     requests.exceptions.ConnectionError,
 )
-CONTAINER_QUEUE = "containers"
 
 
 RETRY_BACKOFF_MAX_S = 30
@@ -166,64 +172,11 @@ def record_failure(*, submission_id: int, message: str) -> None:
     pipeline.fail(submission_id, message)
 
 
-def queue_for(submission: Submission) -> str:
-    """Quantizer containers run on the ``containers`` queue; a reference baseline (or the FP32
-    row) on the baseline queue of the track's backend, which its own workers serve; the rest
-    where the track says."""
-    if submission.kind == Kind.CONTAINER:
-        return CONTAINER_QUEUE
-    if submission.is_baseline:
-        return submission.track.queue + BASELINE_QUEUE_SUFFIX
-    return submission.track.queue
-
-
-def time_limit_s(submission: Submission) -> int:
-    """The task's soft time limit: the track's evaluation limit, plus its quantizer limit for a
-    container."""
-    track = submission.track
-    extra = track.quantizer_timeout_s if submission.kind == Kind.CONTAINER else 0
-    return track.time_limit_s + extra
-
-
-SUBMISSION_HEADER = "submission_id"
-"""Message header naming the submission (the reconciler reads it off the broker's queues)."""
-
-
 def send(submission: Submission) -> None:
     """Publish the evaluation message now (the reconciler's re-enqueue; idempotent to repeat)."""
     limit = time_limit_s(submission)
     evaluate.apply_async(
         kwargs={"submission_id": submission.pk},
-        queue=queue_for(submission),
-        soft_time_limit=limit,
-        time_limit=limit + HARD_LIMIT_MARGIN_S,
-        headers={SUBMISSION_HEADER: submission.pk},
-    )
-
-
-def send_chunk(submission: Submission, round: int, case_ids: list[str], *, total: int) -> None:
-    """Publish one chunk of a fanned-out submission (``total``: its test cases) on its
-    evaluation queue, with the submission's header: the reconciler sees its work waiting."""
-    limit = time_limit_s(submission)
-    score_chunk.apply_async(
-        kwargs={
-            "submission_id": submission.pk,
-            "round": round,
-            "case_ids": case_ids,
-            "total": total,
-        },
-        queue=queue_for(submission),
-        soft_time_limit=limit,
-        time_limit=limit + HARD_LIMIT_MARGIN_S,
-        headers={SUBMISSION_HEADER: submission.pk},
-    )
-
-
-def send_assembly(submission: Submission, round: int) -> None:
-    """Publish the assembly of a fanned-out submission whose cases are all stored."""
-    limit = time_limit_s(submission)
-    assemble.apply_async(
-        kwargs={"submission_id": submission.pk, "round": round},
         queue=queue_for(submission),
         soft_time_limit=limit,
         time_limit=limit + HARD_LIMIT_MARGIN_S,
