@@ -6,6 +6,7 @@ from harness.cli import main
 from harness.data.dataset import load_dataset
 from harness.models.calibration import calibration_batches
 from harness.models.reference import load_reference_model
+from harness.track import run_cache
 from reference_methods.methods import quantize_with
 from reference_methods.simulator.progress import reporting
 from reference_methods.simulator.scheme import QuantConfig, target_layers
@@ -28,7 +29,11 @@ def test_gptq_reports_every_layer_it_fits_and_quantizes_and_every_batch(tiny_tra
     assert [s[2] for s in calibrated] == list(range(1, len(batches) + 1))
 
 
-def test_quantize_and_study_draw_progress_bars_unless_quiet(tiny_track, tmp_path, capsys):
+def test_quantize_and_study_draw_progress_bars_unless_quiet(
+    tiny_track, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv(run_cache.CACHE_DIR_VARIABLE, str(tmp_path / "cache"))  # the FP32 run
+    # is computed here (with its bar), not read from a run an earlier test cached
     dataset, model = tiny_track
     common = ["--dataset", str(dataset), "--model", str(model)]
     assert main(["quantize", *common, "--method", "comq", "--wbits", "4",
