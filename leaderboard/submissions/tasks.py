@@ -58,28 +58,9 @@ database or broker outage; then the reconciler's own passes (``reconciler.py``) 
 )
 def evaluate(self, *, submission_id: int) -> str:
     """Evaluate one submission (idempotent: a finished one is left as it is)."""
-    try:
-        return pipeline.run(submission_id, worker=self.request.hostname or "")
-    except SoftTimeLimitExceeded:
-        limit = time_limit_s(Submission.objects.get(pk=submission_id))
-        _record_failure(
-            submission_id, f"evaluation stopped: it exceeded the track's {limit} s limit"
-        )
-        return "failed"
-    except INFRASTRUCTURE_ERRORS:
-        if self.request.retries >= self.max_retries:
-            _record_failure(
-                submission_id, "evaluation failed: infrastructure unavailable, retries ran out"
-            )
-        raise
-    except Exception as error:
-        logger.exception("evaluation of submission %s crashed", submission_id)
-        _record_failure(
-            submission_id,
-            f"evaluation failed with an internal error ({type(error).__name__}); "
-            "the maintainers can see the details and will re-run it",
-        )
-        return "failed"
+    return _guarded(
+        self, submission_id, lambda: pipeline.run(submission_id, worker=self.request.hostname or "")
+    )
 
 
 @shared_task(
@@ -126,7 +107,7 @@ def _guarded(task, submission_id: int, work) -> str:
     except SoftTimeLimitExceeded:
         limit = time_limit_s(Submission.objects.get(pk=submission_id))
         _record_failure(
-            submission_id, f"evaluation stopped: a task exceeded the track's {limit} s limit"
+            submission_id, f"evaluation stopped: it exceeded the track's {limit} s limit"
         )
         return "failed"
     except INFRASTRUCTURE_ERRORS:
@@ -136,7 +117,7 @@ def _guarded(task, submission_id: int, work) -> str:
             )
         raise
     except Exception as error:
-        logger.exception("a task of submission %s crashed", submission_id)
+        logger.exception("evaluation of submission %s crashed", submission_id)
         _record_failure(
             submission_id,
             f"evaluation failed with an internal error ({type(error).__name__}); "
