@@ -47,15 +47,20 @@ print(json.dumps(Evaluation.objects.get(submission_id={0}).result))
 def prepare(work: Path, cases: int, coarsen: int) -> tuple[Path, Path, Path]:
     """(dataset, FP32 model, W8A8 checkpoint) under ``work``: ``cases`` test cases, one
     calibration case and one training case of the clinical phantom; made once and reused."""
-    from large_volume import CALIBRATION_BATCHES, NETWORK_SEED, SCHEME, TRAIN_ITERATIONS
+    from large_volume import (
+        CALIBRATION_BATCHES,
+        NETWORK_SEED,
+        SCHEME,
+        TRAIN_ITERATIONS,
+        clinical_unet_spec,
+    )
 
     from harness.artifacts.checkpoint.save import save_checkpoint
     from harness.data import phantoms
     from harness.data.dataset import load_dataset, write_splits
     from harness.data.preprocessing import preprocess, read_case
-    from harness.demo import DEMO_MODELS_DIR
     from harness.inference.sliding_window import patch_batches
-    from harness.models.reference import ModelSpec, read_spec, save_reference_model
+    from harness.models.reference import save_reference_model
     from harness.models.training import TrainConfig, load_training_volumes, train
     from reference_methods.simulator.scheme import QuantConfig, quantize
 
@@ -69,13 +74,7 @@ def prepare(work: Path, cases: int, coarsen: int) -> tuple[Path, Path, Path]:
     phantoms.write_phantom_dataset(dataset_dir, cases=cases + 2, seed=0, size="clinical")
     ids = [case.case_id for case in load_dataset(dataset_dir).cases]
     write_splits(dataset_dir, {"train": ids[:1], "calibration": ids[1:2], "test": ids[2:]})
-    data = read_spec(DEMO_MODELS_DIR / "unet").to_dict()
-    data["name"] = "fan-out-unet"
-    data["kwargs"]["out_channels"] = len(phantoms.CLINICAL_LABELS)
-    data["labels"] = {str(k): v for k, v in phantoms.CLINICAL_LABELS.items()}
-    data["preprocessing"]["spacing"] = None  # inferred on the case's own grid
-    data["training"] = {}
-    spec = ModelSpec.from_dict(data)
+    spec = clinical_unet_spec("fan-out-unet")
     dataset = load_dataset(dataset_dir)
     volumes = load_training_volumes(dataset.split("train"), dataset.labels, spec.preprocessing)
     model = train(spec, volumes, TrainConfig(iterations=TRAIN_ITERATIONS, seed=NETWORK_SEED), False)

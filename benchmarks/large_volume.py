@@ -58,6 +58,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def clinical_unet_spec(name: str):
+    """The shipped demo UNet's spec with one output per class of the clinical phantom, run on
+    each case's own grid (no resampling), untrained."""
+    from harness.data import phantoms
+    from harness.demo import DEMO_MODELS_DIR
+    from harness.models.reference import ModelSpec, read_spec
+
+    data = read_spec(DEMO_MODELS_DIR / "unet").to_dict()
+    data["name"] = name
+    data["kwargs"]["out_channels"] = len(phantoms.CLINICAL_LABELS)
+    data["labels"] = {str(k): v for k, v in phantoms.CLINICAL_LABELS.items()}
+    data["preprocessing"]["spacing"] = None  # inferred on the case's own grid
+    data["training"] = {}
+    return ModelSpec.from_dict(data)
+
+
 def prepare(work: Path, coarsen: int) -> None:
     """Write the clinical phantom (one case), the briefly trained 14-class network and its W8A8
     checkpoint under ``work``."""
@@ -65,9 +81,8 @@ def prepare(work: Path, coarsen: int) -> None:
     from harness.data import phantoms
     from harness.data.dataset import load_dataset
     from harness.data.preprocessing import preprocess, read_case
-    from harness.demo import DEMO_MODELS_DIR
     from harness.inference.sliding_window import patch_batches
-    from harness.models.reference import ModelSpec, read_spec, save_reference_model
+    from harness.models.reference import save_reference_model
     from harness.models.training import TrainConfig, load_training_volumes, train
     from reference_methods.simulator.scheme import QuantConfig, quantize
 
@@ -78,13 +93,7 @@ def prepare(work: Path, coarsen: int) -> None:
     dataset_dir = work / "dataset"
     if not (dataset_dir / "dataset.json").is_file():
         phantoms.write_phantom_dataset(dataset_dir, cases=1, seed=PHANTOM_SEED, size="clinical")
-    data = read_spec(DEMO_MODELS_DIR / "unet").to_dict()
-    data["name"] = "large-volume-unet-random"
-    data["kwargs"]["out_channels"] = len(phantoms.CLINICAL_LABELS)
-    data["labels"] = {str(k): v for k, v in phantoms.CLINICAL_LABELS.items()}
-    data["preprocessing"]["spacing"] = None  # inferred on the case's own grid
-    data["training"] = {}
-    spec = ModelSpec.from_dict(data)
+    spec = clinical_unet_spec("large-volume-unet-random")
     dataset = load_dataset(dataset_dir)
     case = dataset.cases[0]
     volumes = load_training_volumes((case,), dataset.labels, spec.preprocessing)

@@ -47,7 +47,7 @@ half a minute of the service's return), 60 times — about half an hour, longer 
 database or broker outage; then the reconciler's own passes (``reconciler.py``) take over."""
 
 
-@shared_task(
+evaluation_task = shared_task(
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -56,6 +56,11 @@ database or broker outage; then the reconciler's own passes (``reconciler.py``) 
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     max_retries=MAX_RETRIES,
 )
+"""The decorator of every task that evaluates (part of) a submission: acknowledged late and
+rejected when its worker is lost (so redelivered), infrastructure errors retried."""
+
+
+@evaluation_task
 def evaluate(self, *, submission_id: int) -> str:
     """Evaluate one submission (idempotent: a finished one is left as it is)."""
     return _guarded(
@@ -63,15 +68,7 @@ def evaluate(self, *, submission_id: int) -> str:
     )
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=INFRASTRUCTURE_ERRORS,
-    retry_backoff=5,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    max_retries=MAX_RETRIES,
-)
+@evaluation_task
 def score_chunk(self, *, submission_id: int, round: int, case_ids: list[str], total: int) -> str:
     """Score one chunk of a fanned-out submission's test cases (``fan_out.score_chunk``;
     idempotent: cases stored already are skipped)."""
@@ -84,15 +81,7 @@ def score_chunk(self, *, submission_id: int, round: int, case_ids: list[str], to
     )
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=INFRASTRUCTURE_ERRORS,
-    retry_backoff=5,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    max_retries=MAX_RETRIES,
-)
+@evaluation_task
 def assemble(self, *, submission_id: int, round: int) -> str:
     """Assemble and store the result of a fanned-out submission (``fan_out.assemble``;
     idempotent: a submission no longer ``scoring`` is left as it is)."""
