@@ -32,7 +32,7 @@ demo: venv
 	test -f $(DEMO)/dataset/dataset.json -a -d $(DEMO)/models -a -d $(DEMO)/sources || $(HARNESS) demo --out $(DEMO)
 
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest --durations=40
 
 ## The suite without Docker, the browser, live services or training (minutes, not the full run)
 test-fast: venv
