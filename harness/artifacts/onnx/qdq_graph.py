@@ -150,12 +150,16 @@ def insert_qdq(
     for symmetric codes, or as uint8 with ``zero_point`` for an asymmetric grid."""
     if not math.isfinite(scale) or scale <= 0:
         raise ExportError(f"{prefix}: activation scale {scale} is not a positive finite number")
-    non_negative = input_index is not None and _is_non_negative(graph, node.input[input_index])
+    source_op = None if input_index is None else _source_op(graph, node.input[input_index])
+    non_negative = source_op in NON_NEGATIVE_OPS
     scale_name = add_initializer(graph, np.array(scale, np.float32), f"{prefix}_scale")
     if zero_point is not None:
         zero = np.array(zero_point, np.uint8)
     else:
-        zero = placement.zero_point_for(non_negative=non_negative)
+        zero = placement.zero_point_for(
+            non_negative=non_negative,
+            conv_reads_concat=node.op_type == "Conv" and source_op == "Concat",
+        )
     zero_name = add_initializer(graph, zero, f"{prefix}_zero_point")
     if input_index is not None:
         source, target = node.input[input_index], f"{prefix}_dequantized"
@@ -181,13 +185,14 @@ def insert_qdq(
     )
 
 
-def _is_non_negative(graph: onnx.GraphProto, tensor: str) -> bool:
-    """Whether ``tensor`` is made by an op whose output is never negative (through reshapes)."""
+def _source_op(graph: onnx.GraphProto, tensor: str) -> str | None:
+    """The type of the op that makes ``tensor``, looking through reshapes (None for a graph
+    input or an initializer)."""
     producers = {name: node for node in graph.node for name in node.output}
     node = producers.get(tensor)
     while node is not None and node.op_type in PASS_THROUGH_OPS and node.input:
         node = producers.get(node.input[0])
-    return node is not None and node.op_type in NON_NEGATIVE_OPS
+    return None if node is None else node.op_type
 
 
 def sorted_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
