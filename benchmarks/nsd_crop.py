@@ -6,8 +6,8 @@ is that map shifted by 2 voxels along each in-plane axis and 1 slice, with 0.2% 
 voxels dropped to background and stray organ voxels sprinkled in the body (a segmentation's kind
 of error). Both NSD definitions are computed on the foreground classes two ways, interleaved over
 ``ROUNDS`` rounds: ``whole`` runs the all-class surface pass (``surfels_by_class`` /
-``_surfaces_by_class``) on the full maps, ``cropped`` is ``nsd_per_class``, which cuts both maps
-to the bounding box of the classes' voxels first. Peak memory is numpy's allocations under
+``surface_voxels_by_class``) on the full maps, ``cropped`` is ``nsd_per_class``, which cuts both
+maps to the bounding box of the classes' voxels first. Peak memory is numpy's allocations under
 ``tracemalloc`` (the pass's transient arrays), seconds the median round.
 
     .venv/bin/python benchmarks/nsd_crop.py
@@ -23,8 +23,8 @@ import tracemalloc
 import numpy as np
 
 from harness.data.phantoms import CLINICAL_SPACING_MM, make_phantom
-from harness.scoring import metrics
 from harness.scoring.metrics import NsdDefinition, nsd_per_class
+from harness.scoring.surfaces import CaseSurfaces, surfaces_of
 
 TOLERANCE_MM = 2.0
 ROUNDS = 3
@@ -49,13 +49,15 @@ def prediction(label: np.ndarray, body: np.ndarray, rng: np.random.Generator) ->
 def whole(pred: np.ndarray, label: np.ndarray, ids: list[int], definition: NsdDefinition):
     """NSD without the crop: the same surface passes on the full maps."""
     spacing = np.asarray(CLINICAL_SPACING_MM, dtype=np.float64)
-    if definition is NsdDefinition.SUBVOXEL:
-        return metrics._subvoxel_nsd(pred, label, ids, spacing, TOLERANCE_MM)
-    surf_p, surf_g = metrics._surfaces_by_class(pred, ids), metrics._surfaces_by_class(label, ids)
-    return {
-        c: metrics._nsd_from_surfaces(surf_p[c], surf_g[c], pred.shape, spacing, TOLERANCE_MM)
-        for c in ids
-    }
+    found = CaseSurfaces(
+        tuple(pred.shape),
+        definition,
+        surfaces_of(pred, ids, spacing, definition),
+        surfaces_of(label, ids, spacing, definition),
+    )
+    return nsd_per_class(
+        pred, label, ids, CLINICAL_SPACING_MM, TOLERANCE_MM, definition, surfaces=found
+    )
 
 
 def cropped(pred: np.ndarray, label: np.ndarray, ids: list[int], definition: NsdDefinition):

@@ -24,10 +24,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,9 +49,14 @@ from harness.scoring.metrics import (
     mean_over_classes,
     nsd_per_class,
 )
+from harness.scoring.surfaces import LabelSurfaces, case_surfaces, label_surfaces
 
 #: Cases read ahead of, and scored behind, the one being inferred.
 PIPELINE_DEPTH = 2
+LabelSurfacesSource = Callable[
+    [str, Path, np.ndarray, Sequence[int], Sequence[float], NsdDefinition], LabelSurfaces
+]
+"""(case id, label file, label map, class ids, spacing, definition) → the label's surfaces."""
 SCORING_STAGE = "inferring test cases"
 """The progress stage ``evaluate_cases`` reports by default (an entry's run)."""
 FP32_SCORING_STAGE = "inferring test cases with the FP32 reference"
@@ -139,6 +145,7 @@ class _Scoring:
     grids to restore the prediction between, and the timer of its own stages."""
 
     case_id: str
+    label_path: Path
     label: np.ndarray
     spacing: tuple[float, float, float]
     network_affine: torch.Tensor
@@ -206,18 +213,23 @@ def evaluate_cases(
     nsd_definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
     label_lut: Sequence[int] | None = None,
     stage: str = SCORING_STAGE,
+    label_surfaces_of: LabelSurfacesSource | None = None,
 ) -> EvaluationRun:
     """Run ``model`` on ``cases`` and score it against their labels on the foreground classes
     (NSD at ``nsd_tolerance_mm`` by ``nsd_definition``, see ``harness.scoring.metrics``; HD95 on
     the same surfaces, see ``harness.scoring.hausdorff``). ``label_lut`` relabels the prediction
     first: model class i becomes dataset label ``label_lut[i]`` (None: the model's class ids are
     the dataset's label ids). Each inferred case is reported as a step of ``stage`` (a fixed
-    name: ``desc`` may hold a worker's path)."""
+    name: ``desc`` may hold a worker's path). The prediction's and the label's surfaces are found
+    once per case for NSD and HD95, the label's by ``label_surfaces_of`` (a cache, e.g.
+    ``harness.track.surface_cache``; None: found for this run)."""
     timer = timer or StageTimer()
     lut = None
     if label_lut is not None:
         lut = torch.tensor(label_lut, dtype=torch.int64).to(label_dtype(max(label_lut) + 1))
     classes = tuple(sorted(c for c in labels if c != 0))
+    definition = NsdDefinition(nsd_definition)
+    find_label_surfaces = label_surfaces_of or _label_surfaces_now
     model.eval()
     start = time.perf_counter()
 
@@ -228,7 +240,8 @@ def evaluate_cases(
         with timer.stage("preprocess", own):
             image = preprocess(loaded, spec.preprocessing)
         grid = (image.affine, loaded.image.affine, tuple(loaded.image.shape[1:]))
-        return _Scoring(loaded.case_id, loaded.label, loaded.spacing, *grid, own), image
+        scoring = _Scoring(loaded.case_id, case.label, loaded.label, loaded.spacing, *grid, own)
+        return scoring, image
 
     def score(case: _Scoring, prediction: torch.Tensor) -> CaseMetrics:
         with timer.stage("postprocess", case.timer):
@@ -239,10 +252,24 @@ def evaluate_cases(
             )
         with timer.stage("metrics", case.timer):
             dsc = dice_per_class(restored, case.label, classes)
-            nsd = nsd_per_class(
-                restored, case.label, classes, case.spacing, nsd_tolerance_mm, nsd_definition
+            label_part = find_label_surfaces(
+                case.case_id, case.label_path, case.label, classes, case.spacing, definition
             )
-            hd95 = hd95_per_class(restored, case.label, classes, case.spacing, nsd_definition)
+            surfaces = case_surfaces(
+                restored, label_part, classes, np.asarray(case.spacing, np.float64)
+            )
+            nsd = nsd_per_class(
+                restored,
+                case.label,
+                classes,
+                case.spacing,
+                nsd_tolerance_mm,
+                definition,
+                surfaces=surfaces,
+            )
+            hd95 = hd95_per_class(
+                restored, case.label, classes, case.spacing, definition, surfaces=surfaces
+            )
         return CaseMetrics(
             case.case_id, dsc, nsd, dict(case.timer.seconds), peak_rss_mb(), hd95=hd95
         )
@@ -272,3 +299,15 @@ def evaluate_cases(
                 future.cancel()
             raise
     return EvaluationRun(results, timer, time.perf_counter() - start)
+
+
+def _label_surfaces_now(
+    case_id: str,
+    label_path: Path,
+    label: np.ndarray,
+    ids: Sequence[int],
+    spacing: Sequence[float],
+    definition: NsdDefinition,
+) -> LabelSurfaces:
+    """The label's surfaces found for this run (no cache)."""
+    return label_surfaces(label, ids, np.asarray(spacing, np.float64), definition)

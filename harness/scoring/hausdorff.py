@@ -50,10 +50,10 @@ from harness.scoring.metrics import (
     _check_definition,
     _check_pair,
     _check_spacing,
-    _crop_to_classes,
-    _surfaces_by_class,
+    surfaces_for,
 )
-from harness.scoring.surfels import Surfels, corner_grid_shape, surfels_by_class
+from harness.scoring.surfaces import CaseSurfaces
+from harness.scoring.surfels import Surfels, corner_grid_shape
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +83,12 @@ def hd95_per_class(
     spacing: Sequence[float],
     definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
     percentile: float = HD_PERCENTILE,
+    surfaces: CaseSurfaces | None = None,
 ) -> dict[int, float]:
     """HD95 in mm of each class id (``percentile`` 100: the plain Hausdorff distance), surfaces
     by ``definition``, distances scaled by ``spacing`` (mm per voxel along each array axis).
-    Both empty → 0 mm; exactly one empty → the volume diagonal (see the module docstring)."""
+    Both empty → 0 mm; exactly one empty → the volume diagonal (see the module docstring).
+    ``surfaces``: the two maps' surfaces found already (as for ``nsd_per_class``)."""
     pred_a, label_a = _check_pair(pred, label)
     ids = _check_class_ids(class_ids)
     spacing_a = _check_spacing(spacing, pred_a.ndim)
@@ -95,19 +97,16 @@ def hd95_per_class(
     if not ids:
         return {}
     one_empty = empty_one_hd_mm(pred_a.shape, spacing_a)
-    pred_a, label_a = _crop_to_classes(pred_a, label_a, ids)
+    found = surfaces_for(pred_a, label_a, ids, spacing_a, kind, surfaces)
+    surf_pred, surf_label, shape = found.pred, found.label, found.shape
     if kind is NsdDefinition.SUBVOXEL:
-        surf_pred = surfels_by_class(pred_a, ids, spacing_a)
-        surf_label = surfels_by_class(label_a, ids, spacing_a)
-        corners = corner_grid_shape(pred_a.shape)
+        corners = corner_grid_shape(shape)
 
         def directed(a: Surfels, b: Surfels) -> float:
             return _area_percentile(a, b, corners, spacing_a, fraction)
     else:
-        surf_pred = _surfaces_by_class(pred_a, ids)
-        surf_label = _surfaces_by_class(label_a, ids)
         origins = {
-            c: _crop_origin(surf_pred[c], surf_label[c], pred_a.shape)
+            c: _crop_origin(surf_pred[c], surf_label[c], shape)
             for c in ids
             if c in surf_pred and c in surf_label
         }
@@ -122,7 +121,7 @@ def hd95_per_class(
             out[c] = max(directed(surf_p, surf_g), directed(surf_g, surf_p))
         else:
             pts_p, pts_g = (
-                _voxel_points(s, pred_a.shape, origins[c], spacing_a) for s in (surf_p, surf_g)
+                _voxel_points(s, shape, origins[c], spacing_a) for s in (surf_p, surf_g)
             )
             out[c] = max(
                 _voxel_percentile(pts_p, pts_g, fraction), _voxel_percentile(pts_g, pts_p, fraction)

@@ -72,7 +72,13 @@ from scipy.spatial import KDTree
 
 from harness.errors import HarnessError
 from harness.scoring.definitions import DEFAULT_NSD_DEFINITION, NsdDefinition
-from harness.scoring.surfels import Surfels, corner_grid_shape, surfels_by_class
+from harness.scoring.surfaces import (
+    CaseSurfaces,
+    class_box,
+    surfaces_of,
+    union_box,
+)
+from harness.scoring.surfels import Surfels, corner_grid_shape
 
 if TYPE_CHECKING:
     import torch
@@ -133,13 +139,15 @@ def nsd_per_class(
     spacing: Sequence[float],
     tolerance_mm: float,
     definition: NsdDefinition | str = DEFAULT_NSD_DEFINITION,
+    surfaces: CaseSurfaces | None = None,
 ) -> dict[int, float]:
     """Normalised surface Dice at ``tolerance_mm`` for each class id.
 
     NSD = (|∂P within τ of ∂G| + |∂G within τ of ∂P|) / (|∂P| + |∂G|), with |·| the surfel area
     (``subvoxel``, default) or the edge-voxel count (``voxel``) and distances Euclidean in mm
     using ``spacing`` (mm per voxel along each array axis). Both empty → ``EMPTY_BOTH_SCORE``
-    (1.0); exactly one empty → 0.0. See the module docstring.
+    (1.0); exactly one empty → 0.0. See the module docstring. ``surfaces``: the two maps'
+    surfaces found already (``harness.scoring.surfaces.case_surfaces``; HD95 uses them too).
     """
     pred_a, label_a = _check_pair(pred, label)
     ids = _check_class_ids(class_ids)
@@ -148,22 +156,49 @@ def nsd_per_class(
     kind = _check_definition(definition)
     if not ids:
         return {}
-    pred_a, label_a = _crop_to_classes(pred_a, label_a, ids)
-    if kind is NsdDefinition.SUBVOXEL:
-        return _subvoxel_nsd(pred_a, label_a, ids, spacing_a, tau)
-
-    surf_pred = _surfaces_by_class(pred_a, ids)
-    surf_label = _surfaces_by_class(label_a, ids)
+    found = surfaces_for(pred_a, label_a, ids, spacing_a, kind, surfaces)
     out: dict[int, float] = {}
+    corners = corner_grid_shape(found.shape)
     for c in ids:
-        surf_p, surf_g = surf_pred.get(c), surf_label.get(c)
+        surf_p, surf_g = found.pred.get(c), found.label.get(c)
         if surf_p is None and surf_g is None:
             out[c] = EMPTY_BOTH_SCORE
         elif surf_p is None or surf_g is None:
             out[c] = EMPTY_ONE_SCORE
+        elif kind is NsdDefinition.SUBVOXEL:
+            within = _area_within(surf_p, surf_g, corners, spacing_a, tau) + _area_within(
+                surf_g, surf_p, corners, spacing_a, tau
+            )
+            out[c] = float(within / (surf_p.areas.sum() + surf_g.areas.sum()))
         else:
-            out[c] = _nsd_from_surfaces(surf_p, surf_g, pred_a.shape, spacing_a, tau)
+            out[c] = _nsd_from_surfaces(surf_p, surf_g, found.shape, spacing_a, tau)
     return out
+
+
+def surfaces_for(
+    pred: np.ndarray,
+    label: np.ndarray,
+    ids: Sequence[int],
+    spacing: np.ndarray,
+    definition: NsdDefinition,
+    surfaces: CaseSurfaces | None = None,
+) -> CaseSurfaces:
+    """``surfaces`` (checked to be by ``definition``), or the surfaces of both maps found on
+    their common crop (``_crop_to_classes``)."""
+    if surfaces is not None:
+        if surfaces.definition is not definition:
+            raise MetricInputError(
+                f"surfaces found by the {surfaces.definition.value} definition, asked for "
+                f"{definition.value}"
+            )
+        return surfaces
+    pred, label = _crop_to_classes(pred, label, ids)
+    return CaseSurfaces(
+        tuple(pred.shape),
+        definition,
+        surfaces_of(pred, ids, spacing, definition),
+        surfaces_of(label, ids, spacing, definition),
+    )
 
 
 def mean_over_classes(values: Mapping[int, float]) -> float:
@@ -192,74 +227,13 @@ def _crop_to_classes(
     (views, no copy). NSD is unchanged: a surfel or edge voxel of class c lies within c's own
     box; a voxel cut away is no class in ``ids``, just as the outside of the volume is; and every
     distance is computed from coordinate differences, which the shift leaves exactly as they
-    were. Both maps free of every class: nothing to cut. Read in slabs along axis 0 of about
-    ``_CHUNK`` voxels, so the masks it forms stay small whatever the volume."""
-    wanted = np.unique(np.asarray(ids, dtype=np.int64))
-    rows = np.zeros(pred.shape[0], dtype=bool)  # axis-0 indices holding a wanted voxel
-    plane = np.zeros(pred.shape[1:], dtype=bool)  # the same, projected along axis 0
-    step = max(1, _CHUNK // max(1, plane.size))
-    for start in range(0, pred.shape[0], step):
-        slab = slice(start, start + step)
-        present = np.isin(pred[slab], wanted) | np.isin(label[slab], wanted)
-        rows[slab] = present.reshape(len(present), -1).any(axis=1)
-        plane |= present.any(axis=0)
-    if not rows.any():
+    were. Both maps free of every class: nothing to cut. Each map is read in slabs
+    (``harness.scoring.surfaces.class_box``), so the masks it forms stay small whatever the
+    volume."""
+    box = union_box(class_box(pred, ids), class_box(label, ids))
+    if box is None:
         return pred, label
-    box = [_span(rows)]
-    for axis in range(plane.ndim):
-        others = tuple(a for a in range(plane.ndim) if a != axis)
-        box.append(_span(plane.any(axis=others)))
-    return pred[tuple(box)], label[tuple(box)]
-
-
-def _span(hit: np.ndarray) -> slice:
-    """The slice from the first to the last True of a non-empty boolean line."""
-    where = np.flatnonzero(hit)
-    return slice(int(where[0]), int(where[-1]) + 1)
-
-
-def _edge_map(x: np.ndarray) -> np.ndarray:
-    """Voxels of a label map that lie on the surface of their own class's mask.
-
-    A voxel is on the surface of mask M = (x == x[v]) iff it is not kept by a 6-connected
-    (cross-shaped) binary erosion of M with voxels outside the volume counting as background,
-    i.e. iff it lies on the volume border or some face neighbour has a different label. This
-    equals ``M ^ scipy.ndimage.binary_erosion(M)`` for every class at once, in O(voxels).
-    """
-    edge = np.zeros(x.shape, dtype=bool)
-    for axis in range(x.ndim):
-        n = x.shape[axis]
-        first = (slice(None),) * axis + (slice(0, 1),)
-        last = (slice(None),) * axis + (slice(n - 1, n),)
-        edge[first] = True
-        edge[last] = True
-        if n > 1:
-            lo = (slice(None),) * axis + (slice(0, n - 1),)
-            hi = (slice(None),) * axis + (slice(1, n),)
-            differs = x[lo] != x[hi]
-            edge[lo] |= differs
-            edge[hi] |= differs
-    return edge
-
-
-def _surfaces_by_class(x: np.ndarray, ids: Sequence[int]) -> dict[int, np.ndarray]:
-    """Sorted flat (C-order) indices of the surface voxels of each class in ``ids`` present in x."""
-    edge = _edge_map(x)
-    flat_idx = np.flatnonzero(edge)
-    labels = x[edge]
-    del edge
-    wanted = np.unique(np.asarray(ids, dtype=np.int64))
-    keep = np.isin(labels, wanted)
-    flat_idx, labels = flat_idx[keep], labels[keep]
-    order = np.argsort(labels, kind="stable")
-    flat_idx, labels = flat_idx[order], labels[order]
-    starts = np.searchsorted(labels, wanted, side="left")
-    stops = np.searchsorted(labels, wanted, side="right")
-    out: dict[int, np.ndarray] = {}
-    for c, a, b in zip(wanted.tolist(), starts.tolist(), stops.tolist(), strict=True):
-        if b > a:
-            out[c] = flat_idx[a:b]  # ascending: the stable sort kept C order within a class
-    return out
+    return pred[box], label[box]
 
 
 def _nsd_from_surfaces(
@@ -284,28 +258,6 @@ def _nsd_from_surfaces(
         + _count_within(pts_g[~shared_g], pts_p, tau)
     )
     return n_within / (len(pts_p) + len(pts_g))
-
-
-def _subvoxel_nsd(
-    pred: np.ndarray, label: np.ndarray, ids: list[int], spacing: np.ndarray, tau: float
-) -> dict[int, float]:
-    """Area-weighted NSD of each class from its surfels (see the module docstring)."""
-    surf_pred = surfels_by_class(pred, ids, spacing)
-    surf_label = surfels_by_class(label, ids, spacing)
-    corners = corner_grid_shape(pred.shape)
-    out: dict[int, float] = {}
-    for c in ids:
-        surf_p, surf_g = surf_pred.get(c), surf_label.get(c)
-        if surf_p is None and surf_g is None:
-            out[c] = EMPTY_BOTH_SCORE
-        elif surf_p is None or surf_g is None:
-            out[c] = EMPTY_ONE_SCORE
-        else:
-            within = _area_within(surf_p, surf_g, corners, spacing, tau) + _area_within(
-                surf_g, surf_p, corners, spacing, tau
-            )
-            out[c] = float(within / (surf_p.areas.sum() + surf_g.areas.sum()))
-    return out
 
 
 def _area_within(

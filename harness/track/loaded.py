@@ -42,6 +42,7 @@ from harness.scoring.evaluation import (
 from harness.track import run_cache
 from harness.track.labels import label_lut
 from harness.track.spec import TrackSpec, graph_backend_refusal
+from harness.track.surface_cache import LabelSurfaceCache
 
 
 @dataclass
@@ -287,7 +288,14 @@ class LoadedTrack:
             nsd_definition=self.spec.nsd_definition,
             label_lut=self.label_lut,
             stage=stage,
+            label_surfaces_of=self.label_surfaces,
         )
+
+    @cached_property
+    def label_surfaces(self) -> LabelSurfaceCache:
+        """The test labels' surfaces, found once for every run scored here and shared with other
+        workers through the cache (``harness.track.surface_cache``)."""
+        return LabelSurfaceCache(self.dataset.labels)
 
 
 def check_backend_runs(model_spec: ModelSpec, backend: Backend) -> None:
