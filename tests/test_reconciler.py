@@ -7,13 +7,13 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from leaderboard_fixtures import site_storage, tiny_tracks
+from leaderboard_fixtures import site_storage, tiny_checkpoints, tiny_tracks
 
-from leaderboard.submissions import reconciler
+from leaderboard.submissions import pipeline, reconciler, results, stages
 from leaderboard.submissions.models import Status, Submission
 from leaderboard.submissions.reconciler import QUIET_S, Reconciler
 
-__all__ = ["site_storage", "tiny_tracks"]
+__all__ = ["site_storage", "tiny_checkpoints", "tiny_tracks"]
 
 
 @pytest.fixture
@@ -90,3 +90,43 @@ def test_finished_submissions_are_never_touched(tiny_tracks, sent):
     for status in (Status.DONE, Status.FAILED, Status.REJECTED, Status.CANCELLED):
         row(tiny_tracks["w8a8"], status, 3600)
     assert started_long_ago().reconcile() == {} and sent == []
+
+
+def test_two_live_attempts_after_a_requeue_store_one_result(tiny_tracks, sent, alice_row):
+    """The reconciler re-sent an evaluation whose worker was only slow (a database outage):
+    the second attempt finishes first; the first one then goes on and tries to run, score and
+    finish. The submission stays ``done`` with the one result, its finish time unchanged."""
+    submission = alice_row
+    first = stages.start(submission.pk)
+    assert first.attempts == 1
+    assert Reconciler._requeue(submission.pk, timezone.now()) == 1 and sent == [submission.pk]
+    assert pipeline.run(submission.pk) == Status.DONE  # the second attempt
+    submission.refresh_from_db()
+    finished_at, result = submission.finished_at, submission.evaluation.result
+    stages.enter_running(submission.pk, ["attempt 1"])  # the first attempt goes on
+    stages.advance(submission.pk, Status.SCORING)
+    assert results.finish(first, submission.pk, result, ["attempt 1"]) == Status.DONE
+    stages.fail(submission.pk, "attempt 1 failed late")
+    submission.refresh_from_db()
+    assert (submission.status, submission.attempts) == (Status.DONE, 2)
+    assert submission.finished_at == finished_at and submission.error == ""
+    assert submission.versions.count() == 1
+
+
+@pytest.fixture
+def alice_row(tiny_tracks, tiny_checkpoints, django_user_model) -> Submission:
+    """A participant's W8A8 checkpoint upload on the tiny track, queued."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from leaderboard_fixtures import checkpoint_zip
+
+    from leaderboard.submissions.intake import accept
+
+    user = django_user_model.objects.create_user("alice", password="pw-for-alice-1")
+    data = checkpoint_zip(tiny_checkpoints["w8a8"], "ckpt")
+    return accept(
+        user,
+        track=tiny_tracks["w8a8"],
+        kind="checkpoint",
+        method="race",
+        archive=SimpleUploadedFile("ckpt.zip", data),
+    )

@@ -5,13 +5,23 @@ the submission ended ``done`` and its board re-ranked — what the serial evalua
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from harness.entry.summary import ResultSummary
-from leaderboard.submissions.models import Evaluation, EvaluationVersion, Status, Submission
+from leaderboard.submissions.models import (
+    FINISHED,
+    Evaluation,
+    EvaluationVersion,
+    Status,
+    Submission,
+)
 from leaderboard.tracks import ranking
+
+logger = logging.getLogger(__name__)
 
 
 def about_of(submission: Submission) -> dict:
@@ -38,13 +48,17 @@ def store_evaluation(
 
 
 def finish(submission: Submission, submission_id: int, result: dict, log: list[str]) -> str:
-    """Store ``result`` as the submission's next version and end it ``done`` (ranked)."""
+    """Store ``result`` as the submission's next version and end it ``done`` (ranked); nothing
+    when another attempt has finished it meanwhile (``stages``: the first to finish decides)."""
     summary = ResultSummary.of(result, submission.track.ranked_split)
     log.append(summary.verification)
     with transaction.atomic():
         locked = (
             Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
         )
+        if locked.status in FINISHED:
+            logger.info("submission %s finished by another attempt: result not stored", locked.pk)
+            return locked.status
         if locked.track.ranked_split != submission.track.ranked_split:  # published meanwhile
             summary = ResultSummary.of(result, locked.track.ranked_split)
         store_evaluation(locked, result, summary)

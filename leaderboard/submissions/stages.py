@@ -1,5 +1,10 @@
 """State transitions of a submission's evaluation, each under the row's ``select_for_update``:
-claimed by a worker (counting attempts), running, and ended ``failed`` by the trusted side."""
+claimed by a worker (counting attempts), running, and ended ``failed`` by the trusted side.
+
+A finished submission is never moved by a task: two attempts can be alive at once (the
+reconciler re-sends an evaluation whose worker went quiet, and the quiet one may only have been
+slow, say through a database outage), and the first to finish decides. Without this the later
+one would move a ``done`` submission back to running and store its result a second time."""
 
 from __future__ import annotations
 
@@ -51,13 +56,15 @@ def _shown(fields: dict) -> dict:
 
 
 def advance(submission_id: int, status: Status, **fields) -> Submission:
-    """Move the submission to ``status`` with ``fields`` (``Submission.advance`` checks the
-    transition; ``error`` and ``log`` without the worker's paths). A rejected upload's stored
-    file is deleted once that is committed (its digest stays on the row): a refused artifact
-    is never scored, so keeping it (a container archive can be gigabytes) would only fill the
-    storage."""
+    """Move the submission to ``status`` with ``fields`` (``error`` and ``log`` without the
+    worker's paths) unless it has finished (see the module docstring). A rejected upload's
+    stored file is deleted once that is committed (its digest stays on the row): a refused
+    artifact is never scored, so keeping it (a container archive can be gigabytes) would only
+    fill the storage."""
     with transaction.atomic():
         submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if submission.status in FINISHED:
+            return submission
         if status == Status.REJECTED and submission.artifact and not submission.is_baseline:
             storage, name = submission.artifact.storage, submission.artifact.name
             fields["artifact"] = ""
@@ -91,6 +98,8 @@ def enter_running(submission_id: int, log: list[str]) -> None:
     started; its stage timestamp is kept)."""
     with transaction.atomic():
         submission = Submission.objects.select_for_update().get(pk=submission_id)
+        if submission.status in FINISHED:
+            return
         if submission.status == Status.RUNNING:
             submission.log = without_paths("\n".join(log))
             submission.save(update_fields=["log"])
