@@ -220,16 +220,12 @@ def evaluate_cases(
     the same surfaces, see ``harness.scoring.hausdorff``). ``label_lut`` relabels the prediction
     first: model class i becomes dataset label ``label_lut[i]`` (None: the model's class ids are
     the dataset's label ids). Each inferred case is reported as a step of ``stage`` (a fixed
-    name: ``desc`` may hold a worker's path). The prediction's and the label's surfaces are found
-    once per case for NSD and HD95, the label's by ``label_surfaces_of`` (a cache, e.g.
-    ``harness.track.surface_cache``; None: found for this run)."""
+    name: ``desc`` may hold a worker's path). ``label_surfaces_of``: the labels' surfaces, e.g.
+    cached (``harness.track.surface_cache``; None: found for this run, see ``_case_scores``)."""
     timer = timer or StageTimer()
-    lut = None
-    if label_lut is not None:
-        lut = torch.tensor(label_lut, dtype=torch.int64).to(label_dtype(max(label_lut) + 1))
+    lut = None if label_lut is None else torch.tensor(label_lut).to(label_dtype(max(label_lut) + 1))
     classes = tuple(sorted(c for c in labels if c != 0))
     definition = NsdDefinition(nsd_definition)
-    find_label_surfaces = label_surfaces_of or _label_surfaces_now
     model.eval()
     start = time.perf_counter()
 
@@ -251,24 +247,8 @@ def evaluate_cases(
                 prediction, case.network_affine, case.label_affine, case.label_shape
             )
         with timer.stage("metrics", case.timer):
-            dsc = dice_per_class(restored, case.label, classes)
-            label_part = find_label_surfaces(
-                case.case_id, case.label_path, case.label, classes, case.spacing, definition
-            )
-            surfaces = case_surfaces(
-                restored, label_part, classes, np.asarray(case.spacing, np.float64)
-            )
-            nsd = nsd_per_class(
-                restored,
-                case.label,
-                classes,
-                case.spacing,
-                nsd_tolerance_mm,
-                definition,
-                surfaces=surfaces,
-            )
-            hd95 = hd95_per_class(
-                restored, case.label, classes, case.spacing, definition, surfaces=surfaces
+            dsc, nsd, hd95 = _case_scores(
+                restored, case, classes, nsd_tolerance_mm, definition, label_surfaces_of
             )
         return CaseMetrics(
             case.case_id, dsc, nsd, dict(case.timer.seconds), peak_rss_mb(), hd95=hd95
@@ -301,13 +281,30 @@ def evaluate_cases(
     return EvaluationRun(results, timer, time.perf_counter() - start)
 
 
-def _label_surfaces_now(
-    case_id: str,
-    label_path: Path,
-    label: np.ndarray,
-    ids: Sequence[int],
-    spacing: Sequence[float],
+def _case_scores(
+    restored: np.ndarray,
+    case: _Scoring,
+    classes: Sequence[int],
+    nsd_tolerance_mm: float,
     definition: NsdDefinition,
-) -> LabelSurfaces:
-    """The label's surfaces found for this run (no cache)."""
-    return label_surfaces(label, ids, np.asarray(spacing, np.float64), definition)
+    label_surfaces_of: LabelSurfacesSource | None,
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """(DSC, NSD, HD95) per class of one restored prediction; both maps' surfaces found once for
+    NSD and HD95, the label's by ``label_surfaces_of`` (None: found here)."""
+    spacing = np.asarray(case.spacing, np.float64)
+    if label_surfaces_of is None:
+        label_part = label_surfaces(case.label, classes, spacing, definition)
+    else:
+        label_part = label_surfaces_of(
+            case.case_id, case.label_path, case.label, classes, case.spacing, definition
+        )
+    surfaces = case_surfaces(restored, label_part, classes, spacing)
+    dsc = dice_per_class(restored, case.label, classes)
+    nsd = nsd_per_class(
+        restored, case.label, classes, case.spacing, nsd_tolerance_mm, definition,
+        surfaces=surfaces,
+    )  # fmt: skip
+    hd95 = hd95_per_class(
+        restored, case.label, classes, case.spacing, definition, surfaces=surfaces
+    )
+    return dsc, nsd, hd95

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from harness.artifacts.onnx.export import ExportError, save_checked, set_metadata
 from harness.artifacts.onnx.graph import WEIGHTED_OPS, GraphIndex, weighted_ops
-from harness.artifacts.onnx.placement import OPENVINO_PLACEMENT
+from harness.artifacts.onnx.placement import ACTIVATION_ZERO_POINT
 from harness.artifacts.onnx.qdq_graph import sorted_graph
 
 ZERO_POINT_TOLERANCE = 1e-2
@@ -323,18 +323,19 @@ def _store_unsigned_where_openvino_misreads_int8(
 ) -> None:
     """A signed quantizer on a Concat output that a Conv reads, or on an InstanceNormalization
     input, stored as uint8 with zero-point 128 (see module docstring)."""
-    producer = {name: node for node in proto.graph.node for name in node.output}
+    producer = GraphIndex(proto).producer
     read_by: dict[str, set[str]] = {}
     for node in proto.graph.node:
         for name in node.input:
             read_by.setdefault(name, set()).add(node.op_type)
-    zero_point = int(OPENVINO_PLACEMENT.zero_point_for(non_negative=False, conv_reads_concat=True))
     for tensor, quantizer in activations.items():
         node, readers = producer.get(tensor), read_by.get(tensor, set())
         conv_reads_concat = node is not None and node.op_type == "Concat" and "Conv" in readers
         misread = conv_reads_concat or bool(readers & UNSIGNED_INPUT_OPS)
         if misread and quantizer.dtype == TensorProto.INT8:
-            activations[tensor] = Quantizer(quantizer.scale, zero_point, TensorProto.UINT8)
+            activations[tensor] = Quantizer(
+                quantizer.scale, ACTIVATION_ZERO_POINT, TensorProto.UINT8
+            )
 
 
 def _insert_activation_quantizers(
