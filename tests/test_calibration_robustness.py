@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from harness.analysis.calibration_robustness import (
+    baseline_calibration_spread,
     calibration_spread,
     resampled_calibration_sets,
     with_calibration,
 )
 from harness.analysis.study import format_table, study_schemes
+from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.cli import main
+from harness.entry.baseline import INT8_QDQ, compute_baseline
 from harness.entry.upload import Submission, evaluate_submission
 from harness.scoring.result import SCHEMA_PATH
 from harness.track.loaded import LoadedTrack
@@ -108,3 +111,32 @@ def test_a_single_calibration_case_leaves_the_spread_undetermined(tiny_track):
     row = {"precision": "W4A4", "granularity": "per-tensor", "mean_dsc": 0.5, "mean_nsd": 0.5,
            "dsc_drop_pct": 1.0, "nsd_drop_pct": 1.0, "calibration_sd": None}  # fmt: skip
     assert "±" not in format_table([row])
+
+
+def test_a_real_backend_baselines_reruns_score_accuracy_without_timing_latency_again(
+    pooled_track, tmp_path, monkeypatch
+):
+    dataset, model = pooled_track
+    spec = TrackSpec(model_dir=model, dataset_dir=dataset, backend="onnxruntime-cpu")
+    track = LoadedTrack.open(spec)
+    measured = []
+    original = OnnxRuntimeBackend.measure_efficiency
+
+    def counted(self, *args, **kwargs):
+        measured.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "measure_efficiency", counted)
+    row = compute_baseline(track, method="rtn", scheme=INT8_QDQ, workdir=tmp_path / "row").result
+    assert len(measured) == 1 and row["efficiency"]["size_bytes"] > 0
+    assert "efficiency" in row["timings"]
+
+    spread = baseline_calibration_spread(track, "rtn", INT8_QDQ, 2, tmp_path / "spread")
+    assert len(measured) == 1  # the two re-runs measured no latency
+    assert len(spread["mean_dsc"]) == 2 and spread["sd"] is not None
+    again = compute_baseline(
+        track, method="rtn", scheme=INT8_QDQ, workdir=tmp_path / "again", efficiency=False
+    ).result
+    assert again.get("efficiency") is None and "efficiency" not in again["timings"]
+    assert again["cases"] == row["cases"]
+    assert len(measured) == 1

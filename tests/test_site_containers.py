@@ -15,6 +15,7 @@ import sys
 import tarfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,8 +59,9 @@ def images(docker_client) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tarballs(docker_client, images, tmp_path_factory) -> dict[str, Path]:
-    """``docker save`` tarballs of ``images``, as a participant makes them."""
+def tarballs(docker_client, images, tmp_path_factory) -> Iterator[dict[str, Path]]:
+    """``docker save`` tarballs of ``images``, as a participant makes them; removed after the
+    module (the example's is over a gigabyte)."""
     root = tmp_path_factory.mktemp("tarballs")
     paths = {}
     for name, image_id in images.items():
@@ -67,7 +69,8 @@ def tarballs(docker_client, images, tmp_path_factory) -> dict[str, Path]:
         with paths[name].open("wb") as out:
             for chunk in docker_client.images.get(image_id).save(named=True):
                 out.write(chunk)
-    return paths
+    yield paths
+    shutil.rmtree(root)
 
 
 @pytest.fixture

@@ -85,13 +85,15 @@ def baseline_calibration_spread(
     track: LoadedTrack, method: str, scheme: str, resamples: int, workdir: Path
 ) -> dict:
     """The ``calibration`` summary of a reference baseline (``method`` under ``scheme``),
-    re-quantized and scored on each resampled calibration set (artifacts in ``workdir``)."""
+    re-quantized and scored on each resampled calibration set (artifacts in ``workdir``). A
+    re-run's efficiency is not measured: only its accuracy enters the spread, and its graph's
+    latency is the baseline's own (a resample changes scales, not the graph)."""
     runs = iter(range(resamples))
 
     def rerun(on: LoadedTrack) -> dict:
         folder = Path(workdir) / f"calibration-resample-{next(runs)}"
         result = compute_baseline(
-            on, method=method, scheme=scheme, workdir=folder, fp32=track.fp32_run
+            on, method=method, scheme=scheme, workdir=folder, fp32=track.fp32_run, efficiency=False
         ).result
         shutil.rmtree(folder, ignore_errors=True)
         return result

@@ -196,13 +196,15 @@ def compute_baseline(
     progress: bool = False,
     about: Mapping | None = None,
     on_stage: StageCallback | None = None,
+    efficiency: bool = True,
 ) -> Evaluated:
     """Quantize the track's reference model by ``method`` (its default ``options`` unless given)
     under ``scheme`` — or, on ONNX backends, the INT8 Q/DQ export (``INT8_QDQ``,
     ``INT8_QDQ_PROFILED``) or the backend's engine PTQ tool — write the artifact in ``workdir``
     and evaluate it as an upload (the engine's deviation from ONNX Runtime recorded, not
     enforced: see ``open_submission``). The result records the method and scheme (and, profiled,
-    which layers stayed float and why); its timings the method's seconds."""
+    which layers stayed float and why); its timings the method's seconds. ``efficiency``: as in
+    ``evaluate_submission``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -240,6 +242,7 @@ def compute_baseline(
         timings={"method": seconds},
         on_stage=on_stage,
         own_file=True,
+        efficiency=efficiency,
     )
 
 

@@ -152,6 +152,7 @@ def evaluate_submission(
     on_stage: StageCallback | None = None,
     own_file: bool = False,
     cases: Sequence[CaseMetrics] | None = None,
+    efficiency: bool = True,
 ) -> Evaluated:
     """Result document of ``submission`` and its run, against ``fp32`` or the track's cached FP32
     reference run. ``about`` is submission metadata (method, scheme label, container) recorded in
@@ -160,7 +161,8 @@ def evaluate_submission(
     not run again: its row is the track's cached run. ``own_file``: the artifact is the
     harness's own (a baseline), see ``open_submission``. ``cases``: every test case already
     scored, in chunks (``harness.entry.fan_out``): the document is assembled from them, the
-    artifact verified and its efficiency measured here, as in the serial run."""
+    artifact verified and its efficiency measured here, as in the serial run. ``efficiency``
+    False: no efficiency figures (a calibration re-run, scored only for its accuracy)."""
     timer = StageTimer()
     opened = open_submission(track, submission, timer, own_file=own_file)
     torch_reference = submission.kind == "fp32" and submission.artifact is None
@@ -174,10 +176,10 @@ def evaluate_submission(
         run = EvaluationRun.of_cases(cases, [c.case_id for c in track.test_cases])
     else:
         run = track.run(opened.network, progress, submission.label)
-    efficiency = None
-    if opened.verified is not None:
+    measured = None
+    if efficiency and opened.verified is not None:
         with timer.stage("efficiency"):
-            efficiency = _efficiency(track, opened)
+            measured = _efficiency(track, opened)
     entry = {"kind": submission.kind, "scheme": submission.label, "precision": opened.precision}
     result = build_result(
         run,
@@ -189,7 +191,7 @@ def evaluate_submission(
         accuracy_gate=track.spec.accuracy_gate,
         fp32_size_bytes=None if torch_reference else track.fp32_size_bytes,
         extra_timings=dict(track.timer.seconds) | dict(timer.seconds) | dict(timings or {}),
-        efficiency=efficiency,
+        efficiency=measured,
         warnings=track.warnings(),
         public_fraction=track.spec.public_fraction,
     )

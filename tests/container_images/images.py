@@ -27,10 +27,13 @@ def build_image(
     files: dict[str, bytes],
     entrypoint: list[str],
     instructions: tuple[str, ...] = (),
+    *,
+    packages: bool = True,
 ) -> str:
-    """Image ID of the base plus ``files`` (paths under /opt/medquant) running ``entrypoint``,
-    with extra Dockerfile ``instructions`` (``VOLUME /scratch``, say)."""
-    base = _base(client)
+    """Image ID of the base (with the Python packages, or the standard library alone) plus
+    ``files`` (paths under /opt/medquant) running ``entrypoint``, with extra Dockerfile
+    ``instructions`` (``VOLUME /scratch``, say)."""
+    base = _base(client, packages)
     dockerfile = "\n".join(
         [
             f"FROM {base}",
@@ -70,8 +73,8 @@ def prune_other_tags(client: docker.DockerClient, repository: str, keep: str) ->
 
 
 @functools.cache
-def _base(client: docker.DockerClient) -> str:
-    return python_base_image(client)
+def _base(client: docker.DockerClient, packages: bool) -> str:
+    return python_base_image(client, packages=packages)
 
 
 def _prefixed(files: dict[str, bytes]) -> dict[str, bytes]:
@@ -93,8 +96,8 @@ def example_quantizer_image(client: docker.DockerClient) -> str:
 def script_image(
     client: docker.DockerClient, script: str, *args: str, instructions: tuple[str, ...] = ()
 ) -> str:
-    """A quantizer that runs ``quantizers/<script>.py`` with ``args`` (and extra Dockerfile
-    ``instructions``)."""
+    """A quantizer that runs ``quantizers/<script>.py`` (standard library only) with ``args`` (and
+    extra Dockerfile ``instructions``)."""
     files = {f"{script}.py": (SCRIPTS / f"{script}.py").read_bytes()}
     entrypoint = ["python", f"/opt/medquant/{script}.py", *args]
-    return build_image(client, script, files, entrypoint, instructions)
+    return build_image(client, script, files, entrypoint, instructions, packages=False)

@@ -1,4 +1,6 @@
-"""A minimal Python + PyTorch base image built offline from this machine's own files.
+"""Minimal Python base images built offline from this machine's own files: Python + PyTorch (the
+example quantizer, the helper) and Python alone (the scripted quantizers: far smaller to save,
+upload and load).
 
 No registry is reachable here, so the image is ``docker import``-ed from a root filesystem tarball
 assembled from the host: the running interpreter and its standard library (``/opt/python``), the
@@ -28,6 +30,7 @@ import docker
 from packaging.requirements import Requirement
 
 REPOSITORY = "medquant-test/python-base"
+STDLIB_REPOSITORY = "medquant-test/python-stdlib"
 PREFIX = "/opt/python"
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 DISTRIBUTIONS = (
@@ -48,30 +51,32 @@ _CHANGES = [
 ]
 
 
-def python_base_image(client: docker.DockerClient) -> str:
-    """Tag of the base image for this venv, imported first if the engine lacks it."""
-    files = dict(_host_files())
-    tag = f"{REPOSITORY}:{_content_hash(files)}"
+def python_base_image(client: docker.DockerClient, *, packages: bool = True) -> str:
+    """Tag of the base image for this venv (with ``DISTRIBUTIONS`` or, ``packages=False``, the
+    interpreter and standard library only), imported first if the engine lacks it."""
+    files = dict(_host_files(DISTRIBUTIONS if packages else ()))
+    repository = REPOSITORY if packages else STDLIB_REPOSITORY
+    tag = f"{repository}:{_content_hash(files)}"
     try:
         client.images.get(tag)
     except docker.errors.ImageNotFound:
         _import(client, files, tag)
-        for image in client.images.list(name=REPOSITORY):
+        for image in client.images.list(name=repository):
             if tag not in image.tags:
                 with contextlib.suppress(docker.errors.APIError):
                     client.images.remove(image.id, force=True)
     return tag
 
 
-def _host_files() -> Iterator[tuple[str, Path]]:
-    """(path in the image, host path) of the interpreter, stdlib and distribution files."""
+def _host_files(distributions: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
+    """(path in the image, host path) of the interpreter, stdlib and ``distributions``' files."""
     base = Path(sys.base_prefix)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     yield f"{PREFIX}/bin/{version}", Path(os.path.realpath(sys.executable))
     yield from _tree(base / "lib" / version, f"{PREFIX}/lib/{version}", _stdlib_wanted)
     site = Path(sysconfig.get_paths()["purelib"])
     target = f"{PREFIX}/lib/{version}/site-packages"
-    for dist in _closure(DISTRIBUTIONS):
+    for dist in _closure(distributions):
         for entry in dist.files or ():
             rel = entry.as_posix()
             path = site / entry
