@@ -4,8 +4,9 @@ statistics and of its transposed convolutions' Gram, before and after, interleav
 on its zero-stuffed input (products with zeros included) and H^-1's Cholesky factor from a
 Cholesky, an inverse and a second Cholesky; after: the statistics phase by phase on the input
 itself (``gram._transposed_gram``) and the factor from one Cholesky of H reversed and one
-triangular inverse (LAPACK's trtri; ``gptq.inverse_cholesky_upper``). Also: the largest layer's factorization alone, both ways in
-float64 and the new one in float32, with the float32 factor's deviation (GPTQ stays in float64).
+triangular inverse (LAPACK's trtri; ``gptq.inverse_cholesky_upper``). Also: the largest layer's
+factorization alone, both ways in float64 and the new one in float32, with the float32 factor's
+deviation (GPTQ stays in float64).
 
 The check: the transposed convs' H agree to ``AGREEMENT`` and GPTQ's codes are identical before
 and after; the after run takes at most ``TARGET_SECONDS``. Prints the load average and the CPU
