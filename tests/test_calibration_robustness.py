@@ -19,7 +19,8 @@ from harness.analysis.study import format_table, study_schemes
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.cli import main
 from harness.entry.baseline import INT8_QDQ, compute_baseline
-from harness.entry.upload import Submission, evaluate_submission
+from harness.entry.upload import Submission, evaluate_submission, evaluate_untrusted
+from harness.models.interface import ONNX_FILE
 from harness.scoring.result import SCHEMA_PATH
 from harness.track.loaded import LoadedTrack
 from harness.track.spec import TrackSpec
@@ -140,3 +141,7 @@ def test_a_real_backend_baselines_reruns_score_accuracy_without_timing_latency_a
     assert again.get("efficiency") is None and "efficiency" not in again["timings"]
     assert again["cases"] == row["cases"]
     assert len(measured) == 1
+    # a container's re-run: its output evaluated as an untrusted file, in a child process
+    upload = Submission("onnx", onnx=tmp_path / "again" / ONNX_FILE)
+    untrusted = evaluate_untrusted(track, upload, efficiency=False)
+    assert untrusted.get("efficiency") is None and untrusted["cases"] == row["cases"]

@@ -41,11 +41,13 @@ def evaluate_quantizer_container(
     input_dir: str | Path | None = None,
     fp32: EvaluationRun | None = None,
     about: Mapping | None = None,
+    efficiency: bool = True,
 ) -> Evaluated:
     """Run the quantizer, verify its output exactly like an upload of the track's kind
     (checkpoint or ONNX, see ``output_artifact``) and evaluate it in a child process (the
     ``Evaluated`` has no run: it stays in the child). ``about`` is submission
-    metadata for the result document (its ``scheme`` defaults to the pinned image). A quantizer
+    metadata for the result document (its ``scheme`` defaults to the pinned image);
+    ``efficiency`` False skips the efficiency figures (a calibration re-run). A quantizer
     or output at fault raises ``QuantizerRejected`` (a ``SubmissionError``) with its run; a
     failing engine raises ``docker.errors``."""
     outcome = run_quantizer_container(
@@ -71,6 +73,7 @@ def evaluate_quantizer_container(
             fp32=fp32,
             about=entry,
             timings={"container": outcome.seconds},
+            efficiency=efficiency,
         )
     except SubmissionError as error:
         message = f"the quantizer's output was rejected: {error}"

@@ -207,13 +207,15 @@ def evaluate_untrusted(
     fp32: EvaluationRun | None = None,
     cases: Sequence[CaseMetrics] | None = None,
     timings: Mapping[str, float] | None = None,
+    efficiency: bool = True,
 ) -> dict:
     """``evaluate_submission``'s result document for an untrusted artifact (an upload, or what a
     quantizer container wrote; assembled from ``cases`` when they were scored in chunks, with
     ``timings`` such as their wall-clock seconds), evaluated in a child process
     (``harness.entry.isolation``): an engine crash is the artifact's fault. What every
     evaluation of the track reads (the FP32 run and export, the calibration patches, the
-    latency volume) is computed first, here, so that the worker keeps it for the next one."""
+    latency volume) is computed first, here, so that the worker keeps it for the next one.
+    ``efficiency``: as in ``evaluate_submission``."""
     track.warm()
 
     def work(stage: Callable[[str], None]) -> dict:
@@ -225,6 +227,7 @@ def evaluate_untrusted(
             timings=timings,
             on_stage=stage,
             cases=cases,
+            efficiency=efficiency,
         ).result
 
     return run_isolated(work, engine=track.spec.backend, on_stage=on_stage)

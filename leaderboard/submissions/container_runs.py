@@ -85,10 +85,11 @@ def run_container(
 
 
 def _calibration_spread(track: LoadedTrack, run: dict, resamples: int, workdir: Path) -> dict:
-    """The same image run again on resampled calibration sets (``± calibration``)."""
+    """The same image run again on resampled calibration sets (``± calibration``), scored for
+    accuracy only (its efficiency is the first run's: a resample changes scales, not the graph)."""
 
     def rerun(input_dir: Path, folder: Path) -> dict:
-        again = run | {"workdir": folder / "container", "input_dir": input_dir}
+        again = run | {"workdir": folder / "container", "input_dir": input_dir, "efficiency": False}
         return evaluate_quantizer_container(**again).result
 
     return container_calibration_spread(track, rerun, resamples, workdir / "resamples")
